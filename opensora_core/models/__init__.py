@@ -1,0 +1,43 @@
+"""Model classes with the official parameter names, built from official configs.
+
+``build_model(class_name, config)`` takes the official class name (``"STDiT3"``,
+``"STDiT2"``, ``"STDiT"``, ``"VideoAutoencoderPipeline"``, ``"VideoAutoencoderKL"``,
+``"diffusers.AutoencoderKL"``) and the official constructor kwargs exactly as the
+released ``config.json`` files and the reference manifests give them. Each class
+implements ``from_official_config(config)``; kernel switches such as
+``enable_flash_attn`` are accepted and do not change the maths. Works under
+``with torch.device("meta")``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+# official class name -> (module relative to this package, our class)
+_CLASSES: dict[str, tuple[str, str]] = {
+    "STDiT3": (".stdit3", "STDiT3"),
+    "STDiT2": (".stdit2", "STDiT2"),
+    "STDiT": (".stdit", "STDiT"),
+    "VideoAutoencoderPipeline": ("..vae.pipeline", "VideoAutoencoderPipeline"),
+    "VideoAutoencoderKL": ("..vae.pipeline", "VideoAutoencoderKL"),
+    "diffusers.AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
+    "AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
+}
+
+
+def model_class(class_name: str) -> type[nn.Module]:
+    """Our class for an official class name."""
+    if class_name not in _CLASSES:
+        raise ValueError(f"unknown model class {class_name!r}; known: {', '.join(_CLASSES)}")
+    module, attr = _CLASSES[class_name]
+    return getattr(importlib.import_module(module, __package__), attr)
+
+
+def build_model(class_name: str, config: dict) -> nn.Module:
+    """Build ``class_name`` from official constructor kwargs (``config``)."""
+    return model_class(class_name).from_official_config(dict(config))
+
+
+__all__ = ["build_model", "model_class"]

@@ -1,0 +1,1 @@
+"""Open-Sora fine-tuning with accelerate (installed as ``opensora_train``)."""
