@@ -144,6 +144,16 @@ class LatentGeometry:
             )
         return range(frames[0], frames[-1] + 1)
 
+    def leading_pixel_frames(self, latent_frames: int, num_frames: int) -> int:
+        """Pixel frames covered by the first ``latent_frames`` latent frames of a ``num_frames`` clip.
+
+        For whole VAE v1.2 chunks this is the official ``dframe_to_frame`` (5 -> 17, 10 -> 34); the loop
+        mode drops that many frames from the start of every clip after the first.
+        """
+        if latent_frames == 0:
+            return 0
+        return self.latent_to_pixel_frames(latent_frames - 1, num_frames).stop
+
     # -- space --------------------------------------------------------------
 
     def latent_hw(self, height: int, width: int) -> tuple[int, int]:
