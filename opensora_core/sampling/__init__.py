@@ -1,0 +1,75 @@
+"""Samplers of Open-Sora: v1.2 rectified flow ("rflow") and v1.0/v1.1 IDDPM ("iddpm").
+
+Typical use (v1.2)::
+
+    y_null = null_caption(model.y_embedder.y_embedding, batch)  # opensora_core.text.caption
+    guided = GuidedModel(model, caption, y_null, resolution_args(batch, h, w, frames, fps), scale=7.0)
+    times = rflow_schedule(30, height=h, width=w, num_frames=frames)
+    z = get_sampler("rflow")(guided, z, times, mask=mask, noise=GeneratorNoise.from_seed(42), callback=cb)
+
+Every sampler has the signature ``(model, x, schedule, *, mask, noise, callback) -> x``;
+the schedule is a timestep tensor for "rflow" (:func:`rflow_schedule`) and a
+:class:`SpacedSchedule` for "iddpm" (:func:`iddpm_schedule`). Reference frames given
+by ``mask`` are handled by :mod:`.frames` for both.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .core import (
+    CALLBACK_KEYS,
+    Denoiser,
+    GeneratorNoise,
+    NoiseSource,
+    RecordedNoise,
+    SamplingInterrupted,
+    StepCallback,
+)
+from .frames import FrameSets, IDDPMFrameRule, ReferenceFrames, RFlowFrameRule
+from .guidance import CaptionLike, GuidedModel, resolution_args
+from .iddpm import SpacedSchedule, iddpm_schedule, linear_betas, sample_iddpm, space_timesteps
+from .rflow import check_transform_frames, rflow_schedule, rflow_timesteps, sample_rflow, timestep_transform
+
+# Official scheduler names (opensora registry) -> sampler.
+SAMPLERS: dict[str, Callable] = {
+    "rflow": sample_rflow,
+    "iddpm": sample_iddpm,
+}
+
+
+def get_sampler(name: str) -> Callable:
+    """The sampler registered under ``name``."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+__all__ = [
+    "CALLBACK_KEYS",
+    "SAMPLERS",
+    "CaptionLike",
+    "Denoiser",
+    "FrameSets",
+    "GeneratorNoise",
+    "GuidedModel",
+    "IDDPMFrameRule",
+    "NoiseSource",
+    "RFlowFrameRule",
+    "RecordedNoise",
+    "ReferenceFrames",
+    "SamplingInterrupted",
+    "SpacedSchedule",
+    "StepCallback",
+    "check_transform_frames",
+    "get_sampler",
+    "iddpm_schedule",
+    "linear_betas",
+    "resolution_args",
+    "rflow_schedule",
+    "rflow_timesteps",
+    "sample_iddpm",
+    "sample_rflow",
+    "space_timesteps",
+    "timestep_transform",
+]

@@ -1,0 +1,117 @@
+"""Conditioning inputs of the diffusion model and classifier-free guidance around it.
+
+The STDiT models share the official forward signature
+``model(x, timestep, y, mask=None, x_mask=None, **model_args)`` and return
+(B, 2C, T, H, W): C prediction channels (velocity for v1.2, noise for v1.1) and
+C variance channels. :class:`GuidedModel` turns such a model into the
+``(x, t, x_mask) -> output`` callable the samplers use.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Protocol
+
+import torch
+
+from ..geometry import IMG_FPS
+
+
+class CaptionLike(Protocol):
+    """Encoded prompts (``opensora_core.text.caption.Caption`` or anything with these fields).
+
+    y:    (B, 1, L, C) text embeddings
+    mask: (B, L) token mask, 1 = real token (or None: every token is used)
+    """
+
+    y: torch.Tensor
+    mask: torch.Tensor | None
+
+
+def resolution_args(
+    batch: int,
+    height: int,
+    width: int,
+    num_frames: int,
+    fps: float,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """The size/fps arguments both STDiT2 and STDiT3 receive, each a (B,) tensor in the model dtype.
+
+    Follows opensora/utils/inference_utils.py ``prepare_multi_resolution_info`` ("STDiT2"):
+    height and width are PIXEL sizes, ar = height / width, and a single image gets fps = IMG_FPS.
+    """
+    fps = IMG_FPS if num_frames == 1 else fps
+
+    def column(value: float) -> torch.Tensor:
+        return torch.tensor([value], dtype=dtype, device=device).repeat(batch)
+
+    return {
+        "height": column(height),
+        "width": column(width),
+        "num_frames": column(num_frames),
+        "ar": column(height / width),
+        "fps": column(fps),
+    }
+
+
+def _check_caption(caption: CaptionLike, y_null: torch.Tensor) -> None:
+    y, mask = caption.y, caption.mask
+    if y.dim() != 4 or y.shape[1] != 1:
+        raise ValueError(f"caption y must be (B, 1, L, C), got {tuple(y.shape)}")
+    if tuple(y_null.shape) != tuple(y.shape):
+        raise ValueError(
+            f"null caption {tuple(y_null.shape)} must match the caption {tuple(y.shape)}: "
+            "repeat the model's y_embedder.y_embedding to (B, 1, L, C)"
+        )
+    if mask is not None and tuple(mask.shape) != (y.shape[0], y.shape[2]):
+        raise ValueError(f"caption mask must be (B, L) = {(y.shape[0], y.shape[2])}, got {tuple(mask.shape)}")
+
+
+class GuidedModel:
+    """Classifier-free guidance: one model call on the doubled batch per step.
+
+    The model sees x = [x; x], timestep = [t; t], y = [caption.y; y_null] (``y_null`` = the
+    model's ``y_embedder.y_embedding`` repeated to (B, 1, L, C)), the prompt token mask for both halves and ``model_args``. On the first ``channels`` output channels
+    (default: the C prediction channels) the result is ``uncond + scale * (cond - uncond)``;
+    the remaining channels come unguided from the prompt half. v1.2 RFLOW guides all
+    velocity channels; v1.1 inference guides ``cfg_channel = 3`` of the 4 noise channels.
+    Follows opensora/schedulers/rf/__init__.py (RFLOW.sample) and
+    opensora/schedulers/iddpm/__init__.py (forward_with_cfg).
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., torch.Tensor],
+        caption: CaptionLike,
+        y_null: torch.Tensor,
+        model_args: Mapping[str, torch.Tensor] | None = None,
+        *,
+        scale: float,
+        channels: int | None = None,
+    ):
+        _check_caption(caption, y_null)
+        if channels is not None and channels < 1:
+            raise ValueError(f"channels must be >= 1 (or None for all prediction channels), got {channels}")
+        self.model = model
+        self.caption = caption
+        self.y_null = y_null
+        self.model_args = dict(model_args or {})
+        self.scale = float(scale)
+        self.channels = channels
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
+        cap = self.caption
+        if x.shape[0] != cap.y.shape[0]:
+            raise ValueError(f"latent batch {x.shape[0]} does not match the caption batch {cap.y.shape[0]}")
+        y = torch.cat([cap.y, self.y_null.to(cap.y)], 0)  # (2B, 1, L, C)
+        mask = None if cap.mask is None else cap.mask.repeat(2, 1)  # (2B, L): null half uses the prompt mask
+        x_mask = None if x_mask is None else x_mask.repeat(2, 1)  # (2B, T)
+        out = self.model(torch.cat([x, x], 0), torch.cat([t, t], 0), y, mask=mask, x_mask=x_mask, **self.model_args)
+        cond, uncond = out.chunk(2, dim=0)  # (B, 2C, T, H, W) each
+        k = out.shape[1] // 2 if self.channels is None else self.channels
+        if k > out.shape[1]:
+            raise ValueError(f"channels={k} exceeds the model's {out.shape[1]} output channels")
+        guided = uncond[:, :k] + self.scale * (cond[:, :k] - uncond[:, :k])
+        return torch.cat([guided, cond[:, k:]], dim=1)
