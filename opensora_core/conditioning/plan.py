@@ -47,8 +47,12 @@ def _check_group(index: int, group: MaskGroup, latent_frames: int, refs: Sequenc
     if not 0 <= group.loop_id < loops:
         raise ValueError(f"{what} is for loop {group.loop_id} but {loops} loop(s) run; use loop_id 0..{loops - 1}")
     if not 0 <= group.ref_id < len(refs):
-        have = f"references 0..{len(refs) - 1}" if refs else "no reference"
-        raise ValueError(f"{what} uses reference {group.ref_id} but there is {have}; add the reference or fix ref_id")
+        if not refs:
+            raise ValueError(f"{what} uses reference {group.ref_id}, but no reference was given; add one or remove the group")
+        raise ValueError(
+            f"{what} uses reference {group.ref_id}, but only {len(refs)} reference(s) were given "
+            f"(ref_id 0..{len(refs) - 1}); add a reference or fix ref_id"
+        )
     if group.length < 1:
         raise ValueError(f"{what} has length {group.length}; a group covers at least 1 latent frame")
     if not 0.0 <= group.edit_ratio <= 1.0:
@@ -186,6 +190,19 @@ def _pixel_text(geometry: LatentGeometry, start: int, length: int, num_frames: i
     return f" = pixel {_frames_text(first, last - first + 1)} of {num_frames}"
 
 
+def _adjustments(group: MaskGroup, where: Placement, latent_frames: int, ref_frames: int, version: str) -> str:
+    """Notes on what alignment and clipping changed compared with the group as written."""
+    plain = place_group(group, latent_frames, ref_frames, version)
+    notes = []
+    if where.target_start != plain.target_start:
+        notes.append(f"target start {plain.target_start} snapped to {where.target_start} by align")
+    if where.ref_start != plain.ref_start:
+        notes.append(f"reference start {plain.ref_start} snapped to {where.ref_start} by align")
+    if where.length != group.length:
+        notes.append(f"length {group.length} clipped to {where.length}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def describe_mask_strategy(
     strategy: Strategy,
     *,
@@ -208,14 +225,15 @@ def describe_mask_strategy(
         if group.loop_id != loop_i:
             lines.append(f"{head}: loop {group.loop_id}, not used in loop {loop_i}")
             continue
-        where = place_group(group, latent_frames, ref_latent_frames[group.ref_id], version, align)
+        ref_frames = ref_latent_frames[group.ref_id]
+        where = place_group(group, latent_frames, ref_frames, version, align)
         text = (
             f"{head}: reference {where.ref_id} latent {_frames_text(where.ref_start, where.length)} -> "
             f"latent {_frames_text(where.target_start, where.length)} of {latent_frames}"
         )
         if geometry is not None and num_frames is not None:
             text += _pixel_text(geometry, where.target_start, where.length, num_frames)
-        lines.append(f"{text}; {_role(where.edit_ratio)}")
+        lines.append(f"{text}; {_role(where.edit_ratio)}{_adjustments(group, where, latent_frames, ref_frames, version)}")
     return "\n".join(lines) if lines else "no reference frames: every frame is generated"
 
 
