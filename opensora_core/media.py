@@ -1,0 +1,187 @@
+"""Reading and writing videos and images with PyAV, and fitting frames to a size.
+
+Frames travel as uint8 or float tensors shaped (T, H, W, 3) ("THWC", ComfyUI's IMAGE
+layout); the model side uses (B, 3, T, H, W) in [-1, 1] (see :func:`to_model_range`).
+No torchvision: resizing uses ``torch.nn.functional.interpolate``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v")
+
+
+class MediaError(ValueError):
+    """A file cannot be read or written as a video/image."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Frame count, size and fps of a video or image, decoding frames only if the header has no count."""
+    import av
+
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            height, width = stream.codec_context.height, stream.codec_context.width
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 0.0
+            count = stream.frames if not is_image_path(path) else 1
+            if count <= 0:
+                count = sum(1 for _ in container.decode(stream))
+    except av.error.FFmpegError as err:
+        raise MediaError(f"{path}: unreadable video/image ({err})") from None
+    if count <= 0 or height <= 0 or width <= 0:
+        raise MediaError(f"{path}: no decodable frames")
+    return VideoInfo(count, height, width, fps)
+
+
+def read_frames(path: str | os.PathLike, *, max_frames: int | None = None, start: int = 0, step: int = 1) -> tuple[torch.Tensor, float]:
+    """Decode frames ``start, start+step, ...`` (at most ``max_frames``) as uint8 (T, H, W, 3), plus the fps."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"reference file not found: {path}")
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 0.0
+            for index, frame in enumerate(container.decode(stream)):
+                if index >= start and (index - start) % step == 0:
+                    frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                    if max_frames is not None and len(frames) >= max_frames:
+                        break
+    except av.error.FFmpegError as err:
+        raise MediaError(f"{path}: unreadable video/image ({err})") from None
+    if not frames:
+        raise MediaError(f"{path}: no frames decoded (start={start}, step={step})")
+    return torch.stack(frames), fps
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise MediaError(f"{path}: has no video stream")
+    return container.streams.video[0]
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+
+
+def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float, *, crf: int = 18) -> Path:
+    """Write (T, H, W, 3) frames (uint8, or float in 0..1) as H.264 MP4 (one frame: PNG), atomically."""
+    path = Path(path)
+    frames = to_uint8(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise MediaError(f"expected frames shaped (T, H, W, 3), got {tuple(frames.shape)}")
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise MediaError(f"H.264 needs even sizes, got {height}x{width}; crop one pixel row/column")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        _encode(frames, tmp, fps, crf)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _encode(frames: torch.Tensor, filename: str, fps: float, crf: int) -> None:
+    import av
+
+    with av.open(filename, mode="w") as container:
+        if frames.shape[0] == 1 and filename.lower().endswith(".png"):
+            stream = container.add_stream("png")
+            stream.pix_fmt = "rgb24"
+        else:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+        stream.height, stream.width = frames.shape[1:3]
+        for array in frames.numpy():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def save_output(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Path:
+    """Save a generation: MP4 for videos, PNG for a single frame (as the official scripts do)."""
+    path = Path(path)
+    if frames.shape[0] == 1 and path.suffix.lower() != ".png":
+        path = path.with_suffix(".png")
+    return write_video(frames, path, fps)
+
+
+# ---------------------------------------------------------------------------
+# Value ranges and sizes
+# ---------------------------------------------------------------------------
+
+
+def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames from uint8 or float (0..1) frames; floats are clamped and rounded."""
+    if frames.dtype == torch.uint8:
+        return frames.cpu()
+    return (frames.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu()
+
+
+def to_model_range(frames: torch.Tensor) -> torch.Tensor:
+    """(T, H, W, 3) uint8 or 0..1 float -> (3, T, H, W) float32 in [-1, 1]."""
+    x = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
+    return (x * 2 - 1).permute(3, 0, 1, 2).contiguous()
+
+
+def from_model_range(video: torch.Tensor) -> torch.Tensor:
+    """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) float32 in [0, 1] (clamped), ComfyUI's IMAGE layout."""
+    return ((video.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).contiguous()
+
+
+def resize_cover_crop(frames: torch.Tensor, height: int, width: int, *, mode: str = "bicubic") -> torch.Tensor:
+    """Resize (T, H, W, C) frames so they cover height x width, then centre-crop to exactly that size.
+
+    Follows the official reference reading (opensora/datasets/utils.py): scale so both sides
+    cover the target, crop the excess equally from both sides.
+    """
+    t, h, w, c = frames.shape
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, math.ceil(h * scale - 1e-6)), max(width, math.ceil(w * scale - 1e-6))
+    x = frames.permute(0, 3, 1, 2).float()  # (T, C, H, W)
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x, size=(new_h, new_w), mode=mode, align_corners=False, antialias=mode in ("bilinear", "bicubic"))
+    top, left = round((new_h - height) / 2), round((new_w - width) / 2)
+    x = x[:, :, top : top + height, left : left + width]
+    if frames.dtype == torch.uint8:
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous()

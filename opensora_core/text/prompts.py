@@ -1,0 +1,210 @@
+"""Prompt syntax of the Open-Sora inference script, as plain functions.
+
+Three things can ride on a prompt string (opensora/utils/inference_utils.py, v1.2):
+
+* score suffixes: ``" aesthetic score: 6.5."``, ``" motion score: 4.0."`` and
+  ``" camera motion: pan left."`` are appended before cleaning (v1.2 was trained
+  with these phrases in its captions);
+* a trailing JSON object, ``a dog{"reference_path": "a.png", "mask_strategy": "0"}``,
+  that sets the sample's references and mask strategy;
+* per-loop texts for the loop (extension) mode: ``|0|a sunny day|2|a rainy night``
+  means rounds 0 and 1 use the first text and rounds 2, 3, ... the second.
+
+The official order is: JSON extraction, loop split, scores, cleaning
+(:func:`opensora_core.text.cleaning.text_preprocessing`) of each loop text, merge,
+then per round :func:`loop_prompt_text`. :func:`prepare_prompt` does the
+score + cleaning part for one text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .cleaning import text_preprocessing
+
+# ---------------------------------------------------------------------------
+# Score suffixes
+# ---------------------------------------------------------------------------
+
+AESTHETIC_SCORE_V1_2 = 6.5  # `aes` of configs/opensora-v1-2/inference/sample.py
+
+# phrase -> how its value is printed (official format strings)
+_AESTHETIC = "aesthetic score:"
+_MOTION = "motion score:"
+_CAMERA = "camera motion:"
+
+
+def append_scores(
+    prompt: str,
+    aesthetic: float | None = None,
+    motion: float | None = None,
+    camera_motion: str | None = None,
+) -> str:
+    """Append the score phrases a v1.2 prompt is conditioned on (``append_score_to_prompts``).
+
+    Each phrase is added only when given and not already written in the prompt;
+    numbers are printed with one decimal (``6.5`` -> ``" aesthetic score: 6.5."``).
+    """
+    if aesthetic is not None and _AESTHETIC not in prompt:
+        prompt = f"{prompt} {_AESTHETIC} {aesthetic:.1f}."
+    if motion is not None and _MOTION not in prompt:
+        prompt = f"{prompt} {_MOTION} {motion:.1f}."
+    if camera_motion is not None and _CAMERA not in prompt:
+        prompt = f"{prompt} {_CAMERA} {camera_motion}."
+    return prompt
+
+
+def prepare_prompt(
+    prompt: str,
+    aesthetic: float | None = None,
+    motion: float | None = None,
+    camera_motion: str | None = None,
+    clean: bool = True,
+) -> str:
+    """The text T5 tokenises for one (loop segment of a) prompt: scores appended, then cleaned twice."""
+    return text_preprocessing(append_scores(prompt, aesthetic, motion, camera_motion), clean=clean)
+
+
+# ---------------------------------------------------------------------------
+# JSON options appended to a prompt
+# ---------------------------------------------------------------------------
+
+PROMPT_JSON_KEYS = ("reference_path", "mask_strategy")
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """A prompt split into its text and the options of its trailing JSON (None = not given)."""
+
+    text: str
+    reference_path: str | None = None  # ";"-separated image/video paths
+    mask_strategy: str | None = None  # "loop,ref,ref_start,target_start,length[,edit];..."
+
+
+def parse_prompt_options(prompt: str) -> PromptOptions:
+    """Split ``text{"reference_path": ..., "mask_strategy": ...}`` (``extract_json_from_prompts``).
+
+    Everything from the first ``{`` on must be one JSON object with only the keys in
+    :data:`PROMPT_JSON_KEYS`; the text keeps everything before it, unstripped.
+    """
+    start = prompt.find("{")
+    if start < 0:
+        return PromptOptions(prompt)
+    if "{" in prompt[start + 1 :]:
+        raise ValueError(f"prompt {prompt!r}: only one JSON object, without nested braces, may follow the text")
+    try:
+        options = json.loads(prompt[start:])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"prompt {prompt!r}: the part from '{{' on is not valid JSON ({err})") from None
+    unknown = sorted(set(options) - set(PROMPT_JSON_KEYS))
+    if unknown:
+        raise ValueError(f"prompt {prompt!r}: unknown JSON keys {unknown}; allowed: {', '.join(PROMPT_JSON_KEYS)}")
+    for key, value in options.items():
+        if not isinstance(value, str):
+            raise ValueError(f"prompt {prompt!r}: {key} must be a string, got {value!r}")
+    return PromptOptions(prompt[:start], options.get("reference_path"), options.get("mask_strategy"))
+
+
+def split_prompt_options(
+    prompts: list[str],
+    reference_paths: list[str] | None = None,
+    mask_strategies: list[str] | None = None,
+) -> tuple[list[str], list[str], list[str]]:
+    """Batch form: (texts, reference_paths, mask_strategies), JSON values overriding the given lists.
+
+    The lists default to ``""`` per prompt, as the inference script's config does.
+    """
+    refs = list(reference_paths) if reference_paths is not None else [""] * len(prompts)
+    masks = list(mask_strategies) if mask_strategies is not None else [""] * len(prompts)
+    if len(refs) != len(prompts) or len(masks) != len(prompts):
+        raise ValueError(
+            f"got {len(prompts)} prompts but {len(refs)} reference paths and {len(masks)} mask strategies"
+        )
+    texts = []
+    for i, prompt in enumerate(prompts):
+        options = parse_prompt_options(prompt)
+        texts.append(options.text)
+        if options.reference_path is not None:
+            refs[i] = options.reference_path
+        if options.mask_strategy is not None:
+            masks[i] = options.mask_strategy
+    return texts, refs, masks
+
+
+# ---------------------------------------------------------------------------
+# Per-loop prompts "|0|text|2|text2"
+# ---------------------------------------------------------------------------
+
+_LOOP_MARK = "|0|"
+
+
+def is_loop_prompt(prompt: str) -> bool:
+    return prompt.startswith(_LOOP_MARK)
+
+
+def _loop_segments(prompt: str) -> list[tuple[int, str]]:
+    """(first round, raw text) pairs of a ``|0|...`` prompt; starts must increase."""
+    fields = prompt.split("|")[1:]
+    if len(fields) % 2:
+        raise ValueError(f"loop prompt {prompt!r}: expected |round|text pairs, got an odd number of fields")
+    segments = []
+    for i in range(0, len(fields), 2):
+        try:
+            start = int(fields[i])
+        except ValueError:
+            raise ValueError(
+                f"loop prompt {prompt!r}: {fields[i]!r} is not a round number (a text may not contain '|')"
+            ) from None
+        if segments and start <= segments[-1][0]:
+            raise ValueError(
+                f"loop prompt {prompt!r}: round numbers must increase, got {start} after {segments[-1][0]}"
+            )
+        segments.append((start, fields[i + 1]))
+    return segments
+
+
+def split_loop_prompt(prompt: str) -> tuple[list[str], list[int] | None]:
+    """``"|0|a|2|b"`` -> (["a", "b"], [0, 2]) with texts stripped; a plain prompt -> ([prompt], None)."""
+    if not is_loop_prompt(prompt):
+        return [prompt], None
+    segments = _loop_segments(prompt)
+    return [text.strip() for _, text in segments], [start for start, _ in segments]
+
+
+def merge_loop_prompt(texts: list[str], starts: list[int] | None = None) -> str:
+    """Inverse of :func:`split_loop_prompt`: (["a", "b"], [0, 2]) -> ``"|0|a|2|b"``."""
+    if starts is None:
+        if len(texts) != 1:
+            raise ValueError(f"{len(texts)} texts need their loop round numbers")
+        return texts[0]
+    if len(texts) != len(starts):
+        raise ValueError(f"{len(texts)} texts but {len(starts)} loop round numbers")
+    return "".join(f"|{start}|{text}" for start, text in zip(starts, texts))
+
+
+def loop_prompt_text(prompt: str, loop_index: int) -> str:
+    """Text for loop round ``loop_index``: the last segment starting at or before it (``extract_prompts_loop``).
+
+    The text is returned as written (not stripped); a plain prompt is used for every round.
+    """
+    if not is_loop_prompt(prompt):
+        return prompt
+    if loop_index < 0:
+        raise ValueError(f"loop_index must be >= 0, got {loop_index}")
+    return [text for start, text in _loop_segments(prompt) if start <= loop_index][-1]
+
+
+__all__ = [
+    "AESTHETIC_SCORE_V1_2",
+    "PROMPT_JSON_KEYS",
+    "PromptOptions",
+    "append_scores",
+    "is_loop_prompt",
+    "loop_prompt_text",
+    "merge_loop_prompt",
+    "parse_prompt_options",
+    "prepare_prompt",
+    "split_loop_prompt",
+    "split_prompt_options",
+]
