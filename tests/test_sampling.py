@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
-
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from opensora_core.text.caption import Caption
 
 from opensora_core.sampling import (
     CALLBACK_KEYS,
@@ -22,7 +22,6 @@ from opensora_core.sampling import (
     get_sampler,
     iddpm_schedule,
     linear_betas,
-    resolution_args,
     rflow_schedule,
     rflow_timesteps,
     sample_iddpm,
@@ -76,7 +75,7 @@ def replay(io):
 
 
 def rflow_guided(io, model):
-    caption = SimpleNamespace(y=io["in.y_cond"], mask=io["in.text_mask"])
+    caption = Caption(io["in.y_cond"], io["in.text_mask"])
     args = {k: io[f"in.model_args.{k}"] for k in ("height", "width", "num_frames", "ar", "fps")}
     return GuidedModel(model, caption, io["in.y_null"], args, scale=7.0), args
 
@@ -275,7 +274,7 @@ def test_guided_model_doubles_the_batch_and_guides_only_the_first_channels():
         cond = torch.full((1, 8, 2, 1, 1), 3.0)
         return torch.cat([cond, torch.ones_like(cond)])  # prompt half 3, null half 1
 
-    caption = SimpleNamespace(y=torch.zeros(1, 1, 4, 5), mask=torch.tensor([[1, 1, 0, 0]]))
+    caption = Caption(torch.zeros(1, 1, 4, 5), torch.tensor([[1, 1, 0, 0]]))
     guided = GuidedModel(model, caption, torch.ones(1, 1, 4, 5), {"fps": torch.tensor([24.0])}, scale=7.0, channels=3)
     out = guided(torch.zeros(1, 4, 2, 1, 1), torch.tensor([500.0]), torch.tensor([[True, False]]))
     assert seen["x"].shape[0] == 2 and seen["t"].tolist() == [500.0, 500.0]
@@ -285,17 +284,9 @@ def test_guided_model_doubles_the_batch_and_guides_only_the_first_channels():
 
 
 def test_guided_model_rejects_a_null_caption_of_another_shape():
-    caption = SimpleNamespace(y=torch.zeros(2, 1, 4, 5), mask=None)
+    caption = Caption(torch.zeros(2, 1, 4, 5), torch.ones(2, 4, dtype=torch.int64))
     with pytest.raises(ValueError, match="y_embedding"):
         GuidedModel(lambda *a, **k: None, caption, torch.zeros(1, 1, 4, 5), scale=7.0)
-
-
-def test_resolution_args_use_image_fps_for_one_frame(reference):
-    table = json.loads((reference / "v1_2/cases/inference_tables/table.json").read_text())
-    for row in table["prepare_multi_resolution_info"]:
-        (h, w), frames = row["image_size"], row["num_frames"]
-        args = resolution_args(2, h, w, frames, row["fps"])
-        assert {k: v.tolist() for k, v in args.items()} == row["out"]
 
 
 # ---------------------------------------------------------------------------

@@ -26,9 +26,11 @@ from ..sampling import (
     sample_rflow,
     timestep_transform,
 )
+from ..text.caption import Caption, null_caption
 from .runner import Case, Comparison, Handler
 
 TIMESTEP_ATOL = 1e-3  # timesteps are on the 0..1000 scale (NOTES.md of the rflow cases)
+MODEL_ARG_NAMES = ("height", "width", "num_frames", "ar", "fps")  # prepare_multi_resolution_info
 
 
 # ---------------------------------------------------------------------------
@@ -55,16 +57,6 @@ def _build_model(class_name: str, kwargs: dict, case: Case) -> torch.nn.Module:
     model = build_model(class_name, kwargs)
     model.load_state_dict(case.weights, strict=True)
     return model.eval()
-
-
-def _null_caption(model: torch.nn.Module, batch: int) -> torch.Tensor:
-    table = model.y_embedder.y_embedding  # (L, C)
-    return table[None, None].repeat(batch, 1, 1, 1)  # (B, 1, L, C)
-
-
-class _Caption:
-    def __init__(self, y: torch.Tensor, mask: torch.Tensor | None):
-        self.y, self.mask = y, mask
 
 
 def _draws(case: Case, prefix: str) -> list[torch.Tensor]:
@@ -151,7 +143,7 @@ def _run_rflow(case: Case) -> list[Comparison]:
     args = {name: io[key] for name, key in call["additional_args"].items()}
     z, mask, checks = _rflow_latent(case, batch)
     scale = call.get("guidance_scale") or kwargs.get("cfg_scale", 4.0)
-    guided = GuidedModel(model, _Caption(io[y_key], io[mask_key]), io[null_key], args, scale=scale)
+    guided = GuidedModel(model, Caption(io[y_key], io[mask_key]), io[null_key], args, scale=scale)
     times = _rflow_timesteps(case, args, batch)
     noise = _noise(case, "rng.", call.get("torch_manual_seed_before_sample"))
     out = sample_rflow(guided, z, times, mask=mask, noise=noise, num_timesteps=kwargs.get("num_timesteps", 1000))
@@ -209,13 +201,14 @@ def _run_iddpm(case: Case) -> list[Comparison]:
     cfg, io = case.config, case.io
     net = _build_model(cfg["class"], cfg["constructor_kwargs"], case)
     batch = io["in.y"].shape[0]
-    caption = _Caption(io["in.y"], io.get("in.mask"))
-    args = {name: io[f"in.{name}"] for name in cfg["call"]["additional_args"]}
+    caption = Caption(io["in.y"], io["in.mask"])
+    names = cfg["call"].get("additional_args") or [n for n in MODEL_ARG_NAMES if f"in.{n}" in io]
+    args = {name: io[f"in.{name}"] for name in names}
     z, mask, checks = _iddpm_latent(case, batch)
     for run, (kwargs, out_key, prefix) in enumerate(_iddpm_runs(case)):
         schedule = iddpm_schedule(kwargs["num_sampling_steps"])
         model = _Recorder(net)
-        guided = GuidedModel(model, caption, _null_caption(net, batch), args, scale=kwargs["cfg_scale"], channels=kwargs.get("cfg_channel"))
+        guided = GuidedModel(model, caption, null_caption(net.y_embedder.y_embedding, batch), args, scale=kwargs["cfg_scale"], channels=kwargs.get("cfg_channel"))
         states: list[torch.Tensor] = []
         noise = _noise(case, prefix, cfg["call"].get("torch_manual_seed_before_sample"))
         out = sample_iddpm(guided, z, schedule, mask=mask, noise=noise, callback=lambda info: states.append(info["x"]))

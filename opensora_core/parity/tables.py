@@ -23,6 +23,8 @@ from ..conditioning import (
 )
 from ..geometry import PER_FRAME
 from ..sampling import rflow_schedule, timestep_transform
+from ..text.cleaning import text_preprocessing
+from ..text.prompts import loop_prompt_text, parse_prompt_options
 from .runner import Case, Comparison, Handler
 
 TIMESTEP_ATOL = 1e-3
@@ -160,12 +162,7 @@ def _v1_1_loop(n: int, row: dict) -> list[Comparison]:
 
 
 def _v1_1_prompts(n: int, row: dict) -> list[Comparison]:
-    """JSON options and per-loop texts; the syntax and cleaning live in opensora_core.text."""
-    try:
-        from ..text.cleaning import text_preprocessing
-        from ..text.prompts import loop_prompt_text, parse_prompt_options
-    except ImportError as err:
-        return [Comparison(f"prompts[{n}]", f"opensora_core.text is not available ({err})", "opensora_core.text")]
+    """JSON options and per-loop texts (the prompt syntax and cleaning live in opensora_core.text)."""
     options = parse_prompt_options(row["input"])
     extra = {k: getattr(options, k) for k in ("reference_path", "mask_strategy") if getattr(options, k) is not None}
     texts = [text_preprocessing(loop_prompt_text(options.text, i)) for i in range(row["num_loop"])]

@@ -2,8 +2,9 @@
 
 Typical use (v1.2)::
 
-    y_null = null_caption(model.y_embedder.y_embedding, batch)  # opensora_core.text.caption
-    guided = GuidedModel(model, caption, y_null, resolution_args(batch, h, w, frames, fps), scale=7.0)
+    y_null = null_caption(model.y_embedder.y_embedding, batch)        # opensora_core.text.caption
+    args = multi_resolution_args(batch, (h, w), frames, fps)         # opensora_core.model_args
+    guided = GuidedModel(model, caption, y_null, args, scale=7.0)
     times = rflow_schedule(30, height=h, width=w, num_frames=frames)
     z = get_sampler("rflow")(guided, z, times, mask=mask, noise=GeneratorNoise.from_seed(42), callback=cb)
 
@@ -27,7 +28,7 @@ from .core import (
     StepCallback,
 )
 from .frames import FrameSets, IDDPMFrameRule, ReferenceFrames, RFlowFrameRule
-from .guidance import CaptionLike, GuidedModel, resolution_args
+from .guidance import CaptionLike, GuidedModel
 from .iddpm import SpacedSchedule, iddpm_schedule, linear_betas, sample_iddpm, space_timesteps
 from .rflow import check_transform_frames, rflow_schedule, rflow_timesteps, sample_rflow, timestep_transform
 
@@ -65,7 +66,6 @@ __all__ = [
     "get_sampler",
     "iddpm_schedule",
     "linear_betas",
-    "resolution_args",
     "rflow_schedule",
     "rflow_timesteps",
     "sample_iddpm",

@@ -4,7 +4,9 @@ The STDiT models share the official forward signature
 ``model(x, timestep, y, mask=None, x_mask=None, **model_args)`` and return
 (B, 2C, T, H, W): C prediction channels (velocity for v1.2, noise for v1.1) and
 C variance channels. :class:`GuidedModel` turns such a model into the
-``(x, t, x_mask) -> output`` callable the samplers use.
+``(x, t, x_mask) -> output`` callable the samplers use. The caption comes from
+:mod:`opensora_core.text.caption` and the size/fps arguments from
+:func:`opensora_core.model_args.multi_resolution_args`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 from typing import Callable, Mapping, Protocol
 
 import torch
-
-from ..geometry import IMG_FPS
 
 
 class CaptionLike(Protocol):
@@ -25,35 +25,6 @@ class CaptionLike(Protocol):
 
     y: torch.Tensor
     mask: torch.Tensor | None
-
-
-def resolution_args(
-    batch: int,
-    height: int,
-    width: int,
-    num_frames: int,
-    fps: float,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> dict[str, torch.Tensor]:
-    """The size/fps arguments both STDiT2 and STDiT3 receive, each a (B,) tensor in the model dtype.
-
-    Follows opensora/utils/inference_utils.py ``prepare_multi_resolution_info`` ("STDiT2"):
-    height and width are PIXEL sizes, ar = height / width, and a single image gets fps = IMG_FPS.
-    """
-    fps = IMG_FPS if num_frames == 1 else fps
-
-    def column(value: float) -> torch.Tensor:
-        return torch.tensor([value], dtype=dtype, device=device).repeat(batch)
-
-    return {
-        "height": column(height),
-        "width": column(width),
-        "num_frames": column(num_frames),
-        "ar": column(height / width),
-        "fps": column(fps),
-    }
 
 
 def _check_caption(caption: CaptionLike, y_null: torch.Tensor) -> None:
