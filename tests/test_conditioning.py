@@ -30,7 +30,9 @@ from opensora_core.geometry import PER_FRAME, VAE_V1_2
 
 def tagged(*frames: int) -> list[torch.Tensor]:
     """References (1, T, 1, 1) whose frame f of reference j holds 1000*(j+1)+f."""
-    return [(1000.0 * (j + 1) + torch.arange(n, dtype=torch.float32))[None, :, None, None] for j, n in enumerate(frames)]
+    return [
+        (1000.0 * (j + 1) + torch.arange(n, dtype=torch.float32))[None, :, None, None] for j, n in enumerate(frames)
+    ]
 
 
 def values(z: torch.Tensor) -> list[float]:
@@ -43,7 +45,9 @@ def values(z: torch.Tensor) -> list[float]:
 
 
 def test_missing_fields_take_the_official_defaults():
-    assert parse_mask_strategy("0,1") == [MaskGroup(loop_id=0, ref_id=1, ref_start=0, target_start=0, length=1, edit_ratio=0.0)]
+    assert parse_mask_strategy("0,1") == [
+        MaskGroup(loop_id=0, ref_id=1, ref_start=0, target_start=0, length=1, edit_ratio=0.0)
+    ]
 
 
 def test_empty_strategy_has_no_groups():
@@ -185,7 +189,9 @@ def test_pixel_frames_are_latent_frames_for_the_per_frame_vae():
 
 def test_pixel_condition_past_the_end_is_rejected():
     with pytest.raises(ValueError, match="shorten length to 1"):
-        pixel_conditions_to_groups([PixelCondition(target_start=50, length=3)], geometry=VAE_V1_2, num_frames=51, ref_num_frames=[51])
+        pixel_conditions_to_groups(
+            [PixelCondition(target_start=50, length=3)], geometry=VAE_V1_2, num_frames=51, ref_num_frames=[51]
+        )
 
 
 def test_report_gives_latent_and_pixel_positions_and_alignment():

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from opensora_core.text.caption import Caption
 
 from opensora_core.sampling import (
     CALLBACK_KEYS,
@@ -29,6 +28,7 @@ from opensora_core.sampling import (
     space_timesteps,
     timestep_transform,
 )
+from opensora_core.text.caption import Caption
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -254,7 +254,9 @@ def test_rflow_rule_frees_frames_when_mask_times_1000_reaches_t():
 def test_iddpm_rule_uses_truncated_levels():
     """level = int(mask * 5) = [0, 2, 5]: re-noise at equality, free above, keep below."""
     sched = iddpm_schedule(5)
-    rule = IDDPMFrameRule(torch.tensor([[0.0, 0.5, 1.0]]), 5, sched.sqrt_alphas_cumprod, sched.sqrt_one_minus_alphas_cumprod)
+    rule = IDDPMFrameRule(
+        torch.tensor([[0.0, 0.5, 1.0]]), 5, sched.sqrt_alphas_cumprod, sched.sqrt_one_minus_alphas_cumprod
+    )
     at2, at0 = rule.sets(torch.tensor([2])), rule.sets(torch.tensor([0]))
     assert at2.renoise.tolist() == [[False, True, False]] and at2.free.tolist() == [[False, False, True]]
     assert at2.keep.tolist() == [[True, False, False]]
@@ -392,3 +394,36 @@ def test_rflow_replay_without_injection_uses_the_official_seed(reference):
     noise = GeneratorNoise.from_seed(cfg["sample_call"]["torch_manual_seed_before_sample"])
     out = sample_rflow(guided, io["in.z_after_mask_strategy"], case_timesteps(args), mask=io["out.mask"], noise=noise)
     assert torch.equal(out, io["out.z_final"])
+
+
+@pytest.mark.parametrize("sampler", ["rflow", "iddpm"])
+def test_bf16_latents_follow_the_official_promotion_to_float32(sampler):
+    """STDiT returns float32, so a bf16 start latent becomes float32 after the first step (as officially)."""
+
+    def model(z, t, x_mask=None):
+        return torch.zeros(z.shape[0], 2 * z.shape[1], *z.shape[2:], dtype=torch.float32)
+
+    x = torch.randn(1, 4, 3, 2, 2, dtype=torch.bfloat16)
+    schedule = rflow_timesteps(3) if sampler == "rflow" else iddpm_schedule(3)
+    out = get_sampler(sampler)(model, x, schedule, mask=torch.ones(1, 3), noise=GeneratorNoise.from_seed(0))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_a_mask_without_a_noise_source_asks_for_one():
+    with pytest.raises(ValueError, match="GeneratorNoise.from_seed"):
+        sample_rflow(
+            velocity_oracle(torch.zeros(1, 4, 2, 1, 1)),
+            torch.zeros(1, 4, 2, 1, 1),
+            rflow_timesteps(2),
+            mask=torch.ones(1, 2),
+        )
+
+
+def test_a_mask_of_the_wrong_shape_is_rejected_before_sampling():
+    with pytest.raises(ValueError, match=r"needs \(B, T\) = \(1, 2\)"):
+        sample_rflow(
+            velocity_oracle(torch.zeros(1, 4, 2, 1, 1)),
+            torch.zeros(1, 4, 2, 1, 1),
+            rflow_timesteps(2),
+            mask=torch.ones(1, 3),
+        )

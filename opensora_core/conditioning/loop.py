@@ -50,7 +50,9 @@ def loop_strategies(
     """The strategy string in effect for every round, starting from ``strategy`` with ``num_refs`` references."""
     current, per_loop = strategy, [strategy]
     for loop_i in range(1, loops):
-        current = append_generated(current, num_refs + loop_i - 1, loop_i, condition_frames, edit_ratio, version=version)
+        current = append_generated(
+            current, num_refs + loop_i - 1, loop_i, condition_frames, edit_ratio, version=version
+        )
         per_loop.append(current)
     return per_loop
 

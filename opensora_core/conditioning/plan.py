@@ -10,8 +10,8 @@ and :func:`describe_mask_strategy` says where every group lands in latent and pi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..geometry import LatentGeometry
 from .strategy import (
@@ -42,13 +42,17 @@ def _check_frame(what: str, start: int, frames: int, name: str) -> None:
         )
 
 
-def _check_group(index: int, group: MaskGroup, latent_frames: int, refs: Sequence[int], version: str, loops: int) -> None:
+def _check_group(
+    index: int, group: MaskGroup, latent_frames: int, refs: Sequence[int], version: str, loops: int
+) -> None:
     what = _where(index, group, version)
     if not 0 <= group.loop_id < loops:
         raise ValueError(f"{what} is for loop {group.loop_id} but {loops} loop(s) run; use loop_id 0..{loops - 1}")
     if not 0 <= group.ref_id < len(refs):
         if not refs:
-            raise ValueError(f"{what} uses reference {group.ref_id}, but no reference was given; add one or remove the group")
+            raise ValueError(
+                f"{what} uses reference {group.ref_id}, but no reference was given; add one or remove the group"
+            )
         raise ValueError(
             f"{what} uses reference {group.ref_id}, but only {len(refs)} reference(s) were given "
             f"(ref_id 0..{len(refs) - 1}); add a reference or fix ref_id"
@@ -233,7 +237,9 @@ def describe_mask_strategy(
         )
         if geometry is not None and num_frames is not None:
             text += _pixel_text(geometry, where.target_start, where.length, num_frames)
-        lines.append(f"{text}; {_role(where.edit_ratio)}{_adjustments(group, where, latent_frames, ref_frames, version)}")
+        lines.append(
+            f"{text}; {_role(where.edit_ratio)}{_adjustments(group, where, latent_frames, ref_frames, version)}"
+        )
     return "\n".join(lines) if lines else "no reference frames: every frame is generated"
 
 

@@ -21,8 +21,8 @@ These functions reproduce the official results for every input the official code
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import torch
 
@@ -95,20 +95,18 @@ def parse_mask_strategy(strategy: str | None) -> list[MaskGroup]:
         if text.strip() == "":
             raise ValueError(f"{_describe(index, text)} is empty: remove the extra ';'; {FORMAT_HINT}")
         values = []
-        for name, field in zip(FIELDS, fields):
+        for name, field in zip(FIELDS, fields, strict=True):
             convert = float if name == "edit_ratio" else int
             try:
                 values.append(convert(field))
             except ValueError:
                 kind = "a number" if convert is float else "an integer"
-                raise ValueError(
-                    f"{_describe(index, text)}: {name} {field!r} is not {kind}; {FORMAT_HINT}"
-                ) from None
+                raise ValueError(f"{_describe(index, text)}: {name} {field!r} is not {kind}; {FORMAT_HINT}") from None
         groups.append(MaskGroup(*values))
     return groups
 
 
-Strategy = Union[str, None, Sequence[MaskGroup]]
+Strategy = str | None | Sequence[MaskGroup]
 
 
 def as_groups(strategy: Strategy) -> list[MaskGroup]:
@@ -142,7 +140,9 @@ class Placement:
     edit_ratio: float
 
 
-def place_group(group: MaskGroup, latent_frames: int, ref_frames: int, version: str, align: int | None = None) -> Placement:
+def place_group(
+    group: MaskGroup, latent_frames: int, ref_frames: int, version: str, align: int | None = None
+) -> Placement:
     """Resolve a group against a latent of ``latent_frames`` and a reference of ``ref_frames`` frames."""
     check_version(version)
     ref_start, target_start, length = group.ref_start, group.target_start, group.length
@@ -165,7 +165,8 @@ def _reference(refs: Sequence[torch.Tensor], group: MaskGroup, sample: int) -> t
         return refs[group.ref_id]
     except IndexError:
         raise ValueError(
-            f"mask strategy of sample {sample} uses reference {group.ref_id} but the sample has {len(refs)} reference(s)"
+            f"mask strategy of sample {sample} uses reference {group.ref_id}, "
+            f"but the sample has {len(refs)} reference(s)"
         ) from None
 
 

@@ -86,7 +86,9 @@ def _references(case: Case, prefix: str, batch: int) -> list[list[torch.Tensor]]
 
 def _compare(name: str, actual, case: Case, atol: float | None = None, rtol: float | None = None) -> Comparison:
     case_atol, case_rtol = case.tolerance()
-    return Comparison(name, actual, case.io[name], case_atol if atol is None else atol, case_rtol if rtol is None else rtol)
+    return Comparison(
+        name, actual, case.io[name], case_atol if atol is None else atol, case_rtol if rtol is None else rtol
+    )
 
 
 def _stack_calls(calls: list[dict], field: str) -> torch.Tensor:
@@ -104,7 +106,10 @@ def _is_rflow(case: Case) -> bool:
 
 def _caption_keys(description: str) -> tuple[str, str, str]:
     """io keys of y, token mask and null caption from the fake text encoder's description."""
-    found = [re.search(pattern, description) for pattern in (r"y:\s*([\w.]+)", r"mask:\s*([\w.]+)", r"null\(n\)\s*->\s*([\w.]+)")]
+    found = [
+        re.search(pattern, description)
+        for pattern in (r"y:\s*([\w.]+)", r"mask:\s*([\w.]+)", r"null\(n\)\s*->\s*([\w.]+)")
+    ]
     if not all(found):
         raise ValueError(f"cannot read the caption tensors from text_encoder description {description!r}")
     return tuple(m[1] for m in found)
@@ -117,7 +122,12 @@ def _rflow_latent(case: Case, batch: int) -> tuple[torch.Tensor, torch.Tensor | 
         return case.io[call["z"]], mask, []
     refs = _references(case, "in.ref", batch)
     z, mask = apply_mask_strategy(
-        case.io["in.z_noise"], refs, strategy["strings"], strategy.get("loop_i", 0), version="v1.2", align=strategy.get("align")
+        case.io["in.z_noise"],
+        refs,
+        strategy["strings"],
+        strategy.get("loop_i", 0),
+        version="v1.2",
+        align=strategy.get("align"),
     )
     checks = [Comparison(call["z"], z, case.io[call["z"]]), Comparison(call["mask"], mask, case.io[call["mask"]])]
     return z, mask, checks
@@ -148,7 +158,12 @@ def _run_rflow(case: Case) -> list[Comparison]:
     noise = _noise(case, "rng.", call.get("torch_manual_seed_before_sample"))
     out = sample_rflow(guided, z, times, mask=mask, noise=noise, num_timesteps=kwargs.get("num_timesteps", 1000))
     checks += [_compare("out.z_final", out, case), _compare("out.timesteps", times[:-1], case, TIMESTEP_ATOL, 0.0)]
-    traces = {"trace.model_in_x": "x", "trace.model_in_t": "t", "trace.model_in_x_mask": "x_mask", "trace.model_out": "out"}
+    traces = {
+        "trace.model_in_x": "x",
+        "trace.model_in_t": "t",
+        "trace.model_in_x_mask": "x_mask",
+        "trace.model_out": "out",
+    }
     for key, field in traces.items():
         if key in io:
             checks.append(_compare(key, _stack_calls(model.calls, field), case))
@@ -194,33 +209,43 @@ def _iddpm_runs(case: Case) -> list[tuple[dict, str, str]]:
 
 
 def _iddpm_schedule_checks(case: Case, schedule) -> list[Comparison]:
-    return [Comparison(k, getattr(schedule, k[len("sched.") :]), v) for k, v in case.io.items() if k.startswith("sched.")]
+    return [
+        Comparison(k, getattr(schedule, k[len("sched.") :]), v) for k, v in case.io.items() if k.startswith("sched.")
+    ]
+
+
+def _iddpm_trajectory(case: Case, states: list[torch.Tensor], calls: list[dict]) -> list[Comparison]:
+    """State after every step (first, conditional half of the recorded doubled batch) and the model's x_mask."""
+    checks, io = [], case.io
+    for k, state in enumerate(states):
+        key, mask_key = f"traj.step{k:03d}", f"traj.x_mask.step{k:03d}"
+        if key in io:
+            checks.append(Comparison(key, state, io[key][: state.shape[0]], *case.tolerance()))
+        if mask_key in io:
+            checks.append(Comparison(mask_key, calls[k]["x_mask"], io[mask_key]))
+    return checks
 
 
 def _run_iddpm(case: Case) -> list[Comparison]:
     cfg, io = case.config, case.io
     net = _build_model(cfg["class"], cfg["constructor_kwargs"], case)
-    batch = io["in.y"].shape[0]
     caption = Caption(io["in.y"], io["in.mask"])
+    y_null = null_caption(net.y_embedder.y_embedding, caption.batch_size)
     names = cfg["call"].get("additional_args") or [n for n in MODEL_ARG_NAMES if f"in.{n}" in io]
     args = {name: io[f"in.{name}"] for name in names}
-    z, mask, checks = _iddpm_latent(case, batch)
+    z, mask, checks = _iddpm_latent(case, caption.batch_size)
     for run, (kwargs, out_key, prefix) in enumerate(_iddpm_runs(case)):
-        schedule = iddpm_schedule(kwargs["num_sampling_steps"])
-        model = _Recorder(net)
-        guided = GuidedModel(model, caption, null_caption(net.y_embedder.y_embedding, batch), args, scale=kwargs["cfg_scale"], channels=kwargs.get("cfg_channel"))
-        states: list[torch.Tensor] = []
+        schedule, model, states = iddpm_schedule(kwargs["num_sampling_steps"]), _Recorder(net), []
+        guided = GuidedModel(
+            model, caption, y_null, args, scale=kwargs["cfg_scale"], channels=kwargs.get("cfg_channel")
+        )
         noise = _noise(case, prefix, cfg["call"].get("torch_manual_seed_before_sample"))
-        out = sample_iddpm(guided, z, schedule, mask=mask, noise=noise, callback=lambda info: states.append(info["x"]))
+        out = sample_iddpm(
+            guided, z, schedule, mask=mask, noise=noise, callback=lambda info, kept=states: kept.append(info["x"])
+        )
         checks.append(_compare(out_key, out, case))
-        if run > 0:
-            continue
-        checks += _iddpm_schedule_checks(case, schedule)
-        for k, state in enumerate(states):
-            if f"traj.step{k:03d}" in io:
-                checks.append(Comparison(f"traj.step{k:03d}", state, io[f"traj.step{k:03d}"][:batch], *case.tolerance()))
-            if f"traj.x_mask.step{k:03d}" in io:
-                checks.append(Comparison(f"traj.x_mask.step{k:03d}", model.calls[k]["x_mask"], io[f"traj.x_mask.step{k:03d}"]))
+        if run == 0:
+            checks += _iddpm_schedule_checks(case, schedule) + _iddpm_trajectory(case, states, model.calls)
     return checks
 
 

@@ -36,7 +36,10 @@ TIMESTEP_ATOL = 1e-3
 
 def _tagged_refs(frame_counts: list[int]) -> list[torch.Tensor]:
     """References (1, T_ref, 1, 1) whose frame f of reference j holds 1000*(j+1)+f."""
-    return [(1000.0 * (j + 1) + torch.arange(n, dtype=torch.float32))[None, :, None, None] for j, n in enumerate(frame_counts)]
+    return [
+        (1000.0 * (j + 1) + torch.arange(n, dtype=torch.float32))[None, :, None, None]
+        for j, n in enumerate(frame_counts)
+    ]
 
 
 def _placement(z: torch.Tensor) -> list[list[tuple[int, int] | None]]:
@@ -51,6 +54,7 @@ def _apply_tagged(frames: int, refs: list[list[int]], strategies: list, loop_i: 
 
 def _as_pairs(rows: list) -> list:
     """Normalise recorded placements ([ref, frame] lists or {"ref_id", "ref_frame"} dicts) to tuples."""
+
     def one(item):
         if item is None:
             return None
@@ -72,7 +76,9 @@ def _is_v1_2_table(case: Case) -> bool:
 
 def _v1_2_example(n: int, ex: dict) -> list[Comparison]:
     name = f"examples[{n}]"
-    z, mask = _apply_tagged(ex["latent_frames"], ex["ref_latent_frames"], ex["mask_strategy"], ex["loop_i"], "v1.2", ex["align"])
+    z, mask = _apply_tagged(
+        ex["latent_frames"], ex["ref_latent_frames"], ex["mask_strategy"], ex["loop_i"], "v1.2", ex["align"]
+    )
     parsed = [[[getattr(g, f) for f in FIELDS] for g in parse_mask_strategy(s)] for s in ex["mask_strategy"]]
     return [
         Comparison(f"{name}.parsed", parsed, ex["parsed"]),
@@ -83,8 +89,10 @@ def _v1_2_example(n: int, ex: dict) -> list[Comparison]:
 
 def _v1_2_append(n: int, row: dict) -> list[Comparison]:
     after = [
-        append_generated(s, count, row["loop_i"], row["condition_frame_length"], row["condition_frame_edit"], version="v1.2")
-        for s, count in zip(row["mask_strategy_before"], row["refs_count_before"])
+        append_generated(
+            s, count, row["loop_i"], row["condition_frame_length"], row["condition_frame_edit"], version="v1.2"
+        )
+        for s, count in zip(row["mask_strategy_before"], row["refs_count_before"], strict=True)
     ]
     counts = [c + 1 for c in row["refs_count_before"]]
     return [
@@ -151,7 +159,9 @@ def _v1_1_loop(n: int, row: dict) -> list[Comparison]:
             refs.append(frames)  # the previous clip, re-encoded (per-frame VAE: same frame count)
         z, mask = _apply_tagged(frames, [refs], [strategies[loop_i]], loop_i, "v1.1")
         checks += [
-            Comparison(f"{name}.per_loop[{loop_i}].mask_strategy_string", strategies[loop_i], expected["mask_strategy_string"]),
+            Comparison(
+                f"{name}.per_loop[{loop_i}].mask_strategy_string", strategies[loop_i], expected["mask_strategy_string"]
+            ),
             Comparison(f"{name}.per_loop[{loop_i}].num_refs", len(refs), expected["num_refs"]),
             Comparison(f"{name}.per_loop[{loop_i}].mask", mask[0].tolist(), expected["mask"]),
             Comparison(f"{name}.per_loop[{loop_i}].inserted", _placement(z)[0], _as_pairs([expected["inserted"]])[0]),
@@ -219,8 +229,7 @@ def _transform_one(t: float, height: float, width: float, num_frames: float, dty
 
 def _transform_io(case: Case) -> list[Comparison]:
     io, checks = case.io, []
-    columns = zip(io["in.t"].tolist(), io["in.height"].tolist(), io["in.width"].tolist(), io["in.num_frames"].tolist())
-    rows = list(columns)
+    rows = list(zip(*(io[k].tolist() for k in ("in.t", "in.height", "in.width", "in.num_frames")), strict=True))
     for key, dtype in (("out.t_transformed", torch.float32), ("out.t_transformed_bf16_args", torch.bfloat16)):
         if key in io:
             ours = torch.stack([_transform_one(*row, dtype) for row in rows])
@@ -242,7 +251,9 @@ def _run_transform_table(case: Case) -> list[Comparison]:
         steps = ((times[:-1].double() - times[1:].double()) / 1000).float()
         checks += [
             Comparison(f"schedules[{n}].timesteps", times[:-1], torch.tensor(sched["timesteps"]), TIMESTEP_ATOL),
-            Comparison(f"schedules[{n}].before", plain[:-1], torch.tensor(sched["timesteps_before_transform"]), TIMESTEP_ATOL),
+            Comparison(
+                f"schedules[{n}].before", plain[:-1], torch.tensor(sched["timesteps_before_transform"]), TIMESTEP_ATOL
+            ),
             Comparison(f"schedules[{n}].dt", steps, torch.tensor(sched["dt"]), TIMESTEP_ATOL / 1000),
         ]
     if case.has("io.safetensors"):

@@ -16,7 +16,7 @@ by ``mask`` are handled by :mod:`.frames` for both.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .core import (
     CALLBACK_KEYS,

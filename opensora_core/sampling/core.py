@@ -11,8 +11,9 @@ caller can keep the partial result.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -34,7 +35,9 @@ class SamplingInterrupted(Exception):
     (both filled in by the sampler loop; None if raised before the first step).
     """
 
-    def __init__(self, message: str = "sampling interrupted", *, step: int | None = None, x: torch.Tensor | None = None):
+    def __init__(
+        self, message: str = "sampling interrupted", *, step: int | None = None, x: torch.Tensor | None = None
+    ):
         super().__init__(message)
         self.step = step
         self.x = x
@@ -69,7 +72,7 @@ class GeneratorNoise:
     generator: torch.Generator
 
     @classmethod
-    def from_seed(cls, seed: int, device: str | torch.device = "cpu") -> "GeneratorNoise":
+    def from_seed(cls, seed: int, device: str | torch.device = "cpu") -> GeneratorNoise:
         generator = torch.Generator(device=device)
         generator.manual_seed(int(seed))
         return cls(generator)

@@ -25,8 +25,9 @@ The two official versions differ only in the rule, i.e. which frames fall in eac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -57,6 +58,16 @@ def _frames(flags: torch.Tensor) -> torch.Tensor:
 def _check_mask(mask: torch.Tensor) -> None:
     if mask.dim() != 2:
         raise ValueError(f"frame mask must be (B, T), got shape {tuple(mask.shape)}")
+
+
+def check_frame_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The mask on the latent's device, after checking it is (B, T) for a (B, C, T, H, W) latent."""
+    if tuple(mask.shape) != (x.shape[0], x.shape[2]):
+        raise ValueError(
+            f"frame mask has shape {tuple(mask.shape)} but the latent {tuple(x.shape)} needs (B, T) = "
+            f"{(x.shape[0], x.shape[2])}; build it with apply_mask_strategy for this latent"
+        )
+    return mask.to(x.device)
 
 
 class RFlowFrameRule:
@@ -127,8 +138,6 @@ class ReferenceFrames:
         before = x
         noise = draw_like(self.noise, x, self.draw_copies)
         sets = self.rule.sets(point)
-        if sets.renoise.shape != (x.shape[0], x.shape[2]):
-            raise ValueError(f"frame mask {tuple(sets.renoise.shape)} does not match latent (B, T) = {(x.shape[0], x.shape[2])}")
         x = torch.where(_frames(sets.renoise), self.rule.add_noise(before, noise, point), before)
         x_next, denoised = step_fn(x, sets.free)
         keep = _frames(sets.keep)

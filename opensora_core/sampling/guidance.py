@@ -11,7 +11,8 @@ C variance channels. :class:`GuidedModel` turns such a model into the
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import torch
 
@@ -44,8 +45,9 @@ class GuidedModel:
     """Classifier-free guidance: one model call on the doubled batch per step.
 
     The model sees x = [x; x], timestep = [t; t], y = [caption.y; y_null] (``y_null`` = the
-    model's ``y_embedder.y_embedding`` repeated to (B, 1, L, C)), the prompt token mask for both halves and ``model_args``. On the first ``channels`` output channels
-    (default: the C prediction channels) the result is ``uncond + scale * (cond - uncond)``;
+    model's ``y_embedder.y_embedding`` repeated to (B, 1, L, C)), the prompt token mask for
+    both halves and ``model_args``. On the first ``channels`` output channels (default:
+    the C prediction channels) the result is ``uncond + scale * (cond - uncond)``;
     the remaining channels come unguided from the prompt half. v1.2 RFLOW guides all
     velocity channels; v1.1 inference guides ``cfg_channel = 3`` of the 4 noise channels.
     Follows opensora/schedulers/rf/__init__.py (RFLOW.sample) and

@@ -10,13 +10,13 @@ The model always receives the ORIGINAL timestep. Follows opensora/schedulers/idd
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import torch
 
 from .core import Denoiser, NoiseSource, StepCallback, StepResult, draw_like, run_steps
-from .frames import IDDPMFrameRule, ReferenceFrames
+from .frames import IDDPMFrameRule, ReferenceFrames, check_frame_mask
 
 DIFFUSION_STEPS = 1000
 CFG_DRAW_COPIES = 2  # v1.1 keeps a CFG-doubled state and draws noise for all of it
@@ -86,7 +86,7 @@ class SpacedSchedule:
     def __len__(self) -> int:
         return int(self.timestep_map.shape[0])
 
-    def to(self, device: torch.device | str) -> "SpacedSchedule":
+    def to(self, device: torch.device | str) -> SpacedSchedule:
         return SpacedSchedule(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
@@ -161,7 +161,9 @@ def sample_iddpm(
     channels = x.shape[1]
     frames = None
     if mask is not None:
-        rule = IDDPMFrameRule(mask.to(x.device), steps, sched.sqrt_alphas_cumprod, sched.sqrt_one_minus_alphas_cumprod)
+        rule = IDDPMFrameRule(
+            check_frame_mask(mask, x), steps, sched.sqrt_alphas_cumprod, sched.sqrt_one_minus_alphas_cumprod
+        )
         frames = ReferenceFrames(rule, noise, CFG_DRAW_COPIES)
 
     def step(k: int, z: torch.Tensor) -> StepResult:

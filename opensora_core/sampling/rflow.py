@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .core import Denoiser, NoiseSource, StepCallback, StepResult, run_steps
-from .frames import ReferenceFrames, RFlowFrameRule
+from .frames import ReferenceFrames, RFlowFrameRule, check_frame_mask
 
 NUM_TIMESTEPS = 1000
 BASE_RESOLUTION = 512 * 512
@@ -145,7 +145,7 @@ def sample_rflow(
     channels = x.shape[1]
     frames = None
     if mask is not None:
-        frames = ReferenceFrames(RFlowFrameRule(mask.to(x.device), num_timesteps), noise)
+        frames = ReferenceFrames(RFlowFrameRule(check_frame_mask(mask, x), num_timesteps), noise)
 
     def step(i: int, z: torch.Tensor) -> StepResult:
         t = times[i]  # (B,)
