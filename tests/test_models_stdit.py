@@ -204,6 +204,23 @@ def test_caption_mask_is_tiled_for_classifier_free_guidance(stdit3):
     assert torch.equal(full, half)
 
 
+@pytest.mark.parametrize("name", ["stdit3", "stdit2"])
+def test_inference_path_matches_the_autograd_path(request, name):
+    """Without autograd the model updates its own temporaries in place; the values stay the same and
+    the caller's inputs are untouched."""
+    model = request.getfixturevalue(name)
+    inputs = _inputs3() if name == "stdit3" else _inputs2()
+    inputs["x_mask"] = torch.tensor([[False, True, True], [True, True, True]])
+    saved = {k: v.clone() for k, v in inputs.items()}
+    with torch.no_grad():
+        fast = model(**inputs)
+    with torch.enable_grad():
+        reference = model(**inputs)
+    assert reference.requires_grad
+    torch.testing.assert_close(fast, reference.detach(), atol=2e-6, rtol=1e-5)
+    assert all(torch.equal(inputs[k], saved[k]) for k in inputs)
+
+
 def test_bf16_forward_runs_on_cpu_and_returns_float32(stdit3):
     model = STDiT3(STDiT3Config(**TINY3)).eval()
     model.load_state_dict(stdit3.state_dict())

@@ -107,20 +107,41 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), eps=LAYER_NORM_EPS)
 
 
+def can_overwrite(*tensors: torch.Tensor) -> bool:
+    """True when autograd records none of ``tensors`` (inference): a result may then overwrite a
+    temporary this code created, which saves a fresh allocation and a memory pass per op."""
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``x * (1 + scale) + shift`` in one pass (``scale``/``shift`` broadcast over tokens)."""
+    """``x * (1 + scale) + shift`` in one pass (``scale``/``shift`` broadcast over tokens).
+
+    ``x`` must be a temporary (a LayerNorm output): without autograd it is overwritten.
+    """
+    if can_overwrite(x, shift, scale):
+        return torch.addcmul(shift, x, 1 + scale, out=x)
     return torch.addcmul(shift, x, 1 + scale)
 
 
+def add(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``x + other``; without autograd ``x`` (a tensor this code owns) is updated in place."""
+    return x.add_(other) if can_overwrite(x, other) else x + other
+
+
 def residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None, drop_prob: float, training: bool) -> torch.Tensor:
-    """``x + drop_path(gate * branch)``; one fused pass when stochastic depth is off."""
+    """``x + drop_path(gate * branch)`` in one pass when stochastic depth is off.
+
+    ``x`` is the residual stream, owned by the model: without autograd it is updated in place.
+    """
     if training and drop_prob > 0.0:
         branch = branch if gate is None else gate * branch
         keep = 1.0 - drop_prob
         sample_keep = branch.new_empty((branch.shape[0],) + (1,) * (branch.dim() - 1)).bernoulli_(keep)
         return x + branch * sample_keep.div_(keep)
     if gate is None:
-        return x + branch
+        return add(x, branch)
+    if can_overwrite(x, branch, gate):
+        return x.addcmul_(gate, branch)
     return torch.addcmul(x, gate, branch)
 
 
@@ -256,6 +277,12 @@ def rms_normalise(x: torch.Tensor, eps: float = RMS_NORM_EPS) -> torch.Tensor:
     return normed.to(x.dtype)
 
 
+def rms_normalise_(x: torch.Tensor, eps: float = RMS_NORM_EPS) -> torch.Tensor:
+    """In-place :func:`rms_normalise` (float32 statistics, no full-size temporary)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # sqrt(sum x^2)
+    return x.mul_(torch.rsqrt(norm.square_().div_(x.shape[-1]).add_(eps)))
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding over the full head dim with interleaved pairs.
 
@@ -274,22 +301,30 @@ class RotaryEmbedding(nn.Module):
             self.freqs.copy_(1.0 / (10000.0 ** (torch.arange(0, dim, 2, device=self.freqs.device).float() / dim)))
 
     def tables(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin), each (length, dim), angles = position * freq computed in ``like``'s dtype
-        (as the official helper does in bf16), each frequency repeated for its pair."""
+        """(cos, sin), each (length, dim/2): angles = position * freq, computed in ``like``'s dtype
+        as the official helper does (in bf16 the angles themselves are rounded)."""
         freqs = cast_to(self.freqs, like)
         positions = torch.arange(length, device=like.device, dtype=like.dtype)
-        angles = (positions[:, None] * freqs[None]).repeat_interleave(2, dim=-1)  # (L, dim)
+        angles = positions[:, None] * freqs[None]  # (L, dim/2)
         return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs: out[2i] = x[2i] cos - x[2i+1] sin, out[2i+1] = x[2i+1] cos + x[2i] sin.
+    """Rotate interleaved pairs: out[2i] = x[2i] cos_i - x[2i+1] sin_i, out[2i+1] = x[2i+1] cos_i + x[2i] sin_i.
 
-    ``cos``/``sin`` broadcast against ``x`` (positions on the sequence axis).
+    ``cos``/``sin`` (..., dim/2) broadcast against x's pairs (positions on the sequence axis).
     """
-    pairs = x.unflatten(-1, (-1, 2))  # (..., D/2, 2)
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (..., D)
-    return torch.addcmul(x * cos, rotated, sin)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+
+
+def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """In-place :func:`apply_rope` (one half-size temporary)."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    even_before = even.clone()
+    even.mul_(cos).addcmul_(odd, sin, value=-1)
+    odd.mul_(cos).addcmul_(even_before, sin)
+    return x
 
 
 # ==================================================================================================
@@ -332,15 +367,20 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, G, L, C = x.shape
         qkv = self.qkv(x).view(B * G, L, 3, self.num_heads, self.head_dim)  # (BG, L, 3, H, D)
-        q, k, v = qkv.unbind(2)  # each (BG, L, H, D)
-        q, k = self._norm_and_rotate(q, k, rope)
+        if can_overwrite(qkv):
+            self._norm_and_rotate_(qkv[:, :, :2], rope)  # q and k together, in place
+            q, k, v = qkv.unbind(2)  # each (BG, L, H, D)
+        else:
+            q, k, v = qkv.unbind(2)
+            q, k = self._norm_and_rotate(q, k, rope)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (BG, H, L, D)
         out = out.transpose(1, 2).reshape(B, G, L, C)  # (B, G, L, C)
         return self.proj(out)
 
     def _norm_and_rotate(self, q, k, rope):
+        """q, k (BG, L, H, D) -> RMS-normed and rotated copies (autograd path, official op order)."""
         if rope is not None:
-            cos, sin = (t[:, None, :] for t in rope)  # (L, 1, D): positions on the sequence axis
+            cos, sin = (t[:, None, :] for t in rope)  # (L, 1, D/2): positions on the sequence axis
         if rope is not None and self.rope_before_norm:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.q_norm is not None:
@@ -348,6 +388,18 @@ class Attention(nn.Module):
         if rope is not None and not self.rope_before_norm:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k
+
+    def _norm_and_rotate_(self, qk: torch.Tensor, rope) -> None:
+        """Same on the (BG, L, 2, H, D) q|k view of the qkv output, in place."""
+        if rope is not None:
+            cos, sin = (t[:, None, None, :] for t in rope)  # (L, 1, 1, D/2)
+        if rope is not None and self.rope_before_norm:
+            apply_rope_(qk, cos, sin)
+        if self.q_norm is not None:
+            gains = torch.stack([cast_to(self.q_norm.weight, qk), cast_to(self.k_norm.weight, qk)])[:, None]  # (2, 1, D)
+            rms_normalise_(qk, self.q_norm.eps).mul_(gains)
+        if rope is not None and not self.rope_before_norm:
+            apply_rope_(qk, cos, sin)
 
 
 @dataclass
@@ -398,7 +450,9 @@ class Mlp(nn.Module):
         self.fc2 = operations.Linear(hidden_features, out_features, bias=True, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        h = self.fc1(x)
+        h = torch.ops.aten.gelu_(h, approximate="tanh") if can_overwrite(h) else F.gelu(h, approximate="tanh")
+        return self.fc2(h)
 
 
 class PatchEmbed3D(nn.Module):

@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import STDiTBase
 from .layers import (
+    add,
     Attention,
     CaptionEmbedder,
     Captions,
@@ -139,7 +140,7 @@ class STDiTBlock(nn.Module):
         h = self.attn_temp(h).transpose(1, 2)  # attention over T
         x = residual(x, h, gate_msa, self.drop_path, self.training)
 
-        x = x + self.cross_attn(x, captions)
+        x = add(x, self.cross_attn(x, captions))
 
         h = modulate(layer_norm(x), shift_mlp, scale_mlp)
         return residual(x, self.mlp(h), gate_mlp, self.drop_path, self.training)
@@ -212,7 +213,7 @@ class STDiT(STDiTBase):
         x, y = x.to(dtype), y.to(dtype)
         timestep = scalar_per_sample(timestep, B, "timestep", x).to(dtype)  # (B,)
 
-        x = self.x_embedder(x) + cast_to(self.pos_embed, x)  # (B, T, S, C)
+        x = add(self.x_embedder(x), cast_to(self.pos_embed, x))  # (B, T, S, C)
         t = self.t_embedder(timestep, dtype)  # (B, C)
         t_mlp = self.t_block(t)  # (B, 6C)
         captions = self.encode_text(y, mask, B)

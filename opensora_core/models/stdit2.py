@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import STDiTBase
 from .layers import (
+    add,
     Attention,
     CaptionEmbedder,
     Captions,
@@ -145,7 +146,7 @@ class STDiT2Block(nn.Module):
         h = self.attn_temp(h.transpose(1, 2), cond.rope).transpose(1, 2)  # attention over T
         x = residual(x, h, gate_tmp, self.drop_path, self.training)
 
-        x = x + self.cross_attn(x, cond.captions)
+        x = add(x, self.cross_attn(x, cond.captions))
 
         h = modulate(layer_norm(x), shift_mlp, scale_mlp)
         return residual(x, self.mlp(h), gate_mlp, self.drop_path, self.training)
@@ -202,7 +203,7 @@ class STDiT2(STDiTBase):
         timestep = scalar_per_sample(timestep, B, "timestep", x).to(dtype)  # (B,)
         grid = self.x_embedder.grid(size)  # (T', H', W')
 
-        x = self.x_embedder(x) + resolution_pos_table(self.config, grid, height, width, x)  # (B, T', S, C)
+        x = add(self.x_embedder(x), resolution_pos_table(self.config, grid, height, width, x))  # (B, T', S, C)
         t, t0, cond = self._conditioning(x, timestep, y, mask, x_mask, (num_frames, height, width, ar, fps), grid[0])
         for block in self.blocks:
             x = run_block(block, self.gradient_checkpointing, x, cond)

@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import STDiTBase
 from .layers import (
+    add,
     Attention,
     CaptionEmbedder,
     Captions,
@@ -139,7 +140,7 @@ class STDiT3Block(nn.Module):
             h = self.attn(h)  # attention over S per frame
         x = residual(x, h, gate_msa, self.drop_path, self.training)
 
-        x = x + self.cross_attn(x, cond.captions)
+        x = add(x, self.cross_attn(x, cond.captions))
 
         h = modulate(layer_norm(x), shift_mlp, scale_mlp)
         return residual(x, self.mlp(h), gate_mlp, self.drop_path, self.training)
@@ -197,7 +198,7 @@ class STDiT3(STDiTBase):
         timestep = scalar_per_sample(timestep, B, "timestep", x).to(dtype)  # (B,)
         grid = self.x_embedder.grid(size)  # (T', H', W')
 
-        x = self.x_embedder(x) + resolution_pos_table(self.config, grid, height, width, x)  # (B, T', S, C)
+        x = add(self.x_embedder(x), resolution_pos_table(self.config, grid, height, width, x))  # (B, T', S, C)
         cond = self._conditioning(x, timestep, y, mask, x_mask, fps, grid[0])
         for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks):
             x = run_block(spatial, self.gradient_checkpointing, x, cond)
