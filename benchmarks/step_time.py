@@ -107,7 +107,8 @@ def main() -> None:
 
     step = statistics.median(times[1:])
     peak = max(peak_before, peak_after)
-    print(f"threads {torch.get_num_threads()}, load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+    load_after = os.getloadavg()
+    print(f"threads {torch.get_num_threads()}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"step times (s): {', '.join(f'{t:.3f}' for t in times[1:])} (warm-up {times[0]:.3f})")
     print(f"seconds per step (median): {step:.3f}")
     print(f"FLOPs per step: {flops / 1e12:.4f} TFLOP")

@@ -14,7 +14,9 @@ from opensora_core.models.stdit2 import STDiT2, STDiT2Config
 from opensora_core.models.stdit3 import STDiT3, STDiT3Config
 
 TINY3 = dict(hidden_size=64, depth=2, num_heads=4, caption_channels=32, model_max_length=12)
-TINY2 = dict(hidden_size=72, depth=2, num_heads=4, caption_channels=32, model_max_length=12, qk_norm=True, input_sq_size=64)
+TINY2 = dict(
+    hidden_size=72, depth=2, num_heads=4, caption_channels=32, model_max_length=12, qk_norm=True, input_sq_size=64
+)
 TINY1 = dict(hidden_size=64, depth=2, num_heads=4, caption_channels=32, model_max_length=12, input_size=(3, 4, 6))
 
 

@@ -42,7 +42,8 @@ class STDiTBase(nn.Module):
         """Build a named preset (``PRESETS``), optionally overriding config fields."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown {cls.OFFICIAL_NAME} preset {name!r}; known: {', '.join(cls.PRESETS)}")
-        return cls(dataclasses.replace(cls.PRESETS[name], **overrides), device=device, dtype=dtype, operations=operations)
+        config = dataclasses.replace(cls.PRESETS[name], **overrides)
+        return cls(config, device=device, dtype=dtype, operations=operations)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -128,7 +128,9 @@ def add(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return x.add_(other) if can_overwrite(x, other) else x + other
 
 
-def residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None, drop_prob: float, training: bool) -> torch.Tensor:
+def residual(
+    x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None, drop_prob: float, training: bool
+) -> torch.Tensor:
     """``x + drop_path(gate * branch)`` in one pass when stochastic depth is off.
 
     ``x`` is the residual stream, owned by the model: without autograd it is updated in place.
@@ -396,8 +398,8 @@ class Attention(nn.Module):
         if rope is not None and self.rope_before_norm:
             apply_rope_(qk, cos, sin)
         if self.q_norm is not None:
-            gains = torch.stack([cast_to(self.q_norm.weight, qk), cast_to(self.k_norm.weight, qk)])[:, None]  # (2, 1, D)
-            rms_normalise_(qk, self.q_norm.eps).mul_(gains)
+            gains = torch.stack([cast_to(self.q_norm.weight, qk), cast_to(self.k_norm.weight, qk)])  # (2, D)
+            rms_normalise_(qk, self.q_norm.eps).mul_(gains[:, None])
         if rope is not None and not self.rope_before_norm:
             apply_rope_(qk, cos, sin)
 
@@ -428,7 +430,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, captions: Captions) -> torch.Tensor:
         shape = x.shape  # (B, ..., C)
-        B, C = shape[0], shape[-1]
+        B = shape[0]
         q = self.q_linear(x).view(B, -1, self.num_heads, self.head_dim)  # (B, N, H, D)
         kv = self.kv_linear(captions.tokens).view(B, -1, 2, self.num_heads, self.head_dim)  # (B, Lk, 2, H, D)
         k, v = kv.unbind(2)  # (B, Lk, H, D)
@@ -444,7 +446,8 @@ class CrossAttention(nn.Module):
 class Mlp(nn.Module):
     """fc1 -> GELU(tanh) -> fc2 (names of timm's ``Mlp``)."""
 
-    def __init__(self, in_features: int, hidden_features: int, out_features: int, device=None, dtype=None, operations=nn):
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, device=None, dtype=None,
+                 operations=nn) -> None:
         super().__init__()
         self.fc1 = operations.Linear(in_features, hidden_features, bias=True, device=device, dtype=dtype)
         self.fc2 = operations.Linear(hidden_features, out_features, bias=True, device=device, dtype=dtype)
@@ -461,14 +464,17 @@ class PatchEmbed3D(nn.Module):
     Follows opensora/models/layers/blocks.py ``PatchEmbed3D``. Returns tokens (B, T', S, C), S = H'·W'.
     """
 
-    def __init__(self, patch_size: tuple[int, int, int], in_channels: int, dim: int, device=None, dtype=None, operations=nn):
+    def __init__(self, patch_size: tuple[int, int, int], in_channels: int, dim: int, device=None, dtype=None,
+                 operations=nn) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = operations.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size, device=device, dtype=dtype)
+        self.proj = operations.Conv3d(
+            in_channels, dim, kernel_size=patch_size, stride=patch_size, device=device, dtype=dtype
+        )
 
     def grid(self, size: Sequence[int]) -> tuple[int, int, int]:
         """Patch grid (T', H', W') for a latent of size (T, H, W)."""
-        return tuple(-(-n // p) for n, p in zip(size, self.patch_size))
+        return tuple(-(-n // p) for n, p in zip(size, self.patch_size, strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pt, ph, pw = self.patch_size
@@ -517,7 +523,8 @@ class CaptionEmbedder(nn.Module):
     projection is per token, so this equals projecting all and selecting).
     """
 
-    def __init__(self, caption_channels: int, dim: int, token_num: int, uncond_prob: float, device=None, dtype=None, operations=nn):
+    def __init__(self, caption_channels: int, dim: int, token_num: int, uncond_prob: float, device=None, dtype=None,
+                 operations=nn) -> None:
         super().__init__()
         self.uncond_prob = uncond_prob
         self.y_proj = Mlp(caption_channels, dim, dim, device=device, dtype=dtype, operations=operations)
@@ -596,7 +603,9 @@ def packed_captions(y: torch.Tensor, lengths, batch: int) -> Captions:
 # ==================================================================================================
 
 
-def modulation(table: torch.Tensor, t: torch.Tensor, t0: torch.Tensor | None, frame_mask: torch.Tensor | None) -> torch.Tensor:
+def modulation(
+    table: torch.Tensor, t: torch.Tensor, t0: torch.Tensor | None, frame_mask: torch.Tensor | None
+) -> torch.Tensor:
     """Rows of a block's ``scale_shift_table`` (n, C) plus per-sample vectors -> (B, n, F, C).
 
     F = 1 without a frame mask; with one, F = T and frames whose flag is False take the ``t0`` rows
@@ -638,7 +647,8 @@ class FinalLayer(nn.Module):
         self.linear = operations.Linear(dim, num_patch * out_channels, bias=True, device=device, dtype=dtype)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim, device=device, dtype=dtype) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor | None = None,
+                frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, S, C); t (B, C); frame_mask (B, T) or None -> (B, T, S, P*C_out)."""
         table = cast_to(self.scale_shift_table, x)
         shift, scale = (table[None] + t[:, None])[:, :, None, None].unbind(1)  # (B, 1, 1, C) each
@@ -653,7 +663,7 @@ class FinalLayer(nn.Module):
 def unpatchify(
     x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], out_channels: int, size: Sequence[int]
 ) -> torch.Tensor:
-    """(B, T', S, pt*ph*pw*C_out) with outputs ordered (pt, ph, pw, C_out) -> (B, C_out, T, H, W) cropped to ``size``."""
+    """(B, T', S, pt*ph*pw*C_out), outputs ordered (pt, ph, pw, C_out) -> (B, C_out, T, H, W) cropped to ``size``."""
     B = x.shape[0]
     (Tp, Hp, Wp), (pt, ph, pw) = grid, patch
     x = x.reshape(B, Tp, Hp, Wp, pt, ph, pw, out_channels)

@@ -17,7 +17,6 @@ from torch import nn
 
 from .base import STDiTBase
 from .layers import (
-    add,
     Attention,
     CaptionEmbedder,
     Captions,
@@ -26,6 +25,7 @@ from .layers import (
     Mlp,
     PatchEmbed3D,
     TimestepEmbedder,
+    add,
     as_triple,
     cast_to,
     check_heads,
@@ -85,14 +85,14 @@ class STDiTConfig:
         self.input_size = as_triple(self.input_size, "input_size")
         self.patch_size = as_triple(self.patch_size, "patch_size")
         check_heads(self.hidden_size, self.num_heads, "STDiT", rope=False)
-        if any(n % p for n, p in zip(self.input_size, self.patch_size)):
+        if any(n % p for n, p in zip(self.input_size, self.patch_size, strict=True)):
             raise ValueError(f"STDiT: input_size {self.input_size} must be a multiple of patch_size {self.patch_size}")
         if self.freeze not in (None, "not_temporal", "text"):
             raise ValueError(f"STDiT: freeze must be None, 'not_temporal' or 'text', got {self.freeze!r}")
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        return tuple(n // p for n, p in zip(self.input_size, self.patch_size))
+        return tuple(n // p for n, p in zip(self.input_size, self.patch_size, strict=True))
 
 
 _XL2 = dict(depth=28, hidden_size=1152, patch_size=(1, 2, 2), num_heads=16)
@@ -184,7 +184,8 @@ class STDiT(STDiTBase):
         official_dtype = config.pop("dtype", None)
         if dtype is None and official_dtype is not None:
             dtype = parse_dtype(official_dtype)
-        return cls(config_from_official(STDiTConfig, config, "STDiT"), device=device, dtype=dtype, operations=operations)
+        cfg = config_from_official(STDiTConfig, config, "STDiT")
+        return cls(cfg, device=device, dtype=dtype, operations=operations)
 
     def _spatial_table(self, device, dtype) -> torch.Tensor:
         _, rows, cols = self.config.grid

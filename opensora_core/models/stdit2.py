@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from .base import STDiTBase
 from .layers import (
-    add,
     Attention,
     CaptionEmbedder,
     Captions,
@@ -28,11 +26,11 @@ from .layers import (
     RotaryEmbedding,
     SizeEmbedder,
     TimestepEmbedder,
+    add,
     as_triple,
     check_heads,
     drop_path_rates,
     frame_mask_or_none,
-    freeze_,
     layer_norm,
     modulate,
     modulation,
@@ -92,7 +90,8 @@ class STDiT2Config:
 # patch (1,2,2), 16 heads) with the values every v1.1 config sets (qk_norm, 200 tokens, input_sq_size 512).
 PRESETS: dict[str, STDiT2Config] = {
     "STDiT2-XL/2": STDiT2Config(
-        depth=28, hidden_size=1152, patch_size=(1, 2, 2), num_heads=16, qk_norm=True, model_max_length=200, input_sq_size=512
+        depth=28, hidden_size=1152, patch_size=(1, 2, 2), num_heads=16,
+        qk_norm=True, model_max_length=200, input_sq_size=512,
     ),
 }
 
@@ -192,7 +191,9 @@ class STDiT2(STDiTBase):
     # forward
     # ----------------------------------------------------------------------------------------------
 
-    def forward(self, x, timestep, y, mask=None, x_mask=None, num_frames=None, height=None, width=None, ar=None, fps=None):
+    def forward(
+        self, x, timestep, y, mask=None, x_mask=None, num_frames=None, height=None, width=None, ar=None, fps=None
+    ):
         """Official call. x (B, C_in, T, H, W); timestep (B,); y (B, 1, L, C_cap); mask (B', L) caption
         token mask (tiled for CFG); x_mask (B, T) bool, False = condition frame; num_frames, height, width
         (pixels), ar, fps: (B,) tensors. Returns (B, C_out, T, H, W) float32.
@@ -213,8 +214,9 @@ class STDiT2(STDiTBase):
 
     def _size_info(self, sizes, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(data_info, fl): [csize(height) | csize(width) | ar] and frame-count + fps embeddings, (B, C) each."""
+        names = ("num_frames", "height", "width", "ar", "fps")
         num_frames, height, width, ar, fps = (
-            scalar_per_sample(v, batch, n, like) for v, n in zip(sizes, ("num_frames", "height", "width", "ar", "fps"))
+            scalar_per_sample(v, batch, n, like) for v, n in zip(sizes, names, strict=True)
         )
         dtype = like.dtype
         csize = self.csize_embedder(torch.stack([height, width], dim=1), batch, dtype)  # (B, 2C/3)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from .base import STDiTBase
 from .layers import (
-    add,
     Attention,
     CaptionEmbedder,
     Captions,
@@ -28,6 +26,7 @@ from .layers import (
     RotaryEmbedding,
     SizeEmbedder,
     TimestepEmbedder,
+    add,
     as_triple,
     check_heads,
     drop_path_rates,
@@ -200,7 +199,7 @@ class STDiT3(STDiTBase):
 
         x = add(self.x_embedder(x), resolution_pos_table(self.config, grid, height, width, x))  # (B, T', S, C)
         cond = self._conditioning(x, timestep, y, mask, x_mask, fps, grid[0])
-        for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks):
+        for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks, strict=True):
             x = run_block(spatial, self.gradient_checkpointing, x, cond)
             x = run_block(temporal, self.gradient_checkpointing, x, cond)
 

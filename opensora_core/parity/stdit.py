@@ -91,7 +91,9 @@ def second_calls(call: dict, io: dict[str, torch.Tensor]) -> list[tuple[str, dic
     for text in texts:
         match = _SECOND_CALL.match(text)
         if match is None:
-            raise ValueError(f"cannot parse second_call {text!r}; expected 'out.<name> = forward(same inputs, arg=None)'")
+            raise ValueError(
+                f"cannot parse second_call {text!r}; expected 'out.<name> = forward(same inputs, arg=None)'"
+            )
         overrides = {}
         for part in (p.strip() for p in match.group(2).split(",")):
             if part == "same inputs" or not part:
