@@ -189,6 +189,16 @@ def test_caption_mask_isolates_samples(stdit3):
     torch.testing.assert_close(batched, torch.cat(alone), atol=2e-6, rtol=1e-5)
 
 
+def test_without_a_caption_mask_each_sample_attends_to_its_own_tokens(stdit3):
+    """The official model passes per-sample lengths [L] * B to the attention even without a mask, so
+    mask=None equals an all-ones mask (the STDiT2 golden out.x_token_mask_none confirms this)."""
+    inputs = _inputs3()
+    with torch.no_grad():
+        without = stdit3(**dict(inputs, mask=None))
+        all_ones = stdit3(**dict(inputs, mask=torch.ones_like(inputs["mask"])))
+    assert torch.equal(without, all_ones)
+
+
 def test_padding_tokens_are_ignored(stdit3):
     inputs = _inputs3(lengths=(4, 9))
     changed = dict(inputs, y=inputs["y"].clone())

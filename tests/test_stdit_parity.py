@@ -10,6 +10,7 @@ import torch
 from conftest import reference_cases
 from safetensors.torch import load_file, save_file
 
+from opensora_core.models import build_model
 from opensora_core.parity import run_case
 from opensora_core.parity.stdit import second_calls
 
@@ -82,3 +83,16 @@ def test_second_call_overrides_are_parsed():
     io = {"in.mask": torch.ones(1)}
     parsed = second_calls({"second_call": "out.y = forward(same inputs, mask=None, x_mask=None, fps=in.mask)"}, io)
     assert parsed == [("out.y", {"mask": None, "x_mask": None, "fps": io["in.mask"]})]
+
+
+def test_v1_0_fixed_tables_are_built_as_the_official_code_builds_them():
+    """The fixed sin-cos buffers of v1.0 equal the ones the official constructor stored (bit for bit), so a
+    checkpoint saved without them (the official loader drops them) still gets the right tables."""
+    cases = reference_cases("stdit_v1_0_fwd")
+    if not cases:
+        pytest.skip("reference set not found: set OPENSORA_REFERENCE_DIR to shared/reference")
+    config = json.loads((cases[0] / "config.json").read_text())
+    weights = load_file(str(cases[0] / "weights.safetensors"))
+    model = build_model(config["class"], config["constructor_kwargs"])
+    for key in ("pos_embed", "pos_embed_temporal"):
+        assert torch.equal(model.state_dict()[key], weights[key]), key

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 LAYER_NORM_EPS = 1e-6
 RMS_NORM_EPS = 1e-6
@@ -218,7 +219,8 @@ def resolution_pos_table(config, grid, height, width, like: torch.Tensor) -> tor
     if height is None or width is None:
         raise ValueError("height and width are required (pixel size of the video, one value per sample)")
     _, rows, cols = grid
-    scale = (float(height.reshape(-1)[0]) * float(width.reshape(-1)[0])) ** 0.5 / config.input_sq_size
+    first_height, first_width = (float(torch.as_tensor(v).reshape(-1)[0]) for v in (height, width))
+    scale = (first_height * first_width) ** 0.5 / config.input_sq_size
     base_size = round((rows * cols) ** 0.5)
     return sincos_2d_dynamic(config.hidden_size, rows, cols, scale, base_size, like.device, like.dtype)
 
@@ -368,7 +370,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, G, L, C = x.shape
-        qkv = self.qkv(x).view(B * G, L, 3, self.num_heads, self.head_dim)  # (BG, L, 3, H, D)
+        qkv = self.qkv(x).reshape(B * G, L, 3, self.num_heads, self.head_dim)  # (BG, L, 3, H, D)
         if can_overwrite(qkv):
             self._norm_and_rotate_(qkv[:, :, :2], rope)  # q and k together, in place
             q, k, v = qkv.unbind(2)  # each (BG, L, H, D)
@@ -431,8 +433,8 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, captions: Captions) -> torch.Tensor:
         shape = x.shape  # (B, ..., C)
         B = shape[0]
-        q = self.q_linear(x).view(B, -1, self.num_heads, self.head_dim)  # (B, N, H, D)
-        kv = self.kv_linear(captions.tokens).view(B, -1, 2, self.num_heads, self.head_dim)  # (B, Lk, 2, H, D)
+        q = self.q_linear(x).reshape(B, -1, self.num_heads, self.head_dim)  # (B, N, H, D)
+        kv = self.kv_linear(captions.tokens).reshape(B, -1, 2, self.num_heads, self.head_dim)  # (B, Lk, 2, H, D)
         k, v = kv.unbind(2)  # (B, Lk, H, D)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), captions.key_mask)  # (B, H, N, D)
         return self.proj(out.transpose(1, 2).reshape(shape))
@@ -711,7 +713,7 @@ def drop_path_rates(drop_path: float, depth: int) -> list[float]:
 def run_block(block: nn.Module, checkpointing: bool, *args) -> torch.Tensor:
     """Call a block, through activation checkpointing (non-reentrant) when asked and grads are on."""
     if checkpointing and torch.is_grad_enabled():
-        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+        return checkpoint(block, *args, use_reentrant=False)
     return block(*args)
 
 
