@@ -6,7 +6,9 @@ Model: STDiT3 with hidden 1152, 16 heads, depth 2, random weights, float32; inpu
 (latent 15x30x53, pixel 240x426), 300 caption tokens of which 40 are valid.
 
 Prints seconds per step (median after a warm-up), the step's FLOPs (torch FlopCounterMode), the 2048x2048
-float32 matmul rate measured in the same run, and the achieved fraction of it. Not a test.
+float32 matmul rate measured around each step in the same run, and the achieved fraction of it (median and
+best over the steps), by wall clock and by process CPU time (the latter is less sensitive to other
+processes sharing the cores). Not a test.
 
     python benchmarks/step_time.py [--repeats 3] [--threads N]
 """
@@ -18,6 +20,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,17 +70,45 @@ def sampling_step(model: STDiT3, inputs: dict) -> torch.Tensor:
     return uncond + GUIDANCE * (cond - uncond)
 
 
-def matmul_rate(size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a size x size float32 matmul (best of three batches)."""
+@dataclass
+class Timing:
+    """Wall and process-CPU seconds of one call; CPU seconds exclude time the threads were preempted."""
+
+    wall: float
+    cpu: float
+
+    @classmethod
+    def of(cls, fn, *args) -> Timing:
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn(*args)
+        return cls(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> tuple[float, float]:
+    """(wall, cpu) FLOP/s of a size x size float32 matmul, best of two short batches; cpu is per thread."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
+
+    def batch():
         for _ in range(repeats):
             a @ b
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * size**3 / best
+
+    timings = [Timing.of(batch) for _ in range(2)]
+    flops = 2 * size**3 * repeats
+    return flops / min(t.wall for t in timings), flops * torch.get_num_threads() / min(t.cpu for t in timings)
+
+
+def timed_steps(model: STDiT3, inputs: dict, repeats: int) -> list[tuple[Timing, float, float]]:
+    """(step timing, wall and cpu matmul FLOP/s around it) per step: the matmul rate is measured right
+    before and right after each step and averaged, so a change of machine load affects both alike."""
+    sampling_step(model, inputs)  # warm-up
+    results = []
+    for _ in range(repeats):
+        before = matmul_rate()
+        step = Timing.of(sampling_step, model, inputs)
+        after = matmul_rate()
+        results.append((step, (before[0] + after[0]) / 2, (before[1] + after[1]) / 2))
+    return results
 
 
 def main() -> None:
@@ -92,28 +123,25 @@ def main() -> None:
     model = STDiT3(STDiT3Config(hidden_size=1152, num_heads=16, depth=2)).eval()
     inputs = build_inputs(model)
     load_before = os.getloadavg()
-
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             sampling_step(model, inputs)
         flops = counter.get_total_flops()
-        peak_before = matmul_rate()
-        times = []
-        for _ in range(args.repeats + 1):  # the first is the warm-up
-            start = time.perf_counter()
-            sampling_step(model, inputs)
-            times.append(time.perf_counter() - start)
-        peak_after = matmul_rate()
-
-    step = statistics.median(times[1:])
-    peak = max(peak_before, peak_after)
+        results = timed_steps(model, inputs, args.repeats)
     load_after = os.getloadavg()
-    print(f"threads {torch.get_num_threads()}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    print(f"step times (s): {', '.join(f'{t:.3f}' for t in times[1:])} (warm-up {times[0]:.3f})")
-    print(f"seconds per step (median): {step:.3f}")
+
+    threads = torch.get_num_threads()
+    wall = [flops / step.wall / rate for step, rate, _ in results]
+    cpu = [flops * threads / step.cpu / rate for step, _, rate in results]
+    print(f"threads {threads}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    for step, rate, cpu_rate in results:
+        print(f"  step {step.wall:.3f} s wall ({step.cpu / threads:.3f} s cpu/thread); "
+              f"matmul 2048x2048 fp32 around it {rate / 1e9:.1f} GFLOP/s wall, {cpu_rate / 1e9:.1f} by cpu time")
+    print(f"seconds per step (median): {statistics.median(step.wall for step, _, _ in results):.3f}")
     print(f"FLOPs per step: {flops / 1e12:.4f} TFLOP")
-    print(f"matmul 2048x2048 fp32: {peak_before / 1e9:.1f} / {peak_after / 1e9:.1f} GFLOP/s (before / after)")
-    print(f"achieved: {flops / step / 1e9:.1f} GFLOP/s = {flops / step / peak:.3f} of the matmul rate")
+    print(f"matmul rate (median): {statistics.median(rate for _, rate, _ in results) / 1e9:.1f} GFLOP/s")
+    print(f"achieved / matmul rate, wall clock: median {statistics.median(wall):.3f}, best {max(wall):.3f}")
+    print(f"achieved / matmul rate, cpu time:   median {statistics.median(cpu):.3f}, best {max(cpu):.3f}")
 
 
 if __name__ == "__main__":
