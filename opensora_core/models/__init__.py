@@ -40,4 +40,26 @@ def build_model(class_name: str, config: dict) -> nn.Module:
     return model_class(class_name).from_official_config(dict(config))
 
 
-__all__ = ["build_model", "model_class"]
+# official class names whose modules define a ``PRESETS`` table (preset name -> config dataclass)
+_PRESET_CLASSES = ("STDiT3", "STDiT2", "STDiT")
+
+
+def presets() -> dict[str, tuple[str, object]]:
+    """Every named preset: name (e.g. ``"STDiT3-XL/2"``) -> (official class name, config dataclass)."""
+    table = {}
+    for class_name in _PRESET_CLASSES:
+        for name, config in model_class(class_name).PRESETS.items():
+            table[name] = (class_name, config)
+    return table
+
+
+def build_preset(name: str, *, device=None, dtype=None, operations=nn, **overrides) -> nn.Module:
+    """Build a named preset, optionally overriding config fields (e.g. ``depth=2``)."""
+    table = presets()
+    if name not in table:
+        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(table)}")
+    class_name, _ = table[name]
+    return model_class(class_name).from_preset(name, device=device, dtype=dtype, operations=operations, **overrides)
+
+
+__all__ = ["build_model", "build_preset", "model_class", "presets"]
