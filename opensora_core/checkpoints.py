@@ -342,7 +342,7 @@ def infer_dit_config(state_dict: StateDict) -> tuple[str, dict]:
         "patch_size": list(patch),
         "hidden_size": hidden,
         "depth": _count_blocks(state_dict, blocks),
-        "num_heads": hidden // _head_dim(state_dict, blocks),
+        "num_heads": _num_heads(state_dict, blocks, hidden),
         "mlp_ratio": shape_of(state_dict, f"{blocks}.0.mlp.fc1.weight")[0] / hidden,
         "pred_sigma": out_channels == 2 * in_channels,
         "caption_channels": caption_channels,
@@ -363,12 +363,13 @@ def _count_blocks(state_dict: StateDict, prefix: str) -> int:
     return max(indices) + 1
 
 
-def _head_dim(state_dict: StateDict, blocks: str) -> int:
+def _num_heads(state_dict: StateDict, blocks: str, hidden: int) -> int | None:
+    """Heads from the q/k-norm or RoPE width; None when the file cannot tell (v1.0 off 72-wide heads)."""
     if f"{blocks}.0.attn.q_norm.weight" in state_dict:
-        return shape_of(state_dict, f"{blocks}.0.attn.q_norm.weight")[0]
+        return hidden // shape_of(state_dict, f"{blocks}.0.attn.q_norm.weight")[0]
     if "rope.freqs" in state_dict:
-        return 2 * shape_of(state_dict, "rope.freqs")[0]
-    return 72  # every released Open-Sora model uses 72-wide heads (1152 / 16)
+        return hidden // (2 * shape_of(state_dict, "rope.freqs")[0])
+    return hidden // 72 if hidden % 72 == 0 else None  # released models use 72-wide heads (1152 / 16)
 
 
 def _stdit_v1_0_size(state_dict: StateDict, hidden: int) -> dict:
@@ -474,8 +475,12 @@ def load_dit(
             f"{fix_for_family(family)}"
         )
     _, config = infer_dit_config(ckpt.state_dict)
+    if family == "STDiT" and "pos_embed" not in ckpt.state_dict and "256x256" in ckpt.path.name:
+        config.update(input_size=[16, 32, 32], space_scale=0.5)  # OpenSora-v1(-HQ)-16x256x256.pth
     config.update({k: v for k, v in (ckpt.config or {}).items() if k in config or k in ("input_sq_size",)})
     config.update(config_overrides or {})
+    if config["num_heads"] is None:
+        raise CheckpointError(f"{ckpt.path}: the number of attention heads cannot be read from this file; pass num_heads")
     with torch.device(device):
         model = build_model(family, config).to(dtype=dtype)
     optional = tuple(k for k in ("pos_embed", "pos_embed_temporal") if family == "STDiT")

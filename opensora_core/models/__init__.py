@@ -62,4 +62,23 @@ def build_preset(name: str, *, device=None, dtype=None, operations=nn, **overrid
     return model_class(class_name).from_preset(name, device=device, dtype=dtype, operations=operations, **overrides)
 
 
-__all__ = ["build_model", "build_preset", "model_class", "presets"]
+# Config fields that decide the architecture (keys and shapes); flags and dropout rates do not.
+ARCHITECTURE_FIELDS = (
+    "input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
+    "pred_sigma", "caption_channels", "model_max_length", "qk_norm", "space_scale", "time_scale",
+)
+
+
+def find_preset(class_name: str, config: dict) -> str | None:
+    """Name of the preset whose architecture equals ``config`` (official kwargs), or None."""
+    cls = model_class(class_name)
+    if not hasattr(cls, "PRESETS"):
+        return None
+    wanted = cls.CONFIG(**{k: v for k, v in config.items() if k in cls.CONFIG.__dataclass_fields__})
+    for name, preset in cls.PRESETS.items():
+        if all(getattr(preset, f, None) == getattr(wanted, f, None) for f in ARCHITECTURE_FIELDS):
+            return name
+    return None
+
+
+__all__ = ["ARCHITECTURE_FIELDS", "build_model", "build_preset", "find_preset", "model_class", "presets"]
