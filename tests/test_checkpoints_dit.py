@@ -63,8 +63,8 @@ def test_released_v1_0_pth_without_position_tables_loads(tmp_path):
     """The released v1.0 .pth files omit pos_embed/pos_embed_temporal; the model rebuilds them."""
     model = _tiny("STDiT")
     weights = {k: v for k, v in model.state_dict().items() if not k.startswith("pos_embed")}
-    torch.save(weights, tmp_path / "OpenSora-v1-16x256x256.pth")
-    loaded = ck.load_dit(tmp_path / "OpenSora-v1-16x256x256.pth", config_overrides={"input_size": [4, 8, 8], "num_heads": 4})
+    torch.save(weights, tmp_path / "OpenSora-v1-tiny.pth")
+    loaded = ck.load_dit(tmp_path / "OpenSora-v1-tiny.pth", config_overrides={"input_size": [4, 8, 8], "num_heads": 4})
     x, t, kw = _inputs("STDiT")
     torch.testing.assert_close(loaded.model(x, t, **kw), model(x, t, **kw))
 
