@@ -46,7 +46,8 @@ class GuidedModel:
 
     The model sees x = [x; x], timestep = [t; t], y = [caption.y; y_null] (``y_null`` = the
     model's ``y_embedder.y_embedding`` repeated to (B, 1, L, C)), the prompt token mask for
-    both halves and ``model_args``. On the first ``channels`` output channels (default:
+    both halves (or ``null_mask`` for the second half when ``y_null`` is an encoded negative
+    prompt) and ``model_args``. On the first ``channels`` output channels (default:
     the C prediction channels) the result is ``uncond + scale * (cond - uncond)``;
     the remaining channels come unguided from the prompt half. v1.2 RFLOW guides all
     velocity channels; v1.1 inference guides ``cfg_channel = 3`` of the 4 noise channels.
@@ -63,8 +64,12 @@ class GuidedModel:
         *,
         scale: float,
         channels: int | None = None,
+        null_mask: torch.Tensor | None = None,
     ):
         _check_caption(caption, y_null)
+        batch_tokens = (y_null.shape[0], y_null.shape[2])  # (B, L)
+        if null_mask is not None and tuple(null_mask.shape) != batch_tokens:
+            raise ValueError(f"null_mask must be (B, L) = {batch_tokens}, got {tuple(null_mask.shape)}")
         if channels is not None and channels < 1:
             raise ValueError(f"channels must be >= 1 (or None for all prediction channels), got {channels}")
         self.model = model
@@ -73,13 +78,14 @@ class GuidedModel:
         self.model_args = dict(model_args or {})
         self.scale = float(scale)
         self.channels = channels
+        self.null_mask = null_mask
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor | None = None) -> torch.Tensor:
         cap = self.caption
         if x.shape[0] != cap.y.shape[0]:
             raise ValueError(f"latent batch {x.shape[0]} does not match the caption batch {cap.y.shape[0]}")
         y = torch.cat([cap.y, self.y_null.to(cap.y)], 0)  # (2B, 1, L, C)
-        mask = None if cap.mask is None else cap.mask.repeat(2, 1)  # (2B, L): null half uses the prompt mask
+        mask = None if cap.mask is None else torch.cat([cap.mask, cap.mask if self.null_mask is None else self.null_mask])
         x_mask = None if x_mask is None else x_mask.repeat(2, 1)  # (2B, T)
         out = self.model(torch.cat([x, x], 0), torch.cat([t, t], 0), y, mask=mask, x_mask=x_mask, **self.model_args)
         cond, uncond = out.chunk(2, dim=0)  # (B, 2C, T, H, W) each
