@@ -1,0 +1,61 @@
+"""Video VAEs: SD-VAE (v1.0/v1.1, per frame) and the Open-Sora VAE v1.2 (4x in time).
+
+Every video VAE here implements :class:`VideoVAE`, the interface the sampler
+pipeline, the nodes and the trainer use:
+
+``geometry: LatentGeometry``
+    pixel <-> latent sizes and frame counts (:mod:`opensora_core.geometry`):
+    ``PER_FRAME`` for the SD-VAE wrapper, 17-frame chunks / 4x time for VAE v1.2.
+``latent_channels: int`` (4) and ``micro_batch_size: int | None``
+    frames the SD-VAE stage processes at once untiled (official: 4; None = all).
+``encode(x, *, sample=True, generator=None, noise=None, tiling=None) -> z``
+    ``x`` [B, 3, T, H, W] in [-1, 1], H and W multiples of 8. Returns the latent
+    [B, 4, t, H/8, W/8]: a posterior *sample* as the official code does, or the
+    posterior mean with ``sample=False``. Noise comes from ``noise`` (a
+    :data:`~.posterior.NoiseFn`, e.g. :class:`~.posterior.RecordedNoise`), else from
+    ``generator``, else from a fresh OS-seeded generator; never from the global RNG.
+``decode(z, num_frames, *, tiling=None) -> x``
+    ``num_frames`` is the pixel frame count wanted (it must encode to ``t``; VAE v1.2
+    cannot know it from ``z`` alone). Returns [B, 3, num_frames, 8h, 8w], not clamped.
+``get_latent_size([T, H, W]) -> [t, h, w]``
+    as the official method (None passes through).
+
+Both run without autograd, in the VAE's dtype and on its device (inputs are moved).
+``tiling=None`` is the official, exact computation; a :class:`TilingOptions` bounds
+memory further (one frame at a time, spatial tiles with linear blending; slightly
+approximate). :func:`decode_with_fallback` retries a decode tiled when it runs out of
+memory. :func:`load_vae` detects the file and builds the right wrapper.
+
+Modules: :mod:`.autoencoder_kl` (SD-VAE), :mod:`.temporal` (VAE v1.2 temporal stage),
+:mod:`.pipeline` (the video wrappers), :mod:`.keys` (state-dict layouts),
+:mod:`.posterior`, :mod:`.tiling`, :mod:`.loading`.
+"""
+
+from .autoencoder_kl import AUTOENCODER_KL_PRESETS, AutoencoderKL, AutoencoderKLConfig
+from .keys import detect_vae_layout, to_diffusers_layout, to_ldm_layout
+from .loading import load_vae
+from .pipeline import VideoAutoencoderKL, VideoAutoencoderPipeline, VideoVAE
+from .posterior import NoiseFn, RecordedNoise, gaussian_noise
+from .temporal import TEMPORAL_VAE_PRESETS, TemporalVAE, TemporalVAEConfig
+from .tiling import TilingOptions, decode_with_fallback
+
+__all__ = [
+    "AUTOENCODER_KL_PRESETS",
+    "AutoencoderKL",
+    "AutoencoderKLConfig",
+    "NoiseFn",
+    "RecordedNoise",
+    "TEMPORAL_VAE_PRESETS",
+    "TemporalVAE",
+    "TemporalVAEConfig",
+    "TilingOptions",
+    "VideoAutoencoderKL",
+    "VideoAutoencoderPipeline",
+    "VideoVAE",
+    "decode_with_fallback",
+    "detect_vae_layout",
+    "gaussian_noise",
+    "load_vae",
+    "to_diffusers_layout",
+    "to_ldm_layout",
+]
