@@ -300,7 +300,11 @@ def _device_of(module: nn.Module) -> torch.device:
 # Stages
 # ---------------------------------------------------------------------------
 
-TextEncoder = Callable[[list[str]], Caption]  # e.g. T5TextEncoder.encode
+class TextEncoder(Protocol):
+    """Turns prompts into a caption (``opensora_core.text.t5.T5TextEncoder``, or the nodes' CLIP adapter)."""
+
+    def encode(self, texts: list[str]) -> Caption: ...
+
 StepInfo = dict  # the sampler's callback dict plus "round", "rounds", "step", "steps"
 
 
@@ -316,7 +320,7 @@ class Components:
 
 def encode_prompts(text_encoder: TextEncoder, prompts: list[str], model: nn.Module) -> Caption:
     """Encode prompts and check the caption length against the model's null caption."""
-    caption = text_encoder(list(prompts))
+    caption = text_encoder.encode(list(prompts))
     expected = model.y_embedder.y_embedding.shape[0]
     if caption.max_length != expected:
         raise ValueError(
@@ -417,7 +421,7 @@ def sample_clips(
             for b in range(plan.batch_size):
                 refs[b].append(again[b])
         with place.use(model) as device:
-            z = torch.randn((plan.batch_size, 4, *plan.latent_size), generator=generator).to(device)
+            z = torch.randn((plan.batch_size, model.in_channels, *plan.latent_size), generator=generator).to(device)
             z, mask = _insert_references(plan, z, refs, round_index, device)
             negative = negatives[round_index] if negatives else None
             step_cb = _round_callback(callback, round_index, plan)
@@ -447,10 +451,17 @@ def _round_callback(callback, round_index: int, plan: GenerationPlan):
 
 
 def decode_frames(vae: nn.Module, latent: torch.Tensor, num_frames: int, *, tiling=None) -> torch.Tensor:
-    """Decode (B, C, t, h, w) to (B, T, H, W, 3) float32 frames in 0..1 (retrying tiled on out-of-memory)."""
+    """Decode (B, C, t, h, w) to (B, T, H, W, 3) float32 frames in 0..1.
+
+    ``tiling=None`` decodes exactly as the official code and retries tiled on out-of-memory;
+    a :class:`~opensora_core.vae.TilingOptions` decodes tiled from the start.
+    """
     from .vae import decode_with_fallback
 
-    video = decode_with_fallback(vae, latent, num_frames, tiling=tiling)  # (B, 3, T, H, W) in about [-1, 1]
+    if tiling is None:
+        video = decode_with_fallback(vae, latent, num_frames)  # (B, 3, T, H, W) in about [-1, 1]
+    else:
+        video = vae.decode(latent, num_frames, tiling=tiling)
     return torch.stack([media.from_model_range(v) for v in video.float().cpu()])
 
 
@@ -516,7 +527,7 @@ def _encode_rounds(components: Components, plan: GenerationPlan, round_prompts: 
     return captions
 
 
-def _module_of(text_encoder) -> nn.Module:
-    owner = getattr(text_encoder, "__self__", text_encoder)
-    module = getattr(owner, "model", owner)
+def _module_of(text_encoder: TextEncoder) -> nn.Module:
+    """The module to place while encoding (a T5TextEncoder's ``model``); an empty one if there is none."""
+    module = getattr(text_encoder, "model", text_encoder)
     return module if isinstance(module, nn.Module) else nn.Module()

@@ -1,0 +1,165 @@
+"""The one generation path on tiny models: every task, frame counts, pinned frames, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tiny
+from opensora_core import pipeline
+from opensora_core.pipeline import Components, GenerationSpec, generate
+from opensora_core.sampling import SamplingInterrupted
+
+H, W = 32, 48
+
+
+@pytest.fixture(scope="module")
+def v12():
+    return Components(tiny.stdit3(), tiny.vae_v1_2(), tiny.text_encoder())
+
+
+@pytest.fixture(scope="module")
+def v11():
+    return Components(tiny.stdit2(), tiny.sd_vae(), tiny.text_encoder())
+
+
+def _image(seed: int, t: int = 1, h: int = 40, w: int = 40) -> torch.Tensor:
+    return torch.rand(t, h, w, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def _spec(**kw) -> GenerationSpec:
+    base = dict(prompts=["a red circle moves to the right"], height=H, width=W, num_frames=17, steps=3, seed=7)
+    return GenerationSpec(**{**base, **kw})
+
+
+def _reference_latents(components, refs, seed):
+    """The latents generate() inserts: references are encoded first from the seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return pipeline.encode_references(components.vae, refs, H, W, g)
+
+
+def test_text_to_video_shapes_range_and_determinism(v12):
+    a = generate(v12, _spec())
+    b = generate(v12, _spec())
+    c = generate(v12, _spec(seed=8))
+    assert a.frames.shape == (1, 17, H, W, 3)
+    assert 0 <= float(a.frames.min()) and float(a.frames.max()) <= 1
+    assert torch.equal(a.frames, b.frames) and not torch.equal(a.frames, c.frames)
+    assert a.fps == 24 and a.plan.steps == 3
+
+
+def test_image_to_video_pins_the_first_latent_frame(v12):
+    image = _image(1)
+    result = generate(v12, _spec(mask_strategy="0"), [image])
+    ref = _reference_latents(v12, [image], seed=7)[0]
+    torch.testing.assert_close(result.clips[0].latent[0, :, :1], ref, rtol=0, atol=0)
+    assert not torch.equal(result.clips[0].latent[0, :, 1:2], ref)
+
+
+def test_stitching_pins_first_and_last_frames(v12):
+    first, last = _image(1), _image(2)
+    result = generate(v12, _spec(num_frames=33, mask_strategy="0;0,1,0,-1,1"), [first, last])
+    refs = _reference_latents(v12, [first, last], seed=7)
+    latent = result.clips[0].latent[0]
+    torch.testing.assert_close(latent[:, :1], refs[0], rtol=0, atol=0)
+    torch.testing.assert_close(latent[:, -1:], refs[1], rtol=0, atol=0)
+    assert result.frames.shape[1] == 33
+
+
+def test_extension_loops_join_to_the_official_length(v12):
+    result = generate(v12, _spec(prompts=["|0|a red circle|1|a blue square"], loops=3, condition_frame_length=2,
+                                 mask_strategy="0"), [_image(3)])
+    plan = result.plan
+    assert plan.drop_frames == 5  # 2 latent frames of a 17-frame clip decode to pixel frames 0..4
+    assert plan.total_frames == 17 + 2 * (17 - 5)
+    assert result.frames.shape[1] == plan.total_frames
+    assert plan.round_prompts[1] != plan.round_prompts[0] and plan.round_prompts[2] == plan.round_prompts[1]
+    assert [c.drop for c in result.clips] == [0, 5, 5]
+
+
+def test_extension_continues_from_the_previous_clip(v12):
+    """Round 1's first latent frames are the re-encoded end of round 0 (pinned, edit ratio 0)."""
+    result = generate(v12, _spec(loops=2, condition_frame_length=1))
+    previous = result.clips[0].frames  # decoded by round 1
+    assert previous is not None
+    g = torch.Generator().manual_seed(7)
+    # replay the generator: round 0's start noise and its 3 per-step draws come first
+    torch.randn((1, 4, 5, 4, 6), generator=g)
+    for _ in range(3):
+        torch.randn((1, 4, 5, 4, 6), generator=g)
+    again = pipeline.encode_references(v12.vae, list(previous), H, W, g)[0]
+    torch.testing.assert_close(result.clips[1].latent[0, :, :1], again[:, -1:], rtol=0, atol=0)
+
+
+def test_video_to_video_edit_changes_but_follows_the_reference(v12):
+    video = _image(4, t=17)
+    ref = _reference_latents(v12, [video], seed=7)[0]
+    edited = generate(v12, _spec(mask_strategy="0,0,0,0,5,0.5"), [video]).clips[0].latent[0]
+    free = generate(v12, _spec()).clips[0].latent[0]
+    assert not torch.equal(edited, ref)
+    assert (edited - ref).abs().mean() < (free - ref).abs().mean()
+
+
+def test_pixel_positions_are_converted_with_the_vae_geometry(v12):
+    plan = pipeline.plan_generation(pipeline.FAMILIES["STDiT3"], _spec(mask_strategy="0,0,0,16,1", pixel_positions=True), [1])
+    assert plan.groups[0][0].target_start == 4  # pixel frame 16 of 17 is in latent frame 4
+    assert "pixel frame" in plan.describe()
+
+
+def test_v1_1_image_to_video_with_iddpm(v11):
+    image = _image(5)
+    result = generate(v11, _spec(num_frames=4, mask_strategy="0", steps=4), [image])
+    assert result.frames.shape == (1, 4, H, W, 3)
+    assert result.plan.family.sampler == "iddpm" and result.fps == 8  # v1.1 saves at fps / frame_interval
+    ref = _reference_latents(v11, [image], seed=7)[0]
+    latent = result.clips[0].latent[0]
+    # v1.1 re-noises kept frames lightly at the last step: frame 0 stays close to the reference
+    assert (latent[:, :1] - ref).abs().mean() < 0.1 * (latent[:, 1:2] - ref).abs().mean()
+
+
+def test_callback_reports_global_progress_and_can_stop(v12):
+    seen = []
+    generate(v12, _spec(loops=2, condition_frame_length=1), callback=lambda info: seen.append((info["step"], info["steps"])))
+    assert seen == [(i, 6) for i in range(1, 7)]
+
+    def stop(info):
+        if info["step"] == 2:
+            raise SamplingInterrupted()
+
+    with pytest.raises(SamplingInterrupted) as err:
+        generate(v12, _spec(), callback=stop)
+    assert err.value.step == 1 and err.value.x is not None
+
+
+def test_negative_prompt_changes_the_result(v12):
+    plain = generate(v12, _spec()).frames
+    negative = generate(v12, _spec(negative_prompts=["blurry"])).frames
+    assert not torch.equal(plain, negative)
+
+
+@pytest.mark.parametrize(
+    "kwargs, refs, message",
+    [
+        (dict(num_frames=8), 0, "2..16|between 2 and 16|frames"),
+        (dict(mask_strategy="0,1"), 1, "reference"),
+        (dict(mask_strategy="0,0,0,0,1,1.5"), 1, "edit"),
+        (dict(mask_strategy="0,0,0,9,1"), 1, "beyond|past|outside"),
+        (dict(height=8), 0, "too small"),
+        (dict(loops=2, condition_frame_length=5), 0, "condition_frame_length"),
+    ],
+)
+def test_bad_requests_fail_before_any_heavy_work(kwargs, refs, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline.plan_generation(pipeline.FAMILIES["STDiT3"], _spec(**kwargs), [1] * refs)
+
+
+def test_wrong_vae_for_the_model_is_named(v12):
+    mixed = Components(v12.model, tiny.sd_vae(), v12.text_encoder)
+    with pytest.raises(ValueError, match="needs the Open-Sora VAE v1.2, but an SD-VAE"):
+        generate(mixed, _spec())
+
+
+def test_text_encoder_length_must_match_the_model(v12):
+    short = Components(v12.model, v12.vae, tiny.text_encoder(max_length=12))
+    with pytest.raises(ValueError, match="set the T5 max length to 24"):
+        generate(short, _spec())
