@@ -354,3 +354,12 @@ def test_truncate_tokens_before_encoding_matches_encode_of_a_long_prompt(tiny):
     official = T5TextEncoder(model, tokenizer, max_length=L).encode(LONG_PROMPT)
     assert torch.equal(ours.mask, official.mask)
     torch.testing.assert_close(ours.y, official.y, rtol=1e-5, atol=1e-6)
+
+
+def test_byte_level_tokenizer_folder_needs_no_vocabulary_file(tmp_path):
+    """The bundled demo T5 uses ByT5's byte-level tokenizer: config only, nothing downloaded."""
+    from transformers import ByT5Tokenizer
+
+    ByT5Tokenizer().save_pretrained(tmp_path)
+    tokenizer = load_t5_tokenizer(tmp_path)
+    assert tokenizer("ab")["input_ids"] == [100, 101, 1]

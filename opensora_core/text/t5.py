@@ -60,6 +60,7 @@ TOKENIZER_CONFIG = "tokenizer_config.json"  # names the tokenizer class and the 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # the vocabulary: either one
 _TOKENIZER_EXPECTED = f"{TOKENIZER_CONFIG} plus {' or '.join(TOKENIZER_FILES)}"
 SINGLE_FILE_SUFFIX = ".safetensors"
+BYTE_LEVEL_TOKENIZERS = ("ByT5Tokenizer",)  # vocabulary built in; used by the bundled demo model
 
 
 # ---------------------------------------------------------------------------
@@ -181,8 +182,13 @@ def load_t5_encoder(
 
 
 def _has_tokenizer(folder: Path) -> bool:
-    vocabulary = any((folder / name).is_file() for name in TOKENIZER_FILES)
-    return vocabulary and (folder / TOKENIZER_CONFIG).is_file()
+    """A tokenizer config plus its vocabulary (a byte-level ByT5 tokenizer needs no vocabulary file)."""
+    config = folder / TOKENIZER_CONFIG
+    if not config.is_file():
+        return False
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return True
+    return json.loads(config.read_text()).get("tokenizer_class") in BYTE_LEVEL_TOKENIZERS
 
 
 def find_tokenizer_folder(model_folder: str | Path) -> Path:

@@ -37,13 +37,12 @@ _FAMILY_NAMES = {
 }
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The one place this package reads weight files (to be replaced by ``checkpoints.read_state_dict``)."""
-    from safetensors.torch import load_file
+def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict]:
+    """Weights (read lazily) and the config saved with them (``checkpoints.read_checkpoint``)."""
+    from ..checkpoints import read_checkpoint
 
-    if not str(path).endswith(".safetensors"):
-        raise ValueError(f"{path}: only .safetensors VAE files are supported here; convert the file to safetensors")
-    return load_file(str(path))
+    checkpoint = read_checkpoint(path)
+    return checkpoint.state_dict, checkpoint.config or {}
 
 
 def load_vae(
@@ -59,10 +58,15 @@ def load_vae(
 
     expect: ``"v1.2"`` (Open-Sora v1.2 models need the video VAE), ``"sd"`` (v1.0/v1.1 models need
     the SD-VAE) or None (whatever the file holds). ``micro_batch_size`` is the number of frames the
-    SD-VAE stage processes at once (official: 4); ``norm_num_groups`` is only for non-released sizes.
+    SD-VAE stage processes at once (official: 4); ``norm_num_groups`` is only for non-released sizes
+    (a file saved with ``checkpoints.save_checkpoint(..., config={"norm_num_groups": n})`` carries it).
     """
     source = "state dict" if isinstance(state_dict_or_path, Mapping) else str(state_dict_or_path)
-    state_dict = state_dict_or_path if isinstance(state_dict_or_path, Mapping) else read_state_dict(state_dict_or_path)
+    if isinstance(state_dict_or_path, Mapping):
+        state_dict = state_dict_or_path
+    else:
+        state_dict, saved = read_state_dict(state_dict_or_path)
+        norm_num_groups = saved.get("norm_num_groups", norm_num_groups)  # written by our trainer / tests
     layout, prefix = _expect_layout(state_dict, expect, source)
     state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if layout == "vae_v1_2":

@@ -1,0 +1,91 @@
+"""``opensora-generate`` end to end on tiny model files: every task writes the right frames."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tiny
+from opensora_core import media
+from opensora_core.checkpoints import save_checkpoint
+from opensora_core.cli.generate import main
+
+H, W = 32, 48
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    save_checkpoint(tiny.stdit3().state_dict(), root / "dit.safetensors", class_name="STDiT3", config=tiny.STDIT3)
+    groups = {"norm_num_groups": tiny.SD_VAE.norm_num_groups}
+    save_checkpoint(tiny.vae_v1_2().state_dict(), root / "vae.safetensors", config=groups)
+    save_checkpoint(tiny.sd_vae().module.state_dict(), root / "sd_vae.safetensors", config=groups)
+    t5 = root / "t5"
+    tiny.t5_model().save_pretrained(t5)
+    tiny.t5_tokenizer().save_pretrained(t5)
+    image = torch.rand(1, 40, 56, 3)
+    media.write_video(image, root / "first.png", fps=1)
+    media.write_video(torch.rand(1, 40, 56, 3), root / "last.png", fps=1)
+    media.write_video(torch.rand(17, 32, 48, 3), root / "clip.mp4", fps=8)
+    return root
+
+
+def _args(files, out, *extra):
+    return ["--model", str(files / "dit.safetensors"), "--vae", str(files / "vae.safetensors"),
+            "--text-encoder", str(files / "t5"), "--height", str(H), "--width", str(W), "--steps", "2",
+            "--quiet", "-o", str(out), *extra]
+
+
+@pytest.mark.parametrize(
+    "task, extra, frames",
+    [
+        ("t2v", ["--prompt", "a red circle", "--num-frames", "17"], 17),
+        ("i2v", ["--prompt", "a red circle", "--num-frames", "17", "--reference", "first.png", "--mask-strategy", "0"], 17),
+        ("stitch", ["--prompt", 'a red circle{"reference_path": "first.png;last.png", "mask_strategy": "0;0,1,0,-1,1"}',
+                    "--num-frames", "34"], 34),
+        ("extend", ["--prompt", "|0|a red circle|1|a blue square", "--num-frames", "17", "--reference", "first.png",
+                    "--mask-strategy", "0", "--loops", "3", "--condition-frame-length", "2"], 17 + 2 * 12),
+        ("v2v", ["--prompt", "a red circle", "--num-frames", "17", "--reference", "clip.mp4",
+                 "--mask-strategy", "0,0,0,0,5,0.5"], 17),
+    ],
+)
+def test_tasks_write_videos_with_the_requested_frames(files, tmp_path, monkeypatch, task, extra, frames):
+    monkeypatch.chdir(files)  # reference paths in prompts are relative
+    out = tmp_path / f"{task}.mp4"
+    assert main(_args(files, out, *extra)) == 0
+    info = media.probe(out)
+    assert (info.num_frames, info.height, info.width, round(info.fps)) == (frames, H, W, 24)
+
+
+def test_single_frame_is_written_as_png(files, tmp_path):
+    assert main(_args(files, tmp_path / "img.mp4", "--prompt", "a cat", "--num-frames", "1")) == 0
+    assert media.probe(tmp_path / "img.png").num_frames == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-frames", "8"], "2..16|frames"),
+        (["--num-frames", "17", "--reference", "missing.png", "--mask-strategy", "0"], "reference file not found"),
+        (["--num-frames", "17", "--height", "30"], "--width"),
+        (["--num-frames", "17", "--reference", "first.png", "--mask-strategy", "0,0,0,0,1,2"], "edit"),
+    ],
+)
+def test_bad_requests_fail_before_loading_weights(files, tmp_path, capsys, monkeypatch, extra, message):
+    import opensora_core.cli.generate as cli
+
+    monkeypatch.chdir(files)
+    monkeypatch.setattr(cli, "load_components", lambda *a: pytest.fail("weights loaded before the check"))
+    args = _args(files, tmp_path / "x.mp4", "--prompt", "a cat", *extra)
+    if "--height" in extra:  # drop the default width so only the height is given
+        i = args.index("--width")
+        del args[i : i + 2]
+    assert main(args) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_wrong_vae_for_the_model_is_refused(files, tmp_path, capsys):
+    args = _args(files, tmp_path / "x.mp4", "--prompt", "a cat", "--num-frames", "17")
+    args[args.index("--vae") + 1] = str(files / "sd_vae.safetensors")
+    assert main(args) == 2
+    assert "needs the Open-Sora VAE v1.2" in capsys.readouterr().err
