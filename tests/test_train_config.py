@@ -63,11 +63,19 @@ def test_overrides_are_read_as_toml_values(tmp_path):
         ({"validation__every": "5", "validation__prompts": '["x"]', "validation__num_frames": "9"}, r"validation: "),
         ({"model__class_name": '"STDiT"'}, r"model: STDiT cannot be trained"),
         ({"optimizer__betas": "[0.9]"}, r"optimizer\.betas"),
+        ({"model__config": '{ hidden_size = 64, depth = 1, num_heads = 4, caption_channels = 48, model_max_length = 24 }'},
+         r"text_encoder\.path: the T5 gives 32-wide"),
     ],
 )
 def test_validation_errors_name_the_key(base, changes, key):
     with pytest.raises(ConfigError, match=f"^{key}"):
         validate_config(_config(base, **changes))
+
+
+def test_a_vae_of_the_wrong_family_is_named(base, tmp_path):
+    sd = train_support.write_vae(tmp_path / "sd.safetensors", "sd")
+    with pytest.raises(ConfigError, match=r"^vae\.path: STDiT3 was trained with the Open-Sora VAE v1\.2"):
+        validate_config(_config(base, vae__path=f'"{sd}"'))
 
 
 def test_cli_reports_config_errors_with_the_key(base, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """``opensora-train``: prepare data, cache, train, export, check a config.
 
     opensora-train prepare clips/ --output data/meta.csv [--min-frames 17]
+    opensora-train init-t5 outputs/tiny/t5 --d-model 64   # random small T5 for from-scratch demos
     opensora-train check  --config train/configs/v1_2_finetune.toml [--set optimizer.lr=2e-5 ...]
     opensora-train cache  --config ...            # T5 + VAE caches only (train does this too)
     opensora-train train  --config ... [--set run.max_steps=200]
@@ -34,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--workers", type=int, default=4, help="files probed in parallel")
     prep.add_argument("--relative", action="store_true", help="write paths relative to the CSV's folder")
 
+    t5 = sub.add_parser("init-t5", help="write a small random T5 + byte-level tokenizer (from-scratch demos)")
+    t5.add_argument("output", help="folder to write")
+    t5.add_argument("--d-model", type=int, default=64, help="feature width = the DiT's caption_channels")
+    t5.add_argument("--layers", type=int, default=2)
+    t5.add_argument("--heads", type=int, default=4)
+    t5.add_argument("--seed", type=int, default=0)
+
     for name, text in (("check", "validate a config and print it resolved"), ("cache", "fill the T5/VAE caches"),
                        ("train", "train (DiT or VAE, per run.task)"), ("export", "export weights from a state")):
         cmd = sub.add_parser(name, help=text)
@@ -64,6 +72,13 @@ def _prepare(args) -> int:
     report = prepare_dataset(args.source, args.output, min_frames=args.min_frames, workers=args.workers,
                              relative=args.relative)
     print(report.summary())
+    return 0
+
+
+def _init_t5(args) -> int:
+    from .tiny_t5 import write_random_t5
+
+    print(write_random_t5(args.output, d_model=args.d_model, layers=args.layers, heads=args.heads, seed=args.seed))
     return 0
 
 
@@ -107,7 +122,7 @@ def _export(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _prepare, "check": _check, "cache": _cache, "train": _train, "export": _export}
+COMMANDS = {"prepare": _prepare, "init-t5": _init_t5, "check": _check, "cache": _cache, "train": _train, "export": _export}
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ log = logging.getLogger("opensora")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SIZE_KEYS = ("height", "width", "num_frames", "ar", "fps")
+STEP_METADATA = "opensora.train_step"
 
 
 # ---------------------------------------------------------------------------
@@ -258,28 +259,33 @@ class DiTTask:
                               output_dir=self.cfg.output_dir, device=accelerator.device, tracker=tracker)
 
     def export(self, model: nn.Module, step: int, state: dict[str, torch.Tensor]) -> list[Path]:
-        """Official-layout weights + config (``load_dit`` reads them), or the LoRA (and merged weights)."""
+        """Official-layout weights + config (``load_dit`` reads them), or the LoRA (and merged weights).
+
+        Files: ``<output_dir>/export/<run>.safetensors`` (``<run>-lora``, ``<run>-merged``), run = the
+        output folder's name; a later export overwrites them (the step is in the metadata).
+        """
         cfg = self.cfg
         folder = cfg.output_dir / "export"
         name = cfg.output_dir.resolve().name
         dtype = DTYPES[cfg.export.dtype]
         if not cfg.lora.enabled:
-            paths = [self._save_model(state, folder / f"{name}-step{step:08d}.safetensors", dtype)]
+            paths = [self._save_model(state, folder / f"{name}.safetensors", dtype, step)]
         else:
             info = {"class": self.class_name, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
                     "targets": cfg.lora.targets, "base": str(cfg.model.checkpoint), "step": step}
             lora = comfy_lora_from_state(state, cfg.lora.alpha)
-            paths = [save_lora(lora, folder / f"{name}-lora-step{step:08d}.safetensors", dtype=dtype, info=info)]
+            paths = [save_lora(lora, folder / f"{name}-lora.safetensors", dtype=dtype, info=info)]
             if cfg.export.merge_lora:
                 merged = fuse_lora_state(state, cfg.lora.alpha)
-                paths.append(self._save_model(merged, folder / f"{name}-merged-step{step:08d}.safetensors", dtype))
+                paths.append(self._save_model(merged, folder / f"{name}-merged.safetensors", dtype, step))
         for path in paths:
             log.info("exported %s", path)
         return paths
 
-    def _save_model(self, state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> Path:
+    def _save_model(self, state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype, step: int) -> Path:
         tensors = {k: v.detach().to(dtype) for k, v in state.items()}
-        return save_checkpoint(tensors, path, class_name=self.class_name, config=_jsonable(self.model_config))
+        return save_checkpoint(tensors, path, class_name=self.class_name, config=_jsonable(self.model_config),
+                               metadata={STEP_METADATA: str(step)})
 
 
 # ---------------------------------------------------------------------------

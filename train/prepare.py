@@ -184,6 +184,7 @@ def prepare_dataset(source: str | os.PathLike, output: str | os.PathLike, *, min
         items = csv_items(source)
     else:
         raise ValueError(f"{source}: expected a folder of videos/images with .txt captions or a CSV with path,text")
+    items = [(path.resolve(), text) for path, text in items]  # the CSV holds absolute (or CSV-relative) paths
     report = PrepareReport()
     for result in probe_items(items, min_frames, workers):
         (report.rows if isinstance(result, MetadataRow) else report.skipped).append(result)

@@ -201,8 +201,9 @@ class VAETask:
         if isinstance(vae, VideoAutoencoderKL):  # SD-VAE: plain diffusers keys, as other tools save it
             state = {k.removeprefix("module."): v for k, v in state.items()}
         name = self.cfg.output_dir.resolve().name
-        path = self.cfg.output_dir / "export" / f"{name}-vae-step{step:08d}.safetensors"
-        saved = save_checkpoint({k: v.detach().float() for k, v in state.items()}, path, class_name=type(vae).__name__)
+        path = self.cfg.output_dir / "export" / f"{name}-vae.safetensors"
+        saved = save_checkpoint({k: v.detach().float() for k, v in state.items()}, path, class_name=type(vae).__name__,
+                                metadata={"opensora.train_step": str(step)})
         log.info("exported %s", saved)
         return [saved]
 
@@ -220,15 +221,18 @@ def build_vae(vt: VAETrainingConfig) -> nn.Module:
 
 @torch.no_grad()
 def calibrate_latent_scale(vae: VideoAutoencoderPipeline, dataset, sampler, batches: int) -> None:
-    """Set ``shift``/``scale`` to the per-channel mean/std of raw latents over the first batches of epoch 0."""
+    """Set ``shift``/``scale`` to the per-channel mean/std of raw latents (posterior samples, as the DiT's
+    latent cache holds them) over the first batches of epoch 0."""
     sampler.set_epoch(0)
     device = vae.scale.device
     vae.shift.zero_()
     vae.scale.fill_(1.0)
     latents = []
+    generator = torch.Generator().manual_seed(0)
     for ids in sampler.batches()[:batches]:
         video = torch.stack([dataset[i]["video"] for i in ids]).to(device)
-        latents.append(vae.encode(video, sample=False).float().transpose(0, 1).flatten(1))  # (C, N)
+        z = vae.encode(video, sample=True, generator=generator)  # sampled, as the DiT's latents are
+        latents.append(z.float().transpose(0, 1).flatten(1))  # (C, N)
     values = torch.cat(latents, dim=1)
     vae.shift.copy_(values.mean(dim=1).reshape(vae.shift.shape))
     vae.scale.copy_(values.std(dim=1).clamp(min=1e-6).reshape(vae.scale.shape))

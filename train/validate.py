@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 from opensora_core.checkpoints import CheckpointError, detect_family, read_checkpoint
@@ -37,6 +38,7 @@ def validate_config(cfg: TrainConfig) -> None:
         return
     class_name = model_class_name(cfg)
     _check_encoders(cfg)
+    _check_encoders_fit(cfg, class_name)
     _check_objective(cfg, class_name)
     _check_masks(cfg, class_name)
     _check_lora(cfg)
@@ -110,6 +112,42 @@ def _check_encoders(cfg: TrainConfig) -> None:
     _one_of("vae.dtype", cfg.vae.dtype, DTYPES)
     _one_of("text_encoder.dtype", cfg.text_encoder.dtype, DTYPES)
     _at_least("text_encoder.batch_size", cfg.text_encoder.batch_size, 1)
+
+
+def _check_encoders_fit(cfg: TrainConfig, class_name: str) -> None:
+    """The VAE family and the T5 width against the model, from file headers only."""
+    vae = Path(cfg.vae.path)
+    if vae.is_file() and vae.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        from opensora_core.vae import detect_vae_layout
+
+        with safe_open(str(vae), framework="pt") as handle:
+            layout = detect_vae_layout(dict.fromkeys(handle.keys()))
+        wanted = "vae_v1_2" if class_name == "STDiT3" else ("sd_diffusers", "sd_ldm")
+        if layout is None or layout not in wanted:
+            need = "the Open-Sora VAE v1.2" if class_name == "STDiT3" else "an SD-VAE"
+            raise ConfigError("vae.path", f"{class_name} was trained with {need}; {vae.name} holds "
+                                          f"{'no VAE' if layout is None else layout.replace('_', ' ')}")
+    t5_config = Path(cfg.text_encoder.path) / "config.json"
+    if t5_config.is_file():
+        width = json.loads(t5_config.read_text()).get("d_model")
+        channels = _caption_channels(cfg)
+        if width is not None and channels is not None and width != channels:
+            raise ConfigError("text_encoder.path", f"the T5 gives {width}-wide features but the model takes "
+                                                   f"caption_channels = {channels}")
+
+
+def _caption_channels(cfg: TrainConfig) -> int | None:
+    model = cfg.model
+    if model.checkpoint:
+        from opensora_core.checkpoints import shape_of
+
+        state = read_checkpoint(model.checkpoint).state_dict
+        return shape_of(state, "y_embedder.y_embedding")[1] if "y_embedder.y_embedding" in state else None
+    if "caption_channels" in model.config:
+        return model.config["caption_channels"]
+    return getattr(presets()[model.preset][1], "caption_channels", None) if model.preset else 4096
 
 
 def _check_objective(cfg: TrainConfig, class_name: str) -> None:
