@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import train_support
+from conftest import REPO
 from opensora_train.cli import main
 from opensora_train.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config, parse_override
 from opensora_train.validate import validate_config
@@ -83,3 +84,17 @@ def test_cli_reports_config_errors_with_the_key(base, tmp_path, capsys):
     assert main(["check", "--config", str(path)]) == 0
     assert main(["check", "--config", str(path), "--set", "optimizer.lr=-1"]) == 2
     assert "optimizer.lr: must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "train" / "configs").glob("*.toml")))
+def test_example_configs_use_only_known_keys(name):
+    cfg = load_config(REPO / "train" / "configs" / name)
+    assert cfg.data.buckets and cfg.run.output_dir.startswith("outputs/")
+
+
+def test_accelerate_configs_load_in_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {p.name: load_config_from_file(str(p)).distributed_type.value
+             for p in (REPO / "train" / "configs").glob("accelerate_*.yaml")}
+    assert kinds == {"accelerate_ddp.yaml": "MULTI_GPU", "accelerate_fsdp.yaml": "FSDP"}
