@@ -112,7 +112,7 @@ def lora_target_paths(model: nn.Module, targets: Iterable[str] = DEFAULT_TARGETS
     targets = tuple(targets)
     return [
         name for name, m in model.named_modules()
-        if type(m) is nn.Linear and matches_target(name, targets)  # noqa: E721 (LoRALinear is a Linear too)
+        if type(m) is nn.Linear and matches_target(name, targets)
     ]
 
 
@@ -200,7 +200,9 @@ def comfy_lora_from_state(state_dict: Mapping[str, torch.Tensor], alpha: float |
 
 
 @torch.no_grad()
-def fuse_lora_state(state_dict: Mapping[str, torch.Tensor], alpha: float | Mapping[str, float]) -> dict[str, torch.Tensor]:
+def fuse_lora_state(
+    state_dict: Mapping[str, torch.Tensor], alpha: float | Mapping[str, float]
+) -> dict[str, torch.Tensor]:
     """The base model's state dict with every adapter merged into its weight and the adapter keys removed."""
     fused = {k: v for k, v in state_dict.items() if ".lora_A." not in k and ".lora_B." not in k}
     for path in adapter_paths(state_dict):
@@ -253,7 +255,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: LoRA files must be .safetensors")
     with safe_open(str(path), framework="pt") as handle:
-        return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {}), str(path)
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        return tensors, dict(handle.metadata() or {}), str(path)
 
 
 def _split_key(key: str) -> tuple[str, str | None]:
@@ -261,8 +264,7 @@ def _split_key(key: str) -> tuple[str, str | None]:
         if key.endswith(suffix):
             name = key[: -len(suffix)]
             for prefix in (COMFY_PREFIX, "model." + COMFY_PREFIX):
-                if name.startswith(prefix):
-                    name = name[len(prefix):]
+                name = name.removeprefix(prefix)
             return name, role
     return key, None
 
@@ -337,10 +339,10 @@ def fuse_lora(model: nn.Module) -> list[str]:
 __all__ = [
     "COMFY_PREFIX",
     "DEFAULT_TARGETS",
+    "STDIT2_TEMPORAL_TARGETS",
     "LoRA",
     "LoRALinear",
     "LoRAWeights",
-    "STDIT2_TEMPORAL_TARGETS",
     "adapter_paths",
     "add_lora",
     "comfy_lora_from_state",

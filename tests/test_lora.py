@@ -67,7 +67,8 @@ def test_export_keys_have_the_comfyui_form(tmp_path):
     path = save_lora(model, tmp_path / "a.safetensors")
     loaded = load_lora(path)
     assert len(loaded.layers) == 14 and loaded.layers["spatial_blocks.0.attn.qkv"].alpha == 2.0
-    torch.testing.assert_close(loaded.layers["spatial_blocks.0.attn.qkv"].up, model.spatial_blocks[0].attn.qkv.lora_B.weight)
+    qkv = loaded.layers["spatial_blocks.0.attn.qkv"]
+    torch.testing.assert_close(qkv.up, model.spatial_blocks[0].attn.qkv.lora_B.weight)
 
 
 def test_merging_the_file_reproduces_the_trained_model(tmp_path):

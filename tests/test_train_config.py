@@ -64,7 +64,8 @@ def test_overrides_are_read_as_toml_values(tmp_path):
         ({"validation__every": "5", "validation__prompts": '["x"]', "validation__num_frames": "9"}, r"validation: "),
         ({"model__class_name": '"STDiT"'}, r"model: STDiT cannot be trained"),
         ({"optimizer__betas": "[0.9]"}, r"optimizer\.betas"),
-        ({"model__config": '{ hidden_size = 64, depth = 1, num_heads = 4, caption_channels = 48, model_max_length = 24 }'},
+        ({"model__config": "{ hidden_size = 64, depth = 1, num_heads = 4, caption_channels = 48, "
+                           "model_max_length = 24 }"},
          r"text_encoder\.path: the T5 gives 32-wide"),
     ],
 )

@@ -7,7 +7,6 @@ multi-process test) import the trainer of the checkout under test.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 

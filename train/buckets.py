@@ -101,7 +101,9 @@ def parse_bucket_config(config: Mapping, tables: Mapping[str, Resolution], key: 
     parsed = {}
     for res, frames in config.items():
         if res not in tables:
-            raise ConfigError(f"{key}.{res}", f"unknown resolution; use one of {', '.join(tables)} or add it under data.resolutions")
+            raise ConfigError(
+                f"{key}.{res}", f"unknown resolution; use one of {', '.join(tables)} or add it under data.resolutions"
+            )
         if not isinstance(frames, Mapping) or not frames:
             raise ConfigError(f"{key}.{res}", 'expected a table {num_frames = [keep_prob, batch_size]}')
         parsed[res] = {}
@@ -216,7 +218,8 @@ class BucketTable:
 def bucket_summary(table: BucketTable, keys: Sequence[BucketKey | None], names: Sequence[str] = ()) -> str:
     """A printable table of samples and batches per bucket, with the dropped samples last."""
     counts = Counter(k for k in keys if k is not None)
-    header = f"{'resolution':>10} {'frames':>6} {'aspect':>6} {'size (HxW)':>11} {'batch':>5} {'samples':>7} {'batches':>7}"
+    header = (f"{'resolution':>10} {'frames':>6} {'aspect':>6} {'size (HxW)':>11} {'batch':>5} "
+              f"{'samples':>7} {'batches':>7}")
     lines = [header, "-" * len(header)]
     for key in sorted(counts, key=lambda k: (-table.resolutions[k.resolution].pixels, -k.num_frames, k.aspect)):
         _, h, w = table.size(key)

@@ -91,7 +91,7 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
     if resume == "latest":
         found = latest_checkpoint(output_dir)
         if found is None:
-            log.info("checkpoint.resume = latest: no checkpoint under %s yet, starting fresh", checkpoint_root(output_dir))
+            log.info("checkpoint.resume = latest: nothing under %s yet, starting fresh", checkpoint_root(output_dir))
         return found
     path = Path(resume)
     if not path.is_dir():

@@ -122,7 +122,9 @@ def _export(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _prepare, "init-t5": _init_t5, "check": _check, "cache": _cache, "train": _train, "export": _export}
+COMMANDS = {
+    "prepare": _prepare, "init-t5": _init_t5, "check": _check, "cache": _cache, "train": _train, "export": _export,
+}
 
 
 if __name__ == "__main__":

@@ -169,4 +169,6 @@ def size_args(clip: Clip, class_name: str, frame_interval: int, ar: str = "offic
     return {"height": height, "width": width, "num_frames": float(clip.num_frames), "ar": ratio, "fps": fps}
 
 
-__all__ = ["Clip", "MetadataEntry", "frame_window", "plan_clip", "plan_epoch", "read_clip", "read_metadata", "size_args"]
+__all__ = [
+    "Clip", "MetadataEntry", "frame_window", "plan_clip", "plan_epoch", "read_clip", "read_metadata", "size_args",
+]

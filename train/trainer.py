@@ -208,6 +208,7 @@ class Loop:
                 (self.cfg.output_dir / LOSS_LOG).unlink(missing_ok=True)
             return
         self.accelerator.load_state(str(path))
+        self._last_saved = self.progress.step  # that state exists already
         if self.accelerator.is_main_process:
             _truncate_jsonl(self.cfg.output_dir / LOSS_LOG, self.progress.step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step, self.progress.epoch,
@@ -292,7 +293,8 @@ class Loop:
         saved = []
         if everywhere or self.accelerator.is_main_process:
             use_ema = self.ema is not None and self.cfg.validation.use_ema
-            with self.ema.applied(self.unwrapped) if use_ema else contextlib.nullcontext():
+            weights = self.ema.applied(self.unwrapped) if use_ema else contextlib.nullcontext()
+            with weights, self.accelerator.autocast():  # samples in the training precision
                 saved = self.task.validate(self.unwrapped, self.progress.step, self.accelerator, self.tracker)
         self.accelerator.wait_for_everyone()
         return saved
@@ -331,7 +333,8 @@ def install_trainable_only_hooks(accelerator) -> None:
     def on_load(models, input_dir):
         while models:
             model = accelerator.unwrap_model(models.pop(0))
-            state = {k.removeprefix("module."): v for k, v in load_file(str(Path(input_dir) / "model.safetensors")).items()}
+            saved = load_file(str(Path(input_dir) / "model.safetensors"))
+            state = {k.removeprefix("module."): v for k, v in saved.items()}
             if set(state) != trainable(model):
                 raise ValueError(f"{input_dir}: the saved adapters do not match the model's LoRA layers")
             model.load_state_dict(state, strict=False)

@@ -97,7 +97,7 @@ def sd_vae_losses(vae: VideoAutoencoderKL, video: torch.Tensor, generator, cfg: 
 def pipeline_losses(vae: VideoAutoencoderPipeline, video: torch.Tensor, generator, cfg: VAETrainingConfig) -> dict:
     """VAE v1.2: spatial encode per frame, temporal encode/decode per chunk, spatial decode."""
     noise = gaussian_noise(generator)
-    B, _, T, H, W = video.shape
+    B, _, T = video.shape[:3]
     spatial = vae.spatial_vae.module
     with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_spatial):
         s_moments = spatial.encode_moments(video.transpose(1, 2).flatten(0, 1))  # (B*T, 8, h, w)
@@ -202,7 +202,8 @@ class VAETask:
             state = {k.removeprefix("module."): v for k, v in state.items()}
         name = self.cfg.output_dir.resolve().name
         path = self.cfg.output_dir / "export" / f"{name}-vae.safetensors"
-        saved = save_checkpoint({k: v.detach().float() for k, v in state.items()}, path, class_name=type(vae).__name__,
+        tensors = {k: v.detach().float() for k, v in state.items()}
+        saved = save_checkpoint(tensors, path, class_name=type(vae).__name__,
                                 metadata={"opensora.train_step": str(step)})
         log.info("exported %s", saved)
         return [saved]
@@ -239,4 +240,7 @@ def calibrate_latent_scale(vae: VideoAutoencoderPipeline, dataset, sampler, batc
     log.info("latent shift %s, scale %s", vae.shift.flatten().tolist(), vae.scale.flatten().tolist())
 
 
-__all__ = ["PixelClipDataset", "VAETask", "VAEWithLoss", "build_vae", "calibrate_latent_scale", "pipeline_losses", "sd_vae_losses"]
+__all__ = [
+    "PixelClipDataset", "VAETask", "VAEWithLoss", "build_vae", "calibrate_latent_scale", "pipeline_losses",
+    "sd_vae_losses",
+]

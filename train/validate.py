@@ -58,7 +58,7 @@ def _check_run(cfg: TrainConfig) -> None:
     _at_least("run.gradient_accumulation_steps", run.gradient_accumulation_steps, 1)
     _at_least("run.log_every", run.log_every, 1)
     if run.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("run.tensorboard", "needs the tensorboard package: pip install tensorboard (or set it to false)")
+        raise ConfigError("run.tensorboard", "needs the tensorboard package: pip install tensorboard (or set false)")
 
 
 def _check_data(cfg: TrainConfig) -> None:
@@ -68,7 +68,8 @@ def _check_data(cfg: TrainConfig) -> None:
         header = next(csv.reader(handle), [])
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise ConfigError("data.csv", f"{data.csv} lacks column(s) {', '.join(missing)}; build it with `opensora-train prepare`")
+        raise ConfigError("data.csv", f"{data.csv} lacks column(s) {', '.join(missing)}; build it with "
+                                      "`opensora-train prepare`")
     BucketTable(data.buckets, data.resolutions)  # raises ConfigError naming the bucket key
     _at_least("data.frame_interval", data.frame_interval, 1)
     _at_least("data.num_workers", data.num_workers, 0)
@@ -98,12 +99,12 @@ def _check_checkpointing(cfg: TrainConfig) -> None:
     _at_least("checkpoint.every", ck.every, 0)
     _at_least("checkpoint.keep_last", ck.keep_last, 1)
     if ck.resume not in ("", "latest") and not Path(ck.resume).is_dir():
-        raise ConfigError("checkpoint.resume", f"{ck.resume} is not a checkpoint folder; use \"latest\", a folder or \"\"")
+        raise ConfigError("checkpoint.resume", f"{ck.resume} is not a checkpoint folder; use 'latest', a folder or ''")
     _one_of("export.dtype", cfg.export.dtype, DTYPES)
 
 
 def _check_encoders(cfg: TrainConfig) -> None:
-    _existing_path("vae.path", cfg.vae.path, "the VAE the model was trained with (VAE v1.2 for STDiT3, SD-VAE for STDiT2)")
+    _existing_path("vae.path", cfg.vae.path, "the model's VAE (VAE v1.2 for STDiT3, SD-VAE for STDiT2)")
     _existing_path("text_encoder.path", cfg.text_encoder.path, "a T5 folder or single .safetensors file")
     if cfg.text_encoder.tokenizer:
         _existing_path("text_encoder.tokenizer", cfg.text_encoder.tokenizer, "a tokenizer folder")
@@ -178,7 +179,7 @@ def _check_lora(cfg: TrainConfig) -> None:
         return
     _at_least("lora.rank", lora.rank, 1)
     if not lora.targets or not all(isinstance(t, str) and t for t in lora.targets):
-        raise ConfigError("lora.targets", "list the module suffixes to adapt, e.g. [\"attn.qkv\", \"cross_attn.kv_linear\"]")
+        raise ConfigError("lora.targets", "list the module suffixes to adapt, e.g. ['attn.qkv', 'mlp.fc1']")
     if not 0 <= lora.dropout < 1:
         raise ConfigError("lora.dropout", f"must be in [0, 1), got {lora.dropout}")
     if not cfg.model.checkpoint:

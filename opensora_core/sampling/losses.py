@@ -45,7 +45,9 @@ def mean_flat(tensor: torch.Tensor, frame_mask: torch.Tensor | None = None) -> t
     if frame_mask is None:
         return tensor.mean(dim=tuple(range(1, tensor.dim())))
     if tensor.dim() != 5 or tuple(frame_mask.shape) != (tensor.shape[0], tensor.shape[2]):
-        raise ValueError(f"frame_mask {tuple(frame_mask.shape)} does not fit a (B, C, T, H, W) tensor {tuple(tensor.shape)}")
+        raise ValueError(
+            f"frame_mask {tuple(frame_mask.shape)} does not fit a (B, C, T, H, W) tensor {tuple(tensor.shape)}"
+        )
     keep = frame_mask.to(tensor.dtype)  # (B, T)
     per_frame = tensor.sum(dim=(1, 3, 4))  # (B, T)
     per_element = tensor.shape[1] * tensor.shape[3] * tensor.shape[4]
@@ -129,7 +131,8 @@ class RectifiedFlowObjective:
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2).pow(2) * torch.exp(-logvar2))
+    spread = torch.exp(logvar1 - logvar2) + (mean1 - mean2).pow(2) * torch.exp(-logvar2)
+    return 0.5 * (-1.0 + logvar2 - logvar1 + spread)
 
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -243,8 +246,8 @@ def build_objective(kind: str, **options) -> TrainingObjective:
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
-    "IDDPMObjective",
     "RF_SAMPLE_METHODS",
+    "IDDPMObjective",
     "RectifiedFlowObjective",
     "TrainingObjective",
     "approx_standard_normal_cdf",
