@@ -289,13 +289,16 @@ class Loop:
                                    keep_last=self.cfg.checkpoint.keep_last, config_json=self.cfg.to_json())
 
     def validate(self) -> list[Path]:
-        everywhere = self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")  # sharded forward
+        """Sample on the main process with the plain module (DDP), or on every process through the
+        sharded wrapper (FSDP / DeepSpeed, whose forward needs all shards)."""
+        sharded = self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
         saved = []
-        if everywhere or self.accelerator.is_main_process:
+        if sharded or self.accelerator.is_main_process:
             use_ema = self.ema is not None and self.cfg.validation.use_ema
             weights = self.ema.applied(self.unwrapped) if use_ema else contextlib.nullcontext()
+            model = self.model if sharded else self.unwrapped
             with weights, self.accelerator.autocast():  # samples in the training precision
-                saved = self.task.validate(self.unwrapped, self.progress.step, self.accelerator, self.tracker)
+                saved = self.task.validate(model, self.progress.step, self.accelerator, self.tracker)
         self.accelerator.wait_for_everyone()
         return saved
 
