@@ -256,7 +256,8 @@ class DiTTask:
 
     def validate(self, model: nn.Module, step: int, accelerator, tracker) -> list[Path]:
         return run_validation(model, self.vae, self.text_encoder, self.cfg.validation, step=step,
-                              output_dir=self.cfg.output_dir, device=accelerator.device, tracker=tracker)
+                              output_dir=self.cfg.output_dir, device=accelerator.device, tracker=tracker,
+                              write=accelerator.is_main_process)
 
     def export(self, model: nn.Module, step: int, state: dict[str, torch.Tensor]) -> list[Path]:
         """Official-layout weights + config (``load_dit`` reads them), or the LoRA (and merged weights).

@@ -184,6 +184,8 @@ class VAETask:
         with torch.no_grad():
             rec = model.decode(model.encode(video, sample=False), video.shape[2])
         model.train(was_training)
+        if not accelerator.is_main_process:
+            return []
         pair = torch.cat([video, rec.clamp(-1, 1)], dim=-1)[0].cpu()  # (3, T, H, 2W)
         frames = media.from_model_range(pair)
         path = media.save_output(frames, self.cfg.output_dir / "validation" / f"step-{step:08d}" / "vae.mp4", 8)

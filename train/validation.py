@@ -77,8 +77,9 @@ class VisitDevice:
 
 @torch.no_grad()
 def run_validation(model: nn.Module, vae: nn.Module, text_encoder, cfg: ValidationConfig, *, step: int,
-                   output_dir: Path, device: torch.device, tracker=None) -> list[Path]:
-    """Sample every validation item with ``model`` (eval mode for the call) and save/log the videos."""
+                   output_dir: Path, device: torch.device, tracker=None, write: bool = True) -> list[Path]:
+    """Sample every validation item with ``model`` (eval mode for the call) and save/log the videos
+    (``write=False``: sample only, for the other processes of a sharded model)."""
     folder = output_dir / "validation" / f"step-{step:08d}"
     components = Components(model, vae, text_encoder, placement=VisitDevice(device, model))
     was_training = model.training
@@ -88,12 +89,15 @@ def run_validation(model: nn.Module, vae: nn.Module, text_encoder, cfg: Validati
         for i, item in enumerate(validation_items(cfg)):
             refs = [media.read_frames(item.reference, max_frames=1)[0]] if item.reference else []
             result = generate(components, item.spec, refs)
+            if not write:
+                continue
             saved.append(media.save_output(result.frames[0], folder / f"sample-{i}.mp4", result.fps))
             if tracker is not None:
                 _log_frames(tracker, f"validation/sample-{i}", result.frames[0], step)
     finally:
         model.train(was_training)
-    log.info("validation samples at step %d: %s", step, ", ".join(str(p) for p in saved))
+    if saved:
+        log.info("validation samples at step %d: %s", step, ", ".join(str(p) for p in saved))
     return saved
 
 
