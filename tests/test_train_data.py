@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import train_support  # noqa: F401  (imports this checkout's opensora_train)
 from opensora_core.media import write_video
 from opensora_train.buckets import BucketTable
 from opensora_train.config import ConfigError
-from opensora_train.data import MetadataEntry, frame_window, plan_epoch, read_metadata
+from opensora_train.data import Clip, MetadataEntry, frame_window, plan_epoch, read_metadata, size_args
 from opensora_train.masks import MaskGenerator, parse_mask_ratios
 from opensora_train.prepare import prepare_dataset
 from opensora_train.sampler import BucketBatchSampler
@@ -132,8 +133,23 @@ def test_frame_window_follows_temporal_random_crop():
     assert frame_window(17, 17, 1, random.Random(1)) == tuple(range(17))
 
 
+def test_size_arguments_follow_the_official_datasets():
+    """v1.2: ar = H/W, fps = source fps // interval; v1.1: ar = W/H (its training quirk), fps = source fps."""
+    from opensora_train.buckets import BucketKey
+
+    video = MetadataEntry(0, Path("/v.mp4"), "t", 100, 240, 426, 30.0)
+    clip = Clip(video, BucketKey("240p", 16, "0.56"), 16, 240, 426, tuple(range(16)), 0)
+    v12, v11 = size_args(clip, "STDiT3", 3), size_args(clip, "STDiT2", 3)
+    assert v12 == {"height": 240.0, "width": 426.0, "num_frames": 16.0, "ar": 240 / 426, "fps": 10.0}
+    assert v11["ar"] == 426 / 240 and v11["fps"] == 30.0
+    assert size_args(clip, "STDiT2", 3, ar="height/width")["ar"] == 240 / 426
+    image = Clip(MetadataEntry(1, Path("/i.png"), "t", 1, 240, 426, 0.0), clip.bucket, 1, 240,
+                 426, (), 0)
+    assert size_args(image, "STDiT3", 3)["fps"] == 120.0
+
+
 def _entries(n):
-    return [MetadataEntry(i, __import__("pathlib").Path(f"/v{i}.mp4"), "t", 40 + i, 240, 426, 24.0) for i in range(n)]
+    return [MetadataEntry(i, Path(f"/v{i}.mp4"), "t", 40 + i, 240, 426, 24.0) for i in range(n)]
 
 
 def test_plans_and_batches_are_deterministic_per_seed_and_epoch():

@@ -185,6 +185,7 @@ class Loop:
         self.losses: dict[int, float] = {}
         self._pending: list[dict[str, torch.Tensor]] = []  # loss terms of the micro-steps of this step
         self._last_saved: int | None = None
+        self._step_started = 0.0
         self.tracker = None
         if cfg.run.tensorboard and accelerator.is_main_process:
             self.tracker = accelerator.get_tracker("tensorboard", unwrap=True)
@@ -241,7 +242,8 @@ class Loop:
         accumulate = cfg.run.gradient_accumulation_steps
         sync = (progress.micro_step + 1) % accumulate == 0
         rng = StepRandomness.for_step(cfg.run.seed, progress.micro_step, accelerator.process_index, accelerator.device)
-        started = time.perf_counter()
+        if not self._pending:
+            self._step_started = time.perf_counter()
         with contextlib.nullcontext() if sync else accelerator.no_sync(self.model):
             terms = self.task.compute_loss(self.model, batch, rng)
             accelerator.backward(terms["loss"] / accumulate)
@@ -250,7 +252,7 @@ class Loop:
         self._pending.append({k: v.detach() for k, v in terms.items()})
         if sync:
             self.optimizer_step()
-            self.after_step(bar, time.perf_counter() - started)
+            self.after_step(bar, time.perf_counter() - self._step_started)
 
     def optimizer_step(self) -> None:
         clip = self.cfg.optimizer.grad_clip
