@@ -88,12 +88,15 @@ def find_media(folder: Path) -> list[Path]:
 
 def folder_items(folder: Path) -> list[tuple[Path, str | None]]:
     """(file, caption or None) for every media file; the caption is the same-name ``.txt``."""
-    items = []
-    for path in find_media(folder):
-        caption = path.with_suffix(".txt")
-        text = caption.read_text(encoding="utf-8", errors="replace").strip() if caption.is_file() else None
-        items.append((path, text or None))
-    return items
+    return [(path, _read_caption(path.with_suffix(".txt"))) for path in find_media(folder)]
+
+
+def _read_caption(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip() or None if path.is_file() else None
+    except OSError as err:
+        log.warning("cannot read caption %s: %s", path, err)
+        return None
 
 
 def csv_items(source: Path) -> list[tuple[Path, str | None]]:
