@@ -245,8 +245,16 @@ def image_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
 
 def closest_ratio(height: float, width: float, resolution: str) -> str:
     """Table key whose ratio is closest to height/width (get_closest_ratio; ties keep table order)."""
+    return closest_ratio_key(height, width, aspect_ratio_table(resolution))
+
+
+def closest_ratio_key(height: float, width: float, keys) -> str:
+    """The key of ``keys`` (aspect-ratio strings such as "0.56") closest to height/width; ties keep order.
+
+    Works for any table with the official key format, e.g. a custom training resolution.
+    """
     ratio = height / width
-    return min(aspect_ratio_table(resolution), key=lambda k: abs(float(k) - ratio))
+    return min(keys, key=lambda k: abs(float(k) - ratio))
 
 
 def num_frames_from_duration(value: str | int) -> int:

@@ -58,9 +58,12 @@ T5_PRESETS = {p.name: p for p in (T5_V1_0, T5_V1_1, T5_V1_2)}
 
 TOKENIZER_CONFIG = "tokenizer_config.json"  # names the tokenizer class and the special tokens
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # the vocabulary: either one
-_TOKENIZER_EXPECTED = f"{TOKENIZER_CONFIG} plus {' or '.join(TOKENIZER_FILES)}"
+BYTE_LEVEL_TOKENIZERS = ("ByT5Tokenizer",)  # byte-level: the config alone is the whole tokenizer
+_TOKENIZER_EXPECTED = (
+    f"{TOKENIZER_CONFIG} plus {' or '.join(TOKENIZER_FILES)} "
+    f"(a byte-level {'/'.join(BYTE_LEVEL_TOKENIZERS)} needs only {TOKENIZER_CONFIG})"
+)
 SINGLE_FILE_SUFFIX = ".safetensors"
-BYTE_LEVEL_TOKENIZERS = ("ByT5Tokenizer",)  # vocabulary built in; used by the bundled demo model
 
 
 # ---------------------------------------------------------------------------
@@ -182,13 +185,18 @@ def load_t5_encoder(
 
 
 def _has_tokenizer(folder: Path) -> bool:
-    """A tokenizer config plus its vocabulary (a byte-level ByT5 tokenizer needs no vocabulary file)."""
     config = folder / TOKENIZER_CONFIG
     if not config.is_file():
         return False
-    if any((folder / name).is_file() for name in TOKENIZER_FILES):
-        return True
-    return json.loads(config.read_text()).get("tokenizer_class") in BYTE_LEVEL_TOKENIZERS
+    return any((folder / name).is_file() for name in TOKENIZER_FILES) or _is_byte_level(config)
+
+
+def _is_byte_level(config: Path) -> bool:
+    """True for a tokenizer that needs no vocabulary file (ByT5: bytes are the tokens)."""
+    try:
+        return json.loads(config.read_text()).get("tokenizer_class") in BYTE_LEVEL_TOKENIZERS
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def find_tokenizer_folder(model_folder: str | Path) -> Path:

@@ -1,0 +1,101 @@
+"""Trainer config: TOML loading, overrides, and validation errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+import train_support
+from conftest import REPO
+from opensora_train.cli import main
+from opensora_train.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config, parse_override
+from opensora_train.validate import validate_config
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("config")
+    clips = train_support.write_clips(root / "clips", count=2)
+    return train_support.tiny_config(root, clips=clips)
+
+
+def _config(base, **changes) -> TrainConfig:
+    raw = apply_overrides(base, [f"{k.replace('__', '.')}={v}" for k, v in changes.items()])
+    return from_dict(TrainConfig, raw)
+
+
+def test_a_complete_tiny_config_validates(base):
+    validate_config(_config(base))
+
+
+def test_unknown_keys_and_wrong_types_name_the_key():
+    with pytest.raises(ConfigError, match=r"^optimizer\.lrr: unknown key; did you mean lr\?"):
+        from_dict(TrainConfig, {"optimizer": {"lrr": 1e-4}})
+    with pytest.raises(ConfigError, match=r"^run\.max_steps: expected int, got str"):
+        from_dict(TrainConfig, {"run": {"max_steps": "ten"}})
+    with pytest.raises(ConfigError, match=r"^ema\.enabled: expected bool"):
+        from_dict(TrainConfig, {"ema": {"enabled": 1}})
+    assert from_dict(TrainConfig, {"optimizer": {"lr": 1}}).optimizer.lr == 1.0  # ints are floats
+
+
+def test_overrides_are_read_as_toml_values(tmp_path):
+    assert parse_override("optimizer.lr=2e-5") == (["optimizer", "lr"], 2e-5)
+    assert parse_override("lora.targets=[\"attn.qkv\"]")[1] == ["attn.qkv"]
+    assert parse_override("run.output_dir=outputs/x")[1] == "outputs/x"  # not TOML: taken as a string
+    path = tmp_path / "c.toml"
+    path.write_text('[run]\nmax_steps = 5\n[data.buckets."240p"]\n"51" = [1.0, 2]\n')
+    cfg = load_config(path, ["run.max_steps=7", "ema.enabled=true"])
+    assert cfg.run.max_steps == 7 and cfg.ema.enabled and cfg.data.buckets == {"240p": {"51": [1.0, 2]}}
+    with pytest.raises(ConfigError, match=r"^run\.max_steps: is a value"):
+        load_config(path, ["run.max_steps.x=1"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"data__csv": '"missing.csv"'}, r"data\.csv"),
+        ({"data__buckets": '{ "tiny" = { "17" = [1.0, "two"] } }'}, r"data\.buckets\.tiny\.17"),
+        ({"data__buckets": '{ "huge" = { "17" = [1.0, 2] } }'}, r"data\.buckets\.huge"),
+        ({"data__buckets": '{ "tiny" = { "8" = [1.0, 2] } }'}, r"data\.buckets: frame counts \[8\]"),
+        ({"mask_ratios": '{ "image_sideways" = 0.1 }'}, r"mask_ratios\.image_sideways"),
+        ({"lora__enabled": "true"}, r"lora\.enabled"),
+        ({"vae__path": '"nowhere.safetensors"'}, r"vae\.path"),
+        ({"run__mixed_precision": '"fp8"'}, r"run\.mixed_precision"),
+        ({"validation__every": "5"}, r"validation\.prompts"),
+        ({"validation__every": "5", "validation__prompts": '["x"]', "validation__num_frames": "9"}, r"validation: "),
+        ({"model__class_name": '"STDiT"'}, r"model: STDiT cannot be trained"),
+        ({"optimizer__betas": "[0.9]"}, r"optimizer\.betas"),
+        ({"model__config": "{ hidden_size = 64, depth = 1, num_heads = 4, caption_channels = 48, "
+                           "model_max_length = 24 }"},
+         r"text_encoder\.path: the T5 gives 32-wide"),
+    ],
+)
+def test_validation_errors_name_the_key(base, changes, key):
+    with pytest.raises(ConfigError, match=f"^{key}"):
+        validate_config(_config(base, **changes))
+
+
+def test_a_vae_of_the_wrong_family_is_named(base, tmp_path):
+    sd = train_support.write_vae(tmp_path / "sd.safetensors", "sd")
+    with pytest.raises(ConfigError, match=r"^vae\.path: STDiT3 was trained with the Open-Sora VAE v1\.2"):
+        validate_config(_config(base, vae__path=f'"{sd}"'))
+
+
+def test_cli_reports_config_errors_with_the_key(base, tmp_path, capsys):
+    path = train_support.write_toml(base, tmp_path / "c.toml")
+    assert main(["check", "--config", str(path)]) == 0
+    assert main(["check", "--config", str(path), "--set", "optimizer.lr=-1"]) == 2
+    assert "optimizer.lr: must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "train" / "configs").glob("*.toml")))
+def test_example_configs_use_only_known_keys(name):
+    cfg = load_config(REPO / "train" / "configs" / name)
+    assert cfg.data.buckets and cfg.run.output_dir.startswith("outputs/")
+
+
+def test_accelerate_configs_load_in_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {p.name: load_config_from_file(str(p)).distributed_type.value
+             for p in (REPO / "train" / "configs").glob("accelerate_*.yaml")}
+    assert kinds == {"accelerate_ddp.yaml": "MULTI_GPU", "accelerate_fsdp.yaml": "FSDP"}

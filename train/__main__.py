@@ -1,0 +1,7 @@
+"""``python -m opensora_train ...`` (also ``accelerate launch -m opensora_train ...``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""``opensora-train``: prepare data, cache, train, export, check a config.
+
+    opensora-train prepare clips/ --output data/meta.csv [--min-frames 17]
+    opensora-train init-t5 outputs/tiny/t5 --d-model 64   # random small T5 for from-scratch demos
+    opensora-train check  --config train/configs/v1_2_finetune.toml [--set optimizer.lr=2e-5 ...]
+    opensora-train cache  --config ...            # T5 + VAE caches only (train does this too)
+    opensora-train train  --config ... [--set run.max_steps=200]
+    opensora-train export --config ... [--checkpoint outputs/run/checkpoints/checkpoint-00000200]
+
+Multi-GPU: ``accelerate launch [--config_file train/configs/accelerate_ddp.yaml] -m opensora_train train ...``
+(see train/README.md). Errors in the config name the key and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+log = logging.getLogger("opensora")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opensora-train", description="Fine-tune Open-Sora models with accelerate.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prep = sub.add_parser("prepare", help="folder of clips + .txt captions (or a path,text CSV) -> metadata CSV")
+    prep.add_argument("source", help="folder with videos/images and same-name .txt captions, or a CSV with path,text")
+    prep.add_argument("--output", "-o", required=True, help="metadata CSV to write")
+    prep.add_argument("--min-frames", type=int, default=1, help="skip videos with fewer frames (default 1)")
+    prep.add_argument("--workers", type=int, default=4, help="files probed in parallel")
+    prep.add_argument("--relative", action="store_true", help="write paths relative to the CSV's folder")
+
+    t5 = sub.add_parser("init-t5", help="write a small random T5 + byte-level tokenizer (from-scratch demos)")
+    t5.add_argument("output", help="folder to write")
+    t5.add_argument("--d-model", type=int, default=64, help="feature width = the DiT's caption_channels")
+    t5.add_argument("--layers", type=int, default=2)
+    t5.add_argument("--heads", type=int, default=4)
+    t5.add_argument("--seed", type=int, default=0)
+
+    for name, text in (("check", "validate a config and print it resolved"), ("cache", "fill the T5/VAE caches"),
+                       ("train", "train (DiT or VAE, per run.task)"), ("export", "export weights from a state")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", "-c", required=True, help="TOML config file")
+        cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set optimizer.lr=2e-5 (repeatable)")
+        if name == "export":
+            cmd.add_argument("--checkpoint", help="state folder (default: the latest under run.output_dir)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _prepare(args) -> int:
+    from .prepare import prepare_dataset
+
+    report = prepare_dataset(args.source, args.output, min_frames=args.min_frames, workers=args.workers,
+                             relative=args.relative)
+    print(report.summary())
+    return 0
+
+
+def _init_t5(args) -> int:
+    from .tiny_t5 import write_random_t5
+
+    print(write_random_t5(args.output, d_model=args.d_model, layers=args.layers, heads=args.heads, seed=args.seed))
+    return 0
+
+
+def _check(args) -> int:
+    from .validate import validate_config
+
+    cfg = load_config(args.config, args.overrides)
+    validate_config(cfg)
+    print(cfg.to_json())
+    print("config ok", file=sys.stderr)
+    return 0
+
+
+def _cache(args) -> int:
+    from .trainer import make_accelerator, make_task
+    from .validate import validate_config
+
+    cfg = load_config(args.config, args.overrides)
+    validate_config(cfg)
+    if cfg.run.task != "dit":
+        raise ConfigError("run.task", "only DiT training uses caches")
+    data = make_task(cfg).prepare_data(make_accelerator(cfg))
+    print(data.summary)
+    return 0
+
+
+def _train(args) -> int:
+    from .trainer import train
+
+    result = train(load_config(args.config, args.overrides))
+    print(f"trained to step {result.final_step}; exported: {', '.join(map(str, result.exports)) or 'nothing'}")
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_from_state
+
+    cfg = load_config(args.config, args.overrides)
+    paths = export_from_state(cfg, Path(args.checkpoint) if args.checkpoint else None)
+    print("\n".join(map(str, paths)))
+    return 0
+
+
+COMMANDS = {
+    "prepare": _prepare, "init-t5": _init_t5, "check": _check, "cache": _cache, "train": _train, "export": _export,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The dataset side of training: the metadata CSV, clips planned per epoch, frame reading, size arguments.
+
+A *clip* is one metadata row placed in a bucket for one epoch: the bucket fixes (T, H, W) and a
+random window fixes which source frames are read. Frames are taken as the official
+``temporal_random_crop`` does (opensora/datasets/utils.py, v1.1/v1.2): a window of
+T * frame_interval frames starting at a random frame, T indices spread evenly over it; the frames
+are resized to cover (H, W) and centre-cropped (:func:`opensora_core.media.resize_cover_crop`,
+bilinear for videos, bicubic for images) and scaled to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from opensora_core import media
+from opensora_core.geometry import IMG_FPS
+
+from .buckets import BucketKey, BucketTable
+from .prepare import resolve_path
+from .rng import mix_seed
+
+log = logging.getLogger("opensora")
+
+REQUIRED_COLUMNS = ("path", "text", "num_frames", "height", "width")
+DEFAULT_FPS = 24.0  # official dataset default when a video does not say
+
+
+# ---------------------------------------------------------------------------
+# Metadata
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetadataEntry:
+    row: int
+    path: Path
+    text: str
+    num_frames: int
+    height: int
+    width: int
+    fps: float  # 0 when unknown
+
+    @property
+    def is_image(self) -> bool:
+        return media.is_image_path(self.path)
+
+
+def read_metadata(csv_path: str | Path) -> list[MetadataEntry]:
+    """Rows of a metadata CSV (``prepare``'s output or the official format); relative paths are
+    relative to the CSV. Errors name the row and column."""
+    csv_path = Path(csv_path)
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(
+                f"{csv_path}: missing column(s) {', '.join(missing)}; run `opensora-train prepare` to build the CSV"
+            )
+        return [_entry(i, row, csv_path) for i, row in enumerate(reader)]
+
+
+def _entry(i: int, row: dict, csv_path: Path) -> MetadataEntry:
+    try:
+        fps = float(row.get("fps") or 0)
+        values = {k: int(float(row[k])) for k in ("num_frames", "height", "width")}
+    except ValueError as err:
+        raise ValueError(f"{csv_path}: row {i + 2}: not a number ({err})") from None
+    return MetadataEntry(i, resolve_path(row["path"], csv_path.parent), row["text"], fps=fps, **values)
+
+
+# ---------------------------------------------------------------------------
+# Clips per epoch
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One metadata row at one bucket size with a fixed frame window."""
+
+    entry: MetadataEntry
+    bucket: BucketKey
+    num_frames: int  # T of the bucket (pixel frames)
+    height: int
+    width: int
+    frames: tuple[int, ...]  # source frame indices, empty for an image
+    epoch: int  # the epoch (variant) this clip was planned for
+
+    @property
+    def is_image(self) -> bool:
+        return self.entry.is_image
+
+
+def frame_window(total: int, num_frames: int, interval: int, rng: random.Random) -> tuple[int, ...]:
+    """Source frames of a clip: a random window of num_frames * interval frames, num_frames indices
+    spread evenly over it (``TemporalRandomCrop`` + ``np.linspace(..., dtype=int)``)."""
+    size = num_frames * interval
+    begin = rng.randint(0, max(0, total - size - 1))
+    end = min(begin + size, total)
+    return tuple(int(i) for i in np.linspace(begin, end - 1, num_frames, dtype=int))
+
+
+def plan_epoch(entries: list[MetadataEntry], table: BucketTable, frame_interval: int, seed: int,
+               epoch: int) -> list[Clip | None]:
+    """Each entry's clip for ``epoch`` (None when it fits no bucket), reproducible from ``seed``."""
+    return [plan_clip(entry, table, frame_interval, seed, epoch) for entry in entries]
+
+
+def plan_clip(entry: MetadataEntry, table: BucketTable, frame_interval: int, seed: int, epoch: int) -> Clip | None:
+    """One entry's clip for ``epoch``: its bucket (official draws) and its frame window."""
+    T = 1 if entry.is_image else entry.num_frames
+    key = table.assign(T, entry.height, entry.width, frame_interval, table.sample_seed(seed, epoch, entry.row))
+    if key is None:
+        return None
+    t, h, w = table.size(key)
+    frames = () if entry.is_image else frame_window(
+        entry.num_frames, t, frame_interval, random.Random(mix_seed(seed, "window", epoch, entry.row))
+    )
+    return Clip(entry, key, t, h, w, frames, epoch)
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+
+def read_clip(clip: Clip) -> torch.Tensor:
+    """The clip's frames as (3, T, H, W) float32 in [-1, 1]."""
+    path = clip.entry.path
+    if clip.is_image:
+        frames, _ = media.read_frames(path, max_frames=1)
+        mode = "bicubic"
+    else:
+        start, stop = clip.frames[0], clip.frames[-1] + 1
+        decoded, _ = media.read_frames(path, start=start, max_frames=stop - start)
+        if decoded.shape[0] < stop - start:
+            raise media.MediaError(
+                f"{path}: only {start + decoded.shape[0]} frames could be decoded but the CSV says "
+                f"{clip.entry.num_frames}; run `opensora-train prepare` again"
+            )
+        frames = decoded[[i - start for i in clip.frames]]  # (T, H, W, 3)
+        mode = "bilinear"
+    fitted = media.resize_cover_crop(frames, clip.height, clip.width, mode=mode)
+    return media.to_model_range(fitted)  # (3, T, H, W)
+
+
+def size_args(clip: Clip, class_name: str, frame_interval: int, ar: str = "official") -> dict[str, float]:
+    """The model's per-sample height/width/num_frames/ar/fps for a clip, as the official datasets give them.
+
+    v1.2 (STDiT3): ar = H/W, fps = source fps // frame_interval. v1.1 (STDiT2): ar = W/H (its training
+    quirk; ``ar="height/width"`` uses the inference convention instead), fps = source fps. Images:
+    fps = 120 (IMG_FPS); unknown video fps: 24.
+    """
+    height, width = float(clip.height), float(clip.width)
+    source_fps = clip.entry.fps or DEFAULT_FPS
+    if clip.is_image:
+        fps = float(IMG_FPS)
+    elif class_name == "STDiT2":
+        fps = source_fps
+    else:
+        fps = float(source_fps // frame_interval)
+    ratio = width / height if (class_name == "STDiT2" and ar == "official") else height / width
+    return {"height": height, "width": width, "num_frames": float(clip.num_frames), "ar": ratio, "fps": fps}
+
+
+__all__ = [
+    "Clip", "MetadataEntry", "frame_window", "plan_clip", "plan_epoch", "read_clip", "read_metadata", "size_args",
+]

@@ -1,0 +1,320 @@
+"""Training the diffusion transformer (STDiT3 with rectified flow, STDiT2 with IDDPM) on cached latents.
+
+Data phase: metadata -> clips per epoch variant (buckets, frame windows) -> T5 outputs and VAE latents
+cached to disk (T5 and the VAE are loaded, used and freed before the DiT is built). Model phase:
+fine-tune a checkpoint (:func:`opensora_core.checkpoints.load_dit`) or build from a config with
+``initialize_weights()``; LoRA adapters optional. Loss: the objective of
+:mod:`opensora_core.sampling.losses` with the official training masks. Export: the official key
+layout + config (``load_dit`` reads it), or a ComfyUI-style LoRA file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from opensora_core.checkpoints import infer_dit_config, load_dit, read_checkpoint, save_checkpoint
+from opensora_core.lora import add_lora, comfy_lora_from_state, fuse_lora_state, save_lora
+from opensora_core.models import build_model, presets
+from opensora_core.sampling.losses import DEFAULT_OBJECTIVE, build_objective
+
+from .buckets import BucketTable, bucket_summary
+from .cache import (
+    CacheDir,
+    CachedTextEncoder,
+    cache_captions,
+    cache_latents,
+    caption_key,
+    file_fingerprint,
+    latent_key,
+    read_caption,
+    read_tensor,
+    shard,
+)
+from .config import TrainConfig
+from .data import Clip, plan_epoch, read_metadata, size_args
+from .masks import MaskGenerator
+from .rng import StepRandomness, mix_seed
+from .sampler import BucketBatchSampler
+from .trainer import TaskData
+from .validate import model_class_name
+from .validation import run_validation, validation_texts
+
+log = logging.getLogger("opensora")
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SIZE_KEYS = ("height", "width", "num_frames", "ar", "fps")
+STEP_METADATA = "opensora.train_step"
+
+
+# ---------------------------------------------------------------------------
+# Dataset over the caches
+# ---------------------------------------------------------------------------
+
+
+class CachedClipDataset(torch.utils.data.Dataset):
+    """Item i: cached latent, caption (padded to L) and size arguments of clip i."""
+
+    def __init__(self, clips: Sequence[Clip], latents: Sequence[Path], captions: Sequence[Path], max_length: int,
+                 sizes: Sequence[dict[str, float]]) -> None:
+        self.clips, self.latents, self.captions = list(clips), list(latents), list(captions)
+        self.max_length, self.sizes = max_length, list(sizes)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        y, mask = read_caption(self.captions[i], self.max_length)  # (1, L, C), (L,)
+        item = {"x0": read_tensor(self.latents[i], "latent").float(), "y": y, "mask": mask}  # x0 (C, t, h, w)
+        item.update({k: torch.tensor(v, dtype=torch.float32) for k, v in self.sizes[i].items()})
+        return item
+
+
+# ---------------------------------------------------------------------------
+# The task
+# ---------------------------------------------------------------------------
+
+
+class DiTTask:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.class_name = model_class_name(cfg)
+        obj = cfg.objective
+        kind = obj.kind or DEFAULT_OBJECTIVE[self.class_name]
+        options = {}
+        if kind == "rflow":
+            options = dict(sample_method=obj.sample_method, loc=obj.loc, scale=obj.scale,
+                           use_timestep_transform=obj.timestep_transform, transform_scale=obj.transform_scale)
+        self.objective = build_objective(kind, **options)
+        self.masks = MaskGenerator(cfg.mask_ratios) if cfg.mask_ratios else None
+        self.cache = CacheDir(cfg.cache_dir)
+        self.model_config = self._model_config()
+        self.max_length = int(self.model_config["model_max_length"])
+        self.t5_id = _t5_fingerprint(cfg)
+        self.text_encoder = CachedTextEncoder(self.cache, self.t5_id, self.max_length)
+        self.vae = None  # kept on the CPU for validation samples
+        self.lora_paths: list[str] = []
+
+    # -- model config -----------------------------------------------------------
+
+    def _model_config(self) -> dict:
+        """Official constructor kwargs of the model to train (read without loading weights)."""
+        model = self.cfg.model
+        if model.checkpoint:
+            ckpt = read_checkpoint(model.checkpoint)
+            _, config = infer_dit_config(ckpt.state_dict)
+            return {**config, **(ckpt.config or {}), **model.config}
+        config = dict(model.config)
+        if model.preset:
+            config = {**dataclasses.asdict(presets()[model.preset][1]), **config}
+        with torch.device("meta"):  # fills in the defaults without allocating weights
+            built = build_model(self.class_name, config)
+        return _jsonable(dataclasses.asdict(built.config))
+
+    # -- data -------------------------------------------------------------------
+
+    def prepare_data(self, accelerator) -> TaskData:
+        cfg = self.cfg
+        entries = read_metadata(cfg.data.csv)
+        table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
+        plans = [plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, v)
+                 for v in range(cfg.data.epoch_variants)]
+        summary = bucket_summary(table, [c.bucket if c else None for c in plans[0]], [str(e.path) for e in entries])
+        clips = [c for plan in plans for c in plan if c is not None]
+        captions = self._cache_captions(accelerator, [c.entry.text for c in clips])
+        latents, failed = self._cache_latents(accelerator, clips)
+        kept = [i for i, c in enumerate(clips) if latents[i].exists()]
+        if failed or len(kept) < len(clips):
+            log.warning("%d clip(s) could not be read and are left out", len(clips) - len(kept))
+        sizes = [size_args(clips[i], self.class_name, cfg.data.frame_interval, cfg.data.ar) for i in kept]
+        dataset = CachedClipDataset([clips[i] for i in kept], [latents[i] for i in kept],
+                                    [captions[clips[i].entry.text] for i in kept], self.max_length, sizes)
+        sampler = BucketBatchSampler(self._groups(dataset), table.batch_size, seed=cfg.run.seed,
+                                     shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last)
+        return TaskData(dataset, sampler, summary)
+
+    def _groups(self, dataset: CachedClipDataset):
+        variants = self.cfg.data.epoch_variants
+
+        def groups(epoch: int) -> dict:
+            found: dict = {}
+            for i, clip in enumerate(dataset.clips):
+                if clip.epoch == epoch % variants:
+                    found.setdefault(clip.bucket, []).append(i)
+            return found
+
+        return groups
+
+    def _cache_captions(self, accelerator, texts: list[str]) -> dict[str, Path]:
+        """Cache every caption and validation prompt; returns text -> file."""
+        cfg = self.cfg
+        wanted = list(dict.fromkeys(texts + (validation_texts(self.class_name, cfg.validation)
+                                             if cfg.validation.every else [])))
+        paths = {t: self.cache.caption(caption_key(t, self.t5_id, self.max_length)) for t in wanted}
+        todo = [t for t in wanted if not paths[t].exists()]
+        if todo:
+            from opensora_core.text.t5 import load_t5_encoder
+
+            encoder = load_t5_encoder(cfg.text_encoder.path, cfg.text_encoder.tokenizer or None,
+                                      max_length=self.max_length, dtype=DTYPES[cfg.text_encoder.dtype],
+                                      device=accelerator.device)
+            self._check_caption_channels(encoder.output_dim)
+            mine = shard(todo, accelerator.process_index, accelerator.num_processes)
+            with _bar(accelerator, len(mine), "caching T5 outputs") as bar:
+                cache_captions(mine, [paths[t] for t in mine], encoder, batch_size=cfg.text_encoder.batch_size,
+                               dtype=DTYPES[cfg.cache.dtype], progress=bar.update)
+            del encoder
+            _free_memory()
+        accelerator.wait_for_everyone()
+        return paths
+
+    def _check_caption_channels(self, channels: int) -> None:
+        expected = self.model_config.get("caption_channels", 4096)
+        if channels != expected:
+            raise ValueError(f"text_encoder.path: the T5 gives {channels}-wide features but the model takes "
+                             f"caption_channels = {expected}")
+
+    def _cache_latents(self, accelerator, clips: list[Clip]) -> tuple[list[Path], list]:
+        cfg = self.cfg
+        vae_id = f"{file_fingerprint(cfg.vae.path)}:{cfg.vae.dtype}"
+        paths = [self.cache.latent(latent_key(c, vae_id, cfg.cache.posterior, cfg.run.seed)) for c in clips]
+        todo = [i for i, p in enumerate(paths) if not p.exists()]
+        failed = []
+        if todo or cfg.validation.every:
+            self.vae = self._load_vae(accelerator.device)
+            mine = shard(todo, accelerator.process_index, accelerator.num_processes)
+            with _bar(accelerator, len(mine), "caching VAE latents") as bar:
+                failed = cache_latents([clips[i] for i in mine], [paths[i] for i in mine], self.vae,
+                                       posterior=cfg.cache.posterior, seed=cfg.run.seed,
+                                       dtype=DTYPES[cfg.cache.dtype], progress=bar.update)
+            self.vae.to("cpu")
+            if not cfg.validation.every:
+                self.vae = None
+            _free_memory()
+        accelerator.wait_for_everyone()
+        return paths, failed
+
+    def _load_vae(self, device):
+        from opensora_core.vae import load_vae
+
+        cfg = self.cfg.vae
+        expect = "v1.2" if self.class_name == "STDiT3" else "sd"
+        return load_vae(cfg.path, expect=expect, dtype=DTYPES[cfg.dtype], device=device,
+                        micro_batch_size=cfg.micro_batch_size, norm_num_groups=cfg.norm_num_groups)
+
+    # -- model ------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
+        if cfg.model.checkpoint:
+            loaded = load_dit(cfg.model.checkpoint, class_name=self.class_name, config_overrides=cfg.model.config)
+            model, self.model_config = loaded.model, _jsonable(loaded.config)
+        else:
+            model = build_model(self.class_name, self.model_config)
+            model.initialize_weights()
+        model.train()
+        if cfg.lora.enabled:
+            model.requires_grad_(False)
+            self.lora_paths = add_lora(model, cfg.lora.rank, cfg.lora.alpha, targets=cfg.lora.targets,
+                                       dropout=cfg.lora.dropout)
+            log.info("LoRA rank %d on %d layers", cfg.lora.rank, len(self.lora_paths))
+        else:
+            model.requires_grad_(True)
+            model._apply_freeze_flags()  # the official freeze_y_embedder / only_train_temporal flags
+        model.gradient_checkpointing = cfg.model.gradient_checkpointing
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("%s: %.2fM trainable of %.2fM weights", self.class_name, trainable / 1e6,
+                 sum(p.numel() for p in model.parameters()) / 1e6)
+        return model
+
+    # -- loss -------------------------------------------------------------------
+
+    def compute_loss(self, model: nn.Module, batch: dict, rng: StepRandomness) -> dict[str, torch.Tensor]:
+        x0 = batch["x0"]  # (B, C, T, H, W)
+        B, T = x0.shape[0], x0.shape[2]
+        frame_mask = None
+        if self.masks is not None:
+            mask_gen = torch.Generator().manual_seed(mix_seed(rng.seed, "mask"))
+            frame_mask = self.masks.masks(B, T, rng.python, mask_gen).to(x0.device)  # (B, T) bool
+        sizes = {k: batch[k] for k in SIZE_KEYS}
+        t = self.objective.sample_timesteps(B, rng.torch, height=sizes["height"], width=sizes["width"],
+                                            num_frames=sizes["num_frames"])
+        noise = torch.randn(x0.shape, generator=rng.torch, device=rng.torch.device).to(x0.device)
+        x_t = self.objective.noisy_input(x0, noise, t, frame_mask)
+        rng.seed_global()  # caption dropout inside the model draws from the global RNG
+        out = model(x_t, t, batch["y"], mask=batch["mask"], x_mask=frame_mask, **sizes)
+        terms = self.objective.losses(out, x0, x_t, noise, t, frame_mask)
+        return {k: v.mean() for k, v in terms.items()}
+
+    # -- validation / export -------------------------------------------------------
+
+    def validate(self, model: nn.Module, step: int, accelerator, tracker) -> list[Path]:
+        return run_validation(model, self.vae, self.text_encoder, self.cfg.validation, step=step,
+                              output_dir=self.cfg.output_dir, device=accelerator.device, tracker=tracker,
+                              write=accelerator.is_main_process)
+
+    def export(self, model: nn.Module, step: int, state: dict[str, torch.Tensor]) -> list[Path]:
+        """Official-layout weights + config (``load_dit`` reads them), or the LoRA (and merged weights).
+
+        Files: ``<output_dir>/export/<run>.safetensors`` (``<run>-lora``, ``<run>-merged``), run = the
+        output folder's name; a later export overwrites them (the step is in the metadata).
+        """
+        cfg = self.cfg
+        folder = cfg.output_dir / "export"
+        name = cfg.output_dir.resolve().name
+        dtype = DTYPES[cfg.export.dtype]
+        if not cfg.lora.enabled:
+            paths = [self._save_model(state, folder / f"{name}.safetensors", dtype, step)]
+        else:
+            info = {"class": self.class_name, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha,
+                    "targets": cfg.lora.targets, "base": str(cfg.model.checkpoint), "step": step}
+            lora = comfy_lora_from_state(state, cfg.lora.alpha)
+            paths = [save_lora(lora, folder / f"{name}-lora.safetensors", dtype=dtype, info=info)]
+            if cfg.export.merge_lora:
+                merged = fuse_lora_state(state, cfg.lora.alpha)
+                paths.append(self._save_model(merged, folder / f"{name}-merged.safetensors", dtype, step))
+        for path in paths:
+            log.info("exported %s", path)
+        return paths
+
+    def _save_model(self, state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype, step: int) -> Path:
+        tensors = {k: v.detach().to(dtype) for k, v in state.items()}
+        return save_checkpoint(tensors, path, class_name=self.class_name, config=_jsonable(self.model_config),
+                               metadata={STEP_METADATA: str(step)})
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _t5_fingerprint(cfg: TrainConfig) -> str:
+    parts = [file_fingerprint(cfg.text_encoder.path), cfg.text_encoder.dtype]
+    if cfg.text_encoder.tokenizer:
+        parts.append(file_fingerprint(cfg.text_encoder.tokenizer))
+    return ":".join(parts)
+
+
+def _jsonable(config: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _bar(accelerator, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not accelerator.is_main_process or total == 0, dynamic_ncols=True)
+
+
+__all__ = ["CachedClipDataset", "DiTTask"]

@@ -1,0 +1,372 @@
+"""The training engine: ``train(cfg)`` runs one task (DiT or VAE) through accelerate.
+
+``train`` reads as its phases: config, accelerator, data (and caches), model, optimizer, prepare,
+resume, loop, export. A *task* (:class:`~.dit.DiTTask`, :class:`~.vae_task.VAETask`) supplies what
+differs: the data, the model, the loss of one batch, validation samples and the exported files.
+Distribution (DDP / FSDP / DeepSpeed) is accelerate's, chosen by ``accelerate launch``.
+
+Randomness: batches come from the bucket sampler (seeded per epoch); each micro-step seeds its own
+generators from (run seed, micro-step, process) (:class:`~.rng.StepRandomness`). With
+``save_state``/``load_state`` and ``skip_first_batches`` a resumed run therefore repeats an
+uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .checkpointing import Progress, resolve_resume, save_training_state
+from .config import TrainConfig
+from .ema import EMA
+from .rng import StepRandomness, mix_seed
+from .validate import validate_config
+
+log = logging.getLogger("opensora")
+
+LOSS_LOG = "loss.jsonl"
+
+
+# ---------------------------------------------------------------------------
+# What a task provides
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class TaskData:
+    dataset: torch.utils.data.Dataset
+    sampler: Any  # BucketBatchSampler
+    summary: str = ""
+
+
+class Task(Protocol):
+    def prepare_data(self, accelerator) -> TaskData: ...
+
+    def build_model(self) -> nn.Module: ...
+
+    def compute_loss(self, model: nn.Module, batch: dict, rng: StepRandomness) -> dict[str, torch.Tensor]: ...
+
+    def validate(self, model: nn.Module, step: int, accelerator, tracker) -> list[Path]: ...
+
+    def export(self, model: nn.Module, step: int, state: dict[str, torch.Tensor]) -> list[Path]: ...
+
+
+def make_task(cfg: TrainConfig) -> Task:
+    if cfg.run.task == "vae":
+        from .vae_task import VAETask
+
+        return VAETask(cfg)
+    from .dit import DiTTask
+
+    return DiTTask(cfg)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_step: int
+    losses: dict[int, float] = field(default_factory=dict)  # step -> loss averaged over processes (this run)
+    exports: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# train(): the phases
+# ---------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train as ``cfg`` says; returns the losses of this invocation and the exported files."""
+    validate_config(cfg)  # config: before any heavy work
+    accelerator = make_accelerator(cfg)  # accelerator
+    task = make_task(cfg)
+    data = task.prepare_data(accelerator)  # data: metadata, buckets, caches
+    if accelerator.is_main_process and data.summary:
+        log.info("buckets:\n%s", data.summary)
+    torch.manual_seed(mix_seed(cfg.run.seed, "init"))  # from-scratch and LoRA init: the same on every process
+    model = task.build_model()  # model
+    optimizer = build_optimizer(cfg, model)  # optimizer
+    scheduler = warmup_scheduler(optimizer, cfg.optimizer.warmup_steps)
+    loader = make_loader(data, cfg)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)  # prepare
+    loop = Loop(cfg, accelerator, task, model, optimizer, scheduler, loader, data.sampler)
+    loop.register_state()
+    loop.resume()  # resume
+    loop.run()  # loop
+    exports = loop.export()  # export
+    accelerator.end_training()
+    return TrainResult(cfg.output_dir, loop.progress.step, loop.losses, exports)
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    accelerator = Accelerator(
+        cpu=_cpu_processes(),
+        mixed_precision=cfg.run.mixed_precision,
+        log_with="tensorboard" if cfg.run.tensorboard else None,
+        project_config=ProjectConfiguration(project_dir=str(cfg.output_dir), logging_dir=str(cfg.output_dir / "logs")),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.run.ddp_find_unused_parameters)],
+        step_scheduler_with_optimizer=False,
+    )
+    if cfg.ema.enabled and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED") and cfg.run.task == "dit":
+        raise ValueError("ema.enabled: EMA keeps whole weights and is not supported with FSDP/DeepSpeed sharding; "
+                         "set ema.enabled = false or train with DDP")
+    if cfg.run.tensorboard:
+        accelerator.init_trackers("opensora")
+    return accelerator
+
+
+def _cpu_processes() -> bool:
+    """Several processes (torchrun / accelerate launch) on a machine without CUDA: distributed CPU (gloo).
+
+    accelerate only picks its MULTI_CPU mode when told to run on the CPU (``ACCELERATE_USE_CPU``).
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the trainable weights (bitsandbytes AdamW8bit with ``optimizer.eight_bit``)."""
+    opt = cfg.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable weights (check lora / freeze settings)")
+    kwargs = dict(lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
+    if opt.eight_bit:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ImportError("optimizer.eight_bit needs bitsandbytes: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant (official ``LinearWarmupLR``)."""
+    def factor(step: int) -> float:
+        return (step + 1) / (warmup_steps + 1) if step < warmup_steps else 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_loader(data: TaskData, cfg: TrainConfig) -> torch.utils.data.DataLoader:
+    if len(data.sampler) == 0:
+        raise ValueError("no training batch: every sample was dropped (see the bucket table); check data.buckets")
+    return torch.utils.data.DataLoader(
+        data.dataset, batch_sampler=data.sampler, num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+class Loop:
+    """State of a run and the step / checkpoint / validation / export actions on it."""
+
+    def __init__(self, cfg, accelerator, task, model, optimizer, scheduler, loader, sampler) -> None:
+        self.cfg, self.accelerator, self.task = cfg, accelerator, task
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.loader, self.sampler = loader, sampler
+        self.progress = Progress()
+        self.ema = EMA(self.unwrapped, cfg.ema.decay) if cfg.ema.enabled else None
+        self.losses: dict[int, float] = {}
+        self._pending: list[dict[str, torch.Tensor]] = []  # loss terms of the micro-steps of this step
+        self._last_saved: int | None = None
+        self._step_started = 0.0
+        self.tracker = None
+        if cfg.run.tensorboard and accelerator.is_main_process:
+            self.tracker = accelerator.get_tracker("tensorboard", unwrap=True)
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def register_state(self) -> None:
+        """Registered in this order: custom_checkpoint_0 = progress, _1 = scheduler, _2 = EMA (see export.py)."""
+        self.accelerator.register_for_checkpointing(self.progress, self.scheduler)
+        if self.ema is not None:
+            self.accelerator.register_for_checkpointing(self.ema)
+        if self.cfg.lora.enabled and self.accelerator.distributed_type.value in ("NO", "MULTI_CPU", "MULTI_GPU"):
+            install_trainable_only_hooks(self.accelerator)
+
+    def resume(self) -> None:
+        path = resolve_resume(self.cfg.checkpoint.resume, self.cfg.output_dir)
+        if path is None:
+            if self.accelerator.is_main_process:
+                (self.cfg.output_dir / LOSS_LOG).unlink(missing_ok=True)
+            return
+        self.accelerator.load_state(str(path))
+        self._last_saved = self.progress.step  # that state exists already
+        if self.accelerator.is_main_process:
+            _truncate_jsonl(self.cfg.output_dir / LOSS_LOG, self.progress.step)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step, self.progress.epoch,
+                 self.progress.batch_in_epoch)
+
+    # -- steps ----------------------------------------------------------------
+
+    def run(self) -> None:
+        cfg, progress = self.cfg, self.progress
+        bar = _progress_bar(cfg, self.accelerator, progress.step)
+        self.model.train()
+        while progress.step < cfg.run.max_steps:
+            self.loader.set_epoch(progress.epoch)  # accelerate re-sets the sampler's epoch from this at each pass
+            self.sampler.set_epoch(progress.epoch)
+            loader = self.loader
+            if progress.batch_in_epoch:
+                loader = self.accelerator.skip_first_batches(self.loader, progress.batch_in_epoch)
+            for batch in loader:
+                self.micro_step(batch, bar)
+                if progress.step >= cfg.run.max_steps:
+                    break
+            else:
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+        bar.close()
+        self.after_training()
+
+    def micro_step(self, batch: dict, bar) -> None:
+        cfg, progress, accelerator = self.cfg, self.progress, self.accelerator
+        accumulate = cfg.run.gradient_accumulation_steps
+        sync = (progress.micro_step + 1) % accumulate == 0
+        rng = StepRandomness.for_step(cfg.run.seed, progress.micro_step, accelerator.process_index, accelerator.device)
+        if not self._pending:
+            self._step_started = time.perf_counter()
+        with contextlib.nullcontext() if sync else accelerator.no_sync(self.model):
+            terms = self.task.compute_loss(self.model, batch, rng)
+            accelerator.backward(terms["loss"] / accumulate)
+        progress.micro_step += 1
+        progress.batch_in_epoch += 1
+        self._pending.append({k: v.detach() for k, v in terms.items()})
+        if sync:
+            self.optimizer_step()
+            self.after_step(bar, time.perf_counter() - self._step_started)
+
+    def optimizer_step(self) -> None:
+        clip = self.cfg.optimizer.grad_clip
+        if clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.unwrapped)
+        self.progress.step += 1
+
+    def after_step(self, bar, seconds: float) -> None:
+        step, cfg = self.progress.step, self.cfg
+        terms = {k: torch.stack([p[k] for p in self._pending]).mean() for k in self._pending[0]}
+        self._pending = []
+        terms = {k: self.accelerator.reduce(v, reduction="mean").item() for k, v in terms.items()}
+        self.losses[step] = terms["loss"]
+        lr = self.scheduler.get_last_lr()[0]
+        if self.accelerator.is_main_process:
+            _append_jsonl(cfg.output_dir / LOSS_LOG, {"step": step, **terms, "lr": lr, "seconds": seconds})
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", s_it=f"{seconds:.2f}", lr=f"{lr:.2e}")
+            if self.tracker is not None and (step % cfg.run.log_every == 0 or step == 1):
+                self.accelerator.log({f"train/{k}": v for k, v in terms.items()} | {"train/lr": lr}, step=step)
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+            self.save()
+        if cfg.validation.every and step % cfg.validation.every == 0:
+            self.validate()
+
+    # -- actions --------------------------------------------------------------
+
+    def save(self) -> Path:
+        self._last_saved = self.progress.step
+        return save_training_state(self.accelerator, self.cfg.output_dir, self.progress.step,
+                                   keep_last=self.cfg.checkpoint.keep_last, config_json=self.cfg.to_json())
+
+    def validate(self) -> list[Path]:
+        """Sample on the main process with the plain module (DDP), or on every process through the
+        sharded wrapper (FSDP / DeepSpeed, whose forward needs all shards)."""
+        sharded = self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+        saved = []
+        if sharded or self.accelerator.is_main_process:
+            use_ema = self.ema is not None and self.cfg.validation.use_ema
+            weights = self.ema.applied(self.unwrapped) if use_ema else contextlib.nullcontext()
+            model = self.model if sharded else self.unwrapped
+            with weights, self.accelerator.autocast():  # samples in the training precision
+                saved = self.task.validate(model, self.progress.step, self.accelerator, self.tracker)
+        self.accelerator.wait_for_everyone()
+        return saved
+
+    def after_training(self) -> None:
+        if self._last_saved != self.progress.step:
+            self.save()
+        if self.cfg.validation.every and self.progress.step % self.cfg.validation.every:
+            self.validate()
+
+    def export(self) -> list[Path]:
+        """Gather the full weights on every process (FSDP/DeepSpeed shards), write them from the main one."""
+        self.accelerator.wait_for_everyone()
+        use_ema = self.ema is not None and self.cfg.export.use_ema
+        exports: list[Path] = []
+        with self.ema.applied(self.unwrapped) if use_ema else contextlib.nullcontext():
+            state = self.accelerator.get_state_dict(self.model)
+            if self.accelerator.is_main_process:
+                exports = self.task.export(self.unwrapped, self.progress.step, state)
+        self.accelerator.wait_for_everyone()
+        return exports
+
+
+def install_trainable_only_hooks(accelerator) -> None:
+    """Save/load only the trainable weights (LoRA adapters) in training states, not the frozen base."""
+    from safetensors.torch import load_file
+
+    def trainable(model) -> set[str]:
+        return {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+
+    def on_save(models, weights, output_dir):
+        for i, model in enumerate(models):
+            keep = trainable(model)
+            weights[i] = {k: v for k, v in weights[i].items() if k.removeprefix("module.") in keep}
+
+    def on_load(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop(0))
+            saved = load_file(str(Path(input_dir) / "model.safetensors"))
+            state = {k.removeprefix("module."): v for k, v in saved.items()}
+            if set(state) != trainable(model):
+                raise ValueError(f"{input_dir}: the saved adapters do not match the model's LoRA layers")
+            model.load_state_dict(state, strict=False)
+
+    accelerator.register_save_state_pre_hook(on_save)
+    accelerator.register_load_state_pre_hook(on_load)
+
+
+def _progress_bar(cfg: TrainConfig, accelerator, initial: int):
+    from tqdm.auto import tqdm
+
+    disable = not (cfg.run.progress_bar and accelerator.is_main_process)
+    return tqdm(total=cfg.run.max_steps, initial=initial, desc="training", disable=disable, dynamic_ncols=True)
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop logged steps after ``last_step`` (they are repeated after a resume)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                                 for k, v in record.items()}) + "\n")
+
+
+__all__ = ["Task", "TaskData", "TrainResult", "build_optimizer", "make_accelerator", "train", "warmup_scheduler"]

@@ -1,0 +1,248 @@
+"""Training a video VAE: the Open-Sora VAE v1.2 pipeline (spatial SD-VAE + temporal VAE) or the
+per-frame SD-VAE wrapper, from scratch or from a checkpoint, with the same buckets, loop, states
+and export as the DiT.
+
+Loss (weights in ``[vae_training]``): ``pixel_weight`` x reconstruction of the video (L1 or MSE) +
+``latent_weight`` x reconstruction of the spatial latent by the temporal stage (v1.2 only; the
+official ``use_z_rec_loss``) + ``kl_weight`` x KL of each trained posterior to N(0, 1), averaged
+over latent elements. The encoders' posteriors are sampled with the step's generator. Clips are
+read from the videos every step (no cache: the VAE is what trains), with buckets and frame windows
+re-drawn each epoch as the official sampler does.
+
+Export: a ``.safetensors`` file :func:`opensora_core.vae.load_vae` reads: the pipeline's official
+keys (``spatial_vae.module.*``, ``temporal_vae.*``, ``scale``, ``shift``), or the SD-VAE in the
+diffusers layout. For the pipeline, ``calibrate_batches`` batches set ``shift``/``scale`` to the
+per-channel mean/std of the raw latents, so a DiT trained on it sees unit-scale latents.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from opensora_core import media
+from opensora_core.checkpoints import save_checkpoint
+from opensora_core.vae import AutoencoderKLConfig, TemporalVAEConfig, VideoAutoencoderKL, VideoAutoencoderPipeline
+from opensora_core.vae.pipeline import SPATIAL_SCALING_FACTOR
+from opensora_core.vae.posterior import LOGVAR_MAX, LOGVAR_MIN, gaussian_noise, sample_posterior
+
+from .buckets import BucketTable, bucket_summary
+from .config import TrainConfig, VAETrainingConfig
+from .data import plan_clip, plan_epoch, read_clip, read_metadata
+from .rng import StepRandomness
+from .sampler import BucketBatchSampler
+from .trainer import TaskData
+
+log = logging.getLogger("opensora")
+
+
+# ---------------------------------------------------------------------------
+# Data: clips read every step
+# ---------------------------------------------------------------------------
+
+
+class PixelClipDataset(torch.utils.data.Dataset):
+    """Item ``(epoch, row)``: that entry's clip for that epoch as {"video": (3, T, H, W) in [-1, 1]}."""
+
+    def __init__(self, entries, table: BucketTable, frame_interval: int, seed: int) -> None:
+        self.entries, self.table, self.frame_interval, self.seed = entries, table, frame_interval, seed
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, sample: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, row = sample
+        clip = plan_clip(self.entries[row], self.table, self.frame_interval, self.seed, epoch)
+        return {"video": read_clip(clip)}
+
+    def groups(self, epoch: int) -> dict:
+        found: dict = {}
+        for clip in plan_epoch(self.entries, self.table, self.frame_interval, self.seed, epoch):
+            if clip is not None:
+                found.setdefault(clip.bucket, []).append((epoch, clip.entry.row))
+        return found
+
+
+# ---------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------
+
+
+def reconstruction(kind: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(output.float(), target.float()) if kind == "l1" else F.mse_loss(output.float(), target.float())
+
+
+def kl_to_standard_normal(moments: torch.Tensor) -> torch.Tensor:
+    """Mean over elements of KL(N(mean, var) || N(0, 1)) for moments (N, 2C, ...) = (mean, logvar)."""
+    mean, logvar = moments.float().chunk(2, dim=1)
+    logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+
+
+def sd_vae_losses(vae: VideoAutoencoderKL, video: torch.Tensor, generator, cfg: VAETrainingConfig) -> dict:
+    """Per-frame SD-VAE: encode every frame, sample, decode."""
+    frames = video.transpose(1, 2).flatten(0, 1)  # (B*T, 3, H, W)
+    moments = vae.module.encode_moments(frames)
+    z = sample_posterior(moments, sample=True, noise=gaussian_noise(generator), stage="spatial")
+    rec = vae.module.decode(z)  # (B*T, 3, H, W)
+    pixel = reconstruction(cfg.recon_loss, rec, frames)
+    kl = kl_to_standard_normal(moments)
+    return {"loss": cfg.pixel_weight * pixel + cfg.kl_weight * kl, "pixel": pixel, "kl": kl}
+
+
+def pipeline_losses(vae: VideoAutoencoderPipeline, video: torch.Tensor, generator, cfg: VAETrainingConfig) -> dict:
+    """VAE v1.2: spatial encode per frame, temporal encode/decode per chunk, spatial decode."""
+    noise = gaussian_noise(generator)
+    B, _, T = video.shape[:3]
+    spatial = vae.spatial_vae.module
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_spatial):
+        s_moments = spatial.encode_moments(video.transpose(1, 2).flatten(0, 1))  # (B*T, 8, h, w)
+        x_z = sample_posterior(s_moments, sample=True, noise=noise, stage="spatial") * SPATIAL_SCALING_FACTOR
+    x_z = x_z.unflatten(0, (B, T)).transpose(1, 2)  # (B, 4, T, h, w)
+    z_parts, kls = [], []
+    for chunk in vae.geometry.encode_chunks(T):
+        moments = vae.temporal_vae.encode_moments(x_z[:, :, chunk.start : chunk.end], chunk.pad)
+        z_parts.append(sample_posterior(moments, sample=True, noise=noise, stage="temporal"))
+        kls.append(kl_to_standard_normal(moments))
+    z = torch.cat(z_parts, dim=2)  # (B, 4, t, h, w) raw (unnormalised) latent
+    x_z_rec = torch.cat([vae.temporal_vae.decode(z[:, :, c.latent_start : c.latent_end], c.drop)
+                         for c in vae.geometry.decode_chunks(T)], dim=2)  # (B, 4, T, h, w)
+    rec = spatial.decode(x_z_rec.transpose(1, 2).flatten(0, 1) / SPATIAL_SCALING_FACTOR)  # (B*T, 3, H, W)
+    pixel = reconstruction(cfg.recon_loss, rec, video.transpose(1, 2).flatten(0, 1))
+    latent = reconstruction(cfg.recon_loss, x_z_rec, x_z.detach())
+    kl = torch.stack(kls).mean() + (0 if cfg.freeze_spatial else kl_to_standard_normal(s_moments))
+    loss = cfg.pixel_weight * pixel + cfg.latent_weight * latent + cfg.kl_weight * kl
+    return {"loss": loss, "pixel": pixel, "latent": latent, "kl": kl}
+
+
+class VAEWithLoss(nn.Module):
+    """The trained module: ``forward(video, generator)`` returns the loss terms (so DDP sees a forward)."""
+
+    def __init__(self, vae: nn.Module, cfg: VAETrainingConfig) -> None:
+        super().__init__()
+        self.vae = vae
+        self.cfg = cfg
+
+    def forward(self, video: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if isinstance(self.vae, VideoAutoencoderPipeline):
+            return pipeline_losses(self.vae, video, generator, self.cfg)
+        return sd_vae_losses(self.vae, video, generator, self.cfg)
+
+
+# ---------------------------------------------------------------------------
+# The task
+# ---------------------------------------------------------------------------
+
+
+class VAETask:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.dataset: PixelClipDataset | None = None
+        self.sampler: BucketBatchSampler | None = None
+
+    def prepare_data(self, accelerator) -> TaskData:
+        cfg = self.cfg
+        entries = read_metadata(cfg.data.csv)
+        table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
+        self.dataset = PixelClipDataset(entries, table, cfg.data.frame_interval, cfg.run.seed)
+        first = plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, 0)
+        summary = bucket_summary(table, [c.bucket if c else None for c in first], [str(e.path) for e in entries])
+        self.sampler = BucketBatchSampler(self.dataset.groups, table.batch_size, seed=cfg.run.seed,
+                                          shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last)
+        return TaskData(self.dataset, self.sampler, summary)
+
+    def build_model(self) -> nn.Module:
+        vt = self.cfg.vae_training
+        if vt.checkpoint:
+            from opensora_core.vae import load_vae
+
+            vae = load_vae(vt.checkpoint, micro_batch_size=None, norm_num_groups=self.cfg.vae.norm_num_groups)
+            if type(vae).__name__ != vt.class_name:
+                raise ValueError(f"vae_training.checkpoint holds a {type(vae).__name__}, not a {vt.class_name}")
+        else:
+            vae = build_vae(vt)
+        vae.train().requires_grad_(True)
+        if vt.freeze_spatial and isinstance(vae, VideoAutoencoderPipeline):
+            vae.spatial_vae.requires_grad_(False)
+        return VAEWithLoss(vae, vt)
+
+    def compute_loss(self, model: nn.Module, batch: dict, rng: StepRandomness) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(rng.seed)  # posterior draws (CPU: same on every device)
+        return model(batch["video"], generator)  # video (B, 3, T, H, W)
+
+    def validate(self, model: nn.Module, step: int, accelerator, tracker) -> list[Path]:
+        """Side-by-side MP4 (input | reconstruction) of the first clip of epoch 0."""
+        model = model.vae
+        sample = next(iter(self.dataset.groups(0).values()))[0]
+        video = self.dataset[sample]["video"][None].to(accelerator.device)  # (1, 3, T, H, W)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            rec = model.decode(model.encode(video, sample=False), video.shape[2])
+        model.train(was_training)
+        if not accelerator.is_main_process:
+            return []
+        pair = torch.cat([video, rec.clamp(-1, 1)], dim=-1)[0].cpu()  # (3, T, H, 2W)
+        frames = media.from_model_range(pair)
+        path = media.save_output(frames, self.cfg.output_dir / "validation" / f"step-{step:08d}" / "vae.mp4", 8)
+        if tracker is not None:
+            tracker.add_images("validation/vae", frames[:1], step, dataformats="NHWC")
+        return [path]
+
+    def export(self, model: nn.Module, step: int, state: dict[str, torch.Tensor]) -> list[Path]:
+        vt = self.cfg.vae_training
+        vae = model.vae
+        state = {k.removeprefix("vae."): v for k, v in state.items()}
+        if isinstance(vae, VideoAutoencoderPipeline) and vt.calibrate_batches:
+            calibrate_latent_scale(vae, self.dataset, self.sampler, vt.calibrate_batches)
+            state.update(shift=vae.shift.detach().clone(), scale=vae.scale.detach().clone())
+        if isinstance(vae, VideoAutoencoderKL):  # SD-VAE: plain diffusers keys, as other tools save it
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+        name = self.cfg.output_dir.resolve().name
+        path = self.cfg.output_dir / "export" / f"{name}-vae.safetensors"
+        tensors = {k: v.detach().float() for k, v in state.items()}
+        saved = save_checkpoint(tensors, path, class_name=type(vae).__name__,
+                                metadata={"opensora.train_step": str(step)})
+        log.info("exported %s", saved)
+        return [saved]
+
+
+def build_vae(vt: VAETrainingConfig) -> nn.Module:
+    """A fresh VAE from the ``spatial`` (diffusers AutoencoderKL kwargs) and ``temporal`` (VAE_Temporal) configs."""
+    spatial = AutoencoderKLConfig.from_diffusers(vt.spatial)
+    if vt.class_name == "VideoAutoencoderKL":
+        return VideoAutoencoderKL(spatial, micro_batch_size=None)
+    temporal = TemporalVAEConfig.from_official(vt.temporal or {"type": "VAE_Temporal_SD"})
+    channels = temporal.embed_dim
+    return VideoAutoencoderPipeline(spatial, temporal, micro_batch_size=None, scale=[1.0] * channels,
+                                    shift=[0.0] * channels)
+
+
+@torch.no_grad()
+def calibrate_latent_scale(vae: VideoAutoencoderPipeline, dataset, sampler, batches: int) -> None:
+    """Set ``shift``/``scale`` to the per-channel mean/std of raw latents (posterior samples, as the DiT's
+    latent cache holds them) over the first batches of epoch 0."""
+    sampler.set_epoch(0)
+    device = vae.scale.device
+    vae.shift.zero_()
+    vae.scale.fill_(1.0)
+    latents = []
+    generator = torch.Generator().manual_seed(0)
+    for ids in sampler.batches()[:batches]:
+        video = torch.stack([dataset[i]["video"] for i in ids]).to(device)
+        z = vae.encode(video, sample=True, generator=generator)  # sampled, as the DiT's latents are
+        latents.append(z.float().transpose(0, 1).flatten(1))  # (C, N)
+    values = torch.cat(latents, dim=1)
+    vae.shift.copy_(values.mean(dim=1).reshape(vae.shift.shape))
+    vae.scale.copy_(values.std(dim=1).clamp(min=1e-6).reshape(vae.scale.shape))
+    log.info("latent shift %s, scale %s", vae.shift.flatten().tolist(), vae.scale.flatten().tolist())
+
+
+__all__ = [
+    "PixelClipDataset", "VAETask", "VAEWithLoss", "build_vae", "calibrate_latent_scale", "pipeline_losses",
+    "sd_vae_losses",
+]

@@ -1,0 +1,293 @@
+"""Checks of a :class:`~.config.TrainConfig` before any heavy work: values, files, combinations.
+
+Every problem raises :class:`~.config.ConfigError` whose message starts with the key to fix.
+Nothing here loads weights: the model family comes from the checkpoint's header/config.json or
+from ``model.class_name`` / ``model.preset``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+from opensora_core.checkpoints import CheckpointError, detect_family, read_checkpoint
+from opensora_core.models import presets
+from opensora_core.sampling.losses import DEFAULT_OBJECTIVE, RF_SAMPLE_METHODS
+from opensora_core.sampling.rflow import TRANSFORM_CHUNK_FRAMES
+
+from .buckets import BucketTable
+from .config import ConfigError, TrainConfig
+from .data import REQUIRED_COLUMNS
+from .masks import parse_mask_ratios
+
+TRAINABLE_CLASSES = ("STDiT3", "STDiT2")
+DTYPES = ("fp32", "bf16", "fp16")
+VAE_CLASSES = ("VideoAutoencoderPipeline", "VideoAutoencoderKL")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for the first problem found."""
+    _check_run(cfg)
+    _check_data(cfg)
+    _check_optimizer(cfg)
+    _check_checkpointing(cfg)
+    if cfg.run.task == "vae":
+        _check_vae_training(cfg)
+        return
+    class_name = model_class_name(cfg)
+    _check_encoders(cfg)
+    _check_encoders_fit(cfg, class_name)
+    _check_objective(cfg, class_name)
+    _check_masks(cfg, class_name)
+    _check_lora(cfg)
+    _check_validation(cfg, class_name)
+
+
+# ---------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------
+
+
+def _check_run(cfg: TrainConfig) -> None:
+    run = cfg.run
+    _one_of("run.task", run.task, ("dit", "vae"))
+    _one_of("run.mixed_precision", run.mixed_precision, ("no", "bf16", "fp16"))
+    _at_least("run.max_steps", run.max_steps, 1)
+    _at_least("run.gradient_accumulation_steps", run.gradient_accumulation_steps, 1)
+    _at_least("run.log_every", run.log_every, 1)
+    if run.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("run.tensorboard", "needs the tensorboard package: pip install tensorboard (or set false)")
+
+
+def _check_data(cfg: TrainConfig) -> None:
+    data = cfg.data
+    _existing_file("data.csv", data.csv, "run `opensora-train prepare <folder> --output meta.csv` first")
+    with Path(data.csv).open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ConfigError("data.csv", f"{data.csv} lacks column(s) {', '.join(missing)}; build it with "
+                                      "`opensora-train prepare`")
+    BucketTable(data.buckets, data.resolutions)  # raises ConfigError naming the bucket key
+    _at_least("data.frame_interval", data.frame_interval, 1)
+    _at_least("data.num_workers", data.num_workers, 0)
+    _at_least("data.epoch_variants", data.epoch_variants, 1)
+    _one_of("data.ar", data.ar, ("official", "height/width"))
+    _one_of("cache.posterior", cfg.cache.posterior, ("sample", "mean"))
+    _one_of("cache.dtype", cfg.cache.dtype, DTYPES)
+
+
+def _check_optimizer(cfg: TrainConfig) -> None:
+    opt = cfg.optimizer
+    if not opt.lr > 0:
+        raise ConfigError("optimizer.lr", f"must be positive, got {opt.lr}")
+    if len(opt.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in opt.betas):
+        raise ConfigError("optimizer.betas", f"expected two numbers in [0, 1), got {opt.betas}")
+    _at_least("optimizer.warmup_steps", opt.warmup_steps, 0)
+    if opt.grad_clip < 0 or opt.weight_decay < 0 or opt.eps <= 0:
+        raise ConfigError("optimizer", "grad_clip and weight_decay must be >= 0 and eps > 0")
+    if opt.eight_bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("optimizer.eight_bit", "needs bitsandbytes: pip install bitsandbytes (or set it to false)")
+    if cfg.ema.enabled and not 0 <= cfg.ema.decay < 1:
+        raise ConfigError("ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
+
+
+def _check_checkpointing(cfg: TrainConfig) -> None:
+    ck = cfg.checkpoint
+    _at_least("checkpoint.every", ck.every, 0)
+    _at_least("checkpoint.keep_last", ck.keep_last, 1)
+    if ck.resume not in ("", "latest") and not Path(ck.resume).is_dir():
+        raise ConfigError("checkpoint.resume", f"{ck.resume} is not a checkpoint folder; use 'latest', a folder or ''")
+    _one_of("export.dtype", cfg.export.dtype, DTYPES)
+
+
+def _check_encoders(cfg: TrainConfig) -> None:
+    _existing_path("vae.path", cfg.vae.path, "the model's VAE (VAE v1.2 for STDiT3, SD-VAE for STDiT2)")
+    _existing_path("text_encoder.path", cfg.text_encoder.path, "a T5 folder or single .safetensors file")
+    if cfg.text_encoder.tokenizer:
+        _existing_path("text_encoder.tokenizer", cfg.text_encoder.tokenizer, "a tokenizer folder")
+    elif Path(cfg.text_encoder.path).is_file():
+        raise ConfigError("text_encoder.tokenizer", "a single-file T5 needs a tokenizer folder")
+    _one_of("vae.dtype", cfg.vae.dtype, DTYPES)
+    _one_of("text_encoder.dtype", cfg.text_encoder.dtype, DTYPES)
+    _at_least("text_encoder.batch_size", cfg.text_encoder.batch_size, 1)
+
+
+def _check_encoders_fit(cfg: TrainConfig, class_name: str) -> None:
+    """The VAE family and the T5 width against the model, from file headers only."""
+    vae = Path(cfg.vae.path)
+    if vae.is_file() and vae.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        from opensora_core.vae import detect_vae_layout
+
+        with safe_open(str(vae), framework="pt") as handle:
+            layout = detect_vae_layout(dict.fromkeys(handle.keys()))
+        wanted = "vae_v1_2" if class_name == "STDiT3" else ("sd_diffusers", "sd_ldm")
+        if layout is None or layout not in wanted:
+            need = "the Open-Sora VAE v1.2" if class_name == "STDiT3" else "an SD-VAE"
+            raise ConfigError("vae.path", f"{class_name} was trained with {need}; {vae.name} holds "
+                                          f"{'no VAE' if layout is None else layout.replace('_', ' ')}")
+    t5_config = Path(cfg.text_encoder.path) / "config.json"
+    if t5_config.is_file():
+        width = json.loads(t5_config.read_text()).get("d_model")
+        channels = _caption_channels(cfg)
+        if width is not None and channels is not None and width != channels:
+            raise ConfigError("text_encoder.path", f"the T5 gives {width}-wide features but the model takes "
+                                                   f"caption_channels = {channels}")
+
+
+def _caption_channels(cfg: TrainConfig) -> int | None:
+    model = cfg.model
+    if model.checkpoint:
+        from opensora_core.checkpoints import shape_of
+
+        state = read_checkpoint(model.checkpoint).state_dict
+        return shape_of(state, "y_embedder.y_embedding")[1] if "y_embedder.y_embedding" in state else None
+    if "caption_channels" in model.config:
+        return model.config["caption_channels"]
+    return getattr(presets()[model.preset][1], "caption_channels", None) if model.preset else 4096
+
+
+def _check_objective(cfg: TrainConfig, class_name: str) -> None:
+    obj = cfg.objective
+    kind = obj.kind or DEFAULT_OBJECTIVE[class_name]
+    _one_of("objective.kind", kind, ("rflow", "iddpm"))
+    _one_of("objective.sample_method", obj.sample_method, RF_SAMPLE_METHODS)
+    if kind == "rflow" and obj.timestep_transform:
+        table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
+        bad = sorted(t for t in table.frame_counts if 1 < t < TRANSFORM_CHUNK_FRAMES)
+        if bad:
+            raise ConfigError(
+                "data.buckets",
+                f"frame counts {bad} give NaN timesteps with the v1.2 timestep transform (it counts whole "
+                f"{TRANSFORM_CHUNK_FRAMES}-frame chunks); use 1 or >= {TRANSFORM_CHUNK_FRAMES} frames, or set "
+                "objective.timestep_transform = false",
+            )
+
+
+def _check_masks(cfg: TrainConfig, class_name: str) -> None:
+    if cfg.mask_ratios:
+        parse_mask_ratios(cfg.mask_ratios)
+
+
+def _check_lora(cfg: TrainConfig) -> None:
+    lora = cfg.lora
+    if not lora.enabled:
+        return
+    _at_least("lora.rank", lora.rank, 1)
+    if not lora.targets or not all(isinstance(t, str) and t for t in lora.targets):
+        raise ConfigError("lora.targets", "list the module suffixes to adapt, e.g. ['attn.qkv', 'mlp.fc1']")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError("lora.dropout", f"must be in [0, 1), got {lora.dropout}")
+    if not cfg.model.checkpoint:
+        raise ConfigError("lora.enabled", "LoRA adapts pretrained weights: set model.checkpoint")
+
+
+def _check_validation(cfg: TrainConfig, class_name: str) -> None:
+    val = cfg.validation
+    _at_least("validation.every", val.every, 0)
+    if val.every == 0:
+        return
+    if not val.prompts or not all(isinstance(p, str) and p for p in val.prompts):
+        raise ConfigError("validation.prompts", "give at least one prompt (or set validation.every = 0)")
+    if len(val.reference_images) > len(val.prompts):
+        raise ConfigError("validation.reference_images", "at most one reference image per prompt")
+    for i, ref in enumerate(val.reference_images):
+        if ref:
+            _existing_path(f"validation.reference_images[{i}]", ref, "an image file")
+    for name in ("height", "width", "num_frames"):
+        _at_least(f"validation.{name}", getattr(val, name), 1)
+    from .validation import validation_texts
+
+    try:
+        validation_texts(class_name, val)  # plans every sample: sizes, frame counts, strategies
+    except ValueError as err:
+        raise ConfigError("validation", str(err)) from None
+
+
+def _check_vae_training(cfg: TrainConfig) -> None:
+    vt = cfg.vae_training
+    _one_of("vae_training.class_name", vt.class_name, VAE_CLASSES)
+    _one_of("vae_training.recon_loss", vt.recon_loss, ("l1", "mse"))
+    if vt.checkpoint:
+        _existing_file("vae_training.checkpoint", vt.checkpoint, "a VAE file load_vae reads")
+    for name in ("pixel_weight", "latent_weight", "kl_weight"):
+        if getattr(vt, name) < 0:
+            raise ConfigError(f"vae_training.{name}", "loss weights must be >= 0")
+    if vt.latent_weight > 0 and vt.class_name != "VideoAutoencoderPipeline":
+        raise ConfigError("vae_training.latent_weight", "only the VAE v1.2 pipeline has a latent reconstruction")
+    _at_least("vae_training.calibrate_batches", vt.calibrate_batches, 0)
+
+
+# ---------------------------------------------------------------------------
+# The model family
+# ---------------------------------------------------------------------------
+
+
+def model_class_name(cfg: TrainConfig) -> str:
+    """Official class name of the diffusion model to train ("STDiT3" / "STDiT2")."""
+    model = cfg.model
+    chosen = [k for k in ("checkpoint", "preset", "class_name") if getattr(model, k)]
+    if not chosen:
+        raise ConfigError("model", "set model.checkpoint (fine-tune) or model.class_name / model.preset (from scratch)")
+    if model.checkpoint:
+        name = _checkpoint_family(model.checkpoint)
+    elif model.preset:
+        table = presets()
+        if model.preset not in table:
+            raise ConfigError("model.preset", f"unknown preset {model.preset!r}; known: {', '.join(table)}")
+        name = table[model.preset][0]
+    else:
+        name = model.class_name
+    if model.class_name and model.class_name != name:
+        raise ConfigError("model.class_name", f"{model.class_name} disagrees with the model ({name})")
+    if name not in TRAINABLE_CLASSES:
+        raise ConfigError("model", f"{name} cannot be trained here; trainable: {', '.join(TRAINABLE_CLASSES)}")
+    return name
+
+
+def _checkpoint_family(path: str) -> str:
+    _existing_path("model.checkpoint", path, "a DiT file or folder (safetensors, HF folder, .pth)")
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as err:
+        raise ConfigError("model.checkpoint", str(err)) from None
+    family = ckpt.class_name if ckpt.class_name in TRAINABLE_CLASSES else detect_family(ckpt.state_dict)
+    if family is None:
+        raise ConfigError("model.checkpoint", f"{path} holds no STDiT weights")
+    return family
+
+
+# ---------------------------------------------------------------------------
+# Small checks
+# ---------------------------------------------------------------------------
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def _at_least(key: str, value, minimum) -> None:
+    if value < minimum:
+        raise ConfigError(key, f"must be >= {minimum}, got {value}")
+
+
+def _existing_file(key: str, path: str, what: str) -> None:
+    if not path:
+        raise ConfigError(key, f"not set; {what}")
+    if not Path(path).is_file():
+        raise ConfigError(key, f"file not found: {path}; {what}")
+
+
+def _existing_path(key: str, path: str, what: str) -> None:
+    if not path:
+        raise ConfigError(key, f"not set; expected {what}")
+    if not Path(path).exists():
+        raise ConfigError(key, f"not found: {path}; expected {what}")
+
+
+__all__ = ["TRAINABLE_CLASSES", "model_class_name", "validate_config"]
