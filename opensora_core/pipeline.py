@@ -321,13 +321,28 @@ class Components:
 def encode_prompts(text_encoder: TextEncoder, prompts: list[str], model: nn.Module) -> Caption:
     """Encode prompts and check the caption length against the model's null caption."""
     caption = text_encoder.encode(list(prompts))
-    expected = model.y_embedder.y_embedding.shape[0]
-    if caption.max_length != expected:
-        raise ValueError(
-            f"the text encoder gives {caption.max_length} tokens but {type(model).__name__} expects {expected} "
-            f"(model_max_length); set the T5 max length to {expected}"
-        )
+    check_caption_length(caption, model)
     return caption
+
+
+def caption_length(model: nn.Module) -> int:
+    """Caption tokens L the model takes (its ``model_max_length``: rows of the learned null caption)."""
+    return int(model.y_embedder.y_embedding.shape[0])
+
+
+def check_caption_length(caption: Caption, model: nn.Module) -> None:
+    """Raise unless ``caption`` has the model's caption length and width."""
+    length, channels = model.y_embedder.y_embedding.shape
+    if caption.max_length != length:
+        raise ValueError(
+            f"the text encoder gives {caption.max_length} tokens but {type(model).__name__} expects {length} "
+            f"(model_max_length); set the T5 max length to {length}"
+        )
+    if caption.y.shape[-1] != channels:
+        raise ValueError(
+            f"the caption has {caption.y.shape[-1]} channels but {type(model).__name__} expects {channels} "
+            f"(caption_channels); use the T5 the model was trained with (T5-XXL: 4096)"
+        )
 
 
 def encode_references(
@@ -496,10 +511,7 @@ def generate(
     callback: Callable[[StepInfo], None] | None = None,
 ) -> GenerationResult:
     """Prompts -> decoded video. ``references``: (T, H, W, 3) frames (uint8 or 0..1), an image is T = 1."""
-    family = family_of(components.model)
-    check_vae_fits(family, components.vae.geometry)
-    plan = plan_generation(family, spec, [int(r.shape[0]) for r in references])
-    log.info("generating:\n%s", plan.describe())
+    plan = _checked_plan(components, spec, references)
     if components.text_encoder is None:
         raise ValueError("generate() needs a text encoder; pass Components(text_encoder=...)")
     with components.placement.use(_module_of(components.text_encoder)):
@@ -507,13 +519,63 @@ def generate(
         negatives = None
         if spec.negative_prompts is not None:
             negatives = _encode_rounds(components, plan, [list(spec.negative_prompts)] * spec.loops)
-    generator = torch.Generator().manual_seed(int(spec.seed))
-    with components.placement.use(components.vae):
-        ref_latents = encode_references(components.vae, references, spec.height, spec.width, generator)
-    clips = sample_clips(components, plan, captions, ref_latents, generator, negatives=negatives, tiling=tiling, callback=callback)
+    clips = _sample_planned(components, plan, captions, references, negatives, tiling, callback)
     with components.placement.use(components.vae):
         frames = decode_clips(components.vae, clips, tiling=tiling)
     return GenerationResult(frames, plan.save_fps, clips, plan)
+
+
+@dataclass
+class SampleResult:
+    clips: list[Clip]  # one per loop round, not decoded (except those a later round needed)
+    plan: GenerationPlan
+
+
+def sample_video(
+    components: Components,
+    spec: GenerationSpec,
+    captions: Sequence[Caption],
+    references: Sequence[torch.Tensor] = (),
+    *,
+    negatives: Sequence[Caption] | None = None,
+    tiling=None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> SampleResult:
+    """Already encoded captions -> latent clips: :func:`generate` without text encoding and final decode.
+
+    ``captions[i]`` / ``negatives[i]`` are round i's captions (one per loop round; ``spec.prompts`` only
+    labels the request). Everything is checked (:func:`plan_generation`, caption lengths) before the
+    VAE or the model runs.
+    """
+    plan = _checked_plan(components, spec, references)
+    for name, given in (("captions", captions), ("negatives", negatives)):
+        if given is None:
+            continue
+        if len(given) != spec.loops:
+            raise ValueError(f"{len(given)} {name} for {spec.loops} loop round(s); give one caption per round")
+        for caption in given:
+            check_caption_length(caption, components.model)
+            if caption.batch_size != plan.batch_size:
+                raise ValueError(f"{name}: a caption holds {caption.batch_size} prompt(s) for {plan.batch_size} sample(s)")
+    clips = _sample_planned(components, plan, list(captions), references, negatives, tiling, callback)
+    return SampleResult(clips, plan)
+
+
+def _checked_plan(components: Components, spec: GenerationSpec, references: Sequence[torch.Tensor]) -> GenerationPlan:
+    family = family_of(components.model)
+    check_vae_fits(family, components.vae.geometry)
+    plan = plan_generation(family, spec, [int(r.shape[0]) for r in references])
+    log.info("generating:\n%s", plan.describe())
+    return plan
+
+
+def _sample_planned(components, plan, captions, references, negatives, tiling, callback) -> list[Clip]:
+    generator = torch.Generator().manual_seed(int(plan.spec.seed))
+    with components.placement.use(components.vae):
+        ref_latents = encode_references(components.vae, references, plan.spec.height, plan.spec.width, generator)
+    return sample_clips(
+        components, plan, captions, ref_latents, generator, negatives=negatives, tiling=tiling, callback=callback
+    )
 
 
 def _encode_rounds(components: Components, plan: GenerationPlan, round_prompts: list[list[str]]) -> list[Caption]:

@@ -163,3 +163,23 @@ def test_text_encoder_length_must_match_the_model(v12):
     short = Components(v12.model, v12.vae, tiny.text_encoder(max_length=12))
     with pytest.raises(ValueError, match="set the T5 max length to 24"):
         generate(short, _spec())
+
+
+def test_sample_video_takes_encoded_captions_per_round(v12):
+    """sample_video (the nodes' path) gives generate()'s latents for the same captions."""
+    spec = _spec(prompts=["|0|a red circle|1|a blue square"], loops=2, condition_frame_length=1)
+    full = generate(v12, spec)
+    captions = [pipeline.encode_prompts(v12.text_encoder, p, v12.model) for p in full.plan.round_prompts]
+    sampled = pipeline.sample_video(v12, spec, captions)
+    assert len(sampled.clips) == 2
+    for a, b in zip(full.clips, sampled.clips):
+        torch.testing.assert_close(a.latent, b.latent, rtol=0, atol=0)
+
+
+def test_sample_video_checks_captions_before_sampling(v12):
+    caption = tiny.text_encoder(max_length=12).encode(["a cat"])
+    with pytest.raises(ValueError, match="set the T5 max length to 24"):
+        pipeline.sample_video(v12, _spec(), [caption])
+    good = v12.text_encoder.encode(["a cat"])
+    with pytest.raises(ValueError, match="one caption per round"):
+        pipeline.sample_video(v12, _spec(loops=2, condition_frame_length=1), [good])
