@@ -249,3 +249,31 @@ def test_gradio_length_plan_loops_16_frame_clips_beyond_16_seconds():
     assert gradio_v1_1_length_plan(20) == (16, 13)
     with pytest.raises(ValueError, match="must exceed"):
         loops_for_length(100, 4, 4)
+
+
+# -- named tasks --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "task, refs, expected",
+    [
+        ("first_frame", [1], "0,0,0,0,1,0.0"),
+        ("first_last", [1, 1], "0,0,0,0,1,0.0;0,1,0,-1,1,0.0"),  # the official stitching string
+        ("first_last", [51], "0,0,0,0,1,0.0;0,0,-1,-1,1,0.0"),  # one video: its first and last frames
+        ("extend", [51], "0,0,-5,0,5,0.0"),  # 17 pixel frames = 5 latent frames of the VAE v1.2
+        ("edit", [34], "0,0,0,0,10,0.4"),  # a 34-frame video covers 10 of the clip's 15 latent frames
+    ],
+)
+def test_task_groups_resolve_with_the_clip_length(task, refs, expected):
+    from opensora_core.conditioning import task_groups
+
+    groups = task_groups(task, geometry=VAE_V1_2, num_frames=51, ref_num_frames=refs, frames=17, edit_ratio=0.4)
+    assert format_mask_strategy(groups) == expected
+    validate_mask_strategy(groups, latent_frames=15, ref_latent_frames=[VAE_V1_2.latent_frames(n) for n in refs])
+
+
+def test_task_groups_need_a_reference():
+    from opensora_core.conditioning import task_groups
+
+    with pytest.raises(ValueError, match="at least one reference"):
+        task_groups("edit", geometry=PER_FRAME, num_frames=16, ref_num_frames=[])

@@ -19,6 +19,7 @@ from .loop import (
     loops_for_length,
 )
 from .plan import (
+    TASKS,
     PixelCondition,
     describe_mask_strategy,
     edit_strategy,
@@ -26,6 +27,7 @@ from .plan import (
     first_frame_strategy,
     first_last_strategy,
     pixel_conditions_to_groups,
+    task_groups,
     validate_mask_strategy,
 )
 from .strategy import (
@@ -45,6 +47,7 @@ from .strategy import (
 
 __all__ = [
     "FIELDS",
+    "TASKS",
     "V1_1",
     "V1_2",
     "VERSIONS",
@@ -69,5 +72,6 @@ __all__ = [
     "pixel_conditions_to_groups",
     "place_group",
     "split_mask_strategy",
+    "task_groups",
     "validate_mask_strategy",
 ]

@@ -266,3 +266,48 @@ def extend_strategy(latent_frames: int, ref_id: int = 0, edit_ratio: float = 0.0
 def edit_strategy(latent_frames: int, edit_ratio: float, ref_id: int = 0) -> list[MaskGroup]:
     """Video-to-video: every frame starts from the reference and is edited with ``edit_ratio``."""
     return [MaskGroup(ref_id=ref_id, length=latent_frames, edit_ratio=edit_ratio)]
+
+
+# ---------------------------------------------------------------------------
+# Named tasks, resolved once the clip length and the references are known
+# ---------------------------------------------------------------------------
+
+TASKS = ("first_frame", "first_last", "extend", "edit")
+
+
+def task_groups(
+    task: str,
+    *,
+    geometry: LatentGeometry,
+    num_frames: int,
+    ref_num_frames: Sequence[int],
+    frames: int = 1,
+    edit_ratio: float = 0.0,
+) -> list[MaskGroup]:
+    """Latent mask groups of a named task for a clip of ``num_frames`` pixel frames.
+
+    first_frame: reference 0's first frame starts the video (image to video);
+    first_last:  reference 0's first frame starts it, the last reference's last frame ends it (stitching;
+                 with one video reference, its first and last frames);
+    extend:      the last ``frames`` pixel frames of reference 0 (as latent frames) start the video;
+    edit:        the video starts from reference 0, every frame edited with ``edit_ratio`` (video to video).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if not ref_num_frames:
+        raise ValueError(f"the {task} task needs at least one reference image or video")
+    clip_latents = geometry.latent_frames(num_frames)
+    first_latents = geometry.latent_frames(ref_num_frames[0])
+    if task == "first_frame":
+        return first_frame_strategy()
+    if task == "first_last":
+        last = len(ref_num_frames) - 1
+        if geometry.latent_frames(ref_num_frames[last]) == 1:
+            return first_last_strategy(0, last)  # the official "0;0,1,0,-1,1" for two images
+        return [MaskGroup(ref_id=0), MaskGroup(ref_id=last, ref_start=-1, target_start=-1)]
+    if task == "extend":
+        if frames < 1:
+            raise ValueError(f"extend: frames must be >= 1, got {frames}")
+        wanted = geometry.pixel_to_latent_frame(min(frames, num_frames) - 1, num_frames) + 1
+        return extend_strategy(min(wanted, first_latents, clip_latents))
+    return edit_strategy(min(first_latents, clip_latents), edit_ratio)
