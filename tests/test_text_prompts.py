@@ -103,3 +103,12 @@ def test_plain_prompt_serves_every_loop():
 def test_bad_loop_prompts_are_errors(prompt, message):
     with pytest.raises(ValueError, match=message):
         split_loop_prompt(prompt)
+
+
+def test_loop_segments_give_each_segment_with_its_first_round():
+    from opensora_core.text.prompts import loop_segments
+
+    assert loop_segments("a cat") == [(0, "a cat")]
+    segments = loop_segments("|0|a cat |2|a dog")
+    assert segments == [(0, "a cat "), (2, "a dog")]
+    assert all(loop_prompt_text("|0|a cat |2|a dog", start) == text for start, text in segments)

@@ -183,6 +183,16 @@ def merge_loop_prompt(texts: list[str], starts: list[int] | None = None) -> str:
     return "".join(f"|{start}|{text}" for start, text in zip(starts, texts))
 
 
+def loop_segments(prompt: str) -> list[tuple[int, str]]:
+    """(first round, text as written) of each loop segment; a plain prompt is one segment from round 0.
+
+    ``loop_prompt_text(prompt, i)`` is the text of the last segment whose first round is <= i.
+    """
+    if not is_loop_prompt(prompt):
+        return [(0, prompt)]
+    return _loop_segments(prompt)
+
+
 def loop_prompt_text(prompt: str, loop_index: int) -> str:
     """Text for loop round ``loop_index``: the last segment starting at or before it (``extract_prompts_loop``).
 
@@ -202,6 +212,7 @@ __all__ = [
     "append_scores",
     "is_loop_prompt",
     "loop_prompt_text",
+    "loop_segments",
     "merge_loop_prompt",
     "parse_prompt_options",
     "prepare_prompt",
