@@ -97,8 +97,13 @@ def _video_stream(container, path: Path):
 # ---------------------------------------------------------------------------
 
 
-def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float, *, crf: int = 18) -> Path:
-    """Write (T, H, W, 3) frames (uint8, or float in 0..1) as H.264 MP4 (one frame: PNG), atomically."""
+def write_video(
+    frames: torch.Tensor, path: str | os.PathLike, fps: float, *, crf: int = 18, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write (T, H, W, 3) frames (uint8, or float in 0..1) as H.264 MP4 (one frame: PNG), atomically.
+
+    ``metadata``: container tags (MP4: kept as custom tags, as ComfyUI stores its workflow).
+    """
     path = Path(path)
     frames = to_uint8(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -110,7 +115,7 @@ def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float, *, cr
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        _encode(frames, tmp, fps, crf)
+        _encode(frames, tmp, fps, crf, metadata or {})
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -118,10 +123,13 @@ def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float, *, cr
     return path
 
 
-def _encode(frames: torch.Tensor, filename: str, fps: float, crf: int) -> None:
+def _encode(frames: torch.Tensor, filename: str, fps: float, crf: int, metadata: dict[str, str]) -> None:
     import av
 
-    with av.open(filename, mode="w") as container:
+    options = {"movflags": "use_metadata_tags"} if metadata and filename.lower().endswith((".mp4", ".mov")) else {}
+    with av.open(filename, mode="w", options=options) as container:
+        for key, value in metadata.items():
+            container.metadata[key] = value
         if frames.shape[0] == 1 and filename.lower().endswith(".png"):
             stream = container.add_stream("png")
             stream.pix_fmt = "rgb24"

@@ -69,3 +69,11 @@ def test_model_range_roundtrip():
     x = media.to_model_range(clip)
     assert x.shape == (3, 2, 32, 48) and x.min() >= -1 and x.max() <= 1
     torch.testing.assert_close(media.from_model_range(x), clip)
+
+
+def test_write_video_keeps_metadata_tags(tmp_path):
+    import av
+
+    path = media.write_video(_clip(), tmp_path / "tagged.mp4", fps=12, metadata={"workflow": '{"nodes": []}'})
+    with av.open(str(path)) as container:
+        assert container.metadata.get("workflow") == '{"nodes": []}'
