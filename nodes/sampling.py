@@ -1,0 +1,100 @@
+"""Sampler node (text/image/video to video, extension loops) and the resolution/duration preset node."""
+
+from __future__ import annotations
+
+from ..opensora_core import geometry
+from ..opensora_core.pipeline import Components, GenerationSpec, sample_video
+from . import comfy_bridge as bridge
+from . import widgets as w
+from .types import CAPTION, MODEL, REFERENCES, VAE, ModelHandle, PromptCaptions, References, VAEHandle, latent_from_clips
+
+IMAGE_DURATION = "image (1 frame)"
+
+
+class OpenSoraResolution:
+    """Official Open-Sora sizes and lengths: a resolution and aspect ratio give width and height
+    (e.g. 360p 9:16 = 640x360), a duration gives the frame count (2s = 51 frames)."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = f"{w.CATEGORY}/sampling"
+    RETURN_TYPES = ("INT", "INT", "INT")
+    RETURN_NAMES = ("width", "height", "num_frames")
+    FUNCTION = "size"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "resolution": w.choice(geometry.resolutions(), "360p", "Official resolution names (pixel count)."),
+            "aspect_ratio": w.choice(list(geometry.named_aspect_ratios()), "9:16",
+                                     "Open-Sora writes ratios as HEIGHT:WIDTH: 9:16 is landscape (360p: 640x360), "
+                                     "16:9 portrait."),
+            "duration": w.choice([IMAGE_DURATION, *geometry.named_durations()], "2s",
+                                 "Frames at 24 fps: 2s = 51, 4s = 102, 8s = 204, 16s = 408."),
+        }}
+
+    def size(self, resolution, aspect_ratio, duration):
+        height, width = geometry.image_size(resolution, aspect_ratio)
+        frames = 1 if duration == IMAGE_DURATION else geometry.num_frames_from_duration(duration)
+        return (width, height, frames)
+
+
+class OpenSoraSampler:
+    """Generates an Open-Sora video latent: text to video, or with references (Mask Builder) image to video,
+    stitching, extension and video to video. loops > 1 extends the video: each round continues from the
+    last condition_frame_length latent frames of the previous one (per-round prompts: '|0|...|2|...').
+    The sampler (rectified flow for v1.2, IDDPM for v1.0/v1.1) comes from the model."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = f"{w.CATEGORY}/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Video latent (B, C, T, H, W) with the clip bookkeeping the Open-Sora VAE Decode needs.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL,),
+                "vae": (VAE, {"tooltip": "Encodes references and joins loop rounds; must match the model."}),
+                "positive": (CAPTION, {"tooltip": "Open-Sora Text Encode output."}),
+                "width": w.integer(640, 16, 4096, "Output width in pixels (decoded to a multiple of 8).", step=2),
+                "height": w.integer(360, 16, 4096, "Output height in pixels (decoded to a multiple of 8).", step=2),
+                "num_frames": w.integer(51, 1, 4096, "Frames per clip (v1.2: 1, or 17 and more; 51 = 2 s)."),
+                "fps": w.number(24.0, 1.0, 120.0, "Frame rate the model is conditioned on.", step=1.0),
+                "steps": w.integer(30, 1, 1000, "Sampling steps (official: 30 for v1.2, 100 for v1.1)."),
+                "cfg": w.number(7.0, 0.0, 30.0, "Classifier-free guidance scale (official 7.0).", step=0.1),
+                "seed": w.seed(),
+                "loops": w.integer(1, 1, 256, "Extension rounds; each adds num_frames minus the frames it continues from."),
+                "condition_frame_length": w.integer(0, 0, 256, "Latent frames each round continues from "
+                                                    "(0 = model default: 5 for v1.2, 4 for v1.1)."),
+                "condition_frame_edit": w.number(0.0, 0.0, 1.0, "Edit ratio of those frames (0 = keep them)."),
+                "align": w.integer(0, 0, 64, "v1.2: snap strategy starts to multiples of this (official "
+                                   "sample config: 5); 0 = off."),
+            },
+            "optional": {
+                "negative": (CAPTION, {"tooltip": "Negative prompt; without it the model's learned null caption "
+                                       "is used, as in the official code."}),
+                "references": (REFERENCES, {"tooltip": "Open-Sora Mask Builder output (needs the VAE)."}),
+            },
+        }
+
+    def sample(self, model: ModelHandle, vae: VAEHandle, positive: PromptCaptions, width, height, num_frames, fps,
+               steps, cfg, seed, loops, condition_frame_length, condition_frame_edit, align,
+               negative: PromptCaptions | None = None, references: References | None = None):
+        strategy, pixel = references.resolve(vae.geometry, num_frames) if references is not None else ("", False)
+        spec = GenerationSpec(
+            prompts=[positive.prompt], height=height, width=width, num_frames=num_frames, fps=fps, steps=steps,
+            cfg_scale=cfg, seed=seed, mask_strategy=strategy, pixel_positions=pixel, loops=loops,
+            condition_frame_length=condition_frame_length or None, condition_frame_edit=condition_frame_edit,
+            align=align or None,
+        )
+        components = Components(model.module, vae.module, placement=bridge.ComfyPlacement([model.managed, vae.managed]))
+        previews = bridge.sd_vae_preview_factors() if model.family.geometry == geometry.PER_FRAME else None
+        report = bridge.step_reporter(steps * loops, previews)
+        with bridge.attention_backend(model.attention):
+            result = sample_video(
+                components, spec, positive.per_round(loops), references.frames if references is not None else [],
+                negatives=negative.per_round(loops) if negative is not None else None, callback=report,
+            )
+        return (latent_from_clips(result.clips, result.plan),)

@@ -1,0 +1,204 @@
+"""What travels between our nodes: the objects behind the ``OPENSORA_*`` sockets and our LATENT layout.
+
+Socket objects are plain dataclasses around core objects. They are never pickled: ComfyUI
+keeps node outputs in memory. The LATENT dict holds only a tensor and plain numbers, so it
+survives ComfyUI's cache and latent save/load nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..opensora_core.conditioning import format_mask_strategy, task_groups
+from ..opensora_core.geometry import LatentGeometry
+from ..opensora_core.pipeline import Clip, GenerationPlan, ModelFamily
+from ..opensora_core.text.caption import Caption
+from .comfy_bridge import Managed
+
+# Socket type names (prefixed; never rename them: saved workflows refer to them).
+MODEL = "OPENSORA_MODEL"
+VAE = "OPENSORA_VAE"
+T5 = "OPENSORA_T5"
+CAPTION = "OPENSORA_CAPTION"
+REFERENCES = "OPENSORA_REFERENCES"
+
+
+# ---------------------------------------------------------------------------
+# Loaded models
+# ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """OPENSORA_MODEL: a loaded STDiT / STDiT2 / STDiT3."""
+
+    module: nn.Module
+    family: ModelFamily
+    preset: str | None
+    source: str
+    attention: str
+    managed: Managed | None = None
+
+    def describe(self) -> str:
+        preset = f" {self.preset}" if self.preset else ""
+        return f"{self.family.class_name}{preset} (Open-Sora {self.family.release})"
+
+
+@dataclass(eq=False)
+class VAEHandle:
+    """OPENSORA_VAE: a loaded video VAE (VAE v1.2 or the per-frame SD-VAE wrapper)."""
+
+    module: nn.Module
+    source: str
+    managed: Managed | None = None
+
+    @property
+    def geometry(self) -> LatentGeometry:
+        return self.module.geometry
+
+
+@dataclass(eq=False)
+class T5Handle:
+    """OPENSORA_T5: a loaded T5 encoder (``opensora_core.text.t5.T5TextEncoder``)."""
+
+    encoder: object
+    source: str
+    managed: Managed | None = None
+
+
+# ---------------------------------------------------------------------------
+# Captions
+# ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class PromptCaptions:
+    """OPENSORA_CAPTION: one prompt encoded per loop segment (``|0|text|2|text`` gives two).
+
+    ``segments`` are (first loop round, caption (1, 1, L, C) on the CPU); round i uses the
+    last segment that starts at or before i, as the official loop mode does.
+    """
+
+    prompt: str
+    segments: list[tuple[int, Caption]]
+    texts: list[str]  # the text the encoder saw, per segment
+    release: str  # Open-Sora release the text was prepared for (scores, caption length)
+
+    @property
+    def max_length(self) -> int:
+        return self.segments[0][1].max_length
+
+    def for_round(self, round_index: int) -> Caption:
+        return [caption for start, caption in self.segments if start <= round_index][-1]
+
+    def per_round(self, rounds: int) -> list[Caption]:
+        return [self.for_round(i) for i in range(rounds)]
+
+
+# ---------------------------------------------------------------------------
+# References
+# ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class References:
+    """OPENSORA_REFERENCES: reference frames plus where they go (a strategy or a named task).
+
+    ``frames``: one (T, H, W, 3) float tensor in 0..1 per reference (an image has T = 1).
+    A named ``task`` (opensora_core.conditioning.TASKS) is resolved once the clip length is
+    known; otherwise ``strategy`` is used as written, in pixel or latent frames.
+    """
+
+    frames: list[torch.Tensor]
+    strategy: str = ""
+    pixel_positions: bool = False
+    task: str | None = None
+    task_frames: int = 1
+    edit_ratio: float = 0.0
+
+    @property
+    def frame_counts(self) -> list[int]:
+        return [int(f.shape[0]) for f in self.frames]
+
+    def resolve(self, geometry: LatentGeometry, num_frames: int) -> tuple[str, bool]:
+        """(mask strategy, pixel_positions) for a clip of ``num_frames`` frames."""
+        if self.task is None:
+            return self.strategy, self.pixel_positions
+        groups = task_groups(
+            self.task, geometry=geometry, num_frames=num_frames, ref_num_frames=self.frame_counts,
+            frames=self.task_frames, edit_ratio=self.edit_ratio,
+        )
+        return format_mask_strategy(groups), False
+
+
+# ---------------------------------------------------------------------------
+# LATENT
+# ---------------------------------------------------------------------------
+
+LATENT_INFO = "opensora"  # key of our bookkeeping in the LATENT dict
+
+
+@dataclass
+class LatentInfo:
+    """How the clips of a LATENT join: latent and pixel frames per clip, frames dropped at each join."""
+
+    clip_latent_frames: list[int]
+    clip_num_frames: list[int]
+    drop_frames: list[int]
+    fps: float  # frames per second to save at
+    family: str = ""  # official class name of the model that made it ("" if unknown)
+
+    def as_dict(self) -> dict:
+        return {
+            "clip_latent_frames": list(self.clip_latent_frames),
+            "clip_num_frames": list(self.clip_num_frames),
+            "drop_frames": list(self.drop_frames),
+            "fps": float(self.fps),
+            "family": self.family,
+        }
+
+
+def latent_from_clips(clips: list[Clip], plan: GenerationPlan) -> dict:
+    """LATENT ``{"samples": (B, C, sum t, h, w) on the CPU, "opensora": {...}}`` from sampled clips."""
+    info = LatentInfo(
+        clip_latent_frames=[c.latent.shape[2] for c in clips],
+        clip_num_frames=[c.num_frames for c in clips],
+        drop_frames=[c.drop for c in clips],
+        fps=plan.save_fps,
+        family=plan.family.class_name,
+    )
+    samples = torch.cat([c.latent.float().cpu() for c in clips], dim=2)  # (B, C, T, h, w)
+    return {"samples": samples, LATENT_INFO: info.as_dict()}
+
+
+def latent_from_video(latent: torch.Tensor, num_frames: int, fps: float) -> dict:
+    """LATENT of one encoded video."""
+    info = LatentInfo([latent.shape[2]], [num_frames], [0], fps)
+    return {"samples": latent.float().cpu(), LATENT_INFO: info.as_dict()}
+
+
+def clips_from_latent(latent: dict, geometry: LatentGeometry, default_fps: float) -> tuple[list[Clip], float]:
+    """Split a LATENT back into clips. A LATENT from another node (no bookkeeping) is one clip of
+    the largest pixel frame count its latent frames decode to."""
+    samples = latent["samples"]
+    if samples.ndim != 5:
+        raise ValueError(
+            f"samples: expected a video latent (B, C, T, H, W), got shape {tuple(samples.shape)}; "
+            "connect the LATENT of the Open-Sora Sampler or VAE Encode"
+        )
+    raw = latent.get(LATENT_INFO)
+    if raw is None:
+        frames = geometry.pixel_frame_range(samples.shape[2])[1]
+        return [Clip(samples, frames, 0)], default_fps
+    sizes = list(raw["clip_latent_frames"])
+    if sum(sizes) != samples.shape[2]:
+        raise ValueError(
+            f"samples: the LATENT has {samples.shape[2]} latent frames but its Open-Sora bookkeeping lists clips of "
+            f"{sizes}; a node between the sampler and the decoder changed the frames"
+        )
+    parts = torch.split(samples, sizes, dim=2)
+    clips = [Clip(part, n, d) for part, n, d in zip(parts, raw["clip_num_frames"], raw["drop_frames"], strict=True)]
+    return clips, float(raw["fps"])

@@ -1,0 +1,44 @@
+"""Test stand-in for ``comfy.model_management``: CPU devices, a load log and the interrupt flag."""
+
+from __future__ import annotations
+
+import torch
+
+LOADS: list[object] = []  # patchers passed to load_models_gpu, in order
+_interrupted = False
+
+
+class InterruptProcessingException(Exception):
+    pass
+
+
+def get_torch_device():
+    return torch.device("cpu")
+
+
+def unet_offload_device():
+    return torch.device("cpu")
+
+
+text_encoder_device = text_encoder_offload_device = vae_device = vae_offload_device = unet_offload_device
+intermediate_device = unet_offload_device
+
+
+def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                    force_full_load=False):
+    for patcher in models:
+        LOADS.append(patcher)
+        patcher.model.to(patcher.load_device)
+        patcher.full_loads += int(force_full_load)
+
+
+def interrupt_current_processing(value=True):
+    global _interrupted
+    _interrupted = value
+
+
+def throw_exception_if_processing_interrupted():
+    global _interrupted
+    if _interrupted:
+        _interrupted = False
+        raise InterruptProcessingException()
