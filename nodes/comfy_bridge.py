@@ -54,11 +54,14 @@ def folder_roots(folder: str) -> list[str]:
 def bundled_t5_tokenizer() -> str | None:
     """ComfyUI's own T5-XXL tokenizer folder (``comfy/text_encoders/t5_tokenizer``), if present."""
     try:
-        import comfy
+        import comfy  # a namespace package in ComfyUI (no __init__.py, so no __file__)
     except ImportError:
         return None
-    folder = os.path.join(os.path.dirname(os.path.abspath(comfy.__file__)), "text_encoders", "t5_tokenizer")
-    return folder if os.path.isdir(folder) else None
+    for root in getattr(comfy, "__path__", []):
+        folder = os.path.join(root, "text_encoders", "t5_tokenizer")
+        if os.path.isdir(folder):
+            return folder
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -135,6 +138,14 @@ class _Held(nn.Module):
         self.inner = inner
 
 
+# ComfyUI logs "Requested to load <class name>": one readable name per role.
+_HOLDERS = {
+    "diffusion": type("OpenSoraDiffusionModel", (_Held,), {}),
+    "text": type("OpenSoraT5", (_Held,), {}),
+    "vae": type("OpenSoraVAE", (_Held,), {}),
+}
+
+
 @dataclass(eq=False)
 class Managed:
     """A module registered with ComfyUI's memory manager."""
@@ -149,7 +160,7 @@ def manage(module: nn.Module, role: str) -> Managed:
     from comfy.model_patcher import ModelPatcher
 
     where = devices(role)
-    patcher = ModelPatcher(_Held(module), load_device=where.load, offload_device=where.offload)
+    patcher = ModelPatcher(_HOLDERS[role](module), load_device=where.load, offload_device=where.offload)
     return Managed(module, patcher, where)
 
 
