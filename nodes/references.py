@@ -15,8 +15,12 @@ STRATEGY_HELP = (
 
 
 def check_strategy_text(strategy: str, references: int) -> None:
-    """Syntax and value checks that need no frame counts; raises ValueError naming the group."""
-    for index, group in enumerate(parse_mask_strategy(strategy), start=1):
+    """Syntax and value checks that need no frame counts; raises ValueError naming the input and group."""
+    try:
+        groups = parse_mask_strategy(strategy)
+    except ValueError as err:
+        raise ValueError(f"mask_strategy: {err}") from None
+    for index, group in enumerate(groups, start=1):
         where = f"mask_strategy group {index} ({group.format()!r})"
         if group.loop_id < 0:
             raise ValueError(f"{where}: loop_id must be >= 0")

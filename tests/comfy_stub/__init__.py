@@ -71,6 +71,8 @@ def installed(root: Path):
     sys.path.insert(0, str(SITE))
     try:
         importlib.import_module("folder_paths").configure(str(models), str(output), str(inputs))
+        for name in ("comfy.utils", "comfy.model_management", "comfy.model_patcher"):
+            importlib.import_module(name)
         yield Env(load_pack(), models, output, inputs)
     finally:
         sys.path.remove(str(SITE))

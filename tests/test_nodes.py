@@ -1,0 +1,364 @@
+"""The ComfyUI nodes called directly, with the ComfyUI stand-in (tests/comfy_stub) and tiny models on disk."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import comfy_stub
+from comfy_stub import tiny_models
+from conftest import REPO
+from opensora_core import media
+
+NODES_DIR = REPO / "nodes"
+COMFY_ROOTS = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "latent_preview", "server", "execution"}
+STANDARD_TYPES = {"IMAGE", "LATENT", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN"}
+OFF = "off (retry tiled on out-of-memory)"
+SMALL = dict(width=48, height=32, num_frames=17, fps=24.0, steps=2, cfg=7.0, seed=42, loops=1,
+             condition_frame_length=0, condition_frame_edit=0.0, align=0)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfy")
+    tiny_models.write(root / "models")
+    with comfy_stub.installed(root) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def v12(env):
+    (model,) = env.node("OpenSoraModelLoader").load("OpenSora-STDiT-v3.safetensors", "fp32", "sdpa")
+    (vae,) = env.node("OpenSoraVAELoader").load("OpenSora-VAE-v1.2.safetensors", "fp32")
+    (t5,) = env.node("OpenSoraT5Loader").load("t5xxl_fp16.safetensors", "fp32")
+    return model, vae, t5
+
+
+def _encode(env, t5=None, model=None, text="a red ball rolls", length="from model", clip=None, **kw):
+    scores = dict(aesthetic_score=6.5, motion_score=-1.0, camera_motion="none", clean_caption=True) | kw
+    (caption,) = env.node("OpenSoraTextEncode").encode(text, length, **scores, t5=t5, clip=clip, model=model)
+    return caption
+
+
+def _sample(env, model, vae, caption, **kw):
+    (latent,) = env.node("OpenSoraSampler").sample(model, vae, caption, **(SMALL | kw))
+    return latent
+
+
+def _image(seed: int, frames: int = 1) -> torch.Tensor:
+    return torch.rand(frames, 40, 56, 3, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------
+# The pack as ComfyUI sees it
+# ---------------------------------------------------------------------------
+
+
+def test_pack_imports_without_comfyui_and_touches_no_comfy_module():
+    """ComfyUI imports the pack before any node runs: it must not need ComfyUI's modules at import time."""
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); import comfy_stub; pack = comfy_stub.load_pack();"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in %r or m == 'nodes');"
+        "print(len(pack.NODE_CLASS_MAPPINGS), bad)" % sorted(COMFY_ROOTS)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["10", "[]"]
+
+
+def test_node_ids_names_and_socket_types(env):
+    assert set(env.pack.NODE_DISPLAY_NAME_MAPPINGS) == set(env.nodes)
+    for node_id, cls in env.nodes.items():
+        assert node_id.startswith("OpenSora") and node_id == cls.__name__
+        assert cls.CATEGORY.startswith("OpenSora") and callable(getattr(cls, cls.FUNCTION))
+        spec = cls.INPUT_TYPES()
+        sockets = [s for section in ("required", "optional") for s in spec.get(section, {}).values()]
+        types = [s[0] for s in sockets if not isinstance(s[0], list)]
+        for typ in [*types, *cls.RETURN_TYPES]:
+            assert typ in STANDARD_TYPES or typ.startswith("OPENSORA_"), (node_id, typ)
+
+
+def _imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name.split(".")[0], node) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module.split(".")[0], node))
+    return found
+
+
+def test_comfyui_is_imported_only_lazily_and_only_in_the_bridge():
+    for path in NODES_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        comfy = [node for root, node in _imports(tree) if root in COMFY_ROOTS]
+        if path.name != "comfy_bridge.py":
+            assert comfy == [], f"{path.name} imports ComfyUI; go through comfy_bridge"
+        top_level = {id(node) for node in tree.body}
+        assert not [n for n in comfy if id(n) in top_level], f"{path.name}: ComfyUI imported at module level"
+
+
+def test_node_functions_are_thin_glue():
+    for path in NODES_DIR.glob("*.py"):
+        for cls in ast.parse(path.read_text()).body:
+            if not isinstance(cls, ast.ClassDef) or not cls.name.startswith("OpenSora"):
+                continue
+            function = next(s.value.value for s in cls.body if isinstance(s, ast.Assign) and s.targets[0].id == "FUNCTION")
+            body = next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == function)
+            assert body.end_lineno - body.lineno < 30, f"{cls.name}.{function} is {body.end_lineno - body.lineno} lines"
+
+
+# ---------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------
+
+
+def test_model_loader_detects_the_version_and_registers_with_comfyui(env):
+    loader = env.node("OpenSoraModelLoader")
+    assert env.nodes["OpenSoraModelLoader"].INPUT_TYPES()["required"]["model_name"][0] == [
+        "OpenSora-STDiT-v2-stage3.safetensors", "OpenSora-STDiT-v3.safetensors"]
+    (v12,) = loader.load("OpenSora-STDiT-v3.safetensors", "bf16", "sdpa")
+    (v11,) = loader.load("OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
+    assert (v12.family.release, v11.family.release) == ("v1.2", "v1.1")
+    assert next(v12.module.parameters()).dtype == torch.bfloat16
+    assert v12.managed.patcher.model.inner is v12.module  # ComfyUI's ModelPatcher manages it
+
+
+def test_vae_loader_reads_both_kinds(env):
+    loader = env.node("OpenSoraVAELoader")
+    (v12,) = loader.load("OpenSora-VAE-v1.2.safetensors", "bf16")
+    (sd,) = loader.load("sd-vae-ft-ema.safetensors", "fp32")
+    assert (v12.geometry.time_factor, sd.geometry.time_factor) == (4, 1)
+    assert next(v12.module.parameters()).dtype == torch.bfloat16
+
+
+def test_t5_loader_lists_files_and_folders_and_finds_the_tokenizer(env, tmp_path):
+    choices = env.nodes["OpenSoraT5Loader"].INPUT_TYPES()["required"]["t5_name"][0]
+    assert choices == ["t5-v1_1-xxl/", "t5xxl_fp16.safetensors"]
+    (single,) = env.node("OpenSoraT5Loader").load("t5xxl_fp16.safetensors", "fp32")
+    (folder,) = env.node("OpenSoraT5Loader").load("t5-v1_1-xxl/", "fp32")
+    text = "a cat"
+    assert torch.equal(single.encoder.encode(text).y, folder.encoder.encode(text).y)
+    lonely = env.models / "text_encoders" / "lonely" / "t5.safetensors"
+    lonely.parent.mkdir()
+    lonely.write_bytes((env.models / "text_encoders" / "t5xxl_fp16.safetensors").read_bytes())
+    with pytest.raises(FileNotFoundError, match="t5_name: no T5 tokenizer for lonely/t5.safetensors"):
+        env.node("OpenSoraT5Loader").load("lonely/t5.safetensors", "fp32")
+    lonely.unlink()
+
+
+# ---------------------------------------------------------------------------
+# Text encode
+# ---------------------------------------------------------------------------
+
+
+def test_text_encode_gives_the_official_t5_caption(env, v12):
+    from opensora_core.text.prompts import prepare_prompt
+    from opensora_core.text.t5 import T5TextEncoder
+
+    model, _, t5 = v12
+    caption = _encode(env, t5, model, "A Red Ball <b>rolls</b>")
+    text = prepare_prompt("A Red Ball <b>rolls</b>", 6.5)
+    assert caption.texts == [text] and text.endswith("aesthetic score: 6.5.")
+    expected = T5TextEncoder(t5.encoder.model, t5.encoder.tokenizer, max_length=300).encode([text])
+    (start, got), = caption.segments
+    assert start == 0 and torch.equal(got.y, expected.y) and torch.equal(got.mask, expected.mask)
+
+
+def test_text_encode_splits_loop_prompts_per_round(env, v12):
+    model, _, t5 = v12
+    caption = _encode(env, t5, model, "|0|a sunny day|2|a rainy night")
+    assert [start for start, _ in caption.segments] == [0, 2]
+    assert [c is caption.segments[0][1] for c in caption.per_round(4)] == [True, True, False, False]
+
+
+def test_text_encode_takes_the_length_from_the_model_or_the_widget(env, v12):
+    model, _, t5 = v12
+    assert _encode(env, t5, None, length="v1.1 (200 tokens)").max_length == 200
+    with pytest.raises(ValueError, match="caption_length is 'v1.1 \\(200 tokens\\)' but the connected STDiT3"):
+        _encode(env, t5, model, length="v1.1 (200 tokens)")
+    with pytest.raises(ValueError, match="needs the model input connected"):
+        _encode(env, t5, None)
+    with pytest.raises(ValueError, match="connect a text encoder"):
+        _encode(env, None, model)
+
+
+def test_score_phrases_only_for_v1_2(env, v12):
+    model, _, t5 = v12
+    (v11,) = env.node("OpenSoraModelLoader").load("OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
+    assert _encode(env, t5, v11, "a cat", motion_score=5.0, camera_motion="pan left").texts == ["a cat"]
+    assert _encode(env, t5, model, "a cat", motion_score=5.0, camera_motion="pan left").texts == [
+        "a cat aesthetic score: 6.5. motion score: 5.0. camera motion: pan left."]
+
+
+class FakeClip:
+    """ComfyUI's CLIP (CLIPLoader type sd3, only the T5 loaded), reduced to what Text Encode calls.
+
+    As comfy/sd1_clip.py SDTokenizer: '(word)' is weight syntax unless ``disable_weights``; the T5 tokens
+    are padded with id 0 to 77 unless ``tokenizer_options={"t5xxl_min_length": n}``; nothing is truncated;
+    CLIP-L/G tokens come along. As sd3_clip.T5XXLModel: the T5 runs without an attention mask.
+    """
+
+    def __init__(self, encoder):
+        self.model, self.tokenizer = encoder.model, encoder.tokenizer
+        self.calls = []
+
+    def tokenize(self, text, return_word_ids=False, **kwargs):
+        self.calls.append(kwargs)
+        if not kwargs.get("disable_weights"):
+            text = text.replace("(", "").replace(")", "")
+        ids = self.tokenizer(text)["input_ids"]
+        minimum = kwargs.get("tokenizer_options", {}).get("t5xxl_min_length", 77)
+        ids = ids + [0] * (minimum - len(ids))
+        return {"g": [[(49406, 1.0)]], "l": [[(49406, 1.0)]], "t5xxl": [[(i, 1.0) for i in ids]]}
+
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+        assert tokens["g"] == [] and tokens["l"] == []
+        ids = torch.tensor([[i for i, _ in tokens["t5xxl"][0]]])
+        with torch.no_grad():
+            return {"cond": self.model(input_ids=ids).last_hidden_state, "pooled_output": None}
+
+
+@pytest.mark.parametrize("text", ["a (red) ball", "a long prompt " * 40], ids=["weights", "truncated"])
+def test_comfyui_clip_gives_the_same_caption_as_our_t5(env, v12, text):
+    model, _, t5 = v12
+    clip = FakeClip(t5.encoder)
+    ours, theirs = _encode(env, t5, model, text), _encode(env, None, model, text, clip=clip)
+    assert clip.calls == [{"disable_weights": True, "tokenizer_options": {"t5xxl_min_length": 1}}]
+    (_, a), (_, b) = ours.segments[0], theirs.segments[0]
+    n = int(a.mask.sum())  # the model reads only the real tokens; padded rows differ (T5 output vs zeros)
+    assert torch.equal(a.mask, b.mask) and (n == 300) == ("long" in text)
+    torch.testing.assert_close(a.y[:, :, :n], b.y[:, :, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_a_clip_without_t5_is_refused(env, v12):
+    class ClipL:
+        def tokenize(self, text, **kwargs):
+            return {"l": [[(49406, 1.0), (49407, 1.0)]]}
+
+    with pytest.raises(ValueError, match="clip: this CLIP has no T5-XXL"):
+        _encode(env, None, v12[0], clip=ClipL())
+
+
+# ---------------------------------------------------------------------------
+# Mask builder
+# ---------------------------------------------------------------------------
+
+
+def test_mask_builder_validates_at_queue_time(env):
+    validate = env.nodes["OpenSoraMaskBuilder"].VALIDATE_INPUTS
+    assert validate("custom", "0;0,1,0,-1,1", "latent frames") is True
+    assert validate("first frame (image to video)", "not used", "latent frames") is True
+    assert validate("custom", "0,0,0,0,1,1.5", "latent frames").startswith("mask_strategy group 1")
+    assert validate("custom", "0,x", "latent frames").startswith("mask_strategy")
+    assert validate("custom", "0,4", "pixel frames").startswith("mask_strategy group 1 ('0,4")
+
+
+def test_mask_builder_checks_the_connected_references(env):
+    build = env.node("OpenSoraMaskBuilder").build
+    with pytest.raises(ValueError, match="ref_id 1 but 1 reference input"):
+        build(_image(0), "custom", "0;0,1,0,-1,1", "latent frames", 17, 0.4)
+    with pytest.raises(ValueError, match="image_2 is empty but a later image is connected"):
+        build(_image(0), "custom", "0", "latent frames", 17, 0.4, image_3=_image(1))
+    (refs,) = build(_image(0), "first and last frame (stitching)", "", "latent frames", 17, 0.4, image_2=_image(1))
+    assert refs.frame_counts == [1, 1] and refs.task == "first_last"
+
+
+# ---------------------------------------------------------------------------
+# Sampler
+# ---------------------------------------------------------------------------
+
+
+def test_sampler_reports_every_step_and_loads_through_comfyui(env, v12):
+    model, vae, t5 = v12
+    caption = _encode(env, t5, model, "|0|a sunny day|1|a rainy night")
+    env.progress.clear()
+    env.model_management.LOADS.clear()
+    latent = _sample(env, model, vae, caption, num_frames=34, loops=2, condition_frame_length=2)
+    assert [(value, total) for value, total, _ in env.progress] == [(i, 4) for i in range(1, 5)]
+    assert {p.model.inner for p in env.model_management.LOADS} == {model.module, vae.module}
+    assert all(p.full_loads for p in env.model_management.LOADS)
+    assert latent["opensora"] == {"clip_latent_frames": [10, 10], "clip_num_frames": [34, 34],
+                                  "drop_frames": [0, 5], "fps": 24.0, "family": "STDiT3"}
+    assert latent["samples"].shape == (1, 4, 20, 4, 6) and latent["samples"].device.type == "cpu"
+
+
+def test_sampler_stops_when_comfyui_is_interrupted(env, v12):
+    model, vae, t5 = v12
+    env.progress.clear()
+    env.model_management.interrupt_current_processing(True)
+    with pytest.raises(env.model_management.InterruptProcessingException):
+        _sample(env, model, vae, _encode(env, t5, model))
+    assert env.progress == []  # stopped at the first step
+
+
+def test_sampler_checks_references_against_the_real_frame_counts(env, v12):
+    model, vae, t5 = v12
+    (refs,) = env.node("OpenSoraMaskBuilder").build(_image(0, frames=17), "custom", "0,0,0,7,1", "latent frames", 1, 0)
+    env.progress.clear()
+    with pytest.raises(ValueError, match="target_start lies beyond the latent video: 7 with 5 frame"):
+        _sample(env, model, vae, _encode(env, t5, model), references=refs, num_frames=17)
+    with pytest.raises(ValueError, match="STDiT3 \\(Open-Sora v1.2\\) needs the Open-Sora VAE v1.2"):
+        _sample(env, model, env.node("OpenSoraVAELoader").load("sd-vae-ft-ema.safetensors", "fp32")[0],
+                _encode(env, t5, model))
+    assert env.progress == []
+
+
+def test_references_and_negative_prompt_change_the_video(env, v12):
+    model, vae, t5 = v12
+    caption = _encode(env, t5, model)
+    plain = _sample(env, model, vae, caption)["samples"]
+    (refs,) = env.node("OpenSoraMaskBuilder").build(_image(3), "first frame (image to video)", "", "latent frames", 1, 0)
+    with_image = _sample(env, model, vae, caption, references=refs)["samples"]
+    negative = _sample(env, model, vae, caption, negative=_encode(env, t5, model, "blurry"))["samples"]
+    assert torch.equal(plain, _sample(env, model, vae, caption)["samples"])
+    assert not torch.equal(plain, with_image) and not torch.equal(plain, negative)
+
+
+# ---------------------------------------------------------------------------
+# Decode, encode, save
+# ---------------------------------------------------------------------------
+
+
+def test_decode_joins_loop_clips_and_reads_plain_latents(env, v12):
+    model, vae, t5 = v12
+    latent = _sample(env, model, vae, _encode(env, t5, model), num_frames=34, loops=2, condition_frame_length=2)
+    images, fps = env.node("OpenSoraVAEDecode").decode(vae, latent, OFF, 512, 128)
+    assert images.shape == (34 + 34 - 5, 32, 48, 3) and images.dtype == torch.float32 and fps == 24.0
+    assert 0 <= float(images.min()) and float(images.max()) <= 1
+    plain, _ = env.node("OpenSoraVAEDecode").decode(vae, {"samples": latent["samples"][:, :, :5]}, OFF, 512, 128)
+    assert plain.shape[0] == 17  # 5 latent frames decode to at most 17 frames
+    tampered = {"samples": latent["samples"][:, :, :12], "opensora": latent["opensora"]}
+    with pytest.raises(ValueError, match="samples: the LATENT has 12 latent frames"):
+        env.node("OpenSoraVAEDecode").decode(vae, tampered, OFF, 512, 128)
+
+
+def test_encode_then_decode_keeps_frame_count_and_size(env, v12):
+    _, vae, _ = v12
+    frames = _image(5, frames=17)[:, :36, :52]  # 36x52: cropped to 32x48 for the VAE
+    (latent,) = env.node("OpenSoraVAEEncode").encode(vae, frames)
+    assert latent["samples"].shape == (1, 4, 5, 4, 6)
+    images, _ = env.node("OpenSoraVAEDecode").decode(vae, latent, "on", 64, 16)
+    assert images.shape == (17, 32, 48, 3)
+
+
+def test_save_video_counts_up_shows_the_file_and_keeps_the_workflow(env):
+    save = env.node("OpenSoraSaveVideo").save
+    frames = _image(6, frames=9)[:, :32, :48]
+    first = save(frames, 12.0, "clips/test", 18, prompt={"1": {}}, extra_pnginfo={"workflow": {"nodes": []}})
+    second = save(frames, 12.0, "clips/test", 18)
+    assert first == {"ui": {"images": [{"filename": "test_00001_.mp4", "subfolder": "clips", "type": "output"}],
+                            "animated": (True,)}}
+    assert second["ui"]["images"][0]["filename"] == "test_00002_.mp4"
+    path = env.output / "clips" / "test_00001_.mp4"
+    info = media.probe(path)
+    assert (info.num_frames, info.height, info.width, info.fps) == (9, 32, 48, 12.0)
+    import av
+
+    with av.open(str(path)) as container:
+        assert json.loads(container.metadata["workflow"]) == {"nodes": []}
