@@ -288,6 +288,21 @@ def test_sampler_reports_every_step_and_loads_through_comfyui(env, v12):
     assert latent["samples"].shape == (1, 4, 20, 4, 6) and latent["samples"].device.type == "cpu"
 
 
+def test_latent_previews_for_sd_vae_latents_only(env, v12):
+    """v1.0/v1.1 latents are (scaled) SD-VAE latents: ComfyUI's SD1.5 RGB factors preview them.
+    The v1.2 video-VAE latent space has no known linear RGB map, so v1.2 shows progress only."""
+    model, vae, t5 = v12
+    (v11,) = env.node("OpenSoraModelLoader").load("OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
+    (sd_vae,) = env.node("OpenSoraVAELoader").load("sd-vae-ft-ema.safetensors", "fp32")
+    env.progress.clear()
+    env.previews.clear()
+    _sample(env, v11, sd_vae, _encode(env, t5, v11), num_frames=4)
+    assert env.previews == [(1, 4, 4, 4, 6)] * 2 and all(p is not None for _, _, p in env.progress)
+    env.progress.clear()
+    _sample(env, model, vae, _encode(env, t5, model))
+    assert env.previews == [(1, 4, 4, 4, 6)] * 2 and all(p is None for _, _, p in env.progress)
+
+
 def test_sampler_stops_when_comfyui_is_interrupted(env, v12):
     model, vae, t5 = v12
     env.progress.clear()

@@ -1,8 +1,9 @@
 """Test-only stand-in for the ComfyUI modules the pack uses, and a loader that imports the pack
 the way ComfyUI does (a package loaded from the repository root, not pip-installed).
 
-``with comfy_stub.installed(tmp) as env:`` puts ``site/`` (fake ``folder_paths`` and
-``comfy.utils`` / ``comfy.model_management`` / ``comfy.model_patcher``) in front of
+``with comfy_stub.installed(tmp) as env:`` puts ``site/`` (fake ``folder_paths``,
+``latent_preview`` and ``comfy.utils`` / ``model_management`` / ``model_patcher`` /
+``cli_args`` / ``latent_formats``) in front of
 ``sys.path``, points the model/output/input folders at ``tmp``, loads the pack and yields
 an :class:`Env`; everything is removed again afterwards. Never shipped in ``nodes/``.
 """
@@ -20,7 +21,7 @@ from types import ModuleType
 REPO = Path(__file__).resolve().parents[2]
 SITE = Path(__file__).resolve().parent / "site"
 PACK_NAME = "opensora_comfy_pack"  # ComfyUI uses the folder path as the module name; any name works
-STUB_MODULES = ("folder_paths", "comfy")
+STUB_MODULES = ("folder_paths", "comfy", "latent_preview")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class Env:
     @property
     def progress(self) -> list:
         return sys.modules["comfy.utils"].UPDATES
+
+    @property
+    def previews(self) -> list:
+        return sys.modules["latent_preview"].SHOWN
 
 
 def load_pack(name: str = PACK_NAME) -> ModuleType:
@@ -71,7 +76,7 @@ def installed(root: Path):
     sys.path.insert(0, str(SITE))
     try:
         importlib.import_module("folder_paths").configure(str(models), str(output), str(inputs))
-        for name in ("comfy.utils", "comfy.model_management", "comfy.model_patcher"):
+        for name in ("comfy.utils", "comfy.model_management", "comfy.model_patcher", "latent_preview"):
             importlib.import_module(name)
         yield Env(load_pack(), models, output, inputs)
     finally:
