@@ -51,7 +51,12 @@ class ComfyClipT5:
                 f"clip: this CLIP has no T5-XXL (it tokenises for {', '.join(tokens)}); load t5xxl_fp16.safetensors "
                 "with ComfyUI's 'Load CLIP' node, type sd3 or pixart"
             )
-        (t5,) = tokens[self.TOKEN_KEY]  # one batch of (id, weight) pairs, EOS last, no padding
+        if len(tokens[self.TOKEN_KEY]) != 1:
+            raise ValueError(
+                f"clip: this CLIP's tokenizer splits the prompt into {len(tokens[self.TOKEN_KEY])} chunks; "
+                "load the T5 with 'Load CLIP', type sd3 or pixart"
+            )
+        t5 = tokens[self.TOKEN_KEY][0]  # (id, weight) pairs, EOS last, no padding
         t5 = truncate_tokens(t5, self.max_length, t5[-1])
         only_t5 = {key: ([t5] if key == self.TOKEN_KEY else []) for key in tokens}
         out = self.clip.encode_from_tokens(only_t5, return_dict=True)

@@ -51,10 +51,6 @@ def boolean(default: bool, tooltip: str) -> tuple:
 # ---------------------------------------------------------------------------
 
 
-def dtype(options: list[str], default: str, tooltip: str) -> tuple:
-    return choice(options, default, tooltip)
-
-
 def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
