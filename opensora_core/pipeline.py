@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -294,6 +295,27 @@ class StayPut:
 def _device_of(module: nn.Module) -> torch.device:
     tensor = next(module.parameters(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------
+# Memory planning
+# ---------------------------------------------------------------------------
+
+SAMPLING_LIVE_COPIES = 3  # copies of the widest activation alive at once (input, MLP hidden, output): an estimate
+
+
+def sampling_memory_bytes(model: nn.Module, batch_size: int, latent_size: tuple[int, int, int]) -> int:
+    """Rough activation memory of one guided denoising step in bytes, for a memory manager to make room.
+
+    The prompt and null-caption passes run as one batch of 2 x ``batch_size`` over every latent token;
+    the widest activation is the MLP's (hidden x mlp_ratio) next to the block input, and attention runs
+    through SDPA without materialising the scores. An estimate from the shapes, not calibrated on a GPU.
+    """
+    cfg = model.config
+    tokens = math.prod(math.ceil(n / p) for n, p in zip(latent_size, cfg.patch_size, strict=True))
+    width = cfg.hidden_size * (1 + cfg.mlp_ratio)
+    element = torch.empty((), dtype=model.dtype).element_size()
+    return int(2 * batch_size * tokens * width * element * SAMPLING_LIVE_COPIES)
 
 
 # ---------------------------------------------------------------------------

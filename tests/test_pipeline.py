@@ -183,3 +183,10 @@ def test_sample_video_checks_captions_before_sampling(v12):
     good = v12.text_encoder.encode(["a cat"])
     with pytest.raises(ValueError, match="one caption per round"):
         pipeline.sample_video(v12, _spec(loops=2, condition_frame_length=1), [good])
+
+
+def test_sampling_memory_estimate_grows_with_tokens_and_precision(v12):
+    """2 passes (prompt, null caption) x tokens x hidden x (1 + mlp_ratio) x bytes x live copies."""
+    model = v12.model  # hidden 64, mlp_ratio 4, patch (1, 2, 2), float32
+    assert pipeline.sampling_memory_bytes(model, 1, (5, 4, 6)) == 2 * (5 * 2 * 3) * 64 * 5 * 4 * 3
+    assert pipeline.sampling_memory_bytes(model, 2, (5, 4, 6)) == 2 * pipeline.sampling_memory_bytes(model, 1, (5, 4, 6))
