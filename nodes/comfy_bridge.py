@@ -165,10 +165,15 @@ def manage(module: nn.Module, role: str) -> Managed:
 
 
 class ComfyPlacement:
-    """The core's ``Placement``: load a module through ComfyUI's memory manager while a stage runs."""
+    """The core's ``Placement``: load a module through ComfyUI's memory manager while a stage runs.
 
-    def __init__(self, managed: Iterable[Managed | None]):
+    ``working_memory`` maps a module to the bytes its stage needs besides its weights (activations):
+    ComfyUI unloads other models (e.g. T5 before sampling) until that much is free as well.
+    """
+
+    def __init__(self, managed: Iterable[Managed | None], working_memory: dict[nn.Module, int] | None = None):
         self._by_module = {id(m.module): m for m in managed if m is not None}
+        self._working = {id(module): size for module, size in (working_memory or {}).items()}
 
     @contextlib.contextmanager
     def use(self, module: nn.Module) -> Iterator[torch.device]:
@@ -178,7 +183,7 @@ class ComfyPlacement:
         if entry is None:  # not ours to place (e.g. an empty stand-in module)
             yield _device_of(module)
             return
-        mm.load_models_gpu([entry.patcher], force_full_load=True)
+        mm.load_models_gpu([entry.patcher], memory_required=self._working.get(id(module), 0), force_full_load=True)
         yield entry.devices.load
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 LOADS: list[object] = []  # patchers passed to load_models_gpu, in order
+REQUIRED: list[int] = []  # memory_required of each load_models_gpu call
 _interrupted = False
 
 
@@ -26,6 +27,7 @@ intermediate_device = unet_offload_device
 
 def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
                     force_full_load=False):
+    REQUIRED.append(memory_required)
     for patcher in models:
         LOADS.append(patcher)
         patcher.model.to(patcher.load_device)
