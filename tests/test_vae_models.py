@@ -54,7 +54,9 @@ def test_ldm_layout_loads_and_gives_identical_outputs():
     assert "decoder.up.0.block.0.conv1.weight" in ldm and "encoder.mid.attn_1.q.weight" in ldm
     assert ldm["encoder.mid.attn_1.q.weight"].shape == (16, 16, 1, 1)
     target = AutoencoderKL(TINY_SD).eval()
+    keys = list(ldm)
     target.load_state_dict(ldm, strict=True)
+    assert list(ldm) == keys  # the caller's dict is not renamed in place
     x, z = torch.randn(2, 3, 32, 16), torch.randn(2, 4, 3, 2)
     with torch.no_grad():
         assert torch.equal(target.encode_moments(x), source.encode_moments(x))

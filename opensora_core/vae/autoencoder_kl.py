@@ -401,10 +401,6 @@ class AutoencoderKL(nn.Module):
 
 def _accept_other_layouts(module, state_dict, prefix, *args) -> None:
     """Load-state-dict pre-hook: rename LDM / legacy-diffusers keys under ``prefix`` to our layout."""
-    ours = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
-    converted = to_diffusers_layout({name: state_dict[full] for name, full in ours.items()})
-    if converted.keys() == ours.keys():
-        return
-    for full in ours.values():
-        del state_dict[full]
+    ours = [k for k in state_dict if k.startswith(prefix)]
+    converted = to_diffusers_layout({k[len(prefix):]: state_dict.pop(k) for k in ours})
     state_dict.update({prefix + name: tensor for name, tensor in converted.items()})
