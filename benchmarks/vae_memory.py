@@ -190,7 +190,8 @@ def main() -> None:
         mode, *numbers = args.child
         print(json.dumps(measure(mode, *map(int, numbers), args.threads)))
         return
-    print(f"CPU load average at start: {os.getloadavg()}, cores: {os.cpu_count()}, torch threads per run: {args.threads}, "
+    print(f"CPU load average at start: {os.getloadavg()}, cores: {os.cpu_count()}, "
+          f"torch threads per run: {args.threads}, "
           f"malloc: {'default' if args.default_malloc else 'fixed mmap threshold'}")
     results = []
     for frames, height, width, modes in QUICK_RUNS if args.quick else RUNS:
