@@ -28,7 +28,9 @@ def smooth_video(t: int, h: int, w: int) -> torch.Tensor:
     return torch.stack([0.6 * torch.sin(2 * math.pi * (2 * ys + 3 * xs + 0.1 * ts + c / 3)) for c in range(3)])[None]
 
 
-@pytest.mark.parametrize(("length", "tile", "overlap"), [(10, 16, 4), (56, 32, 8), (90, 64, 16), (160, 64, 16), (33, 8, 3)])
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"), [(10, 16, 4), (56, 32, 8), (90, 64, 16), (160, 64, 16), (33, 8, 3)]
+)
 def test_tile_plan_covers_everything_with_the_overlap(length, tile, overlap):
     tiles = plan_tiles(length, tile, overlap)
     assert tiles[0][0] == 0 and tiles[-1][1] == length

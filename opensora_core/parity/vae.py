@@ -61,7 +61,8 @@ def build_case_model(case: Case):
     """The case's official class from its constructor kwargs, loaded strictly from ``weights.safetensors``."""
     config = case.config
     autoencoder = next((config[k] for k in _AUTOENCODER_CONFIG_KEYS if k in config), None)
-    vae = model_class(config["class"]).from_official_config(config["constructor_kwargs"], autoencoder_config=autoencoder)
+    cls = model_class(config["class"])
+    vae = cls.from_official_config(config["constructor_kwargs"], autoencoder_config=autoencoder)
     weights = case.weights
     target = vae
     if config["class"] == "VideoAutoencoderKL" and not any(k.startswith("module.") for k in weights):

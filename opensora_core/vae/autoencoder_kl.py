@@ -126,7 +126,9 @@ def autoencoder_config_for(name: str | None) -> AutoencoderKLConfig:
     return AUTOENCODER_KL_PRESETS[preset]
 
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "mish": nn.Mish}
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "mish": nn.Mish,
+}
 
 # default layer factory; ComfyUI's `operations` (comfy.ops) has the same attribute names
 TORCH_OPS = SimpleNamespace(Conv2d=nn.Conv2d, Conv3d=nn.Conv3d, GroupNorm=nn.GroupNorm, Linear=nn.Linear)
@@ -304,7 +306,8 @@ class Decoder(nn.Module):
         self.conv_in = ops.Conv2d(cfg.latent_channels, chans[0], 3, padding=1, **factory)
         self.up_blocks = nn.ModuleList(  # registered before mid_block, as in diffusers' state-dict order
             UpDecoderBlock2D(
-                chans[max(i - 1, 0)], chans[i], cfg.layers_per_block + 1, i < len(chans) - 1, groups, act, ops, **factory
+                chans[max(i - 1, 0)], chans[i], cfg.layers_per_block + 1, i < len(chans) - 1,
+                groups, act, ops, **factory,
             )
             for i in range(len(chans))
         )
@@ -351,7 +354,8 @@ class AutoencoderKL(nn.Module):
         config.check()
         if 2 ** (len(config.block_out_channels) - 1) != self.spatial_factor:
             raise ValueError(
-                f"AutoencoderKL needs 4 levels (8x downsampling), got block_out_channels {list(config.block_out_channels)}"
+                "AutoencoderKL needs 4 levels (8x downsampling), got block_out_channels "
+                f"{list(config.block_out_channels)}"
             )
         self.config = config
         factory = {"device": device, "dtype": dtype}
@@ -401,10 +405,6 @@ class AutoencoderKL(nn.Module):
 
 def _accept_other_layouts(module, state_dict, prefix, *args) -> None:
     """Load-state-dict pre-hook: rename LDM / legacy-diffusers keys under ``prefix`` to our layout."""
-    ours = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
-    converted = to_diffusers_layout({name: state_dict[full] for name, full in ours.items()})
-    if converted.keys() == ours.keys():
-        return
-    for full in ours.values():
-        del state_dict[full]
+    ours = [k for k in state_dict if k.startswith(prefix)]
+    converted = to_diffusers_layout({k[len(prefix):]: state_dict.pop(k) for k in ours})
     state_dict.update({prefix + name: tensor for name, tensor in converted.items()})

@@ -172,7 +172,8 @@ class VideoAutoencoderPipeline(nn.Module):
         super().__init__()
         if spatial.latent_channels != temporal.in_out_channels:
             raise ValueError(
-                f"spatial latent_channels {spatial.latent_channels} != temporal in_out_channels {temporal.in_out_channels}"
+                f"spatial latent_channels {spatial.latent_channels} != "
+                f"temporal in_out_channels {temporal.in_out_channels}"
             )
         factory = {"operations": operations, "device": device, "dtype": dtype}
         self.spatial_vae = VideoAutoencoderKL(spatial, micro_batch_size, **factory)
@@ -195,7 +196,9 @@ class VideoAutoencoderPipeline(nn.Module):
         if config.pop("cal_loss", False):
             raise ValueError("VideoAutoencoderPipeline: cal_loss=True (VAE training mode) is not supported")
         if config.pop("from_pretrained", None) is not None:
-            raise ValueError("VideoAutoencoderPipeline: from_pretrained is not read here; load the weights with load_vae")
+            raise ValueError(
+                "VideoAutoencoderPipeline: from_pretrained is not read here; load the weights with load_vae"
+            )
         vae_2d = dict(config.pop("vae_2d"))
         if vae_2d.get("type", "VideoAutoencoderKL") != "VideoAutoencoderKL":
             raise ValueError(f"vae_2d type {vae_2d['type']!r} is not supported (only VideoAutoencoderKL)")

@@ -55,7 +55,9 @@ class TemporalVAEConfig:
             base = TEMPORAL_VAE_PRESETS[kind]
             config = {**base.__dict__, **config}
         elif kind != "VAE_Temporal":
-            raise ValueError(f"unknown temporal VAE type {kind!r}; use VAE_Temporal or one of {list(TEMPORAL_VAE_PRESETS)}")
+            raise ValueError(
+                f"unknown temporal VAE type {kind!r}; use VAE_Temporal or one of {list(TEMPORAL_VAE_PRESETS)}"
+            )
         for key in ("channel_multipliers", "temporal_downsample"):
             if key in config:
                 config[key] = tuple(config[key])
@@ -110,7 +112,9 @@ class ResBlock(nn.Module):
         self.conv1 = CausalConv3d(in_channels, filters, 3, bias=False, ops=ops, **factory)
         self.norm2 = ops.GroupNorm(groups, filters, eps=GROUP_NORM_EPS, **factory)
         self.conv2 = CausalConv3d(filters, filters, 3, bias=False, ops=ops, **factory)
-        self.conv3 = CausalConv3d(in_channels, filters, 1, bias=False, ops=ops, **factory) if in_channels != filters else None
+        self.conv3 = None
+        if in_channels != filters:
+            self.conv3 = CausalConv3d(in_channels, filters, 1, bias=False, ops=ops, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv1(self.activate(self.norm1(x)))  # (B, F, T, H, W)
@@ -124,7 +128,10 @@ def _res_stack(in_channels: int, filters: int, cfg: TemporalVAEConfig, ops, **fa
 
 
 def depth_to_time(x: Tensor, factor: int) -> Tensor:
-    """[B, C * factor, T, H, W] -> [B, C, T * factor, H, W]: channel c * factor + k -> channel c, frame t * factor + k."""
+    """[B, C * factor, T, H, W] -> [B, C, T * factor, H, W].
+
+    Channel ``c * factor + k`` of frame ``t`` becomes channel ``c`` of frame ``t * factor + k``.
+    """
     b, c, t, h, w = x.shape
     x = x.reshape(b, c // factor, factor, t, h, w).transpose(2, 3)  # (B, C, T, factor, H, W)
     return x.reshape(b, c // factor, t * factor, h, w)

@@ -60,7 +60,10 @@ class TilingOptions:
 
 
 def plan_tiles(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, stop) tiles covering ``range(length)``: as few as possible, equal sizes <= ``tile``, overlaps >= ``overlap``."""
+    """[start, stop) tiles covering ``range(length)``.
+
+    As few tiles as possible, all of one size <= ``tile``, neighbours overlapping by >= ``overlap``.
+    """
     if length <= tile:
         return [(0, length)]
     count = math.ceil((length - overlap) / (tile - overlap))
