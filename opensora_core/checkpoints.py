@@ -27,13 +27,14 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .atomic import atomic_path
 
 log = logging.getLogger("opensora")
 
@@ -505,20 +506,12 @@ def save_checkpoint(
     """Write a safetensors file atomically (temp file + rename) with class/config in its metadata."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(metadata or {})
     if class_name is not None:
         meta[METADATA_CLASS] = class_name
     if config is not None:
         meta[METADATA_CONFIG] = json.dumps(config)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .atomic import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v")
@@ -111,15 +112,8 @@ def write_video(
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
         raise MediaError(f"H.264 needs even sizes, got {height}x{width}; crop one pixel row/column")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        _encode(frames, tmp, fps, crf, metadata or {})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        _encode(frames, str(tmp), fps, crf, metadata or {})
     return path
 
 

@@ -77,3 +77,14 @@ def test_write_video_keeps_metadata_tags(tmp_path):
     path = media.write_video(_clip(), tmp_path / "tagged.mp4", fps=12, metadata={"workflow": '{"nodes": []}'})
     with av.open(str(path)) as container:
         assert container.metadata.get("workflow") == '{"nodes": []}'
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = media.write_video(_clip(t=2), tmp_path / "p.mp4", fps=8)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["p.mp4"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opensora_core import media
+from opensora_core.atomic import atomic_path
 
 log = logging.getLogger("opensora")
 
@@ -157,10 +157,8 @@ def probe_items(items: Iterable[tuple[Path, str | None]], min_frames: int, worke
 
 def write_metadata(rows: Iterable[MetadataRow], output: Path, *, relative_to: Path | None = None) -> Path:
     """Write the metadata CSV atomically; paths relative to ``relative_to`` when given."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(output) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=METADATA_COLUMNS)
             writer.writeheader()
             for row in rows:
@@ -168,10 +166,6 @@ def write_metadata(rows: Iterable[MetadataRow], output: Path, *, relative_to: Pa
                 if relative_to is not None:
                     values["path"] = os.path.relpath(Path(row.path).resolve(), relative_to.resolve())
                 writer.writerow(values)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return output
 
 
