@@ -10,6 +10,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tests run tiny models: one thread per process is faster than a thread pool (whose
+# synchronisation dominates tiny ops, and collapses when the cores are shared), and
+# subprocesses (CLI, 2-process training) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
 
 def reference_dir() -> Path | None:
     """The official reference set: $OPENSORA_REFERENCE_DIR or ../shared/reference beside the checkout."""
