@@ -6,7 +6,7 @@ used from its checkout in ``custom_nodes/`` without being pip-installed, so the 
 run the core of the same checkout. Node ids are prefixed ``OpenSora`` and never renamed.
 """
 
-from .loaders import OpenSoraModelLoader, OpenSoraT5Loader, OpenSoraVAELoader
+from .loaders import OpenSoraLoraLoader, OpenSoraModelLoader, OpenSoraT5Loader, OpenSoraVAELoader
 from .references import OpenSoraMaskBuilder
 from .sampling import OpenSoraResolution, OpenSoraSampler
 from .text import OpenSoraTextEncode
@@ -14,6 +14,7 @@ from .video import OpenSoraSaveVideo, OpenSoraVAEDecode, OpenSoraVAEEncode
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "OpenSoraModelLoader": OpenSoraModelLoader,
+    "OpenSoraLoraLoader": OpenSoraLoraLoader,
     "OpenSoraVAELoader": OpenSoraVAELoader,
     "OpenSoraT5Loader": OpenSoraT5Loader,
     "OpenSoraTextEncode": OpenSoraTextEncode,
@@ -27,6 +28,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "OpenSoraModelLoader": "Open-Sora Model Loader",
+    "OpenSoraLoraLoader": "Open-Sora LoRA Loader",
     "OpenSoraVAELoader": "Open-Sora VAE Loader",
     "OpenSoraT5Loader": "Open-Sora T5 Loader",
     "OpenSoraTextEncode": "Open-Sora Text Encode",

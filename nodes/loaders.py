@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 
 from ..opensora_core.checkpoints import load_dit
+from ..opensora_core.lora import merge_lora
 from ..opensora_core.pipeline import FAMILIES
 from ..opensora_core.text.t5 import TOKENIZER_CONFIG, load_t5_encoder
 from ..opensora_core.vae import load_vae
@@ -48,6 +51,33 @@ class OpenSoraModelLoader:
                              bridge.manage(loaded.model, "diffusion"))
         log.info("loaded %s from %s (%s)", handle.describe(), model_name, weight_dtype)
         return (handle,)
+
+
+class OpenSoraLoraLoader:
+    """Applies a LoRA trained by opensora-train (or any diffusion_model.<key>.lora_A/lora_B file of the
+    same model) to a copy of the model; the loaded model itself is left unchanged."""
+
+    DESCRIPTION = __doc__
+    CATEGORY = f"{w.CATEGORY}/loaders"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL,),
+            "lora_name": (bridge.model_files("loras"), {"tooltip": "File in models/loras (opensora-train export *-lora.safetensors)."}),
+            "strength": w.number(1.0, -4.0, 4.0, "Scale of the LoRA update (1 = as trained).", step=0.05),
+        }}
+
+    def apply(self, model, lora_name, strength):
+        path = bridge.model_path("loras", lora_name)
+        module = copy.deepcopy(model.module)  # merging works in place: never touch the cached model
+        merged = merge_lora(module, path, strength)
+        log.info("merged LoRA %s (%d layers, strength %g) into %s", lora_name, len(merged), strength, model.describe())
+        return (dataclasses.replace(model, module=module, source=f"{model.source} + {lora_name}",
+                                    managed=bridge.manage(module, "diffusion")),)
 
 
 class OpenSoraVAELoader:

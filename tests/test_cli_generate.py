@@ -89,3 +89,22 @@ def test_wrong_vae_for_the_model_is_refused(files, tmp_path, capsys):
     args[args.index("--vae") + 1] = str(files / "sd_vae.safetensors")
     assert main(args) == 2
     assert "needs the Open-Sora VAE v1.2" in capsys.readouterr().err
+
+
+def test_lora_changes_the_video_and_strength_zero_does_not(files, tmp_path):
+    from opensora_core.checkpoints import load_dit
+    from opensora_core.lora import add_lora, lora_layers, save_lora
+
+    model = load_dit(files / "dit.safetensors").model
+    add_lora(model, rank=2, targets=("attn.qkv", "mlp.fc2"))
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.weight.normal_(0, 0.2)
+    lora = save_lora(model, tmp_path / "style-lora.safetensors")
+    base = ["--prompt", "a red circle", "--num-frames", "17", "--seed", "3"]
+    outputs = {}
+    for name, extra in {"plain": [], "lora": ["--lora", str(lora)], "zero": ["--lora", f"{lora}:0"]}.items():
+        assert main(_args(files, tmp_path / f"{name}.mp4", *base, *extra)) == 0
+        outputs[name] = media.read_frames(tmp_path / f"{name}.mp4")[0]
+    assert torch.equal(outputs["plain"], outputs["zero"])
+    assert not torch.equal(outputs["plain"], outputs["lora"])

@@ -68,7 +68,7 @@ def test_pack_imports_without_comfyui_and_touches_no_comfy_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["10", "[]"]
+    assert out.stdout.split() == ["11", "[]"]
 
 
 def test_node_ids_names_and_socket_types(env):
@@ -383,3 +383,26 @@ def test_save_video_counts_up_shows_the_file_and_keeps_the_workflow(env):
 
     with av.open(str(path)) as container:
         assert json.loads(container.metadata["workflow"]) == {"nodes": []}
+
+
+def test_lora_loader_merges_into_a_copy(env, v12):
+    """The LoRA node returns a merged copy: the loaded model (cached by ComfyUI) stays as it was."""
+    import copy
+
+    from opensora_core.lora import add_lora, lora_layers, save_lora
+
+    model, _, _ = v12
+    trained = copy.deepcopy(model.module)
+    add_lora(trained, rank=2, targets=("attn.qkv",))
+    with torch.no_grad():
+        for layer in lora_layers(trained).values():
+            layer.lora_B.weight.normal_(0, 0.1)
+    save_lora(trained, env.models / "loras" / "demo-lora.safetensors")
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+
+    (patched,) = env.node("OpenSoraLoraLoader").apply(model, "demo-lora.safetensors", 1.0)
+
+    key = next(k for k in before if k.endswith("attn.qkv.weight"))
+    assert torch.equal(model.module.state_dict()[key], before[key])
+    assert not torch.equal(patched.module.state_dict()[key], before[key])
+    assert patched.family is model.family and "demo-lora" in patched.source

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--vae", required=True, help="VAE v1.2 (for STDiT3) or SD-VAE (for STDiT/STDiT2)")
     files.add_argument("--text-encoder", required=True, help="T5 folder, or a single t5xxl .safetensors with --tokenizer")
     files.add_argument("--tokenizer", help="T5 tokenizer folder (needed for a single-file T5)")
+    files.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                       help="merge a LoRA (opensora-train export) into the model; repeatable")
 
     what = p.add_argument_group("what to generate")
     what.add_argument("--prompt", action="append", default=[], help="prompt (repeatable); see above for options")
@@ -141,6 +143,15 @@ def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int]) ->
 # ---------------------------------------------------------------------------
 
 
+def parse_lora(value: str) -> tuple[Path, float]:
+    """``path`` or ``path:strength``."""
+    path, _, strength = value.rpartition(":")
+    try:
+        return Path(path), float(strength)
+    except ValueError:
+        return Path(value), 1.0
+
+
 def check_files(args: argparse.Namespace, jobs: list[Job]) -> tuple[str, str]:
     """Model family and VAE family from the checkpoint headers; reference files exist and decode."""
     model_family = detect_family(read_checkpoint(args.model).state_dict)
@@ -150,6 +161,9 @@ def check_files(args: argparse.Namespace, jobs: list[Job]) -> tuple[str, str]:
     if vae_family not in VAE_GEOMETRY:
         raise CheckpointError(f"--vae {args.vae}: not a VAE file (found {vae_family})")
     check_vae_fits(FAMILIES[model_family], VAE_GEOMETRY[vae_family])
+    for path, _ in map(parse_lora, args.lora):
+        if not path.is_file():
+            raise FileNotFoundError(f"--lora {path}: not found")
     if not Path(args.text_encoder).exists():
         raise FileNotFoundError(f"--text-encoder {args.text_encoder}: not found")
     for job in jobs:
@@ -167,6 +181,7 @@ def check_files(args: argparse.Namespace, jobs: list[Job]) -> tuple[str, str]:
 
 def load_components(args: argparse.Namespace, device: torch.device) -> Components:
     from ..checkpoints import load_dit
+    from ..lora import merge_lora
     from ..text.t5 import load_t5_encoder
     from ..vae import load_vae
 
@@ -175,6 +190,9 @@ def load_components(args: argparse.Namespace, device: torch.device) -> Component
     t5_dtype = DTYPES[args.t5_dtype or ("bf16" if on_gpu else "fp32")]
     loaded = load_dit(args.model, dtype=dtype, device=device)
     log.info("model: %s (%s) from %s", loaded.class_name, loaded.preset or "custom size", args.model)
+    for path, strength in map(parse_lora, args.lora):
+        merged = merge_lora(loaded.model, path, strength)
+        log.info("merged LoRA %s (%d layers, strength %g)", path, len(merged), strength)
     vae = load_vae(args.vae, dtype=dtype, device=device)
     max_length = loaded.model.y_embedder.y_embedding.shape[0]
     text = load_t5_encoder(args.text_encoder, args.tokenizer, max_length=max_length, dtype=t5_dtype, device=device)
