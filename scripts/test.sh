@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the whole test suite (installs the environment first if needed).
+# Run the whole test suite (installs the package into the current Python first if needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
-exec .venv/bin/python -m pytest -q "$@"
+exec "${PYTHON:-python3}" -m pytest -q "$@"
