@@ -132,8 +132,10 @@ def _encode(frames: torch.Tensor, filename: str, fps: float, crf: int, metadata:
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf)}
         stream.height, stream.width = frames.shape[1:3]
-        for array in frames.numpy():
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+        for index, array in enumerate(frames.numpy()):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = index  # explicit timestamps in 1/fps units (x264's rate control reads them)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
