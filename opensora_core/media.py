@@ -99,10 +99,13 @@ def _video_stream(container, path: Path):
 
 
 def write_video(
-    frames: torch.Tensor, path: str | os.PathLike, fps: float, *, crf: int = 18, metadata: dict[str, str] | None = None
+    frames: torch.Tensor, path: str | os.PathLike, fps: float, *, crf: int = 18, lossless: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write (T, H, W, 3) frames (uint8, or float in 0..1) as H.264 MP4 (one frame: PNG), atomically.
 
+    ``lossless``: H.264 in RGB at crf 0 (libx264rgb), which decodes to exactly the written uint8
+    frames (training data; larger files and less widely playable than the default yuv420p).
     ``metadata``: container tags (MP4: kept as custom tags, as ComfyUI stores its workflow).
     """
     path = Path(path)
@@ -113,11 +116,12 @@ def write_video(
     if height % 2 or width % 2:
         raise MediaError(f"H.264 needs even sizes, got {height}x{width}; crop one pixel row/column")
     with atomic_path(path) as tmp:
-        _encode(frames, str(tmp), fps, crf, metadata or {})
+        _encode(frames, str(tmp), fps, crf, metadata or {}, lossless)
     return path
 
 
-def _encode(frames: torch.Tensor, filename: str, fps: float, crf: int, metadata: dict[str, str]) -> None:
+def _encode(frames: torch.Tensor, filename: str, fps: float, crf: int, metadata: dict[str, str],
+            lossless: bool = False) -> None:
     import av
 
     options = {"movflags": "use_metadata_tags"} if metadata and filename.lower().endswith((".mp4", ".mov")) else {}
@@ -127,6 +131,10 @@ def _encode(frames: torch.Tensor, filename: str, fps: float, crf: int, metadata:
         if frames.shape[0] == 1 and filename.lower().endswith(".png"):
             stream = container.add_stream("png")
             stream.pix_fmt = "rgb24"
+        elif lossless:
+            stream = container.add_stream("libx264rgb", rate=Fraction(fps).limit_denominator(1001))
+            stream.pix_fmt = "rgb24"
+            stream.options = {"crf": "0"}
         else:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.pix_fmt = "yuv420p"

@@ -27,6 +27,13 @@ def test_mp4_roundtrip_keeps_frames_fps_and_size(tmp_path):
     assert err < 0.03
 
 
+def test_lossless_mp4_decodes_to_the_written_frames(tmp_path):
+    written = media.to_uint8(_clip())
+    path = media.write_video(written, tmp_path / "a.mp4", fps=8, lossless=True)
+    frames, _ = media.read_frames(path)
+    assert torch.equal(frames, written)
+
+
 def test_single_frame_is_saved_as_png(tmp_path):
     path = media.save_output(_clip(t=1), tmp_path / "one.mp4", fps=24)
     assert path.suffix == ".png"
