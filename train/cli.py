@@ -2,6 +2,7 @@
 
     opensora-train prepare clips/ --output data/meta.csv [--min-frames 17]
     opensora-train init-t5 outputs/tiny/t5 --d-model 64   # random small T5 for from-scratch demos
+    opensora-train synthetic outputs/demo/clips --count 600 --seed 0   # procedural captioned clips
     opensora-train check  --config train/configs/v1_2_finetune.toml [--set optimizer.lr=2e-5 ...]
     opensora-train cache  --config ...            # T5 + VAE caches only (train does this too)
     opensora-train train  --config ... [--set run.max_steps=200]
@@ -42,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     t5.add_argument("--heads", type=int, default=4)
     t5.add_argument("--seed", type=int, default=0)
 
+    syn = sub.add_parser("synthetic", help="write procedural captioned clips (coloured shapes moving in a direction)")
+    syn.add_argument("output", help="folder to write (clip_00000.mp4 + clip_00000.txt, ...)")
+    syn.add_argument("--count", type=int, default=600, help="number of clips")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--num-frames", type=int, default=18, help="frames per clip (a 17-frame bucket needs 18)")
+    syn.add_argument("--height", type=int, default=64)
+    syn.add_argument("--width", type=int, default=64)
+    syn.add_argument("--fps", type=int, default=8)
+    syn.add_argument("--prefix", default="clip", help="file names: PREFIX_00000.mp4 (.png for one frame) + .txt")
+    for name in ("colors", "shapes", "backgrounds"):
+        syn.add_argument(f"--{name}", help=f"comma-separated {name} to draw from (default: all)")
+
     for name, text in (("check", "validate a config and print it resolved"), ("cache", "fill the T5/VAE caches"),
                        ("train", "train (DiT or VAE, per run.task)"), ("export", "export weights from a state")):
         cmd = sub.add_parser(name, help=text)
@@ -79,6 +92,18 @@ def _init_t5(args) -> int:
     from .tiny_t5 import write_random_t5
 
     print(write_random_t5(args.output, d_model=args.d_model, layers=args.layers, heads=args.heads, seed=args.seed))
+    return 0
+
+
+def _synthetic(args) -> int:
+    from .synthetic import write_dataset
+
+    if args.count < 1:
+        raise ValueError(f"--count must be >= 1, got {args.count}")
+    vocabulary = {k: getattr(args, k).split(",") for k in ("colors", "shapes", "backgrounds") if getattr(args, k)}
+    paths = write_dataset(args.output, args.count, seed=args.seed, num_frames=args.num_frames, height=args.height,
+                          width=args.width, fps=args.fps, prefix=args.prefix, **vocabulary)
+    print(f"wrote {len(paths)} clips to {args.output}")
     return 0
 
 
@@ -123,7 +148,7 @@ def _export(args) -> int:
 
 
 COMMANDS = {
-    "prepare": _prepare, "init-t5": _init_t5, "check": _check, "cache": _cache, "train": _train, "export": _export,
+    "prepare": _prepare, "init-t5": _init_t5, "synthetic": _synthetic, "check": _check, "cache": _cache, "train": _train, "export": _export,
 }
 
 

@@ -111,6 +111,8 @@ class OptimizerConfig:
     eight_bit: bool = False  # bitsandbytes AdamW8bit
     grad_clip: float = 1.0  # 0 = off
     warmup_steps: int = 0
+    decay: str = "constant"  # after warm-up: "constant" (official) | "cosine" | "linear" down to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0  # at run.max_steps, for cosine/linear decay
 
 
 @dataclass
@@ -164,13 +166,18 @@ class ExportConfig:
 class VAETrainingConfig:
     class_name: str = "VideoAutoencoderPipeline"  # or "VideoAutoencoderKL" (SD-VAE per frame)
     checkpoint: str = ""  # fine-tune a file opensora_core.vae.load_vae reads; else from scratch
+    spatial_checkpoint: str = ""  # VAE v1.2 from scratch: start the spatial stage from this SD-VAE file
     spatial: dict = field(default_factory=dict)  # AutoencoderKL kwargs (diffusers config names)
     temporal: dict = field(default_factory=dict)  # VAE_Temporal kwargs (or {type = "VAE_Temporal_SD"})
     freeze_spatial: bool = False
     recon_loss: str = "l1"  # "l1" | "mse"
     pixel_weight: float = 1.0  # reconstruction of the video
     latent_weight: float = 0.0  # VAE v1.2: reconstruction of the spatial latent by the temporal stage
+    first_frame_weight: float = 0.0  # VAE v1.2: a clip's first frame encoded alone (as image-to-video encodes its
+    #                                  reference) should give the clip's first latent
     kl_weight: float = 1e-6
+    init_logvar: float = 0.0  # from scratch: start every posterior log-variance here (e.g. -6: the decoder sees
+    #                           the signal, not unit noise, from the first step); 0 = the layers' own init
     calibrate_batches: int = 8  # VAE v1.2: batches used to set shift/scale at export (0 = keep)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +65,16 @@ class ShapeClip:
         return self.start[0] + dx * self.speed * frame, self.start[1] + dy * self.speed * frame
 
 
-def random_clip(rng: random.Random, num_frames: int, *, radius=(0.13, 0.18), travel=(0.35, 0.5)) -> ShapeClip:
-    """A random clip whose shape stays inside the frame for ``num_frames`` frames."""
+def random_clip(rng: random.Random, num_frames: int, *, radius=(0.13, 0.18), travel=(0.35, 0.5),
+                colors: Sequence[str] = tuple(COLORS), shapes: Sequence[str] = SHAPES,
+                backgrounds: Sequence[str] = tuple(BACKGROUNDS)) -> ShapeClip:
+    """A random clip whose shape stays inside the frame for ``num_frames`` frames.
+
+    ``colors``/``shapes``/``backgrounds`` narrow the vocabulary (names from the tables above).
+    """
+    _check_names("colors", colors, COLORS)
+    _check_names("shapes", shapes, SHAPES)
+    _check_names("backgrounds", backgrounds, BACKGROUNDS)
     direction = rng.choice(list(DIRECTIONS))
     r = rng.uniform(*radius)
     distance = rng.uniform(*travel)
@@ -81,14 +90,20 @@ def random_clip(rng: random.Random, num_frames: int, *, radius=(0.13, 0.18), tra
         return rng.uniform(lo, hi)
 
     return ShapeClip(
-        shape=rng.choice(SHAPES),
-        color=rng.choice(list(COLORS)),
-        background=rng.choice(list(BACKGROUNDS)),
+        shape=rng.choice(list(shapes)),
+        color=rng.choice(list(colors)),
+        background=rng.choice(list(backgrounds)),
         direction=direction,
         start=(start_on(dx), start_on(dy)),
         radius=r,
         speed=speed,
     )
+
+
+def _check_names(what: str, names: Sequence[str], known) -> None:
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise ValueError(f"{what}: unknown or empty {unknown or list(names)}; choose from {', '.join(known)}")
 
 
 # ---------------------------------------------------------------------------
@@ -125,17 +140,25 @@ def render(clip: ShapeClip, num_frames: int, height: int, width: int) -> torch.T
     return torch.stack(frames)
 
 
-def write_dataset(out_dir: str | Path, count: int, *, seed: int, num_frames: int, height: int, width: int, fps: int = 8) -> list[Path]:
-    """Write ``count`` clips as ``clip_00000.mp4`` + ``clip_00000.txt`` (the folder format of ``prepare``)."""
+def write_dataset(out_dir: str | Path, count: int, *, seed: int, num_frames: int, height: int, width: int, fps: int = 8,
+                  lossless: bool = True, prefix: str = "clip", **vocabulary: Sequence[str]) -> list[Path]:
+    """Write ``count`` clips as ``clip_00000.mp4`` + ``clip_00000.txt`` (the folder format of ``prepare``);
+    with ``num_frames=1`` images ``clip_00000.png`` (training buckets put videos in frame buckets only).
+
+    ``lossless``: the MP4s decode to exactly the rendered uint8 frames (no chroma subsampling, so a
+    VAE trained on them learns the sharp one-pixel edges rather than H.264's colour blur).
+    ``prefix`` replaces ``clip`` in the names; ``vocabulary``: ``colors``/``shapes``/``backgrounds`` of
+    :func:`random_clip`.
+    """
     from opensora_core.media import write_video
 
     out_dir = Path(out_dir)
     rng = random.Random(seed)
     paths = []
     for index in range(count):
-        clip = random_clip(rng, num_frames)
-        path = out_dir / f"clip_{index:05d}.mp4"
-        write_video(render(clip, num_frames, height, width), path, fps=fps)
+        clip = random_clip(rng, num_frames, **vocabulary)
+        path = out_dir / f"{prefix}_{index:05d}{'.png' if num_frames == 1 else '.mp4'}"
+        write_video(render(clip, num_frames, height, width), path, fps=fps, lossless=lossless)
         path.with_suffix(".txt").write_text(clip.caption + "\n")
         paths.append(path)
     return paths

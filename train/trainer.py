@@ -95,7 +95,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(mix_seed(cfg.run.seed, "init"))  # from-scratch and LoRA init: the same on every process
     model = task.build_model()  # model
     optimizer = build_optimizer(cfg, model)  # optimizer
-    scheduler = warmup_scheduler(optimizer, cfg.optimizer.warmup_steps)
+    scheduler = warmup_scheduler(optimizer, cfg.optimizer.warmup_steps, decay=cfg.optimizer.decay,
+                                 total_steps=cfg.run.max_steps, min_ratio=cfg.optimizer.min_lr_ratio)
     loader = make_loader(data, cfg)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)  # prepare
     loop = Loop(cfg, accelerator, task, model, optimizer, scheduler, loader, data.sampler)
@@ -151,10 +152,18 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, **kwargs)
 
 
-def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant (official ``LinearWarmupLR``)."""
+def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, *, decay: str = "constant",
+                     total_steps: int = 0, min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimizer steps (official ``LinearWarmupLR``), then constant, or a
+    cosine / linear decay that reaches ``min_ratio`` x lr at ``total_steps`` (short from-scratch runs)."""
     def factor(step: int) -> float:
-        return (step + 1) / (warmup_steps + 1) if step < warmup_steps else 1.0
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if decay == "constant" or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1.0 - progress
+        return min_ratio + (1.0 - min_ratio) * shape
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -103,20 +103,42 @@ def pipeline_losses(vae: VideoAutoencoderPipeline, video: torch.Tensor, generato
         s_moments = spatial.encode_moments(video.transpose(1, 2).flatten(0, 1))  # (B*T, 8, h, w)
         x_z = sample_posterior(s_moments, sample=True, noise=noise, stage="spatial") * SPATIAL_SCALING_FACTOR
     x_z = x_z.unflatten(0, (B, T)).transpose(1, 2)  # (B, 4, T, h, w)
-    z_parts, kls = [], []
+    z_parts, kls, chunk_moments = [], [], []
     for chunk in vae.geometry.encode_chunks(T):
         moments = vae.temporal_vae.encode_moments(x_z[:, :, chunk.start : chunk.end], chunk.pad)
         z_parts.append(sample_posterior(moments, sample=True, noise=noise, stage="temporal"))
         kls.append(kl_to_standard_normal(moments))
+        chunk_moments.append(moments)
     z = torch.cat(z_parts, dim=2)  # (B, 4, t, h, w) raw (unnormalised) latent
     x_z_rec = torch.cat([vae.temporal_vae.decode(z[:, :, c.latent_start : c.latent_end], c.drop)
                          for c in vae.geometry.decode_chunks(T)], dim=2)  # (B, 4, T, h, w)
-    rec = spatial.decode(x_z_rec.transpose(1, 2).flatten(0, 1) / SPATIAL_SCALING_FACTOR)  # (B*T, 3, H, W)
-    pixel = reconstruction(cfg.recon_loss, rec, video.transpose(1, 2).flatten(0, 1))
     latent = reconstruction(cfg.recon_loss, x_z_rec, x_z.detach())
+    if cfg.pixel_weight > 0:
+        rec = spatial.decode(x_z_rec.transpose(1, 2).flatten(0, 1) / SPATIAL_SCALING_FACTOR)  # (B*T, 3, H, W)
+        pixel = reconstruction(cfg.recon_loss, rec, video.transpose(1, 2).flatten(0, 1))
+    else:  # temporal stage on its own (official stage 1 style): no spatial decode at all
+        pixel = latent.new_zeros(())
     kl = torch.stack(kls).mean() + (0 if cfg.freeze_spatial else kl_to_standard_normal(s_moments))
     loss = cfg.pixel_weight * pixel + cfg.latent_weight * latent + cfg.kl_weight * kl
-    return {"loss": loss, "pixel": pixel, "latent": latent, "kl": kl}
+    terms = {"pixel": pixel, "latent": latent, "kl": kl}
+    if cfg.first_frame_weight > 0:  # (a one-frame clip is its own first frame: the term is 0)
+        first = first_frame_consistency(vae, x_z, chunk_moments[0]) if T > 1 else latent.new_zeros(())
+        loss = loss + cfg.first_frame_weight * first
+        terms["first_frame"] = first
+    return {"loss": loss, **terms}
+
+
+def first_frame_consistency(vae: VideoAutoencoderPipeline, x_z: torch.Tensor, clip_moments: torch.Tensor) -> torch.Tensor:
+    """Distance between the posterior mean of frame 0 encoded alone and the clip's first latent frame.
+
+    Image-to-video encodes the reference image as a one-frame video, whose temporal context (three
+    padding frames, GroupNorm statistics over them) differs from frame 0's inside a clip; this term
+    teaches the encoder to give the latent the model saw in training. The clip's latent is the target.
+    """
+    single = vae.geometry.encode_chunks(1)[0]
+    alone = vae.temporal_vae.encode_moments(x_z[:, :, :1], single.pad).chunk(2, dim=1)[0]  # (B, 4, 1, h, w)
+    in_clip = clip_moments.chunk(2, dim=1)[0][:, :, :1].detach()
+    return reconstruction("mse", alone, in_clip)
 
 
 class VAEWithLoss(nn.Module):
@@ -165,6 +187,8 @@ class VAETask:
                 raise ValueError(f"vae_training.checkpoint holds a {type(vae).__name__}, not a {vt.class_name}")
         else:
             vae = build_vae(vt)
+        if vt.spatial_checkpoint:
+            load_spatial_stage(vae, vt.spatial_checkpoint)
         vae.train().requires_grad_(True)
         if vt.freeze_spatial and isinstance(vae, VideoAutoencoderPipeline):
             vae.spatial_vae.requires_grad_(False)
@@ -205,7 +229,7 @@ class VAETask:
         name = self.cfg.output_dir.resolve().name
         path = self.cfg.output_dir / "export" / f"{name}-vae.safetensors"
         tensors = {k: v.detach().float() for k, v in state.items()}
-        saved = save_checkpoint(tensors, path, class_name=type(vae).__name__,
+        saved = save_checkpoint(tensors, path, class_name=type(vae).__name__, config={"norm_num_groups": norm_groups(vae)},
                                 metadata={"opensora.train_step": str(step)})
         log.info("exported %s", saved)
         return [saved]
@@ -215,11 +239,51 @@ def build_vae(vt: VAETrainingConfig) -> nn.Module:
     """A fresh VAE from the ``spatial`` (diffusers AutoencoderKL kwargs) and ``temporal`` (VAE_Temporal) configs."""
     spatial = AutoencoderKLConfig.from_diffusers(vt.spatial)
     if vt.class_name == "VideoAutoencoderKL":
-        return VideoAutoencoderKL(spatial, micro_batch_size=None)
-    temporal = TemporalVAEConfig.from_official(vt.temporal or {"type": "VAE_Temporal_SD"})
-    channels = temporal.embed_dim
-    return VideoAutoencoderPipeline(spatial, temporal, micro_batch_size=None, scale=[1.0] * channels,
-                                    shift=[0.0] * channels)
+        vae = VideoAutoencoderKL(spatial, micro_batch_size=None)
+        moment_layers = [_spatial_moments_layer(vae.module)]
+    else:
+        temporal = TemporalVAEConfig.from_official(vt.temporal or {"type": "VAE_Temporal_SD"})
+        channels = temporal.embed_dim
+        vae = VideoAutoencoderPipeline(spatial, temporal, micro_batch_size=None, scale=[1.0] * channels,
+                                       shift=[0.0] * channels)
+        moment_layers = [_spatial_moments_layer(vae.spatial_vae.module), vae.temporal_vae.quant_conv.conv]
+    if vt.init_logvar:
+        with torch.no_grad():
+            for layer in moment_layers:  # output channels: (mean, logvar)
+                layer.bias[layer.out_channels // 2 :] = vt.init_logvar
+    return vae
+
+
+def _spatial_moments_layer(autoencoder) -> nn.Module:
+    return autoencoder.quant_conv if autoencoder.quant_conv is not None else autoencoder.encoder.conv_out
+
+
+def norm_groups(vae: nn.Module) -> int:
+    """GroupNorm groups of a VAE (saved with the export: ``load_vae`` cannot read them from the weights)."""
+    spatial = vae.spatial_vae.module if isinstance(vae, VideoAutoencoderPipeline) else vae.module
+    groups = spatial.config.norm_num_groups
+    if isinstance(vae, VideoAutoencoderPipeline) and vae.temporal_vae.config.num_groups != groups:
+        raise ValueError(f"vae_training: spatial norm_num_groups ({groups}) and temporal num_groups "
+                         f"({vae.temporal_vae.config.num_groups}) must be equal (a VAE file stores one group count)")
+    return groups
+
+
+@torch.no_grad()
+def load_spatial_stage(vae: nn.Module, path: str) -> None:
+    """Copy an SD-VAE file (e.g. the export of a ``VideoAutoencoderKL`` run) into the pipeline's spatial stage.
+
+    The file decides the architecture, so ``vae_training.spatial`` must describe the same network.
+    """
+    from opensora_core.vae import load_vae
+
+    if not isinstance(vae, VideoAutoencoderPipeline):
+        raise ValueError("vae_training.spatial_checkpoint: only the VAE v1.2 pipeline has a spatial stage")
+    sd_vae = load_vae(path, expect="sd", micro_batch_size=None)
+    if sd_vae.module.config != vae.spatial_vae.module.config:
+        raise ValueError(f"vae_training.spatial_checkpoint {path}: holds {sd_vae.module.config}, but "
+                         f"vae_training.spatial builds {vae.spatial_vae.module.config}; make them equal")
+    vae.spatial_vae.module.load_state_dict(sd_vae.module.state_dict())
+    log.info("spatial stage initialised from %s", path)
 
 
 @torch.no_grad()
@@ -243,6 +307,7 @@ def calibrate_latent_scale(vae: VideoAutoencoderPipeline, dataset, sampler, batc
 
 
 __all__ = [
-    "PixelClipDataset", "VAETask", "VAEWithLoss", "build_vae", "calibrate_latent_scale", "pipeline_losses",
-    "sd_vae_losses",
+    "PixelClipDataset", "VAETask", "VAEWithLoss", "build_vae", "calibrate_latent_scale", "first_frame_consistency",
+    "load_spatial_stage",
+    "norm_groups", "pipeline_losses", "sd_vae_losses",
 ]

@@ -86,6 +86,9 @@ def _check_optimizer(cfg: TrainConfig) -> None:
     if len(opt.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in opt.betas):
         raise ConfigError("optimizer.betas", f"expected two numbers in [0, 1), got {opt.betas}")
     _at_least("optimizer.warmup_steps", opt.warmup_steps, 0)
+    _one_of("optimizer.decay", opt.decay, ("constant", "cosine", "linear"))
+    if not 0 <= opt.min_lr_ratio <= 1:
+        raise ConfigError("optimizer.min_lr_ratio", f"must be in [0, 1], got {opt.min_lr_ratio}")
     if opt.grad_clip < 0 or opt.weight_decay < 0 or opt.eps <= 0:
         raise ConfigError("optimizer", "grad_clip and weight_decay must be >= 0 and eps > 0")
     if opt.eight_bit and importlib.util.find_spec("bitsandbytes") is None:
@@ -214,11 +217,17 @@ def _check_vae_training(cfg: TrainConfig) -> None:
     _one_of("vae_training.recon_loss", vt.recon_loss, ("l1", "mse"))
     if vt.checkpoint:
         _existing_file("vae_training.checkpoint", vt.checkpoint, "a VAE file load_vae reads")
-    for name in ("pixel_weight", "latent_weight", "kl_weight"):
+    if vt.spatial_checkpoint:
+        if vt.checkpoint or vt.class_name != "VideoAutoencoderPipeline":
+            raise ConfigError("vae_training.spatial_checkpoint", "only for a VideoAutoencoderPipeline trained from "
+                              "scratch (without vae_training.checkpoint)")
+        _existing_file("vae_training.spatial_checkpoint", vt.spatial_checkpoint, "an SD-VAE file load_vae reads")
+    for name in ("pixel_weight", "latent_weight", "kl_weight", "first_frame_weight"):
         if getattr(vt, name) < 0:
             raise ConfigError(f"vae_training.{name}", "loss weights must be >= 0")
-    if vt.latent_weight > 0 and vt.class_name != "VideoAutoencoderPipeline":
-        raise ConfigError("vae_training.latent_weight", "only the VAE v1.2 pipeline has a latent reconstruction")
+    for name in ("latent_weight", "first_frame_weight"):
+        if getattr(vt, name) > 0 and vt.class_name != "VideoAutoencoderPipeline":
+            raise ConfigError(f"vae_training.{name}", "only for the VAE v1.2 pipeline (VideoAutoencoderPipeline)")
     _at_least("vae_training.calibrate_batches", vt.calibrate_batches, 0)
 
 
