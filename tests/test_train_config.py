@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import train_support
 from conftest import REPO
@@ -87,7 +88,8 @@ def test_cli_reports_config_errors_with_the_key(base, tmp_path, capsys):
     assert "optimizer.lr: must be positive" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "train" / "configs").glob("*.toml")))
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(REPO / "train" / "configs"))
+                                        for p in (REPO / "train" / "configs").rglob("*.toml")))
 def test_example_configs_use_only_known_keys(name):
     cfg = load_config(REPO / "train" / "configs" / name)
     assert cfg.data.buckets and cfg.run.output_dir.startswith("outputs/")
@@ -99,3 +101,30 @@ def test_accelerate_configs_load_in_accelerate():
     kinds = {p.name: load_config_from_file(str(p)).distributed_type.value
              for p in (REPO / "train" / "configs").glob("accelerate_*.yaml")}
     assert kinds == {"accelerate_ddp.yaml": "MULTI_GPU", "accelerate_fsdp.yaml": "FSDP"}
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    from opensora_train.trainer import warmup_scheduler
+
+    def lrs(decay):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = warmup_scheduler(opt, 4, decay=decay, total_steps=14, min_ratio=0.1)
+        values = []
+        for _ in range(14):
+            values.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return values
+
+    constant, cosine, linear = lrs("constant"), lrs("cosine"), lrs("linear")
+    assert constant[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and constant[-1] == 1.0  # official warm-up
+    assert cosine[4] == pytest.approx(1.0) and cosine[9] == pytest.approx(0.55) and cosine[-1] > 0.1
+    assert linear[9] == pytest.approx(0.55) and all(a >= b for a, b in zip(linear[4:], linear[5:]))
+
+
+def test_decay_and_first_frame_settings_are_validated(base):
+    with pytest.raises(ConfigError, match="optimizer.decay"):
+        validate_config(_config(base, optimizer__decay='"exp"'))
+    with pytest.raises(ConfigError, match="vae_training.first_frame_weight"):
+        validate_config(_config(base, run__task='"vae"', vae_training__class_name='"VideoAutoencoderKL"',
+                                vae_training__first_frame_weight=1.0))

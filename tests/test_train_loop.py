@@ -224,6 +224,45 @@ def test_vae_training_exports_a_file_load_vae_reads(workspace):
     assert vae.decode(z, 17).shape == video.shape
 
 
+def test_vae_v1_2_is_built_in_two_stages_as_the_demo_does(workspace):
+    """Spatial SD-VAE first (images), then the pipeline around it with the spatial stage frozen."""
+    from opensora_core.checkpoints import read_checkpoint
+
+    spatial = {"block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 2}
+    temporal = {"filters": 8, "num_res_blocks": 1, "channel_multipliers": [1, 2, 2, 2],
+                "temporal_downsample": [False, True, True], "num_groups": 2}
+    _, first = _run(workspace, "vae_spatial", run={"max_steps": 2, "task": "vae"},
+                    vae_training={"class_name": "VideoAutoencoderKL", "spatial": spatial, "init_logvar": -6.0},
+                    data={"buckets": {"tiny": {"17": [1.0, 1]}}})
+    _, second = _run(workspace, "vae_temporal", run={"max_steps": 2, "task": "vae"},
+                     vae_training={"spatial": spatial, "temporal": temporal, "spatial_checkpoint": str(first.exports[0]),
+                                   "freeze_spatial": True, "pixel_weight": 0.0, "latent_weight": 1.0,
+                                   "first_frame_weight": 1.0, "calibrate_batches": 1},
+                     data={"buckets": {"tiny": {"17": [1.0, 1]}}})
+    vae = load_vae(second.exports[0])  # the group count travels in the file's metadata
+    stage_one = load_vae(first.exports[0])
+    for key, value in stage_one.module.state_dict().items():  # frozen: exactly the stage-1 weights
+        assert torch.equal(vae.spatial_vae.module.state_dict()[key], value), key
+    assert read_checkpoint(second.exports[0]).class_name == "VideoAutoencoderPipeline"
+    log = [json.loads(line) for line in (second.exports[0].parents[1] / "loss.jsonl").read_text().splitlines()]
+    assert all(entry["pixel"] == 0.0 and entry["first_frame"] >= 0.0 for entry in log)
+
+
+def test_train_only_freezes_everything_else_and_names_unknown_prefixes():
+    from opensora_train.config import VAETrainingConfig
+    from opensora_train.vae_task import build_vae, freeze_all_but
+
+    vt = VAETrainingConfig(spatial={"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 2},
+                           temporal={"filters": 8, "num_res_blocks": 1, "channel_multipliers": [1, 2, 2, 2],
+                                     "temporal_downsample": [False, True, True], "num_groups": 2})
+    vae = build_vae(vt)
+    freeze_all_but(vae, ["temporal_vae.encoder"])
+    trainable = {name.split(".")[1] for name, p in vae.named_parameters() if p.requires_grad}
+    assert trainable == {"encoder"}
+    with pytest.raises(ValueError, match="train_only: no parameter starts with 'temporal.encoder'"):
+        freeze_all_but(vae, ["temporal.encoder"])
+
+
 # ---------------------------------------------------------------------------
 # Two processes
 # ---------------------------------------------------------------------------

@@ -170,6 +170,8 @@ class VAETrainingConfig:
     spatial: dict = field(default_factory=dict)  # AutoencoderKL kwargs (diffusers config names)
     temporal: dict = field(default_factory=dict)  # VAE_Temporal kwargs (or {type = "VAE_Temporal_SD"})
     freeze_spatial: bool = False
+    train_only: list = field(default_factory=list)  # parameter-name prefixes to train (others frozen), e.g.
+    #                      ["temporal_vae.encoder", "temporal_vae.quant_conv"]; empty = everything not frozen
     recon_loss: str = "l1"  # "l1" | "mse"
     pixel_weight: float = 1.0  # reconstruction of the video
     latent_weight: float = 0.0  # VAE v1.2: reconstruction of the spatial latent by the temporal stage

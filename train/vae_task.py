@@ -133,12 +133,14 @@ def first_frame_consistency(vae: VideoAutoencoderPipeline, x_z: torch.Tensor, cl
 
     Image-to-video encodes the reference image as a one-frame video, whose temporal context (three
     padding frames, GroupNorm statistics over them) differs from frame 0's inside a clip; this term
-    teaches the encoder to give the latent the model saw in training. The clip's latent is the target.
+    teaches the encoder to give the latent the model saw in training. The clip's latent is the target,
+    and the error is relative to its mean square: scaling every latent up or down neither helps nor
+    hurts, so the term cannot drive the latent scale (an absolute error made training diverge).
     """
     single = vae.geometry.encode_chunks(1)[0]
     alone = vae.temporal_vae.encode_moments(x_z[:, :, :1], single.pad).chunk(2, dim=1)[0]  # (B, 4, 1, h, w)
     in_clip = clip_moments.chunk(2, dim=1)[0][:, :, :1].detach()
-    return reconstruction("mse", alone, in_clip)
+    return reconstruction("mse", alone, in_clip) / in_clip.pow(2).mean().clamp_min(1e-6)
 
 
 class VAEWithLoss(nn.Module):
@@ -192,6 +194,8 @@ class VAETask:
         vae.train().requires_grad_(True)
         if vt.freeze_spatial and isinstance(vae, VideoAutoencoderPipeline):
             vae.spatial_vae.requires_grad_(False)
+        if vt.train_only:
+            freeze_all_but(vae, vt.train_only)
         return VAEWithLoss(vae, vt)
 
     def compute_loss(self, model: nn.Module, batch: dict, rng: StepRandomness) -> dict[str, torch.Tensor]:
@@ -254,6 +258,17 @@ def build_vae(vt: VAETrainingConfig) -> nn.Module:
     return vae
 
 
+def freeze_all_but(vae: nn.Module, prefixes: list[str]) -> None:
+    """Train only the parameters whose names start with one of ``prefixes`` (``vae_training.train_only``)."""
+    names = [name for name, _ in vae.named_parameters()]
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            raise ValueError(f"vae_training.train_only: no parameter starts with {prefix!r} "
+                             f"(names look like {names[0]!r} ... {names[-1]!r})")
+    for name, param in vae.named_parameters():
+        param.requires_grad_(any(name.startswith(prefix) for prefix in prefixes))
+
+
 def _spatial_moments_layer(autoencoder) -> nn.Module:
     return autoencoder.quant_conv if autoencoder.quant_conv is not None else autoencoder.encoder.conv_out
 
@@ -308,6 +323,7 @@ def calibrate_latent_scale(vae: VideoAutoencoderPipeline, dataset, sampler, batc
 
 __all__ = [
     "PixelClipDataset", "VAETask", "VAEWithLoss", "build_vae", "calibrate_latent_scale", "first_frame_consistency",
+    "freeze_all_but",
     "load_spatial_stage",
     "norm_groups", "pipeline_losses", "sd_vae_losses",
 ]
