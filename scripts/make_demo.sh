@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Rebuild the bundled demo model from scratch (procedural data -> VAE -> DiT, our trainer) and
+# install it into demo/: about 20 minutes on 2 CPU cores. Intermediate files: outputs/demo_build
+# (an interrupted build continues; pass --fresh to start over). See demo/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup_env.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+exec "${PYTHON:-python3}" -m opensora_train.demo --install demo "$@"

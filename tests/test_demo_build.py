@@ -1,0 +1,58 @@
+"""The demo build (scripts/make_demo.sh = python -m opensora_train.demo) runs end to end.
+
+A shrunken build (16 clips, 16 images, 2 steps per stage) goes through every stage of the real one
+(synthetic data, prepare, T5, VAE spatial and temporal stages, DiT, install) and its result is
+loaded by the same code as the shipped demo and generates a video.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from opensora_core import demo as demo_files
+from opensora_train import demo
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_build")
+    figures = demo.build(root / "work", root / "demo", clips=16, images=16, max_steps=2)
+    return root, figures
+
+
+def test_every_stage_runs_and_is_timed(built):
+    _, figures = built
+    assert list(figures["seconds"]) == ["data", "t5", "vae_spatial", "vae_temporal", "dit"]
+    assert figures["max_steps"] == 2
+
+
+def test_the_installed_demo_loads_and_generates(built):
+    root, _ = built
+    shipped = demo_files.load_demo(root / "demo")
+    config = json.loads((root / "demo" / "demo.json").read_text())
+    assert config["files"] == demo.FILES
+    components = demo_files.load_components(shipped)
+    from opensora_core.pipeline import generate
+
+    result = generate(components, demo_files.demo_spec(shipped, steps=2), [torch.zeros(1, 64, 64, 3)])
+    assert result.frames.shape == (1, 17, 64, 64, 3)
+    assert (root / "demo" / "inputs" / "opensora_demo_source.mp4").is_file()
+
+
+def test_a_finished_stage_is_not_run_again(built):
+    root, _ = built
+    work = demo.Work(root / "work")
+    before = work.export("dit").stat().st_mtime_ns
+    assert demo.run_stage(work, "dit", max_steps=2) == work.export("dit")
+    assert work.export("dit").stat().st_mtime_ns == before
+
+
+def test_stage_paths_point_into_the_work_folder(tmp_path):
+    work = demo.Work(tmp_path)
+    sets = demo.stage_overrides(work, "dit")
+    assert f'vae.path="{work.export("vae_temporal")}"' in sets and f'text_encoder.path="{work.t5}"' in sets

@@ -1,0 +1,221 @@
+"""Build the bundled demo model from scratch: procedural data -> VAE v1.2 -> STDiT3 -> ``demo/``.
+
+    ./scripts/make_demo.sh          # = python -m opensora_train.demo --install
+
+Every stage is an ordinary ``opensora-train`` run of a config in ``train/configs/demo/`` (the
+same trainer users fine-tune with); this module only chains them and copies the exports into
+the folder layout the loader nodes read. Stages whose output already exists are skipped, so
+an interrupted build continues where it stopped (``--fresh`` starts over).
+
+1. ``data``: 600 captioned 18-frame clips in the demo vocabulary (the DiT's), 600 more and 2000
+   still images with every colour/shape/background (the VAE's), 64x64, written losslessly and
+   described by ``opensora-train prepare`` CSVs;
+2. ``t5``: a small random T5 encoder with the byte-level ByT5 tokenizer (frozen, as the real
+   T5-XXL is frozen in Open-Sora training; the DiT learns to read its features);
+3. ``vae_spatial``: the SD-VAE stage, trained on the images (reconstruction + KL);
+4. ``vae_temporal``: the VAE v1.2 pipeline around it, temporal stage trained on the clips
+   with the spatial stage frozen (latent reconstruction + KL, the official stage-1 objective);
+5. ``dit``: STDiT3 with rectified flow on the cached latents and captions;
+6. ``install`` (with ``--install``): ``demo/models/{diffusion_models,vae,text_encoders}``,
+   ``demo/inputs`` (reference images and a source video for the workflows), ``demo/demo.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import synthetic
+
+log = logging.getLogger("opensora_train.demo")
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = Path(__file__).resolve().parent / "configs" / "demo"
+DEFAULT_WORK = Path("outputs/demo_build")
+
+# The demo's world: a small vocabulary, so a 3-block DiT trained for minutes on 2 CPU cores
+# learns every caption word (direction, colour, shape, background).
+VOCABULARY = {"colors": ("red", "green", "blue", "yellow"), "shapes": ("circle", "square"), "backgrounds": ("black", "gray")}
+SIZE, CLIP_FRAMES, FPS = 64, 18, 8  # 18 frames: a 17-frame bucket (VAE v1.2: 5 latent frames) fits every clip
+CLIPS, IMAGES = 600, 2000  # (the VAE's clips: CLIPS more, in the full vocabulary)
+SEEDS = {"clips": 0, "vae_clips": 0, "images": 1, "t5": 0, "train": 0}
+T5_WIDTH = 64  # = the DiT's caption_channels
+
+# Names in the ComfyUI folder layout (models/<folder>/<name>) and the sampling defaults.
+FILES = {
+    "model": "models/diffusion_models/opensora-demo-stdit3.safetensors",
+    "vae": "models/vae/opensora-demo-vae-v1.2.safetensors",
+    "text_encoder": "models/text_encoders/opensora-demo-t5",
+    "reference": "inputs/opensora_demo_first_frame.png",
+}
+SAMPLING = {"height": SIZE, "width": SIZE, "num_frames": 17, "fps": FPS, "steps": 30, "cfg_scale": 7.0, "seed": 0,
+            "condition_frame_length": 1}  # loops continue from the last latent frame (image_head training)
+PROMPT = "a red circle moves to the right on a black background"
+# Workflow inputs (demo/inputs): first/last frames of one clip, and a source video for v2v.
+FIRST_FRAME = synthetic.ShapeClip("circle", "red", "black", "right", (0.25, 0.5), 0.15, 0.45 / 16)
+STITCH_CLIP = synthetic.ShapeClip("square", "yellow", "gray", "down", (0.5, 0.25), 0.15, 0.45 / 16)
+SOURCE_CLIP = synthetic.ShapeClip("circle", "blue", "gray", "left", (0.75, 0.5), 0.15, 0.45 / 16)
+
+
+@dataclass(frozen=True)
+class Work:
+    """Where a build keeps its intermediate files."""
+
+    root: Path
+
+    @property
+    def clips_csv(self) -> Path:
+        return self.root / "data" / "clips.csv"
+
+    @property
+    def vae_clips_csv(self) -> Path:
+        return self.root / "data" / "vae_clips.csv"
+
+    @property
+    def images_csv(self) -> Path:
+        return self.root / "data" / "images.csv"
+
+    @property
+    def t5(self) -> Path:
+        return self.root / "t5"
+
+    def export(self, stage: str) -> Path:
+        """The file ``opensora-train`` exports for ``stage`` (named after its output folder)."""
+        suffix = "" if stage == "dit" else "-vae"
+        return self.root / stage / "export" / f"{stage}{suffix}.safetensors"
+
+
+def make_data(work: Work, clips: int = CLIPS, images: int = IMAGES) -> None:
+    from .prepare import prepare_dataset
+
+    # The DiT's clips use the demo's vocabulary; the VAE's clips and stills every colour, shape and
+    # background of the generator (a wider world: the VAE reconstructs better and more evenly).
+    for name, count, frames, csv, vocabulary in (("clips", clips, CLIP_FRAMES, work.clips_csv, VOCABULARY),
+                                                 ("vae_clips", clips, CLIP_FRAMES, work.vae_clips_csv, {}),
+                                                 ("images", images, 1, work.images_csv, {})):
+        if csv.is_file():
+            continue
+        folder = work.root / "data" / name
+        synthetic.write_dataset(folder, count, seed=SEEDS[name], num_frames=frames, height=SIZE, width=SIZE, fps=FPS,
+                                **vocabulary)
+        report = prepare_dataset(folder, csv, min_frames=frames)
+        log.info("%s: %d files -> %s", name, len(report.rows), csv)
+
+
+def make_t5(work: Work) -> None:
+    from .tiny_t5 import write_random_t5
+
+    if not (work.t5 / "model.safetensors").is_file():
+        write_random_t5(work.t5, d_model=T5_WIDTH, seed=SEEDS["t5"])
+
+
+def stage_overrides(work: Work, stage: str, max_steps: int | None = None) -> list[str]:
+    """The work-folder paths of a stage's config (the TOML files hold the default work folder)."""
+    sets = [f'run.output_dir="{work.root / stage}"', f"run.seed={SEEDS['train']}"]
+    if max_steps is not None:  # quick trials and the smoke test
+        sets.append(f"run.max_steps={max_steps}")
+    if stage == "vae_spatial":
+        sets.append(f'data.csv="{work.images_csv}"')
+    elif stage == "vae_temporal":
+        sets += [f'data.csv="{work.vae_clips_csv}"',
+                 f'vae_training.spatial_checkpoint="{work.export("vae_spatial")}"']
+    elif stage == "dit":
+        sets += [f'data.csv="{work.clips_csv}"', f'vae.path="{work.export("vae_temporal")}"',
+                 f'text_encoder.path="{work.t5}"']
+    return sets
+
+
+def run_stage(work: Work, stage: str, max_steps: int | None = None) -> Path:
+    from .config import load_config
+    from .trainer import train
+
+    exported = work.export(stage)
+    if not exported.is_file():
+        cfg = load_config(CONFIGS / f"{stage}.toml", stage_overrides(work, stage, max_steps))
+        cfg.run.tensorboard = False
+        result = train(cfg)
+        if exported not in result.exports:
+            raise RuntimeError(f"demo stage {stage}: expected the export {exported}, got {result.exports}")
+    return exported
+
+
+def install(work: Work, target: Path, figures: dict) -> Path:
+    """Copy the exports into ``target`` (the ComfyUI models layout) and write ``demo.json`` and the inputs."""
+    from opensora_core import media
+
+    sources = {"model": work.export("dit"), "vae": work.export("vae_temporal"), "text_encoder": work.t5}
+    for key, source in sources.items():
+        destination = target / FILES[key]
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.rmtree(destination, ignore_errors=True)
+            shutil.copytree(source, destination)
+        else:
+            shutil.copyfile(source, destination)
+    inputs = target / "inputs"
+    media.write_video(synthetic.render(FIRST_FRAME, 1, SIZE, SIZE), target / FILES["reference"], fps=FPS)
+    stitch = synthetic.render(STITCH_CLIP, 17, SIZE, SIZE)
+    media.write_video(stitch[:1], inputs / "opensora_demo_stitch_first.png", fps=FPS)
+    media.write_video(stitch[-1:], inputs / "opensora_demo_stitch_last.png", fps=FPS)
+    media.write_video(synthetic.render(SOURCE_CLIP, 17, SIZE, SIZE), inputs / "opensora_demo_source.mp4", fps=FPS,
+                      lossless=True)
+    config = {"files": FILES, "prompt": PROMPT, "sampling": SAMPLING, "build": figures}
+    path = target / "demo.json"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def build(work_dir: Path = DEFAULT_WORK, target: Path | None = None, *, fresh: bool = False, clips: int = CLIPS,
+          images: int = IMAGES, max_steps: int | None = None) -> dict:
+    """Run every stage (skipping finished ones); with ``target``, install there. Returns wall times.
+
+    ``clips``/``images``/``max_steps`` shrink the build for quick trials (the shipped demo uses the defaults).
+    """
+    work = Work(Path(work_dir))
+    if fresh and work.root.exists():
+        shutil.rmtree(work.root)
+    work.root.mkdir(parents=True, exist_ok=True)
+    random.seed(SEEDS["train"])
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    for stage, step in (("data", lambda: make_data(work, clips, images)), ("t5", lambda: make_t5(work)),
+                        *((s, lambda s=s: run_stage(work, s, max_steps)) for s in ("vae_spatial", "vae_temporal", "dit"))):
+        t0 = time.perf_counter()
+        log.info("demo stage %s", stage)
+        step()
+        seconds[stage] = round(time.perf_counter() - t0, 1)
+        print(f"[demo] {stage}: {seconds[stage]:.0f} s", flush=True)
+    figures = {"command": "./scripts/make_demo.sh", "seeds": SEEDS, "clips": clips, "images": images,
+               "max_steps": max_steps or "as configured", "seconds": seconds,
+               "total_seconds": round(time.perf_counter() - started, 1)}
+    if target is not None:
+        print(f"[demo] installed {install(work, Path(target), figures)}")
+    print(f"[demo] total {figures['total_seconds'] / 60:.1f} min")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m opensora_train.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="intermediate files (default: %(default)s)")
+    p.add_argument("--install", nargs="?", const=REPO / "demo", type=Path, default=None, metavar="DIR",
+                   help="copy the result into DIR (default: the repository's demo/ folder)")
+    p.add_argument("--fresh", action="store_true", help="delete the work folder first")
+    trial = p.add_argument_group("quick trials (not the shipped demo)")
+    trial.add_argument("--clips", type=int, default=CLIPS, help="training clips (default: %(default)s)")
+    trial.add_argument("--images", type=int, default=IMAGES, help="still images for the VAE (default: %(default)s)")
+    trial.add_argument("--max-steps", type=int, help="steps of every training stage (default: the configs')")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    build(args.work, args.install, fresh=args.fresh, clips=args.clips, images=args.images, max_steps=args.max_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
