@@ -247,6 +247,20 @@ def test_vae_v1_2_is_built_in_two_stages_as_the_demo_does(workspace):
     log = [json.loads(line) for line in (second.exports[0].parents[1] / "loss.jsonl").read_text().splitlines()]
     assert all(entry["pixel"] == 0.0 and entry["first_frame"] >= 0.0 for entry in log)
 
+    # third stage: only the temporal encoder moves, held to its start; decoder and shift/scale stay
+    _, third = _run(workspace, "vae_first_frame", run={"max_steps": 2, "task": "vae"},
+                    vae_training={"checkpoint": str(second.exports[0]), "freeze_spatial": True,
+                                  "train_only": ["temporal_vae.encoder", "temporal_vae.quant_conv"],
+                                  "pixel_weight": 0.0, "latent_weight": 1.0, "first_frame_weight": 1.0,
+                                  "encoder_anchor_weight": 1.0, "calibrate_batches": 0},
+                    optimizer={"lr": 1e-2}, data={"buckets": {"tiny": {"17": [1.0, 1]}}})
+    tuned = load_vae(third.exports[0])
+    before, after = vae.state_dict(), tuned.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(("temporal_vae.encoder", "temporal_vae.quant_conv")) for k in moved), moved
+    log = [json.loads(line) for line in (third.exports[0].parents[1] / "loss.jsonl").read_text().splitlines()]
+    assert log[0]["anchor"] == pytest.approx(0.0, abs=1e-9) and log[-1]["anchor"] > 0.0  # starts at the teacher
+
 
 def test_train_only_freezes_everything_else_and_names_unknown_prefixes():
     from opensora_train.config import VAETrainingConfig

@@ -178,6 +178,9 @@ class VAETrainingConfig:
     first_frame_weight: float = 0.0  # VAE v1.2: a clip's first frame encoded alone (as image-to-video encodes its
     #                                  reference) should give the clip's first latent
     kl_weight: float = 1e-6
+    encoder_anchor_weight: float = 0.0  # fine-tuning a VAE v1.2 (vae_training.checkpoint): keep the temporal
+    #   encoder's clip latents at the starting model's (a frozen copy), so a DiT trained on them stays valid;
+    #   the first-frame term then also aims at the starting model's clip latent
     init_logvar: float = 0.0  # from scratch: start every posterior log-variance here (e.g. -6: the decoder sees
     #                           the signal, not unit noise, from the first step); 0 = the layers' own init
     calibrate_batches: int = 8  # VAE v1.2: batches used to set shift/scale at export (0 = keep)

@@ -17,6 +17,8 @@ per-channel mean/std of the raw latents, so a DiT trained on it sees unit-scale 
 
 from __future__ import annotations
 
+import copy
+
 import logging
 from pathlib import Path
 
@@ -94,8 +96,12 @@ def sd_vae_losses(vae: VideoAutoencoderKL, video: torch.Tensor, generator, cfg: 
     return {"loss": cfg.pixel_weight * pixel + cfg.kl_weight * kl, "pixel": pixel, "kl": kl}
 
 
-def pipeline_losses(vae: VideoAutoencoderPipeline, video: torch.Tensor, generator, cfg: VAETrainingConfig) -> dict:
-    """VAE v1.2: spatial encode per frame, temporal encode/decode per chunk, spatial decode."""
+def pipeline_losses(vae: VideoAutoencoderPipeline, video: torch.Tensor, generator, cfg: VAETrainingConfig,
+                    teacher: nn.Module | None = None) -> dict:
+    """VAE v1.2: spatial encode per frame, temporal encode/decode per chunk, spatial decode.
+
+    ``teacher``: a frozen copy of the starting temporal VAE (``encoder_anchor_weight``).
+    """
     noise = gaussian_noise(generator)
     B, _, T = video.shape[:3]
     spatial = vae.spatial_vae.module
@@ -121,11 +127,24 @@ def pipeline_losses(vae: VideoAutoencoderPipeline, video: torch.Tensor, generato
     kl = torch.stack(kls).mean() + (0 if cfg.freeze_spatial else kl_to_standard_normal(s_moments))
     loss = cfg.pixel_weight * pixel + cfg.latent_weight * latent + cfg.kl_weight * kl
     terms = {"pixel": pixel, "latent": latent, "kl": kl}
+    targets = chunk_moments  # what the first-frame term aims at: this model's clip latents ...
+    if teacher is not None:  # ... or the starting model's, which the encoder is also held to
+        with torch.no_grad():
+            targets = [teacher.encode_moments(x_z[:, :, c.start : c.end], c.pad) for c in vae.geometry.encode_chunks(T)]
+        student, teacher_mean = posterior_means(chunk_moments), posterior_means(targets)  # (B, 4, t, h, w)
+        anchor = reconstruction("mse", student, teacher_mean) / teacher_mean.pow(2).mean().clamp_min(1e-6)
+        loss = loss + cfg.encoder_anchor_weight * anchor
+        terms["anchor"] = anchor
     if cfg.first_frame_weight > 0:  # (a one-frame clip is its own first frame: the term is 0)
-        first = first_frame_consistency(vae, x_z, chunk_moments[0]) if T > 1 else latent.new_zeros(())
+        first = first_frame_consistency(vae, x_z, targets[0]) if T > 1 else latent.new_zeros(())
         loss = loss + cfg.first_frame_weight * first
         terms["first_frame"] = first
     return {"loss": loss, **terms}
+
+
+def posterior_means(moments: list[torch.Tensor]) -> torch.Tensor:
+    """Per-chunk (mean, logvar) moments -> the means of the whole clip, (B, C, t, h, w)."""
+    return torch.cat([m.chunk(2, dim=1)[0] for m in moments], dim=2)
 
 
 def first_frame_consistency(vae: VideoAutoencoderPipeline, x_z: torch.Tensor, clip_moments: torch.Tensor) -> torch.Tensor:
@@ -150,10 +169,16 @@ class VAEWithLoss(nn.Module):
         super().__init__()
         self.vae = vae
         self.cfg = cfg
+        self._teacher = None  # a frozen copy of the starting temporal VAE; not a submodule (never saved or trained)
+        if cfg.encoder_anchor_weight > 0 and isinstance(vae, VideoAutoencoderPipeline):
+            teacher = copy.deepcopy(vae.temporal_vae).eval().requires_grad_(False)
+            object.__setattr__(self, "_teacher", teacher)
 
     def forward(self, video: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         if isinstance(self.vae, VideoAutoencoderPipeline):
-            return pipeline_losses(self.vae, video, generator, self.cfg)
+            if self._teacher is not None:
+                self._teacher.to(video.device)
+            return pipeline_losses(self.vae, video, generator, self.cfg, self._teacher)
         return sd_vae_losses(self.vae, video, generator, self.cfg)
 
 

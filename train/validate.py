@@ -222,7 +222,10 @@ def _check_vae_training(cfg: TrainConfig) -> None:
             raise ConfigError("vae_training.spatial_checkpoint", "only for a VideoAutoencoderPipeline trained from "
                               "scratch (without vae_training.checkpoint)")
         _existing_file("vae_training.spatial_checkpoint", vt.spatial_checkpoint, "an SD-VAE file load_vae reads")
-    for name in ("pixel_weight", "latent_weight", "kl_weight", "first_frame_weight"):
+    if vt.encoder_anchor_weight > 0 and not (vt.checkpoint and vt.class_name == "VideoAutoencoderPipeline"):
+        raise ConfigError("vae_training.encoder_anchor_weight", "holds a VAE v1.2 to its starting model: needs "
+                          "vae_training.checkpoint and class_name = \"VideoAutoencoderPipeline\"")
+    for name in ("pixel_weight", "latent_weight", "kl_weight", "first_frame_weight", "encoder_anchor_weight"):
         if getattr(vt, name) < 0:
             raise ConfigError(f"vae_training.{name}", "loss weights must be >= 0")
     for name in ("latent_weight", "first_frame_weight"):
