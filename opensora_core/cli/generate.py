@@ -5,6 +5,9 @@ strategy against the references, reference files, and that the VAE belongs to th
 (both read from the checkpoint headers only). Prompts may carry official per-prompt options,
 ``text{"reference_path": "a.png;b.mp4", "mask_strategy": "0;0,1,0,-1,1"}``, and per-round
 texts for loops, ``|0|text|2|text``.
+
+``--demo`` uses the small model shipped in the repository's ``demo/`` folder (no downloads) with the
+settings it was trained for; without ``--prompt`` it animates the demo's first frame (image-to-video).
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ VAE_GEOMETRY = {"VideoAutoencoderPipeline": geometry.VAE_V1_2, "AutoencoderKL": 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opensora-generate", description=__doc__.split("\n\n")[0])
     files = p.add_argument_group("model files")
-    files.add_argument("--model", required=True, help="STDiT/STDiT2/STDiT3 checkpoint (.safetensors, HF folder or .pth)")
-    files.add_argument("--vae", required=True, help="VAE v1.2 (for STDiT3) or SD-VAE (for STDiT/STDiT2)")
-    files.add_argument("--text-encoder", required=True, help="T5 folder, or a single t5xxl .safetensors with --tokenizer")
+    files.add_argument("--model", help="STDiT/STDiT2/STDiT3 checkpoint (.safetensors, HF folder or .pth)")
+    files.add_argument("--vae", help="VAE v1.2 (for STDiT3) or SD-VAE (for STDiT/STDiT2)")
+    files.add_argument("--text-encoder", help="T5 folder, or a single t5xxl .safetensors with --tokenizer")
     files.add_argument("--tokenizer", help="T5 tokenizer folder (needed for a single-file T5)")
     files.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
                        help="merge a LoRA (opensora-train export) into the model; repeatable")
+    files.add_argument("--demo", action="store_true",
+                       help="the demo model shipped in demo/ and its settings (64x64, 17 frames, 8 fps); without "
+                            "--prompt: image-to-video of demo/inputs/opensora_demo_first_frame.png. Other options still override.")
 
     what = p.add_argument_group("what to generate")
     what.add_argument("--prompt", action="append", default=[], help="prompt (repeatable); see above for options")
@@ -82,6 +88,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default="outputs/sample.mp4", help="output file; with several prompts, _0, _1, ... are added")
     p.add_argument("--quiet", action="store_true")
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``--demo`` fills in the demo files and settings the user did not give."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo:
+        from ..demo import load_demo
+
+        demo = load_demo()
+        parser.set_defaults(
+            model=str(demo.model), vae=str(demo.vae), text_encoder=str(demo.text_encoder), height=demo.height,
+            width=demo.width, num_frames=demo.num_frames, fps=demo.fps, steps=demo.steps, cfg_scale=demo.cfg_scale,
+            seed=demo.seed, condition_frame_length=demo.condition_frame_length, no_aesthetic_score=True,
+            output="outputs/demo.mp4",
+        )
+        args = parser.parse_args(argv)
+        if not args.prompt and not args.prompt_file:  # the demo job: animate the shipped first frame
+            args.prompt = [demo.prompt]
+            args.reference = args.reference or [str(demo.reference)]
+            args.mask_strategy = args.mask_strategy or "0"
+    missing = [f"--{name.replace('_', '-')}" for name in ("model", "vae", "text_encoder") if not getattr(args, name)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or --demo for the shipped demo model)")
+    return args
 
 
 @dataclass
@@ -234,7 +265,7 @@ def run(args: argparse.Namespace) -> list[Path]:
             if bar is not None:
                 bar.close()
         path = media.save_output(result.frames[0], job.output, result.fps)
-        print(f"wrote {path} ({result.frames.shape[1]} frames, {result.frames.shape[2]}x{result.frames.shape[3]}, "
+        print(f"wrote {path.resolve()} ({result.frames.shape[1]} frames, {result.frames.shape[2]}x{result.frames.shape[3]}, "
               f"{result.fps:g} fps)")
         written.append(path)
     return written
@@ -249,8 +280,11 @@ def _tiling(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except FileNotFoundError as err:  # --demo without the demo folder
+        print(f"opensora-generate: error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:
         run(args)

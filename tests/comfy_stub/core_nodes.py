@@ -8,8 +8,8 @@ comfy_extras/nodes_video.py ``LoadVideo`` / ``GetVideoComponents``, nodes_images
 from __future__ import annotations
 
 import os
+import sys
 
-import folder_paths
 import torch
 
 from opensora_core import media
@@ -17,8 +17,13 @@ from opensora_core import media
 FRONTEND_ONLY = ("Note", "MarkdownNote")  # nodes that never reach the server
 
 
+def _folder_paths():
+    """The stand-in installed now (each ``comfy_stub.installed`` block imports a fresh one)."""
+    return sys.modules["folder_paths"]
+
+
 def _files(kind: tuple[str, ...]) -> list[str]:
-    folder = folder_paths.get_input_directory()
+    folder = _folder_paths().get_input_directory()
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(kind))
 
 
@@ -36,7 +41,7 @@ class LoadImage:
         return {"required": {"image": (_files(media.IMAGE_SUFFIXES), {"image_upload": True})}}
 
     def load_image(self, image):
-        frames = _frames(folder_paths.get_annotated_filepath(image))
+        frames = _frames(_folder_paths().get_annotated_filepath(image))
         return (frames, torch.zeros(frames.shape[:3]))
 
 
@@ -56,7 +61,7 @@ class LoadVideo:
         return {"required": {"file": (_files(media.VIDEO_SUFFIXES), {"video_upload": True})}}
 
     def load(self, file):
-        return (VideoFile(folder_paths.get_annotated_filepath(file)),)
+        return (VideoFile(_folder_paths().get_annotated_filepath(file)),)
 
 
 class GetVideoComponents:
