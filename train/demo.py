@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import shutil
 import sys
 import time
@@ -201,7 +200,6 @@ def build(work_dir: Path = DEFAULT_WORK, target: Path | None = None, *, fresh: b
     if fresh and work.root.exists():
         shutil.rmtree(work.root)
     work.root.mkdir(parents=True, exist_ok=True)
-    random.seed(SEEDS["train"])
     seconds: dict[str, float] = {}
     for stage, step in (("data", lambda: make_data(work, clips, images)), ("t5", lambda: make_t5(work)),
                         *((s, lambda s=s: run_stage(work, s, max_steps)) for s in TRAINING_STAGES)):
