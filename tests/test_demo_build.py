@@ -56,4 +56,4 @@ def test_a_finished_stage_is_not_run_again(built):
 def test_stage_paths_point_into_the_work_folder(tmp_path):
     work = demo.Work(tmp_path)
     sets = demo.stage_overrides(work, "dit")
-    assert f'vae.path="{work.export("vae_temporal")}"' in sets and f'text_encoder.path="{work.t5}"' in sets
+    assert f'vae.path="{work.export(demo.VAE_STAGE)}"' in sets and f'text_encoder.path="{work.t5}"' in sets
