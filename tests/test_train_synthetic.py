@@ -49,3 +49,45 @@ def test_dataset_is_written_in_the_prepare_folder_format_and_is_reproducible(tmp
     frames, fps = media.read_frames(a[0])
     assert frames.shape == (9, 32, 32, 3) and round(fps) == 8
     assert a[0].with_suffix(".txt").read_text().startswith("a ")
+
+
+@pytest.mark.parametrize("shape, low, high", [("circle", 0.74, 0.82), ("square", 0.95, 1.05)])
+def test_fill_of_drawn_shapes_names_the_shape(shape, low, high):
+    rng = random.Random(1)
+    for _ in range(10):
+        clip = synthetic.random_clip(rng, 17, shapes=(shape,))
+        seen = synthetic.measure_frame(synthetic.render(clip, 1, 64, 64)[0])
+        assert low <= seen.fill <= high and seen.shape == shape, seen
+        assert seen.single and seen.color == clip.color and seen.background == clip.background
+
+
+def test_a_second_blob_or_a_smear_is_not_one_object():
+    one = synthetic.render(synthetic.ShapeClip("square", "red", "black", "right", (0.3, 0.5), 0.12, 0.0), 1, 64, 64)[0]
+    other = synthetic.render(synthetic.ShapeClip("circle", "red", "black", "right", (0.75, 0.5), 0.08, 0.0), 1, 64, 64)[0]
+    assert synthetic.measure_frame(one).single
+    assert synthetic.measure_frame(torch.maximum(one, other)).count == 2
+    smear = one.clone()
+    smear[30:34, 45:60] += 0.15  # a faint trail beside the object
+    seen = synthetic.measure_frame(smear)
+    assert seen.count == 1 and seen.stray > synthetic.STRAY_LIMIT and not seen.single
+
+
+def test_a_colour_fringe_is_not_one_object():
+    frame = synthetic.render(synthetic.ShapeClip("circle", "red", "black", "right", (0.5, 0.5), 0.15, 0.0), 1, 64, 64)[0]
+    fringed = frame.clone()
+    fringed[20:44, 22:24] = torch.tensor([0.1, 0.8, 0.1])  # a green edge on a red disc
+    assert synthetic.measure_frame(frame).single
+    assert not synthetic.measure_frame(fringed).single
+
+
+def test_measurement_survives_the_written_mp4(tmp_path):
+    rng = random.Random(2)
+    for index in range(6):
+        clip = synthetic.random_clip(rng, 17, colors=("red", "green", "blue", "yellow"), shapes=("circle", "square"),
+                                     backgrounds=("black", "gray"))
+        path = media.write_video(synthetic.render(clip, 17, 64, 64), tmp_path / f"{index}.mp4", fps=8)
+        frames, _ = media.read_frames(path)
+        seen = synthetic.measure_video(frames)
+        assert all(s.single and s.shape == clip.shape and s.color == clip.color for s in seen), clip
+        track = torch.tensor([s.centre for s in seen])
+        assert synthetic.motion_direction(track) == clip.direction

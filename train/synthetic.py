@@ -211,3 +211,111 @@ def motion_direction(track: torch.Tensor, min_distance: float = 2.0) -> str | No
     if abs(vx) >= abs(vy):
         return "right" if vx > 0 else "left"
     return "down" if vy > 0 else "up"
+
+
+# ---------------------------------------------------------------------------
+# Measuring what a viewer sees: how many objects, which colour and shape, where
+# ---------------------------------------------------------------------------
+
+DETECT = 0.2  # a pixel stands out when a channel differs this much from the background (half the
+#               weakest contrast of the vocabulary: green on gray, 0.4)
+FAINT = 0.1  # ... and stands out faintly (a smear, a ghost, a second blob fading in) at this much
+MIN_AREA = 4  # pixels: smaller specks are not counted as objects (they still count as stray pixels)
+STRAY_LIMIT = 3  # faint pixels allowed away from the object before a frame counts as "not one object"
+FRINGE_COLOR = 0.4  # RGB distance off the background->object colour line that makes a pixel a colour fringe
+#                    (H.264's 4:2:0 chroma puts drawn yellow/green edges up to ~0.34 off it)
+FRINGE_LIMIT = 3  # fringe pixels allowed
+COLOR_TOLERANCE = 0.25  # RGB distance within which a colour is named (the objects' colours are >= 0.65 apart)
+SQUARE_FILL, CIRCLE_FILL = 0.9, 0.86  # fill >= 0.9: square (drawn ~0.93-1.0); <= 0.86: circle (drawn ~0.77-0.8)
+
+
+@dataclass(frozen=True)
+class FrameObjects:
+    """What one frame shows. ``fill`` is the object's area over its bounding box, both measured with
+    sub-pixel coverage (a drawn circle ~0.785, a square ~1.0): the "how square is it" a viewer judges."""
+
+    count: int  # blobs of >= MIN_AREA pixels standing out from the background
+    stray: int  # pixels standing out faintly, away from the largest blob (smear, ghost, second faint blob)
+    fringe: int  # pixels of the largest blob whose colour is neither the object's nor a mix with the background
+    color: str | None  # nearest generator colour of the largest blob (None: nothing stands out, or no colour near)
+    background: str | None  # nearest generator background colour of the frame's border
+    fill: float  # soft area / soft bounding box of the largest blob (nan without one)
+    centre: tuple[float, float]  # coverage-weighted centroid (x, y) in pixels (nan without one)
+    size: tuple[float, float]  # soft width, height in pixels
+
+    @property
+    def shape(self) -> str | None:
+        """"square", "circle", or None when the fill is in between (neither, to a viewer) or nothing is there."""
+        if self.fill >= SQUARE_FILL:
+            return "square"
+        if self.fill <= CIRCLE_FILL:
+            return "circle"
+        return None
+
+    @property
+    def single(self) -> bool:
+        """Exactly one object: one blob, no smear or faint second blob, no colour fringe."""
+        return self.count == 1 and self.stray <= STRAY_LIMIT and self.fringe <= FRINGE_LIMIT
+
+
+def _nearest(color: torch.Tensor, table: dict[str, tuple[float, float, float]], tolerance: float = COLOR_TOLERANCE):
+    """The name of the nearest colour of ``table``, or None when none is within ``tolerance`` (an orange is
+    neither red nor yellow)."""
+    names = list(table)
+    distances = (torch.tensor([table[n] for n in names]) - color).norm(dim=-1)
+    return names[int(distances.argmin())] if float(distances.min()) <= tolerance else None
+
+
+def _components(mask: torch.Tensor) -> torch.Tensor:
+    """(H, W) bool -> (H, W) labels of 8-connected components (0 = background), by label propagation."""
+    h, w = mask.shape
+    labels = (torch.arange(1, h * w + 1, dtype=torch.float32).view(h, w) * mask)[None, None]  # (1, 1, H, W)
+    keep = mask[None, None].float()
+    while True:
+        grown = torch.nn.functional.max_pool2d(labels, 3, 1, 1) * keep
+        if torch.equal(grown, labels):
+            return labels[0, 0].long()
+        labels = grown
+
+
+def _dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    size = 2 * pixels + 1
+    return torch.nn.functional.max_pool2d(mask[None, None].float(), size, 1, pixels)[0, 0] > 0
+
+
+def measure_frame(frame: torch.Tensor) -> FrameObjects:
+    """Objects in one (H, W, 3) frame (uint8 or 0..1) on a plain background (see :class:`FrameObjects`)."""
+    frame = frame.float() / 255 if frame.dtype == torch.uint8 else frame.float()
+    border = torch.cat([frame[0], frame[-1], frame[:, 0], frame[:, -1]])  # (2W+2H, 3)
+    bg = border.median(dim=0).values  # (3,)
+    diff = (frame - bg).abs().amax(-1)  # (H, W)
+    labels = _components(diff > DETECT)
+    areas = torch.bincount(labels.flatten(), minlength=2)[1:]
+    background = _nearest(bg, BACKGROUNDS)
+    if int(areas.max()) < MIN_AREA:
+        nan = float("nan")
+        return FrameObjects(0, int((diff > FAINT).sum()), 0, None, background, nan, (nan, nan), (0.0, 0.0))
+    blob = labels == int(areas.argmax()) + 1
+    near = _dilate(blob, 2)  # specks touching this ring are the blob's own edge (e.g. H.264 chroma bleeding)
+    others = torch.unique(labels[(labels > 0) & ~near])
+    count = 1 + sum(int((labels == label).sum()) >= MIN_AREA for label in others.tolist())
+    stray = int(((diff > FAINT) & ~near).sum())
+    peak = diff[blob].max()
+    color = frame[blob & (diff >= 0.8 * peak)].median(dim=0).values  # (3,) the blob's core colour
+    axis = color - bg
+    alpha = ((frame - bg) @ axis / axis.dot(axis).clamp_min(1e-6)).clamp(0, 1) * near  # (H, W) coverage
+    alpha = torch.where(alpha >= FAINT, alpha, torch.zeros_like(alpha))
+    off_line = (frame - (bg + alpha[..., None] * axis)).norm(dim=-1)  # distance from the bg->object mix
+    fringe = int(((off_line > FRINGE_COLOR) & blob).sum())
+    width, height = float(alpha.amax(0).sum()), float(alpha.amax(1).sum())
+    area = float(alpha.sum())
+    ys = torch.arange(frame.shape[0], dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(frame.shape[1], dtype=torch.float32)[None, :] + 0.5
+    centre = (float((alpha * xs).sum() / area), float((alpha * ys).sum() / area))
+    fill = area / max(width * height, 1e-6)
+    return FrameObjects(count, stray, fringe, _nearest(color, COLORS), background, fill, centre, (width, height))
+
+
+def measure_video(frames: torch.Tensor) -> list[FrameObjects]:
+    """:func:`measure_frame` of every frame of (T, H, W, 3) frames."""
+    return [measure_frame(frame) for frame in frames]
