@@ -4,6 +4,14 @@
 model.safetensors, tokenizer_config.json) that :func:`opensora_core.text.t5.load_t5_encoder` reads. Its
 features are random but fixed: a DiT trained from scratch on them learns to use them like any other
 caption features. ``d_model`` must equal the DiT's ``caption_channels``.
+
+With random weights every T5 head attends almost uniformly (the relative-position bias is initialised near 0),
+so each byte's feature is its own embedding plus the same average of the whole caption: the "r" of "red"
+and the "r" of "right" get the same feature (cosine 0.9997) and a DiT has to count letters to tell "red"
+from "green". ``local_offsets`` (the default) sets the relative-position bias so that each head looks at
+one neighbouring byte (head h: offset ``local_offsets[h % len]``); two layers then describe every byte by
+the bytes around it, as a trained T5 describes a token in its context, and every word of a caption gets
+features of its own.
 """
 
 from __future__ import annotations
@@ -15,8 +23,13 @@ import torch
 BYTE_VOCAB = 384  # ByT5: 256 bytes + 3 special tokens + 125 extra ids
 
 
+LOCAL_OFFSETS = (-1, 1, -2, 2)  # previous byte, next byte, two before, two after
+LOCAL_BIAS = 10.0  # logit added for the head's own offset: ~all of its attention (e^10 >> 64 other bytes)
+
+
 def write_random_t5(folder: str | Path, *, d_model: int = 64, layers: int = 2, heads: int = 4, d_ff: int | None = None,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, local_offsets: tuple[int, ...] | None = LOCAL_OFFSETS) -> Path:
+    """Write the random T5 folder; ``local_offsets=None`` keeps the plain random initialisation."""
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     if d_model % heads:
@@ -26,9 +39,25 @@ def write_random_t5(folder: str | Path, *, d_model: int = 64, layers: int = 2, h
     config = T5Config(vocab_size=BYTE_VOCAB, d_model=d_model, d_kv=d_model // heads, d_ff=d_ff or 2 * d_model,
                       num_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu")
     torch.manual_seed(seed)
-    T5EncoderModel(config).eval().save_pretrained(folder)
+    model = T5EncoderModel(config).eval()
+    if local_offsets:
+        _look_at_neighbours(model, local_offsets)
+    model.save_pretrained(folder)
     ByT5Tokenizer().save_pretrained(folder)
     return folder
 
 
-__all__ = ["write_random_t5"]
+@torch.no_grad()
+def _look_at_neighbours(model, offsets: tuple[int, ...]) -> None:
+    """Relative-position bias (shared by every layer, as in T5): head h attends to offset ``offsets[h % n]``."""
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    table = attention.relative_attention_bias.weight  # (num_buckets, heads)
+    table.zero_()
+    for head in range(table.shape[1]):
+        offset = torch.tensor(offsets[head % len(offsets)])
+        bucket = attention._relative_position_bucket(offset, bidirectional=True, num_buckets=table.shape[0],
+                                                     max_distance=attention.relative_attention_max_distance)
+        table[int(bucket), head] = LOCAL_BIAS
+
+
+__all__ = ["LOCAL_OFFSETS", "write_random_t5"]
