@@ -36,7 +36,7 @@ TASKS = {
     "infinite_extension": {"prompt": "|0|a red circle moves to the right on a black background"
                                      "|1|a red circle moves down on a black background", "loops": 2},
     "video_to_video": {"prompt": "a red circle moves to the left on a gray background",
-                       "video": "opensora_demo_source.mp4", "strategy": "0,0,0,0,5,0.4"},
+                       "video": "opensora_demo_source.mp4", "strategy": f"0,0,0,0,5,{demo.V2V_EDIT_RATIO}"},
 }
 NOTE = """## Open-Sora demo model (bundled, no download)
 

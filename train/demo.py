@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import synthetic
+from . import natural, synthetic
 
 log = logging.getLogger("opensora_train.demo")
 
@@ -45,8 +45,9 @@ DEFAULT_WORK = Path("outputs/demo_build")
 # learns every caption word (direction, colour, shape, background).
 VOCABULARY = {"colors": ("red", "green", "blue", "yellow"), "shapes": ("circle", "square"), "backgrounds": ("black", "gray")}
 SIZE, CLIP_FRAMES, FPS = 64, 18, 8  # 18 frames: a 17-frame bucket (VAE v1.2: 5 latent frames) fits every clip
-CLIPS, IMAGES = 600, 2000  # (the VAE's clips: CLIPS more, in the full vocabulary)
-SEEDS = {"clips": 0, "vae_clips": 0, "images": 1, "t5": 0, "train": 0}
+CLIPS, VAE_CLIPS, IMAGES = 3000, 600, 4000  # the DiT's clips; the VAE's clips and stills (+ as many natural ones)
+STILL_CROP = 32  # the VAE's stills: 32x32 windows of 64x64 frames
+SEEDS = {"clips": 0, "vae_clips": 0, "images": 1, "photos": 2, "photo_clips": 4, "t5": 0, "train": 0}
 T5_WIDTH = 64  # = the DiT's caption_channels
 
 TRAINING_STAGES = ("vae_spatial", "vae_temporal", "vae_first_frame", "dit")
@@ -62,6 +63,9 @@ FILES = {
 SAMPLING = {"height": SIZE, "width": SIZE, "num_frames": 17, "fps": FPS, "steps": 30, "cfg_scale": 7.0, "seed": 0,
             "condition_frame_length": 1}  # loops continue from the last latent frame (image_head training)
 PROMPT = "a red circle moves to the right on a black background"
+# Video-to-video (workflows/demo): the source clip re-captioned with another colour; the source is kept while the
+# noise level is above this ratio and regenerated below it (the strategy's edit ratio).
+V2V_EDIT_RATIO = 0.4
 # Workflow inputs (demo/inputs): first/last frames of one clip, and a source video for v2v.
 FIRST_FRAME = synthetic.ShapeClip("circle", "red", "black", "right", (0.25, 0.5), 0.15, 0.45 / 16)
 STITCH_CLIP = synthetic.ShapeClip("square", "yellow", "gray", "down", (0.5, 0.25), 0.15, 0.45 / 16)
@@ -99,16 +103,23 @@ class Work:
 def make_data(work: Work, clips: int = CLIPS, images: int = IMAGES) -> None:
     from .prepare import prepare_dataset
 
-    # The DiT's clips use the demo's vocabulary; the VAE's clips and stills every colour, shape and
-    # background of the generator (a wider world: the VAE reconstructs better and more evenly).
-    for name, count, frames, csv, vocabulary in (("clips", clips, CLIP_FRAMES, work.clips_csv, VOCABULARY),
-                                                 ("vae_clips", clips, CLIP_FRAMES, work.vae_clips_csv, {}),
-                                                 ("images", images, 1, work.images_csv, {})):
+    # The DiT's clips use the demo's vocabulary. The VAE's clips and stills have every colour, shape and
+    # background of the generator (a wider world reconstructs better and more evenly), plus as many natural
+    # pictures (photographs of natural.TRAINING, recoloured, and "dead leaves" pictures) panned and zoomed,
+    # so that the VAE also represents the camera footage a user may fine-tune on. The stills are 32x32
+    # windows of 64x64 frames: the same scale, a quarter of the pixels (the spatial VAE is convolutional).
+    vae_clips = min(clips, VAE_CLIPS)
+    for name, count, frames, csv, photos in (("clips", clips, CLIP_FRAMES, work.clips_csv, None),
+                                             ("vae_clips", vae_clips, CLIP_FRAMES, work.vae_clips_csv, "photo_clips"),
+                                             ("images", images, 1, work.images_csv, "photos")):
         if csv.is_file():
             continue
         folder = work.root / "data" / name
+        crop = STILL_CROP if frames == 1 else None
         synthetic.write_dataset(folder, count, seed=SEEDS[name], num_frames=frames, height=SIZE, width=SIZE, fps=FPS,
-                                **vocabulary)
+                                crop=crop, **(VOCABULARY if photos is None else {}))
+        if photos is not None:
+            natural.write_dataset(folder, count, seed=SEEDS[photos], num_frames=frames, size=SIZE, fps=FPS, crop=crop)
         report = prepare_dataset(folder, csv, min_frames=frames)
         log.info("%s: %d files -> %s", name, len(report.rows), csv)
 
@@ -152,16 +163,18 @@ def run_stage(work: Work, stage: str, max_steps: int | None = None) -> Path:
     return exported
 
 
-def timed(work: Work, stage: str, step) -> float:
-    """Run ``step``; its wall time is kept in ``<work>/<stage>.seconds``, so a build that skips a
-    finished stage still reports what the stage took when it ran (an interrupted stage: the last run)."""
+def timed(work: Work, stage: str, step) -> tuple[float, float]:
+    """Run ``step``; its wall and CPU (user + system, all threads) seconds are kept in ``<work>/<stage>.seconds``,
+    so a build that skips a finished stage still reports what the stage took when it ran (an interrupted
+    stage: the last run). CPU time is what a loaded machine cannot inflate: on 2 free cores, wall ~ CPU / 2."""
     record = work.root / f"{stage}.seconds"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     step()
-    took = time.perf_counter() - t0
+    took, cpu = time.perf_counter() - t0, time.process_time() - c0
     if took > 1.0 or not record.is_file():
-        record.write_text(f"{took:.1f}\n")
-    return float(record.read_text())
+        record.write_text(f"{took:.1f} {cpu:.1f}\n")
+    wall, cpu = (float(v) for v in record.read_text().split())
+    return wall, cpu
 
 
 def install(work: Work, target: Path, figures: dict) -> Path:
@@ -182,8 +195,8 @@ def install(work: Work, target: Path, figures: dict) -> Path:
     stitch = synthetic.render(STITCH_CLIP, 17, SIZE, SIZE)
     media.write_video(stitch[:1], inputs / "opensora_demo_stitch_first.png", fps=FPS)
     media.write_video(stitch[-1:], inputs / "opensora_demo_stitch_last.png", fps=FPS)
-    media.write_video(synthetic.render(SOURCE_CLIP, 17, SIZE, SIZE), inputs / "opensora_demo_source.mp4", fps=FPS,
-                      lossless=True)
+    # the source video as any player and ComfyUI's LoadVideo read it: H.264 yuv420p
+    media.write_video(synthetic.render(SOURCE_CLIP, 17, SIZE, SIZE), inputs / "opensora_demo_source.mp4", fps=FPS)
     config = {"files": FILES, "prompt": PROMPT, "sampling": SAMPLING, "build": figures}
     path = target / "demo.json"
     path.write_text(json.dumps(config, indent=2) + "\n")
@@ -201,17 +214,19 @@ def build(work_dir: Path = DEFAULT_WORK, target: Path | None = None, *, fresh: b
         shutil.rmtree(work.root)
     work.root.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}
     for stage, step in (("data", lambda: make_data(work, clips, images)), ("t5", lambda: make_t5(work)),
                         *((s, lambda s=s: run_stage(work, s, max_steps)) for s in TRAINING_STAGES)):
         log.info("demo stage %s", stage)
-        seconds[stage] = timed(work, stage, step)
-        print(f"[demo] {stage}: {seconds[stage]:.0f} s", flush=True)
+        seconds[stage], cpu_seconds[stage] = timed(work, stage, step)
+        print(f"[demo] {stage}: {seconds[stage]:.0f} s ({cpu_seconds[stage]:.0f} CPU s)", flush=True)
     figures = {"command": "./scripts/make_demo.sh", "seeds": SEEDS, "clips": clips, "images": images,
                "max_steps": max_steps or "as configured", "seconds": seconds,
-               "total_seconds": round(sum(seconds.values()), 1)}
+               "total_seconds": round(sum(seconds.values()), 1), "cpu_seconds_per_stage": cpu_seconds,
+               "cpu_seconds": round(sum(cpu_seconds.values()), 1)}
     if target is not None:
         print(f"[demo] installed {install(work, Path(target), figures)}")
-    print(f"[demo] total {figures['total_seconds'] / 60:.1f} min")
+    print(f"[demo] total {figures['total_seconds'] / 60:.1f} min wall, {figures['cpu_seconds'] / 60:.1f} CPU min")
     return figures
 
 
