@@ -141,14 +141,16 @@ def render(clip: ShapeClip, num_frames: int, height: int, width: int) -> torch.T
 
 
 def write_dataset(out_dir: str | Path, count: int, *, seed: int, num_frames: int, height: int, width: int, fps: int = 8,
-                  lossless: bool = True, prefix: str = "clip", **vocabulary: Sequence[str]) -> list[Path]:
+                  lossless: bool = True, prefix: str = "clip", crop: int | None = None,
+                  **vocabulary: Sequence[str]) -> list[Path]:
     """Write ``count`` clips as ``clip_00000.mp4`` + ``clip_00000.txt`` (the folder format of ``prepare``);
     with ``num_frames=1`` images ``clip_00000.png`` (training buckets put videos in frame buckets only).
 
     ``lossless``: the MP4s decode to exactly the rendered uint8 frames (no chroma subsampling, so a
     VAE trained on them learns the sharp one-pixel edges rather than H.264's colour blur).
     ``prefix`` replaces ``clip`` in the names; ``vocabulary``: ``colors``/``shapes``/``backgrounds`` of
-    :func:`random_clip`.
+    :func:`random_clip`. ``crop`` (images only): write a ``crop`` x ``crop`` window of the frame that holds
+    all or part of the shape (a convolutional VAE learns from it what it learns from the frame, 4x cheaper).
     """
     from opensora_core.media import write_video
 
@@ -158,10 +160,24 @@ def write_dataset(out_dir: str | Path, count: int, *, seed: int, num_frames: int
     for index in range(count):
         clip = random_clip(rng, num_frames, **vocabulary)
         path = out_dir / f"{prefix}_{index:05d}{'.png' if num_frames == 1 else '.mp4'}"
-        write_video(render(clip, num_frames, height, width), path, fps=fps, lossless=lossless)
+        frames = render(clip, num_frames, height, width)
+        if crop is not None:
+            frames = _crop_near(frames, clip.centre(0), crop, rng)
+        write_video(frames, path, fps=fps, lossless=lossless)
         path.with_suffix(".txt").write_text(clip.caption + "\n")
         paths.append(path)
     return paths
+
+
+def _crop_near(frames: torch.Tensor, centre: tuple[float, float], size: int, rng: random.Random) -> torch.Tensor:
+    """A ``size`` x ``size`` window of (T, H, W, 3) frames, its centre within ``size / 2`` of ``centre``."""
+    _, h, w, _ = frames.shape
+    if size > min(h, w):
+        raise ValueError(f"crop {size} is larger than the {h}x{w} frame")
+    x = round(centre[0] * w - size / 2 + rng.uniform(-size / 2, size / 2))
+    y = round(centre[1] * h - size / 2 + rng.uniform(-size / 2, size / 2))
+    x, y = min(max(x, 0), w - size), min(max(y, 0), h - size)
+    return frames[:, y : y + size, x : x + size]
 
 
 # ---------------------------------------------------------------------------
