@@ -1,9 +1,11 @@
-"""The bundled demo model (demo/): shipped as the loaders read it, and its output is real video.
+"""The bundled demo model (demo/): shipped as the loaders read it, and it does what each workflow says.
 
-The four quality checks of the demo issue run on the shipped files through the public path
-(``opensora_train.demo_eval``, which ``python -m opensora_train.demo_eval`` prints):
-(a) VAE round trip of held-out clips, (b) image-to-video keeps the image as frame 0,
-(c) text-to-video moves the shape the captioned way, (d) a loop continues the motion.
+The checks of the demo issue run on the shipped files through the public path, on seeds, positions and
+images the build never used (``opensora_train.demo_eval``; ``python -m opensora_train.demo_eval`` prints the
+full figures demo/README.md quotes, these tests a smaller sample of each): text-to-video shows one object of
+the captioned colour and shape moving the captioned way, image-to-video keeps the given frame and its shape,
+an extension round turns as its prompt says without a seam, stitching and video-to-video keep one object
+and the source's motion, and the VAE reconstructs held-out synthetic clips and natural photographs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ def components():
     return demo_files.load_components()
 
 
+def share(flags) -> float:
+    flags = list(flags)
+    return sum(flags) / len(flags)
+
+
 def test_demo_files_are_shipped_in_the_models_folder_layout():
     shipped = demo_files.load_demo()
     assert shipped.root == DEMO
@@ -33,8 +40,8 @@ def test_demo_files_are_shipped_in_the_models_folder_layout():
         assert (DEMO / name).exists(), name
     folders = {p.parent.name for p in (shipped.model, shipped.vae)} | {shipped.text_encoder.parent.name}
     assert folders == {"diffusion_models", "vae", "text_encoders"}
-    total = sum(p.stat().st_size for p in (DEMO / "models").rglob("*") if p.is_file())
-    assert total <= 20 * 2**20, f"demo models are {total / 2**20:.1f} MiB (limit 20 MiB)"
+    total = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
+    assert total <= 30 * 2**20, f"demo/ holds {total / 2**20:.1f} MiB (limit 30 MiB)"
 
 
 def test_demo_json_matches_the_build_and_records_how_it_was_made():
@@ -42,7 +49,8 @@ def test_demo_json_matches_the_build_and_records_how_it_was_made():
     assert config["files"] == demo.FILES and config["sampling"] == demo.SAMPLING
     assert config["build"]["command"] == "./scripts/make_demo.sh"
     assert config["build"]["seeds"] == demo.SEEDS
-    assert config["build"]["total_seconds"] <= 30 * 60
+    assert set(config["build"]["seconds"]) == {"data", "t5", *demo.TRAINING_STAGES}
+    assert config["build"]["cpu_seconds"] / 2 <= 45 * 60  # the budget: 45 minutes on 2 cores
 
 
 def test_demo_checkpoints_carry_the_official_class_names():
@@ -51,32 +59,54 @@ def test_demo_checkpoints_carry_the_official_class_names():
     assert read_checkpoint(shipped.vae).class_name == "VideoAutoencoderPipeline"
 
 
-def test_a_vae_reconstructs_held_out_clips(components):
-    scores = demo_eval.vae_psnr(components)
-    assert min(scores) >= 25.0, scores
+def test_1_text_to_video_shows_one_object_of_the_captioned_colour_and_shape_moving_the_captioned_way(components):
+    checks = demo_eval.text_to_video(components, demo_eval.balanced_clips(16))
+    failed = [c.summary() for c in checks if not all(c.right(k) for k in ("direction", "color", "shape"))]
+    assert share(c.right("direction") for c in checks) >= 0.9, failed
+    assert share(c.right("color") for c in checks) >= 0.9, failed
+    assert share(c.right("shape") for c in checks) >= 0.85, failed
+    assert share(s for c in checks for s in c.single) >= 0.95, [c.summary() for c in checks]
 
 
-def test_b_image_to_video_keeps_the_image_as_frame_0(components):
-    scores = demo_eval.shipped_i2v_first_frame_psnr(components)  # the README command's image, three seeds
-    assert min(scores) >= 25.0, scores
+def test_2_image_to_video_keeps_the_given_frame_its_shape_and_moves_as_captioned(components):
+    checks = demo_eval.image_to_video(components, demo_eval.held_out_clips(8, seed=demo_eval.HELD_OUT_SEED + 1))
+    assert min(c.extra["frame0_psnr"] for c in checks) >= 25.0, [round(c.extra["frame0_psnr"], 1) for c in checks]
+    assert share(c.right("direction") for c in checks) >= 0.9, [c.summary() for c in checks]
+    assert share(c.right("shape") and c.shape_frames >= 0.9 for c in checks) >= 0.85, [c.summary() for c in checks]
+    assert share(s for c in checks for s in c.single) >= 0.95, [c.summary() for c in checks]
 
 
-def test_b_held_out_images_stay_close_to_the_given_frame(components):
-    scores = demo_eval.i2v_first_frame_psnr(components, 8)
-    assert sum(scores) / len(scores) >= 22.0, scores  # measured 23.1 mean (see demo/README.md)
+def test_2_the_readme_reference_image_is_kept_in_the_written_mp4(components):
+    assert min(demo_eval.shipped_reference(components)) >= 25.0
 
 
-def test_c_text_to_video_moves_the_captioned_way(components):
-    checks = demo_eval.t2v_directions(components)
-    right = [c for c in checks if c.got == c.wanted]
-    assert len(right) >= 0.75 * len(checks), [(c.wanted, c.got, c.travel) for c in checks]
+def test_3_extension_rounds_turn_as_their_prompts_say_without_a_seam(components):
+    loops = demo_eval.extension(components, demo_eval.loop_clips(1))
+    assert len(loops) == 8 and loops[0].num_frames == 2 * demo.SAMPLING["num_frames"] - 1
+    report = demo_eval.describe_loops(loops, verbose=True)
+    assert share(all(r.right("direction") for r in c.rounds) for c in loops) >= 0.9, report
+    assert all(c.seam_ok for c in loops), report
+    assert share(c.objects == c.num_frames for c in loops) >= 0.85, report
 
 
-@pytest.mark.parametrize("first, second, start", demo_eval.LOOPS)
-def test_d_extension_loop_continues_the_motion(components, first, second, start):
-    check = demo_eval.loop_continuation(components, first, second, start)
-    assert check.num_frames == 2 * demo.SAMPLING["num_frames"] - 1
-    assert check.continues, check
+def test_4_stitching_goes_from_the_first_image_to_the_last_with_one_object(components):
+    checks = demo_eval.stitching(components, demo_eval.held_out_clips(4, seed=demo_eval.HELD_OUT_SEED + 3))
+    assert min(c.extra["first_psnr"] for c in checks) >= 25.0, [c.extra for c in checks]
+    assert all(c.right("direction") for c in checks), [c.summary() for c in checks]
+    assert share(s for c in checks for s in c.single) >= 0.95, [c.summary() for c in checks]
+
+
+def test_4_video_to_video_keeps_the_motion_and_changes_the_colour(components):
+    checks = demo_eval.video_to_video(components, demo_eval.held_out_clips(4, seed=demo_eval.HELD_OUT_SEED + 4),
+                                      demo.V2V_EDIT_RATIO)
+    assert all(c.right("color") and c.extra["source_color"] != c.color for c in checks), [c.summary() for c in checks]
+    assert all(c.right("direction") and c.extra["track_offset"] <= 3.0 for c in checks), [c.extra for c in checks]
+
+
+def test_5_vae_reconstructs_held_out_clips_and_natural_photographs(components):
+    assert min(demo_eval.vae_synthetic(components, 4)) >= 28.0
+    natural = demo_eval.vae_natural(components)
+    assert min(sum(v) / len(v) for v in natural.values()) >= 22.0, natural
 
 
 def test_the_readme_demo_command_writes_an_mp4_and_says_where(tmp_path, capsys):
