@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..opensora_core.pipeline import device_of
+
 log = logging.getLogger("opensora")
 
 # ---------------------------------------------------------------------------
@@ -181,15 +183,10 @@ class ComfyPlacement:
 
         entry = self._by_module.get(id(module))
         if entry is None:  # not ours to place (e.g. an empty stand-in module)
-            yield _device_of(module)
+            yield device_of(module)
             return
         mm.load_models_gpu([entry.patcher], memory_required=self._working.get(id(module), 0), force_full_load=True)
         yield entry.devices.load
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    tensor = next(module.parameters(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------

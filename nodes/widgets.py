@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..opensora_core.checkpoints import DTYPES
+from ..opensora_core.dtypes import DTYPES
 
 CATEGORY = "OpenSora"
 

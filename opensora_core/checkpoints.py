@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
+from .official_config import HF_BOOKKEEPING_KEYS
 
 log = logging.getLogger("opensora")
 
@@ -46,13 +47,9 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WRAPPER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "_orig_mod.", "module.", "model.")
 # Dict keys under which training scripts nest the weights (first match wins; DiT's find_model takes "ema").
 NESTED_KEYS = ("ema", "state_dict", "model", "module")
-# Hugging Face bookkeeping in config.json files that is not a constructor argument.
-HF_CONFIG_KEYS = ("architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path", "auto_map")
 
 METADATA_CLASS = "opensora.class"
 METADATA_CONFIG = "opensora.config"
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class CheckpointError(ValueError):
@@ -196,7 +193,7 @@ def read_hf_config(path: Path) -> tuple[dict, str | None]:
     """Constructor kwargs and class name from a Hugging Face ``config.json``."""
     raw = json.loads(Path(path).read_text())
     class_name = (raw.get("architectures") or [None])[0] or raw.get("model_type")
-    config = {k: v for k, v in raw.items() if k not in HF_CONFIG_KEYS}
+    config = {k: v for k, v in raw.items() if k not in HF_BOOKKEEPING_KEYS}
     return config, class_name
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-SPATIAL_FACTOR = 8
+SPATIAL_FACTOR = 8  # every Open-Sora VAE: height and width / 8
+V1_2_MICRO_FRAMES = 17  # VAE v1.2 encodes 17-frame chunks (opensora/models/vae/vae.py micro_frame_size)
 IMG_FPS = 120  # fps the official code passes to the model for single images
 
 
@@ -181,7 +182,7 @@ class LatentGeometry:
 
 
 PER_FRAME = LatentGeometry(time_factor=1, micro_frame_size=None)  # SD-VAE (v1.0 / v1.1)
-VAE_V1_2 = LatentGeometry(time_factor=4, micro_frame_size=17)  # Open-Sora VAE v1.2
+VAE_V1_2 = LatentGeometry(time_factor=4, micro_frame_size=V1_2_MICRO_FRAMES)  # Open-Sora VAE v1.2
 
 
 def check_frame_count(num_frames: int) -> None:

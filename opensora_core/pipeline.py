@@ -289,10 +289,11 @@ class StayPut:
 
     @contextlib.contextmanager
     def use(self, module: nn.Module) -> Iterator[torch.device]:
-        yield _device_of(module)
+        yield device_of(module)
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def device_of(module: nn.Module) -> torch.device:
+    """Where ``module``'s weights are (the CPU for a module without weights)."""
     tensor = next(module.parameters(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
 

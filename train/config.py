@@ -307,11 +307,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return from_dict(TrainConfig, apply_overrides(data, list(overrides)))
 
 
-def config_from_json(text: str) -> TrainConfig:
-    """The config stored beside a checkpoint (``TrainConfig.to_json``)."""
-    return from_dict(TrainConfig, json.loads(text))
-
-
 __all__ = [
     "CacheConfig",
     "CheckpointConfig",
@@ -330,7 +325,6 @@ __all__ = [
     "VAETrainingConfig",
     "ValidationConfig",
     "apply_overrides",
-    "config_from_json",
     "from_dict",
     "load_config",
     "parse_override",

@@ -21,6 +21,7 @@ import torch
 
 from opensora_core import media
 from opensora_core.geometry import IMG_FPS
+from opensora_core.model_args import SizeArgs
 
 from .buckets import BucketKey, BucketTable
 from .prepare import resolve_path
@@ -166,7 +167,7 @@ def size_args(clip: Clip, class_name: str, frame_interval: int, ar: str = "offic
     else:
         fps = float(source_fps // frame_interval)
     ratio = width / height if (class_name == "STDiT2" and ar == "official") else height / width
-    return {"height": height, "width": width, "num_frames": float(clip.num_frames), "ar": ratio, "fps": fps}
+    return SizeArgs(height=height, width=width, num_frames=float(clip.num_frames), ar=ratio, fps=fps).as_dict()
 
 
 __all__ = [

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from opensora_core.checkpoints import infer_dit_config, load_dit, read_checkpoint, save_checkpoint
+from opensora_core.dtypes import DTYPES
 from opensora_core.lora import add_lora, comfy_lora_from_state, fuse_lora_state, save_lora
+from opensora_core.model_args import MODEL_ARG_NAMES
 from opensora_core.models import build_model, presets
 from opensora_core.sampling.losses import DEFAULT_OBJECTIVE, build_objective
 
@@ -42,14 +44,12 @@ from .data import Clip, plan_epoch, read_metadata, size_args
 from .masks import MaskGenerator
 from .rng import StepRandomness, mix_seed
 from .sampler import BucketBatchSampler
-from .trainer import TaskData
+from .task import TaskData
 from .validate import model_class_name
 from .validation import run_validation, validation_texts
 
 log = logging.getLogger("opensora")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SIZE_KEYS = ("height", "width", "num_frames", "ar", "fps")
 STEP_METADATA = "opensora.train_step"
 
 
@@ -242,7 +242,7 @@ class DiTTask:
         if self.masks is not None:
             mask_gen = torch.Generator().manual_seed(mix_seed(rng.seed, "mask"))
             frame_mask = self.masks.masks(B, T, rng.python, mask_gen).to(x0.device)  # (B, T) bool
-        sizes = {k: batch[k] for k in SIZE_KEYS}
+        sizes = {k: batch[k] for k in MODEL_ARG_NAMES}
         t = self.objective.sample_timesteps(B, rng.torch, height=sizes["height"], width=sizes["width"],
                                             num_frames=sizes["num_frames"])
         noise = torch.randn(x0.shape, generator=rng.torch, device=rng.torch.device).to(x0.device)

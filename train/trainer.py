@@ -21,54 +21,31 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 
 from .checkpointing import Progress, resolve_resume, save_training_state
 from .config import TrainConfig
+from .dit import DiTTask
 from .ema import EMA
 from .rng import StepRandomness, mix_seed
+from .task import Task, TaskData
+from .vae_task import VAETask
 from .validate import validate_config
 
 log = logging.getLogger("opensora")
 
 LOSS_LOG = "loss.jsonl"
-
-
-# ---------------------------------------------------------------------------
-# What a task provides
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class TaskData:
-    dataset: torch.utils.data.Dataset
-    sampler: Any  # BucketBatchSampler
-    summary: str = ""
-
-
-class Task(Protocol):
-    def prepare_data(self, accelerator) -> TaskData: ...
-
-    def build_model(self) -> nn.Module: ...
-
-    def compute_loss(self, model: nn.Module, batch: dict, rng: StepRandomness) -> dict[str, torch.Tensor]: ...
-
-    def validate(self, model: nn.Module, step: int, accelerator, tracker) -> list[Path]: ...
-
-    def export(self, model: nn.Module, step: int, state: dict[str, torch.Tensor]) -> list[Path]: ...
+# Every process holds a shard of the weights: the forward needs all processes, EMA cannot keep whole weights.
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+# One whole model per process: training states can keep only the trainable (LoRA) weights.
+WHOLE_MODEL = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 
 
 def make_task(cfg: TrainConfig) -> Task:
-    if cfg.run.task == "vae":
-        from .vae_task import VAETask
-
-        return VAETask(cfg)
-    from .dit import DiTTask
-
-    return DiTTask(cfg)
+    return VAETask(cfg) if cfg.run.task == "vae" else DiTTask(cfg)
 
 
 @dataclass
@@ -120,7 +97,7 @@ def make_accelerator(cfg: TrainConfig):
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.run.ddp_find_unused_parameters)],
         step_scheduler_with_optimizer=False,
     )
-    if cfg.ema.enabled and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED") and cfg.run.task == "dit":
+    if cfg.ema.enabled and accelerator.distributed_type in SHARDED and cfg.run.task == "dit":
         raise ValueError("ema.enabled: EMA keeps whole weights and is not supported with FSDP/DeepSpeed sharding; "
                          "set ema.enabled = false or train with DDP")
     if cfg.run.tensorboard:
@@ -208,7 +185,7 @@ class Loop:
         self.accelerator.register_for_checkpointing(self.progress, self.scheduler)
         if self.ema is not None:
             self.accelerator.register_for_checkpointing(self.ema)
-        if self.cfg.lora.enabled and self.accelerator.distributed_type.value in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        if self.cfg.lora.enabled and self.accelerator.distributed_type in WHOLE_MODEL:
             install_trainable_only_hooks(self.accelerator)
 
     def resume(self) -> None:
@@ -302,7 +279,7 @@ class Loop:
     def validate(self) -> list[Path]:
         """Sample on the main process with the plain module (DDP), or on every process through the
         sharded wrapper (FSDP / DeepSpeed, whose forward needs all shards)."""
-        sharded = self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+        sharded = self.accelerator.distributed_type in SHARDED
         saved = []
         if sharded or self.accelerator.is_main_process:
             use_ema = self.ema is not None and self.cfg.validation.use_ema
@@ -378,4 +355,4 @@ def _append_jsonl(path: Path, record: dict) -> None:
                                  for k, v in record.items()}) + "\n")
 
 
-__all__ = ["Task", "TaskData", "TrainResult", "build_optimizer", "make_accelerator", "train", "warmup_scheduler"]
+__all__ = ["TrainResult", "make_task", "build_optimizer", "make_accelerator", "train", "warmup_scheduler"]

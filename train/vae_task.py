@@ -37,7 +37,7 @@ from .config import TrainConfig, VAETrainingConfig
 from .data import plan_clip, plan_epoch, read_clip, read_metadata
 from .rng import StepRandomness
 from .sampler import BucketBatchSampler
-from .trainer import TaskData
+from .task import TaskData
 
 log = logging.getLogger("opensora")
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from opensora_core.checkpoints import CheckpointError, detect_family, read_checkpoint
+from opensora_core.dtypes import DTYPES
 from opensora_core.models import presets
 from opensora_core.sampling.losses import DEFAULT_OBJECTIVE, RF_SAMPLE_METHODS
 from opensora_core.sampling.rflow import TRANSFORM_CHUNK_FRAMES
@@ -23,7 +24,6 @@ from .data import REQUIRED_COLUMNS
 from .masks import parse_mask_ratios
 
 TRAINABLE_CLASSES = ("STDiT3", "STDiT2")
-DTYPES = ("fp32", "bf16", "fp16")
 VAE_CLASSES = ("VideoAutoencoderPipeline", "VideoAutoencoderKL")
 
 

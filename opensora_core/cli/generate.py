@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from .. import geometry, media
-from ..checkpoints import DTYPES, CheckpointError, detect_family, read_checkpoint
+from ..checkpoints import CheckpointError, detect_family, read_checkpoint
+from ..dtypes import DTYPES
 from ..pipeline import FAMILIES, Components, GenerationSpec, check_vae_fits, generate, plan_generation
 from ..text.prompts import parse_prompt_options
 

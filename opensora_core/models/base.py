@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .layers import Captions, caption_mask, config_from_official, packed_captions
+from ..official_config import config_from_official
+from .layers import Captions, caption_mask, packed_captions
 
 
 class STDiTBase(nn.Module):

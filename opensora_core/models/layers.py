@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,48 +28,9 @@ LAYER_NORM_EPS = 1e-6
 RMS_NORM_EPS = 1e-6
 FREQUENCY_EMBEDDING_SIZE = 256
 
-# Keys that Hugging Face writes into every config.json; they describe the file, not the model.
-HF_BOOKKEEPING_KEYS = frozenset(
-    {"architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path", "auto_map"}
-)
-# Official switches that pick kernels, parallelism or which parameters train; none changes the maths.
-# Each class keeps the ones its official constructor has as config fields and ignores the other spellings.
-KERNEL_AND_TRAINING_FLAGS = frozenset(
-    {
-        "enable_flash_attn",
-        "enable_flashattn",
-        "enable_layernorm_kernel",
-        "enable_sequence_parallelism",
-        "only_train_temporal",
-        "freeze_y_embedder",
-        "skip_y_embedder",
-        "freeze",
-        "no_temporal_pos_emb",
-    }
-)
-
-ConfigT = TypeVar("ConfigT")
-
-
 # ==================================================================================================
 # Configs
 # ==================================================================================================
-
-
-def config_from_official(config_cls: type[ConfigT], official: Mapping[str, Any], class_name: str) -> ConfigT:
-    """Build ``config_cls`` from official constructor kwargs.
-
-    Hugging Face bookkeeping keys and the kernel/training flags are accepted; any other key that is
-    not a field of ``config_cls`` raises ``ValueError`` naming it.
-    """
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(k for k in official if k not in fields | HF_BOOKKEEPING_KEYS | KERNEL_AND_TRAINING_FLAGS)
-    if unknown:
-        raise ValueError(
-            f"{class_name}: unknown config key(s) {', '.join(map(repr, unknown))}. Pass the official {class_name} "
-            f"constructor kwargs ({', '.join(sorted(fields))}); remove or rename the unknown key(s)."
-        )
-    return config_cls(**{k: v for k, v in official.items() if k in fields})
 
 
 def as_triple(value: Sequence, name: str, allow_none: bool = False) -> tuple:
@@ -715,16 +675,3 @@ def run_block(block: nn.Module, checkpointing: bool, *args) -> torch.Tensor:
     if checkpointing and torch.is_grad_enabled():
         return checkpoint(block, *args, use_reentrant=False)
     return block(*args)
-
-
-def parse_dtype(value: Any) -> torch.dtype:
-    """A torch dtype from a torch.dtype or a name such as "bf16", "float16", "torch.float32"."""
-    if isinstance(value, torch.dtype):
-        return value
-    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "half": torch.float16, "fp32": torch.float32,
-             "float": torch.float32}
-    key = str(value).removeprefix("torch.")
-    dtype = names.get(key, getattr(torch, key, None))
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {value!r}; use bf16, fp16 or fp32")
-    return dtype

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..dtypes import parse_dtype
+from ..official_config import config_from_official
 from .base import STDiTBase
 from .layers import (
     Attention,
@@ -29,12 +31,10 @@ from .layers import (
     as_triple,
     cast_to,
     check_heads,
-    config_from_official,
     drop_path_rates,
     layer_norm,
     modulate,
     modulation,
-    parse_dtype,
     reset_table_,
     residual,
     run_block,

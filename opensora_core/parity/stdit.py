@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..models import build_model
-from ..models.layers import parse_dtype
+from ..dtypes import parse_dtype
 from .runner import Case, Comparison, Handler
 
 MODEL_CLASSES = ("STDiT3", "STDiT2", "STDiT")

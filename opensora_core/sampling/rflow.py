@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from ..geometry import VAE_V1_2
 from .core import Denoiser, NoiseSource, StepCallback, StepResult, run_steps
 from .frames import ReferenceFrames, RFlowFrameRule, check_frame_mask
 
 NUM_TIMESTEPS = 1000
 BASE_RESOLUTION = 512 * 512
-TRANSFORM_CHUNK_FRAMES = 17  # pixel frames per VAE chunk the transform assumes (not LatentGeometry)
-TRANSFORM_CHUNK_LATENTS = 5
+# The transform counts whole VAE v1.2 chunks (17 pixel frames -> 5 latent frames), whatever the VAE.
+TRANSFORM_CHUNK_FRAMES = VAE_V1_2.micro_frame_size
+TRANSFORM_CHUNK_LATENTS = VAE_V1_2.latent_chunk
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,54 @@
+"""Official constructor kwargs and Hugging Face ``config.json`` files: what is bookkeeping, what is a switch.
+
+Released ``config.json`` files carry Hugging Face bookkeeping next to the constructor kwargs, and the
+official constructors take switches that pick kernels, parallelism or which parameters train. This module
+is the one place that names them; :func:`config_from_official` builds a config dataclass from official
+kwargs and rejects anything else by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+# Keys that Hugging Face writes into every config.json; they describe the file, not the model.
+HF_BOOKKEEPING_KEYS = frozenset(
+    {"architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path", "auto_map"}
+)
+# Official switches that pick kernels, parallelism or which parameters train; none changes the maths.
+# Each class keeps the ones its official constructor has as config fields and ignores the other spellings.
+KERNEL_AND_TRAINING_FLAGS = frozenset(
+    {
+        "enable_flash_attn",
+        "enable_flashattn",
+        "enable_layernorm_kernel",
+        "enable_sequence_parallelism",
+        "only_train_temporal",
+        "freeze_y_embedder",
+        "skip_y_embedder",
+        "freeze",
+        "no_temporal_pos_emb",
+    }
+)
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_from_official(config_cls: type[ConfigT], official: Mapping[str, Any], class_name: str) -> ConfigT:
+    """Build ``config_cls`` from official constructor kwargs.
+
+    Hugging Face bookkeeping keys and the kernel/training flags are accepted; any other key that is
+    not a field of ``config_cls`` raises ``ValueError`` naming it.
+    """
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(k for k in official if k not in fields | HF_BOOKKEEPING_KEYS | KERNEL_AND_TRAINING_FLAGS)
+    if unknown:
+        raise ValueError(
+            f"{class_name}: unknown config key(s) {', '.join(map(repr, unknown))}. Pass the official {class_name} "
+            f"constructor kwargs ({', '.join(sorted(fields))}); remove or rename the unknown key(s)."
+        )
+    return config_cls(**{k: v for k, v in official.items() if k in fields})
+
+
+__all__ = ["HF_BOOKKEEPING_KEYS", "KERNEL_AND_TRAINING_FLAGS", "config_from_official"]
