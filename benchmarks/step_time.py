@@ -47,7 +47,7 @@ def build_inputs(model: STDiT3) -> dict:
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, *LATENT, generator=gen)
     prompt = torch.randn(1, 1, TOKENS, 4096, generator=gen)
-    null = model.y_embedder.y_embedding[None, None]
+    null = model.null_caption(1)  # (1, 1, L, C)
     mask = torch.zeros(1, TOKENS, dtype=torch.long)
     mask[:, :VALID_TOKENS] = 1
     return dict(

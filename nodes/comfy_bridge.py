@@ -252,13 +252,15 @@ def step_reporter(total: int, preview_factors: list[list[float]] | None = None) 
     return report
 
 
-def sd_vae_preview_factors() -> list[list[float]] | None:
-    """ComfyUI's latent -> RGB factors for (scaled) SD-VAE latents: the v1.0/v1.1 latent space."""
+def latent_rgb_factors(latent_format: str | None) -> list[list[float]] | None:
+    """ComfyUI's latent -> RGB factors of a latent format (``comfy.latent_formats``), or None without one."""
+    if latent_format is None:
+        return None
     try:
-        from comfy.latent_formats import SD15
+        from comfy import latent_formats
     except ImportError:
         return None
-    return SD15().latent_rgb_factors
+    return getattr(latent_formats, latent_format)().latent_rgb_factors
 
 
 def _previewer(factors):

@@ -7,11 +7,9 @@ import dataclasses
 import logging
 import os
 
-from ..opensora_core.checkpoints import load_dit
+from ..opensora_core.loading import load_dit, load_vae
 from ..opensora_core.lora import merge_lora
-from ..opensora_core.pipeline import FAMILIES
 from ..opensora_core.text.t5 import TOKENIZER_CONFIG, load_t5_encoder
-from ..opensora_core.vae import load_vae
 from . import comfy_bridge as bridge
 from . import widgets as w
 from .types import MODEL, T5, VAE, ModelHandle, T5Handle, VAEHandle
@@ -47,7 +45,7 @@ class OpenSoraModelLoader:
         path = bridge.model_path("diffusion_models", model_name)
         where = bridge.devices("diffusion")
         loaded = load_dit(path, dtype=w.torch_dtype(weight_dtype), device=where.offload)
-        handle = ModelHandle(loaded.model, FAMILIES[loaded.class_name], loaded.preset, path, attention,
+        handle = ModelHandle(loaded.model, loaded.family, loaded.preset, path, attention,
                              bridge.manage(loaded.model, "diffusion"))
         log.info("loaded %s from %s (%s)", handle.describe(), model_name, weight_dtype)
         return (handle,)

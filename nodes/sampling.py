@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..opensora_core import geometry
-from ..opensora_core.pipeline import Components, GenerationSpec, sample_video, sampling_memory_bytes
+from ..opensora_core.pipeline import Components, GenerationSpec, sample_video
 from . import comfy_bridge as bridge
 from . import widgets as w
 from .types import CAPTION, MODEL, REFERENCES, VAE, ModelHandle, PromptCaptions, References, VAEHandle, latent_from_clips
@@ -89,10 +89,10 @@ class OpenSoraSampler:
             condition_frame_length=condition_frame_length or None, condition_frame_edit=condition_frame_edit,
             align=align or None,
         )
-        working = sampling_memory_bytes(model.module, 1, vae.geometry.latent_size(num_frames, height, width))
+        working = model.module.sampling_memory_bytes(1, vae.geometry.latent_size(num_frames, height, width))
         placement = bridge.ComfyPlacement([model.managed, vae.managed], {model.module: working})
         components = Components(model.module, vae.module, placement=placement)
-        previews = bridge.sd_vae_preview_factors() if model.family.geometry == geometry.PER_FRAME else None
+        previews = bridge.latent_rgb_factors(model.family.vae[0].comfy_latent_format)
         report = bridge.step_reporter(steps * loops, previews)
         with bridge.attention_backend(model.attention):
             result = sample_video(

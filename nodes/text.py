@@ -6,17 +6,15 @@ import logging
 
 import torch
 
-from ..opensora_core.pipeline import FAMILIES, ModelFamily, caption_length
+from ..opensora_core.families import Family, by_release
 from ..opensora_core.text.caption import Caption, pad_caption, truncate_tokens
-from ..opensora_core.text.prompts import loop_segments, prepare_prompt
-from ..opensora_core.text.t5 import T5_PRESETS, T5TextEncoder
+from ..opensora_core.text.prompts import AESTHETIC_SCORE_V1_2, loop_segments, prepare_prompt
+from ..opensora_core.text.t5 import T5TextEncoder
 from . import comfy_bridge as bridge
 from . import widgets as w
 from .types import CAPTION, MODEL, T5, ModelHandle, PromptCaptions, T5Handle
 
 log = logging.getLogger("opensora")
-
-_FAMILY_BY_RELEASE = {f.release: f for f in FAMILIES.values()}
 
 
 # ---------------------------------------------------------------------------
@@ -74,11 +72,11 @@ class ComfyClipT5:
 # ---------------------------------------------------------------------------
 
 
-def encode_prompt(encoder, prompt: str, family: ModelFamily, scores: dict, clean: bool) -> PromptCaptions:
-    """Prepare (score phrases for v1.2, official cleaning) and encode each loop segment of ``prompt``."""
-    if family.release != "v1.2":
+def encode_prompt(encoder, prompt: str, family: Family, scores: dict, clean: bool) -> PromptCaptions:
+    """Prepare (score phrases where the family takes them, official cleaning) and encode each loop segment."""
+    if not family.score_phrases:
         if any(v is not None for v in scores.values()):
-            log.info("score phrases are a v1.2 feature; not added for Open-Sora %s", family.release)
+            log.info("score phrases are not a %s feature; not added", family.title)
         scores = {}
     segments, texts = [], []
     for start, segment in loop_segments(prompt):
@@ -97,11 +95,11 @@ def _scores(aesthetic_score: float, motion_score: float, camera_motion: str) -> 
     }
 
 
-def _release_and_length(caption_length_label: str, model: ModelHandle | None) -> tuple[ModelFamily, int]:
+def _release_and_length(caption_length_label: str, model: ModelHandle | None) -> tuple[Family, int]:
     release = w.CAPTION_LENGTHS[caption_length_label]
     if model is not None:
-        length = caption_length(model.module)
-        if release is not None and T5_PRESETS[release].max_length != length:
+        length, _ = model.module.caption_shape
+        if release is not None and by_release(release).caption_length != length:
             raise ValueError(
                 f"caption_length is {caption_length_label!r} but the connected {model.describe()} takes {length} "
                 "tokens; set caption_length to 'from model'"
@@ -110,7 +108,8 @@ def _release_and_length(caption_length_label: str, model: ModelHandle | None) ->
     if release is None:
         raise ValueError("caption_length 'from model' needs the model input connected; connect the model "
                          "(Open-Sora Model Loader) or pick the model's version in caption_length")
-    return _FAMILY_BY_RELEASE[release], T5_PRESETS[release].max_length
+    family = by_release(release)
+    return family, family.caption_length
 
 
 class OpenSoraTextEncode:
@@ -133,7 +132,8 @@ class OpenSoraTextEncode:
                                "loop round 2 (extension loops).", multiline=True),
                 "caption_length": w.choice(list(w.CAPTION_LENGTHS), "from model",
                                            "T5 tokens the model takes: 'from model' reads it from the connected model."),
-                "aesthetic_score": w.number(6.5, -1.0, 10.0, "v1.2: appends ' aesthetic score: X.' (official 6.5); "
+                "aesthetic_score": w.number(AESTHETIC_SCORE_V1_2, -1.0, 10.0, "v1.2: appends ' aesthetic score: X.' "
+                                            f"(official {AESTHETIC_SCORE_V1_2}); "
                                             "-1 = off. Ignored for v1.0/v1.1.", step=0.1),
                 "motion_score": w.number(-1.0, -1.0, 100.0, "v1.2: appends ' motion score: X.' (more motion when "
                                          "higher, e.g. 5); -1 = off. Ignored for v1.0/v1.1.", step=0.5),

@@ -14,7 +14,8 @@ from torch import nn
 
 from ..opensora_core.conditioning import format_mask_strategy, task_groups
 from ..opensora_core.geometry import LatentGeometry
-from ..opensora_core.pipeline import Clip, GenerationPlan, ModelFamily
+from ..opensora_core.families import Family
+from ..opensora_core.pipeline import Clip, GenerationPlan
 from ..opensora_core.text.caption import Caption
 from .comfy_bridge import Managed
 
@@ -36,7 +37,7 @@ class ModelHandle:
     """OPENSORA_MODEL: a loaded STDiT / STDiT2 / STDiT3."""
 
     module: nn.Module
-    family: ModelFamily
+    family: Family
     preset: str | None
     source: str
     attention: str
@@ -44,7 +45,7 @@ class ModelHandle:
 
     def describe(self) -> str:
         preset = f" {self.preset}" if self.preset else ""
-        return f"{self.family.class_name}{preset} (Open-Sora {self.family.release})"
+        return f"{self.family.model.class_name}{preset} ({self.family.title})"
 
 
 @dataclass(eq=False)
@@ -168,7 +169,7 @@ def latent_from_clips(clips: list[Clip], plan: GenerationPlan) -> dict:
         clip_num_frames=[c.num_frames for c in clips],
         drop_frames=[c.drop for c in clips],
         fps=plan.save_fps,
-        family=plan.family.class_name,
+        family=plan.family.model.class_name,
     )
     samples = torch.cat([c.latent.float().cpu() for c in clips], dim=2)  # (B, C, T, h, w)
     return {"samples": samples, LATENT_INFO: info.as_dict()}

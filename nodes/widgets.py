@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..opensora_core.dtypes import DTYPES
+from ..opensora_core.families import families
 
 CATEGORY = "OpenSora"
 
@@ -59,13 +60,8 @@ def torch_dtype(name: str) -> torch.dtype:
 # Text encoding
 # ---------------------------------------------------------------------------
 
-# label -> Open-Sora release whose caption length (T5 max length) and prompt rules apply
-CAPTION_LENGTHS = {
-    "from model": None,
-    "v1.2 (300 tokens)": "v1.2",
-    "v1.1 (200 tokens)": "v1.1",
-    "v1.0 (120 tokens)": "v1.0",
-}
+# label -> release whose caption length (text encoder max length) and prompt rules apply, from the families
+CAPTION_LENGTHS = {"from model": None} | {f"{f.release} ({f.caption_length} tokens)": f.release for f in families()}
 
 # v1.2 camera-motion phrases (the official Gradio app's choices)
 CAMERA_MOTIONS = ["none", "pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out", "static"]

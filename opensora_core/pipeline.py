@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -39,64 +38,25 @@ from .conditioning import (
     apply_mask_strategy,
     describe_mask_strategy,
     extension_drop_frames,
+    extension_total_frames,
     parse_mask_strategy,
     pixel_conditions_to_groups,
     validate_mask_strategy,
 )
-from .geometry import PER_FRAME, VAE_V1_2, LatentGeometry, check_frame_count
-from .model_args import multi_resolution_args
-from .sampling import GeneratorNoise, GuidedModel, check_transform_frames, get_sampler, iddpm_schedule, rflow_schedule
-from .text.caption import Caption, null_caption
+from .families import Family, families, family_of
+from .geometry import LatentGeometry, check_frame_count
+from .sampling import GeneratorNoise, ScheduleRequest
+from .text.caption import Caption
 from .text.prompts import loop_prompt_text, prepare_prompt
 
 log = logging.getLogger("opensora")
 
-# ---------------------------------------------------------------------------
-# Model families: what each Open-Sora release does at inference
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelFamily:
-    """Inference defaults of one Open-Sora release (configs/opensora-v1-*/inference/sample.py)."""
-
-    class_name: str
-    release: str
-    sampler: str  # "rflow" or "iddpm"
-    steps: int
-    cfg_channel: int | None  # output channels guided (None: all prediction channels)
-    strategy_version: str  # mask-strategy semantics ("v1.1" or "v1.2")
-    geometry: LatentGeometry  # of the VAE this model was trained with
-    vae_name: str
-    aesthetic_score: float | None  # appended to prompts by default
-    condition_frame_length: int  # latent frames a loop round continues from
-    frame_interval: int  # saved fps = fps / frame_interval
-    conditioning: bool = True  # accepts reference frames (x_mask)
-    size_args: bool = True  # takes height/width/fps/... model arguments
-
-
-FAMILIES: dict[str, ModelFamily] = {
-    "STDiT3": ModelFamily("STDiT3", "v1.2", "rflow", 30, None, "v1.2", VAE_V1_2, "the Open-Sora VAE v1.2", 6.5, 5, 1),
-    "STDiT2": ModelFamily("STDiT2", "v1.1", "iddpm", 100, 3, "v1.1", PER_FRAME, "an SD-VAE", None, 4, 3),
-    "STDiT": ModelFamily(
-        "STDiT", "v1.0", "iddpm", 100, 3, "v1.1", PER_FRAME, "an SD-VAE", None, 4, 3, conditioning=False, size_args=False
-    ),
-}
-
-
-def family_of(model: nn.Module) -> ModelFamily:
-    name = getattr(model, "OFFICIAL_NAME", type(model).__name__)
-    if name not in FAMILIES:
-        raise ValueError(f"{name} is not an Open-Sora diffusion model; expected one of {', '.join(FAMILIES)}")
-    return FAMILIES[name]
-
-
-def check_vae_fits(family: ModelFamily, vae_geometry: LatentGeometry) -> None:
-    """Raise if the VAE is not the one the model was trained with (both have 4 latent channels)."""
+def check_vae_fits(family: Family, vae_geometry: LatentGeometry) -> None:
+    """Raise if the VAE is not one the model was trained with (its latent geometry differs)."""
     if vae_geometry != family.geometry:
-        given = "the Open-Sora VAE v1.2" if vae_geometry == VAE_V1_2 else "an SD-VAE (per-frame image VAE)"
+        given = next((f.vae_name for f in families() if f.geometry == vae_geometry), "a VAE of another latent geometry")
         raise ValueError(
-            f"{family.class_name} (Open-Sora {family.release}) needs {family.vae_name}, but {given} was given; "
+            f"{family.model.class_name} ({family.title}) needs {family.vae_name}, but {given} was given; "
             f"load the VAE that belongs to the model"
         )
 
@@ -144,7 +104,7 @@ class GenerationPlan:
     """A checked request: sizes, steps and the per-round prompts and strategy groups."""
 
     spec: GenerationSpec
-    family: ModelFamily
+    family: Family
     latent_size: tuple[int, int, int]  # (t, h, w)
     steps: int
     condition_frames: int
@@ -163,11 +123,11 @@ class GenerationPlan:
 
     @property
     def total_frames(self) -> int:
-        return self.spec.num_frames + (self.spec.loops - 1) * (self.spec.num_frames - self.drop_frames)
+        return extension_total_frames(self.spec.num_frames, self.spec.loops, self.condition_frames, self.geometry)
 
     @property
     def save_fps(self) -> float:
-        return self.spec.save_fps or self.spec.fps / self.family.frame_interval
+        return self.spec.save_fps or self.spec.fps / self.family.defaults.frame_interval
 
     def reference_latent_frames(self, round_index: int) -> list[int]:
         """Latent frames of every reference available in a round (user references, then earlier clips)."""
@@ -179,22 +139,23 @@ class GenerationPlan:
         t, h, w = self.latent_size
         spec = self.spec
         lines = [
-            f"{self.family.class_name} ({self.family.release}), {self.family.sampler} {self.steps} steps, cfg {spec.cfg_scale}",
+            f"{self.family.model.class_name} ({self.family.release}), {self.family.sampler.name} {self.steps} steps, "
+            f"cfg {spec.cfg_scale}",
             f"{spec.num_frames} frames {spec.height}x{spec.width} -> latent {t}x{h}x{w}; "
             f"{spec.loops} round(s), {self.total_frames} frames at {self.save_fps:g} fps",
         ]
-        for round_index in range(spec.loops):
+        for round_index in range(spec.loops if self.family.conditioning is not None else 0):
             for b, groups in enumerate(self.groups):
                 text = describe_mask_strategy(
                     groups, latent_frames=t, ref_latent_frames=self.reference_latent_frames(round_index),
-                    loop_i=round_index, version=self.family.strategy_version, align=spec.align,
+                    loop_i=round_index, version=self.family.conditioning.version, align=spec.align,
                     geometry=self.geometry, num_frames=spec.num_frames,
                 )
                 lines.append(f"round {round_index} sample {b}: " + text.replace("\n", f"\nround {round_index} sample {b}: "))
         return "\n".join(lines)
 
 
-def plan_generation(family: ModelFamily, spec: GenerationSpec, reference_frames: Sequence[int] = ()) -> GenerationPlan:
+def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequence[int] = ()) -> GenerationPlan:
     """Check ``spec`` for ``family`` (sizes, frames, strategies, loops) and fix the plan.
 
     ``reference_frames``: pixel frame count of each reference (1 for an image). Raises
@@ -202,19 +163,19 @@ def plan_generation(family: ModelFamily, spec: GenerationSpec, reference_frames:
     """
     _check_size(family, spec)
     check_frame_count(spec.num_frames)
-    if family.sampler == "rflow":
-        check_transform_frames(spec.num_frames)
+    if family.sampler.check_frames is not None:
+        family.sampler.check_frames(spec.num_frames)
     if spec.loops < 1:
         raise ValueError(f"loops must be >= 1, got {spec.loops}")
     latent_size = family.geometry.latent_size(spec.num_frames, spec.height, spec.width)
-    condition = spec.condition_frame_length or family.condition_frame_length
+    condition = spec.condition_frame_length or family.defaults.condition_frame_length
     drop = extension_drop_frames(condition, spec.num_frames, family.geometry) if spec.loops > 1 else 0
     groups = _plan_groups(family, spec, list(reference_frames), latent_size[0], condition)
     return GenerationPlan(
         spec=spec,
         family=family,
         latent_size=latent_size,
-        steps=spec.steps or family.steps,
+        steps=spec.steps or family.defaults.steps,
         condition_frames=condition,
         round_prompts=[_round_prompts(family, spec, i) for i in range(spec.loops)],
         groups=groups,
@@ -223,7 +184,7 @@ def plan_generation(family: ModelFamily, spec: GenerationSpec, reference_frames:
     )
 
 
-def _check_size(family: ModelFamily, spec: GenerationSpec) -> None:
+def _check_size(family: Family, spec: GenerationSpec) -> None:
     f = family.geometry.spatial_factor
     if spec.height < 2 * f or spec.width < 2 * f:
         raise ValueError(f"size {spec.height}x{spec.width} (HxW) is too small; use at least {2 * f}x{2 * f} pixels")
@@ -241,12 +202,14 @@ def _strategies(spec: GenerationSpec) -> list[str]:
 
 
 def _plan_groups(family, spec, reference_frames, latent_frames, condition) -> list[list[MaskGroup]]:
-    version = family.strategy_version
     ref_latents = [family.geometry.latent_frames(n) for n in reference_frames]
     per_sample = []
     for text in _strategies(spec):
-        if (text.strip() or reference_frames) and not family.conditioning:
-            raise ValueError(f"{family.class_name} (Open-Sora {family.release}) cannot be conditioned on reference frames")
+        if family.conditioning is None:
+            if text.strip() or reference_frames:
+                raise ValueError(f"{family.model.class_name} ({family.title}) cannot be conditioned on reference frames")
+            per_sample.append([])
+            continue
         groups = parse_mask_strategy(text)
         if spec.pixel_positions:
             conditions = [PixelCondition(g.ref_id, g.ref_start, g.target_start, g.length, g.edit_ratio, g.loop_id) for g in groups]
@@ -254,7 +217,7 @@ def _plan_groups(family, spec, reference_frames, latent_frames, condition) -> li
                 conditions, geometry=family.geometry, num_frames=spec.num_frames, ref_num_frames=reference_frames
             )
         groups = validate_mask_strategy(
-            groups, latent_frames=latent_frames, ref_latent_frames=ref_latents, version=version,
+            groups, latent_frames=latent_frames, ref_latent_frames=ref_latents, version=family.conditioning.version,
             align=spec.align, loops=spec.loops,
         )
         continuation = [
@@ -265,8 +228,8 @@ def _plan_groups(family, spec, reference_frames, latent_frames, condition) -> li
     return per_sample
 
 
-def _round_prompts(family: ModelFamily, spec: GenerationSpec, round_index: int) -> list[str]:
-    aesthetic = family.aesthetic_score if spec.aesthetic_score == "auto" else spec.aesthetic_score
+def _round_prompts(family: Family, spec: GenerationSpec, round_index: int) -> list[str]:
+    aesthetic = family.defaults.aesthetic_score if spec.aesthetic_score == "auto" else spec.aesthetic_score
     return [
         prepare_prompt(loop_prompt_text(p, round_index), aesthetic, spec.motion_score, spec.camera_motion, clean=spec.clean_prompts)
         for p in spec.prompts
@@ -299,27 +262,6 @@ def device_of(module: nn.Module) -> torch.device:
 
 
 # ---------------------------------------------------------------------------
-# Memory planning
-# ---------------------------------------------------------------------------
-
-SAMPLING_LIVE_COPIES = 3  # copies of the widest activation alive at once (input, MLP hidden, output): an estimate
-
-
-def sampling_memory_bytes(model: nn.Module, batch_size: int, latent_size: tuple[int, int, int]) -> int:
-    """Rough activation memory of one guided denoising step in bytes, for a memory manager to make room.
-
-    The prompt and null-caption passes run as one batch of 2 x ``batch_size`` over every latent token;
-    the widest activation is the MLP's (hidden x mlp_ratio) next to the block input, and attention runs
-    through SDPA without materialising the scores. An estimate from the shapes, not calibrated on a GPU.
-    """
-    cfg = model.config
-    tokens = math.prod(math.ceil(n / p) for n, p in zip(latent_size, cfg.patch_size, strict=True))
-    width = cfg.hidden_size * (1 + cfg.mlp_ratio)
-    element = torch.empty((), dtype=model.dtype).element_size()
-    return int(2 * batch_size * tokens * width * element * SAMPLING_LIVE_COPIES)
-
-
-# ---------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------
 
@@ -342,20 +284,15 @@ class Components:
 
 
 def encode_prompts(text_encoder: TextEncoder, prompts: list[str], model: nn.Module) -> Caption:
-    """Encode prompts and check the caption length against the model's null caption."""
+    """Encode prompts and check the caption against the model's caption shape."""
     caption = text_encoder.encode(list(prompts))
     check_caption_length(caption, model)
     return caption
 
 
-def caption_length(model: nn.Module) -> int:
-    """Caption tokens L the model takes (its ``model_max_length``: rows of the learned null caption)."""
-    return int(model.y_embedder.y_embedding.shape[0])
-
-
 def check_caption_length(caption: Caption, model: nn.Module) -> None:
-    """Raise unless ``caption`` has the model's caption length and width."""
-    length, channels = model.y_embedder.y_embedding.shape
+    """Raise unless ``caption`` has the model's caption length and width (``model.caption_shape``)."""
+    length, channels = model.caption_shape
     if caption.max_length != length:
         raise ValueError(
             f"the text encoder gives {caption.max_length} tokens but {type(model).__name__} expects {length} "
@@ -401,23 +338,16 @@ def sample_clip(
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
     """One clip from start latent ``z`` (B, C, t, h, w) with references already inserted."""
-    family, spec = plan.family, plan.spec
+    sampler, spec = plan.family.sampler, plan.spec
     batch, device = z.shape[0], z.device
-    args = {}
-    if family.size_args:
-        args = multi_resolution_args(batch, (spec.height, spec.width), spec.num_frames, spec.fps, dtype=model.dtype, device=device)
-    y_null = negative.y if negative is not None else null_caption(model.y_embedder.y_embedding, batch)
-    guided = GuidedModel(
-        model, _on(caption, device), y_null.to(device), args, scale=spec.cfg_scale, channels=family.cfg_channel,
+    args = model.model_args(batch, spec.height, spec.width, spec.num_frames, spec.fps, device=device)
+    y_null = negative.y if negative is not None else model.null_caption(batch)
+    denoiser = sampler.denoiser(
+        model, _on(caption, device), y_null.to(device), args, scale=spec.cfg_scale, channels=sampler.guidance_channels,
         null_mask=None if negative is None else negative.mask.to(device),
     )
-    if family.sampler == "rflow":
-        schedule = rflow_schedule(
-            plan.steps, height=spec.height, width=spec.width, num_frames=spec.num_frames, args_dtype=model.dtype
-        )
-    else:
-        schedule = iddpm_schedule(plan.steps)
-    return get_sampler(family.sampler)(guided, z, schedule, mask=mask, noise=noise, callback=callback)
+    schedule = sampler.schedule(ScheduleRequest(plan.steps, spec.height, spec.width, spec.num_frames, model.dtype))
+    return sampler.sample(denoiser, z, schedule, mask=mask, noise=noise, callback=callback)
 
 
 def _on(caption: Caption, device: torch.device) -> Caption:
@@ -469,11 +399,11 @@ def sample_clips(
 
 
 def _insert_references(plan, z, refs, round_index, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if not plan.family.conditioning:
+    if plan.family.conditioning is None:
         return z, None
     on_device = [[r.to(device) for r in sample_refs] for sample_refs in refs]
     return apply_mask_strategy(
-        z, on_device, plan.groups, round_index, version=plan.family.strategy_version, align=plan.spec.align
+        z, on_device, plan.groups, round_index, version=plan.family.conditioning.version, align=plan.spec.align
     )
 
 

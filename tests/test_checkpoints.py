@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from opensora_core import checkpoints as ck
+from opensora_core import families
 
 
 class Tiny(nn.Module):
@@ -141,10 +142,10 @@ def test_unknown_suffix_and_missing_path(tmp_path):
 
 def test_detect_family_names_vae_and_t5():
     vae = {"temporal_vae.encoder.conv_in.conv.weight": torch.zeros(1), "spatial_vae.module.encoder.conv_in.weight": torch.zeros(1)}
-    assert ck.detect_family(vae) == "VideoAutoencoderPipeline"
+    assert families.detect(vae).kind.class_name == "VideoAutoencoderPipeline"
     ldm = {"encoder.down.0.block.0.norm1.weight": torch.zeros(1)}
-    assert ck.detect_family(ldm) == "AutoencoderKL"
+    assert families.detect(ldm).kind.class_name == "AutoencoderKL"
     t5 = {"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(1)}
-    assert ck.detect_family(t5) == "T5"
+    assert families.detect(t5).kind.class_name == "T5"
     with pytest.raises(ck.CheckpointError, match="this is a VAE file"):
-        ck.expect_family(vae, "STDiT3", "vae.safetensors")
+        families.expect(vae, [families.for_class("STDiT3").model], "vae.safetensors")

@@ -92,7 +92,7 @@ def test_wrong_vae_for_the_model_is_refused(files, tmp_path, capsys):
 
 
 def test_lora_changes_the_video_and_strength_zero_does_not(files, tmp_path):
-    from opensora_core.checkpoints import load_dit
+    from opensora_core.loading import load_dit
     from opensora_core.lora import add_lora, lora_layers, save_lora
 
     model = load_dit(files / "dit.safetensors").model

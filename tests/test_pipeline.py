@@ -7,6 +7,7 @@ import torch
 
 import tiny
 from opensora_core import pipeline
+from opensora_core.families import for_class
 from opensora_core.pipeline import Components, GenerationSpec, generate
 from opensora_core.sampling import SamplingInterrupted
 
@@ -101,7 +102,7 @@ def test_video_to_video_edit_changes_but_follows_the_reference(v12):
 
 
 def test_pixel_positions_are_converted_with_the_vae_geometry(v12):
-    plan = pipeline.plan_generation(pipeline.FAMILIES["STDiT3"], _spec(mask_strategy="0,0,0,16,1", pixel_positions=True), [1])
+    plan = pipeline.plan_generation(for_class("STDiT3"), _spec(mask_strategy="0,0,0,16,1", pixel_positions=True), [1])
     assert plan.groups[0][0].target_start == 4  # pixel frame 16 of 17 is in latent frame 4
     assert "pixel frame" in plan.describe()
 
@@ -110,7 +111,7 @@ def test_v1_1_image_to_video_with_iddpm(v11):
     image = _image(5)
     result = generate(v11, _spec(num_frames=4, mask_strategy="0", steps=4), [image])
     assert result.frames.shape == (1, 4, H, W, 3)
-    assert result.plan.family.sampler == "iddpm" and result.fps == 8  # v1.1 saves at fps / frame_interval
+    assert result.plan.family.sampler.name == "iddpm" and result.fps == 8  # v1.1 saves at fps / frame_interval
     ref = _reference_latents(v11, [image], seed=7)[0]
     latent = result.clips[0].latent[0]
     # v1.1 re-noises kept frames lightly at the last step: frame 0 stays close to the reference
@@ -150,7 +151,7 @@ def test_negative_prompt_changes_the_result(v12):
 )
 def test_bad_requests_fail_before_any_heavy_work(kwargs, refs, message):
     with pytest.raises(ValueError, match=message):
-        pipeline.plan_generation(pipeline.FAMILIES["STDiT3"], _spec(**kwargs), [1] * refs)
+        pipeline.plan_generation(for_class("STDiT3"), _spec(**kwargs), [1] * refs)
 
 
 def test_wrong_vae_for_the_model_is_named(v12):
@@ -188,5 +189,5 @@ def test_sample_video_checks_captions_before_sampling(v12):
 def test_sampling_memory_estimate_grows_with_tokens_and_precision(v12):
     """2 passes (prompt, null caption) x tokens x hidden x (1 + mlp_ratio) x bytes x live copies."""
     model = v12.model  # hidden 64, mlp_ratio 4, patch (1, 2, 2), float32
-    assert pipeline.sampling_memory_bytes(model, 1, (5, 4, 6)) == 2 * (5 * 2 * 3) * 64 * 5 * 4 * 3
-    assert pipeline.sampling_memory_bytes(model, 2, (5, 4, 6)) == 2 * pipeline.sampling_memory_bytes(model, 1, (5, 4, 6))
+    assert model.sampling_memory_bytes(1, (5, 4, 6)) == 2 * (5 * 2 * 3) * 64 * 5 * 4 * 3
+    assert model.sampling_memory_bytes(2, (5, 4, 6)) == 2 * model.sampling_memory_bytes(1, (5, 4, 6))

@@ -8,7 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from opensora_core.models import build_model
+from opensora_core.families import build_model, detect, for_class
+from opensora_core.families.common import SD_VAE_KINDS
+from opensora_core.loading import load_vae
 from opensora_core.vae import (
     AutoencoderKL,
     AutoencoderKLConfig,
@@ -16,11 +18,17 @@ from opensora_core.vae import (
     TemporalVAEConfig,
     VideoAutoencoderKL,
     VideoAutoencoderPipeline,
-    detect_vae_layout,
-    load_vae,
     to_diffusers_layout,
     to_ldm_layout,
 )
+
+V1_2_VAE = for_class("STDiT3").vae  # the VAE kinds an Open-Sora v1.2 model takes
+
+
+def detect_vae_layout(state_dict) -> str | None:
+    """The VAE file kind the family registry finds (its layout name), or None."""
+    found = detect(state_dict, role="vae")
+    return None if found is None else found.kind.name
 
 TINY_SD = AutoencoderKLConfig(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4)
 TINY_TEMPORAL = TemporalVAEConfig(
@@ -253,7 +261,7 @@ def test_load_vae_builds_the_per_frame_wrapper_for_an_sd_vae_file(tmp_path):
     path = tmp_path / "tiny_vae.safetensors"
     ldm = to_ldm_layout(source.module.state_dict())
     save_file({"first_stage_model." + k: v.contiguous() for k, v in ldm.items()}, path)
-    vae = load_vae(path, expect="sd", norm_num_groups=4)
+    vae = load_vae(path, expect=SD_VAE_KINDS, norm_num_groups=4)
     assert isinstance(vae, VideoAutoencoderKL) and vae.micro_batch_size == 4
     z = torch.randn(1, 4, 2, 2, 3)
     assert torch.equal(vae.decode(z, 2), source.decode(z, 2))
@@ -261,7 +269,7 @@ def test_load_vae_builds_the_per_frame_wrapper_for_an_sd_vae_file(tmp_path):
 
 def test_load_vae_builds_the_v1_2_pipeline():
     source = tiny_pipeline()
-    vae = load_vae(source.state_dict(), expect="v1.2", norm_num_groups=4, dtype=torch.float64)
+    vae = load_vae(source.state_dict(), expect=V1_2_VAE, norm_num_groups=4, dtype=torch.float64)
     assert isinstance(vae, VideoAutoencoderPipeline) and vae.scale.dtype == torch.float64
     assert vae.temporal_vae.config == TINY_TEMPORAL
     z = torch.randn(1, 4, 2, 2, 3, dtype=torch.float64)
@@ -276,9 +284,9 @@ def test_load_vae_rejects_a_diffusion_transformer():
 
 def test_load_vae_rejects_an_sd_vae_where_v1_2_is_needed():
     with pytest.raises(ValueError, match="Open-Sora v1.2 needs the video VAE.*OpenSora-VAE-v1.2"):
-        load_vae(tiny_sd().module.state_dict(), expect="v1.2")
+        load_vae(tiny_sd().module.state_dict(), expect=V1_2_VAE)
 
 
 def test_load_vae_rejects_the_v1_2_vae_where_sd_is_needed():
     with pytest.raises(ValueError, match="v1.0/v1.1 models need the SD-VAE"):
-        load_vae(tiny_pipeline().state_dict(), expect="sd")
+        load_vae(tiny_pipeline().state_dict(), expect=SD_VAE_KINDS)

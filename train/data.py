@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from opensora_core import media
+from opensora_core.families import Training
 from opensora_core.geometry import IMG_FPS
 from opensora_core.model_args import SizeArgs
 
@@ -151,22 +152,24 @@ def read_clip(clip: Clip) -> torch.Tensor:
     return media.to_model_range(fitted)  # (3, T, H, W)
 
 
-def size_args(clip: Clip, class_name: str, frame_interval: int, ar: str = "official") -> dict[str, float]:
+def size_args(clip: Clip, training: Training, frame_interval: int, ar: str = "official") -> dict[str, float]:
     """The model's per-sample height/width/num_frames/ar/fps for a clip, as the official datasets give them.
 
-    v1.2 (STDiT3): ar = H/W, fps = source fps // frame_interval. v1.1 (STDiT2): ar = W/H (its training
-    quirk; ``ar="height/width"`` uses the inference convention instead), fps = source fps. Images:
-    fps = 120 (IMG_FPS); unknown video fps: 24.
+    ``training`` is the family's declaration: ``aspect_ratio`` is the ``ar`` convention of its official
+    dataset (v1.2: H/W; v1.1: W/H, a training quirk that ``ar="height/width"`` replaces by the inference
+    convention), ``fps_per_frame_interval`` whether fps is the source fps // frame_interval (v1.2) or the
+    source fps (v1.1). Images: fps = 120 (IMG_FPS); unknown video fps: 24.
     """
     height, width = float(clip.height), float(clip.width)
     source_fps = clip.entry.fps or DEFAULT_FPS
     if clip.is_image:
         fps = float(IMG_FPS)
-    elif class_name == "STDiT2":
-        fps = source_fps
-    else:
+    elif training.fps_per_frame_interval:
         fps = float(source_fps // frame_interval)
-    ratio = width / height if (class_name == "STDiT2" and ar == "official") else height / width
+    else:
+        fps = source_fps
+    width_over_height = training.aspect_ratio == "width/height" and ar == "official"
+    ratio = width / height if width_over_height else height / width
     return SizeArgs(height=height, width=width, num_frames=float(clip.num_frames), ar=ratio, fps=fps).as_dict()
 
 

@@ -19,12 +19,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from opensora_core.checkpoints import infer_dit_config, load_dit, read_checkpoint, save_checkpoint
+from opensora_core.checkpoints import read_checkpoint, save_checkpoint
 from opensora_core.dtypes import DTYPES
+from opensora_core.families import build_model, for_class
+from opensora_core.loading import load_dit, load_vae, read_dit_config
 from opensora_core.lora import add_lora, comfy_lora_from_state, fuse_lora_state, save_lora
 from opensora_core.model_args import MODEL_ARG_NAMES
-from opensora_core.models import build_model, presets
-from opensora_core.sampling.losses import DEFAULT_OBJECTIVE, build_objective
+from opensora_core.models import presets
+from opensora_core.sampling.losses import build_objective
+from opensora_core.text.t5 import load_t5_encoder
 
 from .buckets import BucketTable, bucket_summary
 from .cache import (
@@ -85,8 +88,9 @@ class DiTTask:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.class_name = model_class_name(cfg)
+        self.family = for_class(self.class_name)
         obj = cfg.objective
-        kind = obj.kind or DEFAULT_OBJECTIVE[self.class_name]
+        kind = obj.kind or self.family.training.objective
         options = {}
         if kind == "rflow":
             options = dict(sample_method=obj.sample_method, loc=obj.loc, scale=obj.scale,
@@ -108,8 +112,8 @@ class DiTTask:
         model = self.cfg.model
         if model.checkpoint:
             ckpt = read_checkpoint(model.checkpoint)
-            _, config = infer_dit_config(ckpt.state_dict)
-            return {**config, **(ckpt.config or {}), **model.config}
+            _, config = read_dit_config(ckpt, overrides=model.config)
+            return {**(ckpt.config or {}), **config}
         config = dict(model.config)
         if model.preset:
             config = {**dataclasses.asdict(presets()[model.preset][1]), **config}
@@ -132,7 +136,7 @@ class DiTTask:
         kept = [i for i, c in enumerate(clips) if latents[i].exists()]
         if failed or len(kept) < len(clips):
             log.warning("%d clip(s) could not be read and are left out", len(clips) - len(kept))
-        sizes = [size_args(clips[i], self.class_name, cfg.data.frame_interval, cfg.data.ar) for i in kept]
+        sizes = [size_args(clips[i], self.family.training, cfg.data.frame_interval, cfg.data.ar) for i in kept]
         dataset = CachedClipDataset([clips[i] for i in kept], [latents[i] for i in kept],
                                     [captions[clips[i].entry.text] for i in kept], self.max_length, sizes)
         sampler = BucketBatchSampler(self._groups(dataset), table.batch_size, seed=cfg.run.seed,
@@ -154,13 +158,11 @@ class DiTTask:
     def _cache_captions(self, accelerator, texts: list[str]) -> dict[str, Path]:
         """Cache every caption and validation prompt; returns text -> file."""
         cfg = self.cfg
-        wanted = list(dict.fromkeys(texts + (validation_texts(self.class_name, cfg.validation)
+        wanted = list(dict.fromkeys(texts + (validation_texts(self.family, cfg.validation)
                                              if cfg.validation.every else [])))
         paths = {t: self.cache.caption(caption_key(t, self.t5_id, self.max_length)) for t in wanted}
         todo = [t for t in wanted if not paths[t].exists()]
         if todo:
-            from opensora_core.text.t5 import load_t5_encoder
-
             encoder = load_t5_encoder(cfg.text_encoder.path, cfg.text_encoder.tokenizer or None,
                                       max_length=self.max_length, dtype=DTYPES[cfg.text_encoder.dtype],
                                       device=accelerator.device)
@@ -201,11 +203,8 @@ class DiTTask:
         return paths, failed
 
     def _load_vae(self, device):
-        from opensora_core.vae import load_vae
-
         cfg = self.cfg.vae
-        expect = "v1.2" if self.class_name == "STDiT3" else "sd"
-        return load_vae(cfg.path, expect=expect, dtype=DTYPES[cfg.dtype], device=device,
+        return load_vae(cfg.path, expect=self.family.vae, dtype=DTYPES[cfg.dtype], device=device,
                         micro_batch_size=cfg.micro_batch_size, norm_num_groups=cfg.norm_num_groups)
 
     # -- model ------------------------------------------------------------------

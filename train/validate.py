@@ -12,18 +12,21 @@ import importlib.util
 import json
 from pathlib import Path
 
-from opensora_core.checkpoints import CheckpointError, detect_family, read_checkpoint
+from opensora_core.checkpoints import CheckpointError, read_checkpoint
 from opensora_core.dtypes import DTYPES
+from opensora_core.families import describe, detect, families, for_class
+from opensora_core.loading import read_dit_config
 from opensora_core.models import presets
-from opensora_core.sampling.losses import DEFAULT_OBJECTIVE, RF_SAMPLE_METHODS
+from opensora_core.sampling.losses import RF_SAMPLE_METHODS
 from opensora_core.sampling.rflow import TRANSFORM_CHUNK_FRAMES
 
 from .buckets import BucketTable
 from .config import ConfigError, TrainConfig
 from .data import REQUIRED_COLUMNS
 from .masks import parse_mask_ratios
+from .validation import validation_texts
 
-TRAINABLE_CLASSES = ("STDiT3", "STDiT2")
+TRAINABLE_CLASSES = tuple(f.model.class_name for f in families() if f.training is not None)  # STDiT3, STDiT2
 VAE_CLASSES = ("VideoAutoencoderPipeline", "VideoAutoencoderKL")
 
 
@@ -121,18 +124,15 @@ def _check_encoders(cfg: TrainConfig) -> None:
 def _check_encoders_fit(cfg: TrainConfig, class_name: str) -> None:
     """The VAE family and the T5 width against the model, from file headers only."""
     vae = Path(cfg.vae.path)
+    family = for_class(class_name)
     if vae.is_file() and vae.suffix == ".safetensors":
         from safetensors import safe_open
 
-        from opensora_core.vae import detect_vae_layout
-
         with safe_open(str(vae), framework="pt") as handle:
-            layout = detect_vae_layout(dict.fromkeys(handle.keys()))
-        wanted = "vae_v1_2" if class_name == "STDiT3" else ("sd_diffusers", "sd_ldm")
-        if layout is None or layout not in wanted:
-            need = "the Open-Sora VAE v1.2" if class_name == "STDiT3" else "an SD-VAE"
-            raise ConfigError("vae.path", f"{class_name} was trained with {need}; {vae.name} holds "
-                                          f"{'no VAE' if layout is None else layout.replace('_', ' ')}")
+            found = detect(handle.keys(), role="vae")
+        if found is None or found.kind not in family.vae:
+            raise ConfigError("vae.path", f"{class_name} was trained with {family.vae_name}; {vae.name} holds "
+                                          f"{'no VAE' if found is None else describe(found)}")
     t5_config = Path(cfg.text_encoder.path) / "config.json"
     if t5_config.is_file():
         width = json.loads(t5_config.read_text()).get("d_model")
@@ -145,10 +145,11 @@ def _check_encoders_fit(cfg: TrainConfig, class_name: str) -> None:
 def _caption_channels(cfg: TrainConfig) -> int | None:
     model = cfg.model
     if model.checkpoint:
-        from opensora_core.checkpoints import shape_of
-
-        state = read_checkpoint(model.checkpoint).state_dict
-        return shape_of(state, "y_embedder.y_embedding")[1] if "y_embedder.y_embedding" in state else None
+        try:
+            _, config = read_dit_config(read_checkpoint(model.checkpoint))
+        except CheckpointError as err:
+            raise ConfigError("model.checkpoint", str(err)) from None
+        return config["caption_channels"]
     if "caption_channels" in model.config:
         return model.config["caption_channels"]
     return getattr(presets()[model.preset][1], "caption_channels", None) if model.preset else 4096
@@ -156,7 +157,7 @@ def _caption_channels(cfg: TrainConfig) -> int | None:
 
 def _check_objective(cfg: TrainConfig, class_name: str) -> None:
     obj = cfg.objective
-    kind = obj.kind or DEFAULT_OBJECTIVE[class_name]
+    kind = obj.kind or for_class(class_name).training.objective
     _one_of("objective.kind", kind, ("rflow", "iddpm"))
     _one_of("objective.sample_method", obj.sample_method, RF_SAMPLE_METHODS)
     if kind == "rflow" and obj.timestep_transform:
@@ -203,10 +204,8 @@ def _check_validation(cfg: TrainConfig, class_name: str) -> None:
             _existing_path(f"validation.reference_images[{i}]", ref, "an image file")
     for name in ("height", "width", "num_frames"):
         _at_least(f"validation.{name}", getattr(val, name), 1)
-    from .validation import validation_texts
-
     try:
-        validation_texts(class_name, val)  # plans every sample: sizes, frame counts, strategies
+        validation_texts(for_class(class_name), val)  # plans every sample: sizes, frame counts, strategies
     except ValueError as err:
         raise ConfigError("validation", str(err)) from None
 
@@ -267,10 +266,10 @@ def _checkpoint_family(path: str) -> str:
         ckpt = read_checkpoint(path)
     except CheckpointError as err:
         raise ConfigError("model.checkpoint", str(err)) from None
-    family = ckpt.class_name if ckpt.class_name in TRAINABLE_CLASSES else detect_family(ckpt.state_dict)
-    if family is None:
+    found = detect(ckpt.state_dict, role="diffusion", class_name=ckpt.class_name)
+    if found is None:
         raise ConfigError("model.checkpoint", f"{path} holds no STDiT weights")
-    return family
+    return found.kind.class_name
 
 
 # ---------------------------------------------------------------------------

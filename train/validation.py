@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from opensora_core import media
-from opensora_core.pipeline import FAMILIES, Components, GenerationSpec, generate, plan_generation
+from opensora_core.families import Family
+from opensora_core.pipeline import Components, GenerationSpec, generate, plan_generation
 
 from .config import ValidationConfig
 
@@ -47,11 +48,11 @@ def validation_items(cfg: ValidationConfig) -> list[ValidationItem]:
     return items
 
 
-def validation_texts(class_name: str, cfg: ValidationConfig) -> list[str]:
+def validation_texts(family: Family, cfg: ValidationConfig) -> list[str]:
     """The exact texts the pipeline will give T5 (cleaned, with the release's suffixes), to cache."""
     texts = []
     for item in validation_items(cfg):
-        plan = plan_generation(FAMILIES[class_name], item.spec, [1] if item.reference else [])
+        plan = plan_generation(family, item.spec, [1] if item.reference else [])
         texts += [t for prompts in plan.round_prompts for t in prompts]
     return list(dict.fromkeys(texts))
 

@@ -21,14 +21,18 @@ from pathlib import Path
 import torch
 
 from .. import geometry, media
-from ..checkpoints import CheckpointError, detect_family, read_checkpoint
+from ..checkpoints import CheckpointError, read_checkpoint
+from ..demo import load_demo
 from ..dtypes import DTYPES
-from ..pipeline import FAMILIES, Components, GenerationSpec, check_vae_fits, generate, plan_generation
+from ..families import Family, describe, detect, families
+from ..loading import load_dit, load_vae, model_family
+from ..lora import merge_lora
+from ..pipeline import Components, GenerationSpec, check_vae_fits, generate, plan_generation
 from ..text.prompts import parse_prompt_options
+from ..text.t5 import load_t5_encoder
+from ..vae import TilingOptions
 
 log = logging.getLogger("opensora")
-
-VAE_GEOMETRY = {"VideoAutoencoderPipeline": geometry.VAE_V1_2, "AutoencoderKL": geometry.PER_FRAME}
 
 
 # ---------------------------------------------------------------------------
@@ -40,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opensora-generate", description=__doc__.split("\n\n")[0])
     files = p.add_argument_group("model files")
     files.add_argument("--model", help="STDiT/STDiT2/STDiT3 checkpoint (.safetensors, HF folder or .pth)")
+    files.add_argument("--preset", help="model preset, for a file that does not store its size (e.g. a renamed "
+                                        "v1.0 .pth: STDiT-XL/2-16x512x512)")
     files.add_argument("--vae", help="VAE v1.2 (for STDiT3) or SD-VAE (for STDiT/STDiT2)")
     files.add_argument("--text-encoder", help="T5 folder, or a single t5xxl .safetensors with --tokenizer")
     files.add_argument("--tokenizer", help="T5 tokenizer folder (needed for a single-file T5)")
@@ -62,20 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--aspect-ratio", default="9:16", help="H:W preset, e.g. 9:16 (landscape), 1:1, 16:9 (portrait)")
     size.add_argument("--height", type=int, help="pixel height (overrides --resolution/--aspect-ratio with --width)")
     size.add_argument("--width", type=int, help="pixel width")
-    size.add_argument("--num-frames", type=int, help="pixel frames (default 51 for v1.2, 16 for v1.1/v1.0)")
+    size.add_argument("--num-frames", type=int, help=f"pixel frames (default: {_family_defaults('num_frames')})")
     size.add_argument("--duration", help=f"named length instead of --num-frames: {', '.join(geometry.named_durations())}")
     size.add_argument("--fps", type=float, default=24.0, help="fps the model is conditioned on")
     size.add_argument("--save-fps", type=float, help="fps of the written video (default: fps / frame interval)")
 
     run = p.add_argument_group("sampling")
-    run.add_argument("--steps", type=int, help="sampling steps (default 30 for v1.2, 100 for v1.1/v1.0)")
+    run.add_argument("--steps", type=int, help=f"sampling steps (default: {_family_defaults('steps')})")
     run.add_argument("--cfg-scale", type=float, default=7.0)
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--loops", type=int, default=1, help="rounds of infinite extension")
     run.add_argument("--condition-frame-length", type=int, help="latent frames each round continues from (5 / 4)")
     run.add_argument("--condition-frame-edit", type=float, default=0.0)
     run.add_argument("--align", type=int, help="snap strategy starts to multiples of this (official v1.2: 5)")
-    run.add_argument("--aesthetic-score", type=float, help="default 6.5 for v1.2 (none for v1.1/v1.0)")
+    run.add_argument("--aesthetic-score", type=float, help=f"default: {_family_defaults('aesthetic_score')}")
     run.add_argument("--no-aesthetic-score", action="store_true")
     run.add_argument("--motion-score", type=float)
     run.add_argument("--camera-motion")
@@ -91,13 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _family_defaults(field: str) -> str:
+    """"30 for v1.2, 100 for v1.1, ..." from the family declarations."""
+    return ", ".join(f"{getattr(f.defaults, field)} for {f.release}" for f in families())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; ``--demo`` fills in the demo files and settings the user did not give."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.demo:
-        from ..demo import load_demo
-
         demo = load_demo()
         parser.set_defaults(
             model=str(demo.model), vae=str(demo.vae), text_encoder=str(demo.text_encoder), height=demo.height,
@@ -143,7 +152,7 @@ def collect_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
-def resolve_size(args: argparse.Namespace, release: str) -> tuple[int, int, int]:
+def resolve_size(args: argparse.Namespace, family: Family) -> tuple[int, int, int]:
     """(height, width, num_frames) from explicit values or presets."""
     if (args.height is None) != (args.width is None):
         raise ValueError("give both --height and --width, or neither (then --resolution and --aspect-ratio apply)")
@@ -153,7 +162,7 @@ def resolve_size(args: argparse.Namespace, release: str) -> tuple[int, int, int]
     if args.duration:
         frames = geometry.num_frames_from_duration(args.duration)
     else:
-        frames = args.num_frames or (51 if release == "v1.2" else 16)
+        frames = args.num_frames or family.defaults.num_frames
     return height, width, frames
 
 
@@ -184,15 +193,16 @@ def parse_lora(value: str) -> tuple[Path, float]:
         return Path(value), 1.0
 
 
-def check_files(args: argparse.Namespace, jobs: list[Job]) -> tuple[str, str]:
-    """Model family and VAE family from the checkpoint headers; reference files exist and decode."""
-    model_family = detect_family(read_checkpoint(args.model).state_dict)
-    if model_family not in FAMILIES:
-        raise CheckpointError(f"--model {args.model}: not an Open-Sora diffusion transformer (found {model_family})")
-    vae_family = detect_family(read_checkpoint(args.vae).state_dict)
-    if vae_family not in VAE_GEOMETRY:
-        raise CheckpointError(f"--vae {args.vae}: not a VAE file (found {vae_family})")
-    check_vae_fits(FAMILIES[model_family], VAE_GEOMETRY[vae_family])
+def check_files(args: argparse.Namespace, jobs: list[Job]) -> Family:
+    """The model's family and its VAE from the checkpoint headers; reference files exist and decode."""
+    try:
+        family = model_family(args.model)
+    except CheckpointError as err:
+        raise CheckpointError(f"--model {args.model}: not an Open-Sora diffusion transformer ({err})") from None
+    vae = detect(read_checkpoint(args.vae).state_dict)
+    if vae is None or vae.kind.role != "vae":
+        raise CheckpointError(f"--vae {args.vae}: not a VAE file (it holds {describe(vae)})")
+    check_vae_fits(family, vae.kind.geometry)
     for path, _ in map(parse_lora, args.lora):
         if not path.is_file():
             raise FileNotFoundError(f"--lora {path}: not found")
@@ -203,7 +213,7 @@ def check_files(args: argparse.Namespace, jobs: list[Job]) -> tuple[str, str]:
             if not ref.is_file():
                 raise FileNotFoundError(f"reference file not found: {ref}")
             media.probe(ref)  # raises MediaError naming the file if it cannot be decoded
-    return model_family, vae_family
+    return family
 
 
 # ---------------------------------------------------------------------------
@@ -212,21 +222,16 @@ def check_files(args: argparse.Namespace, jobs: list[Job]) -> tuple[str, str]:
 
 
 def load_components(args: argparse.Namespace, device: torch.device) -> Components:
-    from ..checkpoints import load_dit
-    from ..lora import merge_lora
-    from ..text.t5 import load_t5_encoder
-    from ..vae import load_vae
-
     on_gpu = device.type != "cpu"
     dtype = DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")]
     t5_dtype = DTYPES[args.t5_dtype or ("bf16" if on_gpu else "fp32")]
-    loaded = load_dit(args.model, dtype=dtype, device=device)
+    loaded = load_dit(args.model, preset=args.preset, dtype=dtype, device=device)
     log.info("model: %s (%s) from %s", loaded.class_name, loaded.preset or "custom size", args.model)
     for path, strength in map(parse_lora, args.lora):
         merged = merge_lora(loaded.model, path, strength)
         log.info("merged LoRA %s (%d layers, strength %g)", path, len(merged), strength)
     vae = load_vae(args.vae, dtype=dtype, device=device)
-    max_length = loaded.model.y_embedder.y_embedding.shape[0]
+    max_length, _ = loaded.model.caption_shape
     text = load_t5_encoder(args.text_encoder, args.tokenizer, max_length=max_length, dtype=t5_dtype, device=device)
     return Components(loaded.model, vae, text)
 
@@ -248,9 +253,8 @@ def _progress(quiet: bool):
 
 def run(args: argparse.Namespace) -> list[Path]:
     jobs = collect_jobs(args)
-    model_family, _ = check_files(args, jobs)
-    family = FAMILIES[model_family]
-    size = resolve_size(args, family.release)
+    family = check_files(args, jobs)
+    size = resolve_size(args, family)
     specs = [make_spec(args, job, size) for job in jobs]
     for job, spec in zip(jobs, specs, strict=True):
         plan_generation(family, spec, [media.probe(r).num_frames for r in job.references])
@@ -275,8 +279,6 @@ def run(args: argparse.Namespace) -> list[Path]:
 def _tiling(args: argparse.Namespace):
     if not args.tile:
         return None
-    from ..vae import TilingOptions
-
     return TilingOptions()
 
 

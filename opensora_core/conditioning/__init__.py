@@ -20,6 +20,7 @@ from .loop import (
 )
 from .plan import (
     TASKS,
+    MaskStrategyConditioning,
     PixelCondition,
     describe_mask_strategy,
     edit_strategy,
@@ -52,6 +53,7 @@ __all__ = [
     "V1_2",
     "VERSIONS",
     "MaskGroup",
+    "MaskStrategyConditioning",
     "PixelCondition",
     "Placement",
     "append_generated",

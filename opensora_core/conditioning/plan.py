@@ -311,3 +311,18 @@ def task_groups(
         wanted = geometry.pixel_to_latent_frame(min(frames, num_frames) - 1, num_frames) + 1
         return extend_strategy(min(wanted, first_latents, clip_latents))
     return edit_strategy(min(first_latents, clip_latents), edit_ratio)
+
+
+# ---------------------------------------------------------------------------
+# The conditioning a family declares
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaskStrategyConditioning:
+    """Reference frames placed by Open-Sora mask strategies, with the rules of one release ("v1.1"/"v1.2")."""
+
+    version: str
+
+    def __post_init__(self) -> None:
+        check_version(self.version)

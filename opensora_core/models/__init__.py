@@ -1,12 +1,13 @@
-"""Model classes with the official parameter names, built from official configs.
+"""Diffusion transformers with the official parameter names, built from official configs.
 
-``build_model(class_name, config)`` takes the official class name (``"STDiT3"``,
-``"STDiT2"``, ``"STDiT"``, ``"VideoAutoencoderPipeline"``, ``"VideoAutoencoderKL"``,
-``"diffusers.AutoencoderKL"``) and the official constructor kwargs exactly as the
-released ``config.json`` files and the reference manifests give them. Each class
-implements ``from_official_config(config)``; kernel switches such as
-``enable_flash_attn`` are accepted and do not change the maths. Works under
-``with torch.device("meta")``.
+``model_class(class_name)`` gives our class for an official diffusion-model class name (``"STDiT3"``,
+``"STDiT2"``, ``"STDiT"``); each class implements ``from_official_config(config)`` (the official
+constructor kwargs exactly as the released ``config.json`` files and the reference manifests give
+them; kernel switches such as ``enable_flash_attn`` are accepted and do not change the maths), has
+``PRESETS`` (preset name -> config dataclass) and works under ``with torch.device("meta")``.
+``opensora_core.families.build_model`` builds any official class name (this table and the VAEs').
+
+A new diffusion model: add its module here and one line to ``_CLASSES``.
 """
 
 from __future__ import annotations
@@ -20,35 +21,27 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "STDiT3": (".stdit3", "STDiT3"),
     "STDiT2": (".stdit2", "STDiT2"),
     "STDiT": (".stdit", "STDiT"),
-    "VideoAutoencoderPipeline": ("..vae.pipeline", "VideoAutoencoderPipeline"),
-    "VideoAutoencoderKL": ("..vae.pipeline", "VideoAutoencoderKL"),
-    "diffusers.AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
-    "AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
 }
 
 
+def class_names() -> list[str]:
+    """Official class names of the diffusion models in this package."""
+    return list(_CLASSES)
+
+
 def model_class(class_name: str) -> type[nn.Module]:
-    """Our class for an official class name."""
+    """Our class for an official diffusion-model class name."""
     if class_name not in _CLASSES:
-        raise ValueError(f"unknown model class {class_name!r}; known: {', '.join(_CLASSES)}")
+        raise ValueError(f"unknown diffusion model class {class_name!r}; known: {', '.join(_CLASSES)}")
     module, attr = _CLASSES[class_name]
     return getattr(importlib.import_module(module, __package__), attr)
-
-
-def build_model(class_name: str, config: dict) -> nn.Module:
-    """Build ``class_name`` from official constructor kwargs (``config``)."""
-    return model_class(class_name).from_official_config(dict(config))
-
-
-# official class names whose modules define a ``PRESETS`` table (preset name -> config dataclass)
-_PRESET_CLASSES = ("STDiT3", "STDiT2", "STDiT")
 
 
 def presets() -> dict[str, tuple[str, object]]:
     """Every named preset: name (e.g. ``"STDiT3-XL/2"``) -> (official class name, config dataclass)."""
     table = {}
-    for class_name in _PRESET_CLASSES:
-        for name, config in model_class(class_name).PRESETS.items():
+    for class_name in _CLASSES:
+        for name, config in getattr(model_class(class_name), "PRESETS", {}).items():
             table[name] = (class_name, config)
     return table
 
@@ -81,4 +74,4 @@ def find_preset(class_name: str, config: dict) -> str | None:
     return None
 
 
-__all__ = ["ARCHITECTURE_FIELDS", "build_model", "build_preset", "find_preset", "model_class", "presets"]
+__all__ = ["ARCHITECTURE_FIELDS", "build_preset", "class_names", "find_preset", "model_class", "presets"]

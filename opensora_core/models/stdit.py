@@ -159,6 +159,22 @@ class STDiT(STDiTBase):
     CONFIG = STDiTConfig
     PRESETS = PRESETS
     OFFICIAL_NAME = "STDiT"
+    SIZE_ARGS = False  # conditioned on the timestep only
+    OPTIONAL_KEYS = ("pos_embed", "pos_embed_temporal")  # released .pth files omit the fixed tables
+    UNREADABLE_DEFAULTS = {**STDiTBase.UNREADABLE_DEFAULTS, "space_scale": 1.0, "time_scale": 1.0}  # constructor defaults
+
+    @classmethod
+    def config_from_shapes(cls, keys, shape) -> dict:
+        """Base kwargs plus the latent size of the position tables when the file stores them (else None)
+        and the table scales, which no shape shows (None)."""
+        config = super().config_from_shapes(keys, shape)
+        size = None
+        if "pos_embed" in keys and "pos_embed_temporal" in keys:
+            cells, side = shape("pos_embed")[1], math.isqrt(shape("pos_embed")[1])
+            patch = config["patch_size"]
+            if side * side == cells and patch[1] == patch[2]:  # square grid (every released size)
+                size = [shape("pos_embed_temporal")[1] * patch[0], side * patch[1], side * patch[2]]
+        return {**config, "input_size": size, "space_scale": None, "time_scale": None}
 
     def __init__(self, config: STDiTConfig | None = None, *, device=None, dtype=None, operations=nn) -> None:
         cfg = config or STDiTConfig()

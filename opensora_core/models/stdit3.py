@@ -161,6 +161,15 @@ class STDiT3(STDiTBase):
     CONFIG = STDiT3Config
     PRESETS = PRESETS
     OFFICIAL_NAME = "STDiT3"
+    BLOCKS = "spatial_blocks"
+    UNREADABLE_DEFAULTS = {**STDiTBase.UNREADABLE_DEFAULTS, "input_sq_size": 512}  # every released config sets 512
+
+    @classmethod
+    def config_from_shapes(cls, keys, shape) -> dict:
+        """Base kwargs plus the free input size, the q/k norm switch and an unknown ``input_sq_size``."""
+        config = super().config_from_shapes(keys, shape)
+        qk_norm = f"{cls.BLOCKS}.0.attn.q_norm.weight" in keys
+        return {**config, "input_size": [None, None, None], "input_sq_size": None, "qk_norm": qk_norm}
 
     def __init__(self, config: STDiT3Config | None = None, *, device=None, dtype=None, operations=nn) -> None:
         cfg = config or STDiT3Config()

@@ -25,6 +25,7 @@ from .core import (
     NoiseSource,
     RecordedNoise,
     SamplingInterrupted,
+    ScheduleRequest,
     StepCallback,
 )
 from .frames import FrameSets, IDDPMFrameRule, ReferenceFrames, RFlowFrameRule
@@ -60,6 +61,7 @@ __all__ = [
     "RecordedNoise",
     "ReferenceFrames",
     "SamplingInterrupted",
+    "ScheduleRequest",
     "SpacedSchedule",
     "StepCallback",
     "check_transform_frames",

@@ -55,6 +55,7 @@ T5_V1_0 = TextEncoderPreset("v1.0", max_length=120)  # T5Encoder default; config
 T5_V1_1 = TextEncoderPreset("v1.1", max_length=200)  # configs/opensora-v1-1/inference/sample.py
 T5_V1_2 = TextEncoderPreset("v1.2", max_length=300)  # configs/opensora-v1-2/inference/sample.py
 T5_PRESETS = {p.name: p for p in (T5_V1_0, T5_V1_1, T5_V1_2)}
+T5_XXL_CHANNELS = 4096  # d_model of T5-XXL: the STDiT caption_channels
 
 TOKENIZER_CONFIG = "tokenizer_config.json"  # names the tokenizer class and the special tokens
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # the vocabulary: either one
@@ -442,6 +443,7 @@ __all__ = [
     "T5_V1_0",
     "T5_V1_1",
     "T5_V1_2",
+    "T5_XXL_CHANNELS",
     "TOKENIZER_CONFIG",
     "TOKENIZER_FILES",
     "describe_state_dict",

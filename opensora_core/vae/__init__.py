@@ -24,20 +24,50 @@ Both run without autograd, in the VAE's dtype and on its device (inputs are move
 ``tiling=None`` is the official, exact computation; a :class:`TilingOptions` bounds
 memory further (one frame at a time, spatial tiles with linear blending; slightly
 approximate). :func:`decode_with_fallback` retries a decode tiled when it runs out of
-memory. :func:`load_vae` detects the file and builds the right wrapper.
+memory. ``opensora_core.loading.load_vae`` detects a file and builds the right wrapper.
 
 Modules: :mod:`.autoencoder_kl` (SD-VAE), :mod:`.temporal` (VAE v1.2 temporal stage),
-:mod:`.pipeline` (the video wrappers), :mod:`.keys` (state-dict layouts),
-:mod:`.posterior`, :mod:`.tiling`, :mod:`.loading`.
+:mod:`.pipeline` (the video wrappers), :mod:`.keys` (state-dict layouts), :mod:`.shapes`
+(architecture from a state dict), :mod:`.posterior`, :mod:`.tiling`.
+
+A new VAE: add its module here and one line to ``_CLASSES`` (official class name -> our class), so
+``opensora_core.families.build_model`` builds it from its official config.
 """
 
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
 from .autoencoder_kl import AUTOENCODER_KL_PRESETS, AutoencoderKL, AutoencoderKLConfig
-from .keys import detect_vae_layout, to_diffusers_layout, to_ldm_layout
-from .loading import load_vae
+from .keys import to_diffusers_layout, to_ldm_layout
 from .pipeline import VideoAutoencoderKL, VideoAutoencoderPipeline, VideoVAE
 from .posterior import NoiseFn, RecordedNoise, gaussian_noise
 from .temporal import TEMPORAL_VAE_PRESETS, TemporalVAE, TemporalVAEConfig
 from .tiling import TilingOptions, decode_with_fallback
+
+# official class name -> (module relative to this package, our class)
+_CLASSES: dict[str, tuple[str, str]] = {
+    "VideoAutoencoderPipeline": (".pipeline", "VideoAutoencoderPipeline"),
+    "VideoAutoencoderKL": (".pipeline", "VideoAutoencoderKL"),
+    "diffusers.AutoencoderKL": (".autoencoder_kl", "AutoencoderKL"),
+    "AutoencoderKL": (".autoencoder_kl", "AutoencoderKL"),
+}
+
+
+def class_names() -> list[str]:
+    """Official class names of the VAEs in this package."""
+    return list(_CLASSES)
+
+
+def vae_class(class_name: str) -> type[nn.Module]:
+    """Our class for an official VAE class name."""
+    if class_name not in _CLASSES:
+        raise ValueError(f"unknown VAE class {class_name!r}; known: {', '.join(_CLASSES)}")
+    module, attr = _CLASSES[class_name]
+    return getattr(importlib.import_module(module, __package__), attr)
+
 
 __all__ = [
     "AUTOENCODER_KL_PRESETS",
@@ -53,9 +83,9 @@ __all__ = [
     "VideoAutoencoderPipeline",
     "VideoVAE",
     "decode_with_fallback",
-    "detect_vae_layout",
+    "class_names",
     "gaussian_noise",
-    "load_vae",
     "to_diffusers_layout",
     "to_ldm_layout",
+    "vae_class",
 ]
