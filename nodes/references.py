@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from ..opensora_core.conditioning import parse_mask_strategy
+from ..opensora_core.conditioning import LATENT, PIXEL, MaskGroup, check_groups, parse_mask_strategy
 from . import widgets as w
 from .types import REFERENCES, References
+
+INPUT = "mask_strategy"  # the input every strategy error is reported on
 
 STRATEGY_HELP = (
     "Used when preset is 'custom': groups 'loop_id,ref_id,ref_start,target_start,length[,edit_ratio]' "
@@ -14,22 +16,12 @@ STRATEGY_HELP = (
 )
 
 
-def check_strategy_text(strategy: str, references: int) -> None:
-    """Syntax and value checks that need no frame counts; raises ValueError naming the input and group."""
-    try:
-        groups = parse_mask_strategy(strategy)
-    except ValueError as err:
-        raise ValueError(f"mask_strategy: {err}") from None
-    for index, group in enumerate(groups, start=1):
-        where = f"mask_strategy group {index} ({group.format()!r})"
-        if group.loop_id < 0:
-            raise ValueError(f"{where}: loop_id must be >= 0")
-        if not 0 <= group.ref_id < references:
-            raise ValueError(f"{where}: ref_id {group.ref_id} but {references} reference input(s); ref_id 0 is image_1")
-        if group.length < 1:
-            raise ValueError(f"{where}: length must be >= 1")
-        if not 0.0 <= group.edit_ratio <= 1.0:
-            raise ValueError(f"{where}: edit_ratio must be 0 (keep) .. 1 (regenerate)")
+def parse_strategy(text: str, units: str, references: int) -> list[MaskGroup]:
+    """The strategy parsed once (core parser) and checked with the core rules that need no frame counts;
+    a ValueError names the mask_strategy input and the group."""
+    groups = parse_mask_strategy(text, PIXEL if units == "pixel frames" else LATENT, name=INPUT)
+    check_groups(groups, references=references, name=INPUT)
+    return groups
 
 
 class OpenSoraMaskBuilder:
@@ -64,16 +56,14 @@ class OpenSoraMaskBuilder:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, preset, mask_strategy, units):
-        if preset not in w.TASK_LABELS:
-            return f"preset: {preset!r} is not one of {', '.join(w.TASK_LABELS)}"
-        if units not in w.UNITS:
-            return f"units: {units!r} is not one of {', '.join(w.UNITS)}"
-        if w.TASK_LABELS[preset] is None:
-            try:
-                check_strategy_text(mask_strategy, w.MAX_REFERENCES)
-            except ValueError as err:
-                return str(err)
+    def VALIDATE_INPUTS(cls, mask_strategy):
+        """Queue-time check of the strategy text. ComfyUI reports a failure on every input named here, so
+        only mask_strategy is (preset and units are combos ComfyUI checks itself); the frame units are not
+        known here, so the text is read as latent frames (the units only change the wording)."""
+        try:
+            parse_strategy(mask_strategy, "latent frames", w.MAX_REFERENCES)
+        except ValueError as err:
+            return str(err)
         return True
 
     def build(self, image_1, preset, mask_strategy, units, frames, edit_ratio, **more):
@@ -84,7 +74,6 @@ class OpenSoraMaskBuilder:
             gap = 1 + images.index(None)
             raise ValueError(f"image_{gap} is empty but a later image is connected; connect references in order")
         task = w.TASK_LABELS[preset]
-        if task is None:
-            check_strategy_text(mask_strategy, len(images))
+        groups = parse_strategy(mask_strategy, units, len(images)) if task is None else []
         frames_list = [image[..., :3].float().cpu() for image in images]  # (T, H, W, 3) each
-        return (References(frames_list, mask_strategy, units == "pixel frames", task, frames, edit_ratio),)
+        return (References(frames_list, groups, task, frames, edit_ratio),)

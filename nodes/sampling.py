@@ -82,10 +82,10 @@ class OpenSoraSampler:
     def sample(self, model: ModelHandle, vae: VAEHandle, positive: PromptCaptions, width, height, num_frames, fps,
                steps, cfg, seed, loops, condition_frame_length, condition_frame_edit, align,
                negative: PromptCaptions | None = None, references: References | None = None):
-        strategy, pixel = references.resolve(vae.geometry, num_frames) if references is not None else ("", False)
+        groups = references.resolve(vae.geometry, num_frames) if references is not None else []
         spec = GenerationSpec(
             prompts=[positive.prompt], height=height, width=width, num_frames=num_frames, fps=fps, steps=steps,
-            cfg_scale=cfg, seed=seed, mask_strategy=strategy, pixel_positions=pixel, loops=loops,
+            cfg_scale=cfg, seed=seed, mask_strategy=groups, loops=loops,
             condition_frame_length=condition_frame_length or None, condition_frame_edit=condition_frame_edit,
             align=align or None,
         )

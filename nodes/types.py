@@ -7,12 +7,12 @@ survives ComfyUI's cache and latent save/load nodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..opensora_core.conditioning import format_mask_strategy, task_groups
+from ..opensora_core.conditioning import MaskGroup, task_groups
 from ..opensora_core.geometry import LatentGeometry
 from ..opensora_core.families import Family
 from ..opensora_core.pipeline import Clip, GenerationPlan
@@ -106,16 +106,15 @@ class PromptCaptions:
 
 @dataclass(eq=False)
 class References:
-    """OPENSORA_REFERENCES: reference frames plus where they go (a strategy or a named task).
+    """OPENSORA_REFERENCES: reference frames plus where they go (parsed strategy groups or a named task).
 
     ``frames``: one (T, H, W, 3) float tensor in 0..1 per reference (an image has T = 1).
-    A named ``task`` (opensora_core.conditioning.TASKS) is resolved once the clip length is
-    known; otherwise ``strategy`` is used as written, in pixel or latent frames.
+    ``groups``: the mask strategy, parsed once by the Mask Builder (each group knows its units);
+    a named ``task`` (opensora_core.conditioning.TASKS) is resolved once the clip length is known.
     """
 
     frames: list[torch.Tensor]
-    strategy: str = ""
-    pixel_positions: bool = False
+    groups: list[MaskGroup] = field(default_factory=list)
     task: str | None = None
     task_frames: int = 1
     edit_ratio: float = 0.0
@@ -124,15 +123,14 @@ class References:
     def frame_counts(self) -> list[int]:
         return [int(f.shape[0]) for f in self.frames]
 
-    def resolve(self, geometry: LatentGeometry, num_frames: int) -> tuple[str, bool]:
-        """(mask strategy, pixel_positions) for a clip of ``num_frames`` frames."""
+    def resolve(self, geometry: LatentGeometry, num_frames: int) -> list[MaskGroup]:
+        """The groups for a clip of ``num_frames`` frames (typed; the sampler checks and places them)."""
         if self.task is None:
-            return self.strategy, self.pixel_positions
-        groups = task_groups(
+            return list(self.groups)
+        return task_groups(
             self.task, geometry=geometry, num_frames=num_frames, ref_num_frames=self.frame_counts,
             frames=self.task_frames, edit_ratio=self.edit_ratio,
         )
-        return format_mask_strategy(groups), False
 
 
 # ---------------------------------------------------------------------------

@@ -33,15 +33,14 @@ from torch import nn
 
 from . import media
 from .conditioning import (
+    LATENT,
+    PIXEL,
     MaskGroup,
-    PixelCondition,
-    apply_mask_strategy,
-    describe_mask_strategy,
+    PlacedGroup,
     extension_drop_frames,
     extension_total_frames,
+    insert_references,
     parse_mask_strategy,
-    pixel_conditions_to_groups,
-    validate_mask_strategy,
 )
 from .families import Family, families, family_of
 from .geometry import LatentGeometry, check_frame_count
@@ -68,8 +67,11 @@ def check_vae_fits(family: Family, vae_geometry: LatentGeometry) -> None:
 
 @dataclass
 class GenerationSpec:
-    """One generation request. Frame positions in ``mask_strategy`` are latent frames unless
-    ``pixel_positions`` is set (then every number but loop_id/ref_id/edit_ratio is a pixel frame)."""
+    """One generation request.
+
+    ``mask_strategy``: one strategy for every sample, or one per sample; a strategy is text (parsed once,
+    when the plan is made; its frame numbers are latent frames unless ``pixel_positions`` is set) or
+    already typed :class:`~.conditioning.MaskGroup` objects, which carry their own units."""
 
     prompts: list[str]  # one per sample; "|0|text|2|text" gives per-round texts
     height: int
@@ -79,7 +81,7 @@ class GenerationSpec:
     steps: int | None = None  # None: the family's default (30 / 100)
     cfg_scale: float = 7.0
     seed: int = 42
-    mask_strategy: str | Sequence[str] = ""  # one for all samples, or one per sample
+    mask_strategy: str | Sequence[MaskGroup] | Sequence[str | Sequence[MaskGroup]] = ""
     pixel_positions: bool = False
     loops: int = 1
     condition_frame_length: int | None = None  # latent frames; None: family default (5 / 4)
@@ -101,7 +103,7 @@ class GenerationSpec:
 
 @dataclass
 class GenerationPlan:
-    """A checked request: sizes, steps and the per-round prompts and strategy groups."""
+    """A checked request: sizes, steps, the per-round prompts and where every reference group lands."""
 
     spec: GenerationSpec
     family: Family
@@ -109,7 +111,7 @@ class GenerationPlan:
     steps: int
     condition_frames: int
     round_prompts: list[list[str]]  # [round][sample] final text given to T5
-    groups: list[list[MaskGroup]]  # per sample: user groups + one continuation group per later round
+    placements: list[list[PlacedGroup]]  # per sample, placed once: user groups, then one continuation per later round
     reference_frames: list[int]  # pixel frames of each user reference
     drop_frames: int  # pixel frames each later clip drops when joined
 
@@ -129,10 +131,10 @@ class GenerationPlan:
     def save_fps(self) -> float:
         return self.spec.save_fps or self.spec.fps / self.family.defaults.frame_interval
 
-    def reference_latent_frames(self, round_index: int) -> list[int]:
-        """Latent frames of every reference available in a round (user references, then earlier clips)."""
-        user = [self.geometry.latent_frames(n) for n in self.reference_frames]
-        return user + [self.latent_size[0]] * round_index
+    @property
+    def groups(self) -> list[list[MaskGroup]]:
+        """Per sample, the latent groups as written (before alignment and clipping)."""
+        return [[placed.group for placed in sample] for sample in self.placements]
 
     def describe(self) -> str:
         """Readable summary: sizes, frames and where each condition lands."""
@@ -144,13 +146,11 @@ class GenerationPlan:
             f"{spec.num_frames} frames {spec.height}x{spec.width} -> latent {t}x{h}x{w}; "
             f"{spec.loops} round(s), {self.total_frames} frames at {self.save_fps:g} fps",
         ]
-        for round_index in range(spec.loops if self.family.conditioning is not None else 0):
-            for b, groups in enumerate(self.groups):
-                text = describe_mask_strategy(
-                    groups, latent_frames=t, ref_latent_frames=self.reference_latent_frames(round_index),
-                    loop_i=round_index, version=self.family.conditioning.version, align=spec.align,
-                    geometry=self.geometry, num_frames=spec.num_frames,
-                )
+        conditioning = self.family.conditioning
+        for round_index in range(spec.loops if conditioning is not None else 0):
+            for b, placements in enumerate(self.placements):
+                text = conditioning.describe(placements, loop_i=round_index, geometry=self.geometry,
+                                             num_frames=spec.num_frames)
                 lines.append(f"round {round_index} sample {b}: " + text.replace("\n", f"\nround {round_index} sample {b}: "))
         return "\n".join(lines)
 
@@ -170,7 +170,7 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
     latent_size = family.geometry.latent_size(spec.num_frames, spec.height, spec.width)
     condition = spec.condition_frame_length or family.defaults.condition_frame_length
     drop = extension_drop_frames(condition, spec.num_frames, family.geometry) if spec.loops > 1 else 0
-    groups = _plan_groups(family, spec, list(reference_frames), latent_size[0], condition)
+    placements = _plan_placements(family, spec, list(reference_frames), condition)
     return GenerationPlan(
         spec=spec,
         family=family,
@@ -178,7 +178,7 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
         steps=spec.steps or family.defaults.steps,
         condition_frames=condition,
         round_prompts=[_round_prompts(family, spec, i) for i in range(spec.loops)],
-        groups=groups,
+        placements=placements,
         reference_frames=list(reference_frames),
         drop_frames=drop,
     )
@@ -192,39 +192,32 @@ def _check_size(family: Family, spec: GenerationSpec) -> None:
         raise ValueError(f"fps must be positive, got {spec.fps}")
 
 
-def _strategies(spec: GenerationSpec) -> list[str]:
+def _strategies(spec: GenerationSpec) -> list[str | list[MaskGroup]]:
+    """One strategy (text or groups) per sample."""
     strategies = spec.mask_strategy
-    if isinstance(strategies, str):
-        return [strategies] * len(spec.prompts)
+    if isinstance(strategies, str) or all(isinstance(g, MaskGroup) for g in strategies):
+        return [strategies if isinstance(strategies, str) else list(strategies)] * len(spec.prompts)
     if len(strategies) != len(spec.prompts):
         raise ValueError(f"{len(strategies)} mask strategies for {len(spec.prompts)} prompts: give one, or one per prompt")
     return list(strategies)
 
 
-def _plan_groups(family, spec, reference_frames, latent_frames, condition) -> list[list[MaskGroup]]:
-    ref_latents = [family.geometry.latent_frames(n) for n in reference_frames]
+def _plan_placements(family: Family, spec: GenerationSpec, reference_frames: list[int],
+                     condition: int) -> list[list[PlacedGroup]]:
+    """Per sample: its strategy parsed (when text), checked against the frame counts and placed, once."""
     per_sample = []
-    for text in _strategies(spec):
+    for strategy in _strategies(spec):
         if family.conditioning is None:
-            if text.strip() or reference_frames:
+            if (strategy.strip() if isinstance(strategy, str) else strategy) or reference_frames:
                 raise ValueError(f"{family.model.class_name} ({family.title}) cannot be conditioned on reference frames")
             per_sample.append([])
             continue
-        groups = parse_mask_strategy(text)
-        if spec.pixel_positions:
-            conditions = [PixelCondition(g.ref_id, g.ref_start, g.target_start, g.length, g.edit_ratio, g.loop_id) for g in groups]
-            groups = pixel_conditions_to_groups(
-                conditions, geometry=family.geometry, num_frames=spec.num_frames, ref_num_frames=reference_frames
-            )
-        groups = validate_mask_strategy(
-            groups, latent_frames=latent_frames, ref_latent_frames=ref_latents, version=family.conditioning.version,
-            align=spec.align, loops=spec.loops,
-        )
-        continuation = [
-            MaskGroup(i, len(reference_frames) + i - 1, -condition, 0, condition, spec.condition_frame_edit)
-            for i in range(1, spec.loops)
-        ]
-        per_sample.append(list(groups) + continuation)
+        groups = parse_mask_strategy(strategy, PIXEL if spec.pixel_positions else LATENT) if isinstance(
+            strategy, str) else strategy
+        per_sample.append(family.conditioning.place(
+            groups, geometry=family.geometry, num_frames=spec.num_frames, reference_frames=reference_frames,
+            loops=spec.loops, condition_frames=condition, condition_edit=spec.condition_frame_edit, align=spec.align,
+        ))
     return per_sample
 
 
@@ -402,9 +395,8 @@ def _insert_references(plan, z, refs, round_index, device) -> tuple[torch.Tensor
     if plan.family.conditioning is None:
         return z, None
     on_device = [[r.to(device) for r in sample_refs] for sample_refs in refs]
-    return apply_mask_strategy(
-        z, on_device, plan.groups, round_index, version=plan.family.conditioning.version, align=plan.spec.align
-    )
+    placed = [[p for p in sample if p.group.loop_id == round_index] for sample in plan.placements]
+    return insert_references(z, on_device, placed)
 
 
 def _round_callback(callback, round_index: int, plan: GenerationPlan):

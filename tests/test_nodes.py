@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import comfy_stub
 from comfy_stub import tiny_models
 from conftest import REPO
 from opensora_core import media
+from opensora_core.conditioning import PIXEL, MaskGroup
+from opensora_core.geometry import VAE_V1_2
 
 NODES_DIR = REPO / "nodes"
 COMFY_ROOTS = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "latent_preview", "server", "execution"}
@@ -252,21 +255,30 @@ def test_a_clip_without_t5_is_refused(env, v12):
 
 def test_mask_builder_validates_at_queue_time(env):
     validate = env.nodes["OpenSoraMaskBuilder"].VALIDATE_INPUTS
-    assert validate("custom", "0;0,1,0,-1,1", "latent frames") is True
-    assert validate("first frame (image to video)", "not used", "latent frames") is True
-    assert validate("custom", "0,0,0,0,1,1.5", "latent frames").startswith("mask_strategy group 1")
-    assert validate("custom", "0,x", "latent frames").startswith("mask_strategy")
-    assert validate("custom", "0,4", "pixel frames").startswith("mask_strategy group 1 ('0,4")
+    # ComfyUI reports a failed check on every input VALIDATE_INPUTS names: a strategy error is reported once
+    assert list(inspect.signature(validate).parameters) == ["mask_strategy"]
+    assert validate("0;0,1,0,-1,1") is True
+    assert validate("0,0,0,0,1,1.5").startswith("mask_strategy group 1")
+    assert validate("0,x").startswith("mask_strategy")
+    assert validate("0,4").startswith("mask_strategy group 1 ('0,4")
 
 
 def test_mask_builder_checks_the_connected_references(env):
     build = env.node("OpenSoraMaskBuilder").build
-    with pytest.raises(ValueError, match="ref_id 1 but 1 reference input"):
+    with pytest.raises(ValueError, match="mask_strategy group 2 .* uses reference 1, but only 1 reference"):
         build(_image(0), "custom", "0;0,1,0,-1,1", "latent frames", 17, 0.4)
     with pytest.raises(ValueError, match="image_2 is empty but a later image is connected"):
         build(_image(0), "custom", "0", "latent frames", 17, 0.4, image_3=_image(1))
     (refs,) = build(_image(0), "first and last frame (stitching)", "", "latent frames", 17, 0.4, image_2=_image(1))
     assert refs.frame_counts == [1, 1] and refs.task == "first_last"
+
+
+def test_mask_builder_hands_on_typed_groups_in_their_units(env):
+    """The builder parses the text once; the sampler gets the same groups, units included."""
+    build = env.node("OpenSoraMaskBuilder").build
+    (refs,) = build(_image(0, frames=17), "custom", "0,0,0,16,1", "pixel frames", 17, 0)
+    assert refs.groups == [MaskGroup(target_start=16, units=PIXEL)]
+    assert refs.resolve(VAE_V1_2, 17) == refs.groups
 
 
 # ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 
 from .. import geometry, media
 from ..checkpoints import CheckpointError, read_checkpoint
+from ..conditioning import LATENT, PIXEL, MaskGroup, parse_mask_strategy
 from ..demo import load_demo
 from ..dtypes import DTYPES
 from ..families import Family, describe, detect, families
@@ -131,7 +132,7 @@ class Job:
 
     prompt: str
     references: list[Path]
-    mask_strategy: str
+    mask_strategy: list[MaskGroup]  # parsed once, here
     output: Path
 
 
@@ -147,8 +148,9 @@ def collect_jobs(args: argparse.Namespace) -> list[Job]:
         options = parse_prompt_options(raw)
         refs = options.reference_path.split(";") if options.reference_path else list(args.reference)
         strategy = options.mask_strategy if options.mask_strategy is not None else args.mask_strategy
+        groups = parse_mask_strategy(strategy, PIXEL if args.pixel_positions else LATENT)
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}_{index}{out.suffix}")
-        jobs.append(Job(options.text, [Path(r) for r in refs if r], strategy, path))
+        jobs.append(Job(options.text, [Path(r) for r in refs if r], groups, path))
     return jobs
 
 
@@ -171,7 +173,7 @@ def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int]) ->
     aesthetic = None if args.no_aesthetic_score else (args.aesthetic_score if args.aesthetic_score is not None else "auto")
     return GenerationSpec(
         prompts=[job.prompt], height=height, width=width, num_frames=frames, fps=args.fps, steps=args.steps,
-        cfg_scale=args.cfg_scale, seed=args.seed, mask_strategy=job.mask_strategy, pixel_positions=args.pixel_positions,
+        cfg_scale=args.cfg_scale, seed=args.seed, mask_strategy=job.mask_strategy,
         loops=args.loops, condition_frame_length=args.condition_frame_length,
         condition_frame_edit=args.condition_frame_edit, align=args.align, aesthetic_score=aesthetic,
         motion_score=args.motion_score, camera_motion=args.camera_motion,
