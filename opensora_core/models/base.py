@@ -14,7 +14,7 @@ from torch import nn
 from ..model_args import multi_resolution_args
 from ..official_config import config_from_official
 from ..text.caption import null_caption
-from .layers import Captions, caption_mask, packed_captions
+from .captions import Captions, caption_mask, packed_captions
 
 SAMPLING_LIVE_COPIES = 3  # copies of the widest activation alive at once (input, MLP hidden, output): an estimate
 

@@ -18,33 +18,13 @@ from torch import nn
 from ..dtypes import parse_dtype
 from ..official_config import config_from_official
 from .base import STDiTBase
-from .layers import (
-    Attention,
-    CaptionEmbedder,
-    Captions,
-    CrossAttention,
-    FinalLayer,
-    Mlp,
-    PatchEmbed3D,
-    TimestepEmbedder,
-    add,
-    as_triple,
-    cast_to,
-    check_heads,
-    drop_path_rates,
-    layer_norm,
-    modulate,
-    modulation,
-    reset_table_,
-    residual,
-    run_block,
-    scalar_per_sample,
-    sincos_1d_fixed,
-    sincos_2d_fixed,
-    unpatchify,
-    xavier_linears,
-    zero_,
-)
+from .captions import CaptionEmbedder, Captions, CrossAttention
+from .config import as_triple, check_heads
+from .init import drop_path_rates, reset_table_, xavier_linears, zero_
+from .inplace import add, modulate, residual
+from .layers import Attention, FinalLayer, Mlp, PatchEmbed3D, TimestepEmbedder, modulation, run_block, unpatchify
+from .positions import sincos_1d_fixed, sincos_2d_fixed
+from .tensors import cast_to, layer_norm, scalar_per_sample
 
 # ==================================================================================================
 # Config

@@ -15,35 +15,24 @@ import torch
 from torch import nn
 
 from .base import STDiTBase
+from .captions import CaptionEmbedder, Captions, CrossAttention
+from .config import as_triple, check_heads
+from .init import drop_path_rates, freeze_, reset_table_, xavier_linears, zero_
+from .inplace import add, modulate, residual
 from .layers import (
     Attention,
-    CaptionEmbedder,
-    Captions,
-    CrossAttention,
     FinalLayer,
     Mlp,
     PatchEmbed3D,
-    RotaryEmbedding,
     SizeEmbedder,
     TimestepEmbedder,
-    add,
-    as_triple,
-    check_heads,
-    drop_path_rates,
     frame_mask_or_none,
-    freeze_,
-    layer_norm,
-    modulate,
     modulation,
-    reset_table_,
-    residual,
-    resolution_pos_table,
     run_block,
-    scalar_per_sample,
     unpatchify,
-    xavier_linears,
-    zero_,
 )
+from .positions import RotaryEmbedding, resolution_pos_table
+from .tensors import layer_norm, scalar_per_sample
 
 # ==================================================================================================
 # Config

@@ -1,0 +1,213 @@
+"""The stages of a generation, one function each: encode prompts, encode references, sample the loop
+rounds, decode and join the clips (:func:`opensora_core.pipeline.generate` chains them; the nodes call
+them one by one).
+
+Randomness comes from one CPU ``torch.Generator`` seeded with ``spec.seed`` (the same video on every
+device), drawn in the official order: reference encodes, then per round the start noise and the
+sampler's per-step draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .. import media
+from ..conditioning import insert_references
+from ..sampling import GeneratorNoise, ScheduleRequest
+from ..text.caption import Caption
+from ..vae import decode_with_fallback
+from ..vae.posterior import gaussian_noise
+from .placement import Placement, StayPut
+from .plan import GenerationPlan
+
+
+class TextEncoder(Protocol):
+    """Turns prompts into a caption (``opensora_core.text.t5.T5TextEncoder``, or the nodes' CLIP adapter)."""
+
+    def encode(self, texts: list[str]) -> Caption: ...
+
+
+
+StepInfo = dict  # the sampler's callback dict plus "round", "rounds", "step", "steps"
+
+
+
+@dataclass
+class Components:
+    """What a generation needs; ``text_encoder`` may be None when captions are given directly."""
+
+    model: nn.Module
+    vae: nn.Module  # a opensora_core.vae.VideoVAE
+    text_encoder: TextEncoder | None = None
+    placement: Placement = field(default_factory=StayPut)
+
+
+
+def encode_prompts(text_encoder: TextEncoder, prompts: list[str], model: nn.Module) -> Caption:
+    """Encode prompts and check the caption against the model's caption shape."""
+    caption = text_encoder.encode(list(prompts))
+    check_caption_length(caption, model)
+    return caption
+
+
+
+def check_caption_length(caption: Caption, model: nn.Module) -> None:
+    """Raise unless ``caption`` has the model's caption length and width (``model.caption_shape``)."""
+    length, channels = model.caption_shape
+    if caption.max_length != length:
+        raise ValueError(
+            f"the text encoder gives {caption.max_length} tokens but {type(model).__name__} expects {length} "
+            f"(model_max_length); set the T5 max length to {length}"
+        )
+    if caption.y.shape[-1] != channels:
+        raise ValueError(
+            f"the caption has {caption.y.shape[-1]} channels but {type(model).__name__} expects {channels} "
+            f"(caption_channels); use the T5 the model was trained with (T5-XXL: 4096)"
+        )
+
+
+
+def encode_references(
+    vae: nn.Module, references: Sequence[torch.Tensor], height: int, width: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Fit each reference (T, H, W, 3) to the output size and encode it: (C, t, h, w) float32 latents.
+
+    Images are resized with bicubic and videos with bilinear filtering to cover the
+    size, then centre-cropped (opensora/datasets/utils.py); the VAE samples its posterior.
+    """
+    fit_h, fit_w = vae.geometry.decoded_hw(height, width)
+    latents = []
+    for frames in references:
+        mode = "bicubic" if frames.shape[0] == 1 else "bilinear"
+        fitted = media.resize_cover_crop(frames, fit_h, fit_w, mode=mode)
+        x = media.to_model_range(fitted).unsqueeze(0)  # (1, 3, T, H, W)
+        z = vae.encode(x, noise=gaussian_noise(generator))
+        latents.append(z[0].float())  # (C, t, h, w)
+    return latents
+
+
+
+def sample_clip(
+    model: nn.Module,
+    plan: GenerationPlan,
+    caption: Caption,
+    z: torch.Tensor,
+    mask: torch.Tensor | None,
+    noise: GeneratorNoise,
+    *,
+    negative: Caption | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """One clip from start latent ``z`` (B, C, t, h, w) with references already inserted."""
+    sampler, spec = plan.family.sampler, plan.spec
+    batch, device = z.shape[0], z.device
+    args = model.model_args(batch, spec.height, spec.width, spec.num_frames, spec.fps, device=device)
+    y_null = negative.y if negative is not None else model.null_caption(batch)
+    denoiser = sampler.denoiser(
+        model, _on(caption, device), y_null.to(device), args, scale=spec.cfg_scale, channels=sampler.guidance_channels,
+        null_mask=None if negative is None else negative.mask.to(device),
+    )
+    schedule = sampler.schedule(ScheduleRequest(plan.steps, spec.height, spec.width, spec.num_frames, model.dtype))
+    return sampler.sample(denoiser, z, schedule, mask=mask, noise=noise, callback=callback)
+
+
+
+def _on(caption: Caption, device: torch.device) -> Caption:
+    return Caption(caption.y.to(device), caption.mask.to(device))
+
+
+
+@dataclass
+class Clip:
+    """One round's latent and how it joins the video."""
+
+    latent: torch.Tensor  # (B, C, t, h, w) float32
+    num_frames: int  # pixel frames it decodes to
+    drop: int  # pixel frames dropped from its start when joined
+    frames: torch.Tensor | None = None  # decoded (B, T, H, W, 3) in 0..1 when a later round needed them
+
+
+
+def sample_clips(
+    components: Components,
+    plan: GenerationPlan,
+    captions: Sequence[Caption],
+    references: Sequence[torch.Tensor],
+    generator: torch.Generator,
+    *,
+    negatives: Sequence[Caption | None] | None = None,
+    tiling=None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> list[Clip]:
+    """Run every loop round; ``captions[i]`` is round i's caption, ``references`` the encoded user references."""
+    model, vae, place = components.model, components.vae, components.placement
+    spec, clips = plan.spec, []
+    refs = [list(references) for _ in range(plan.batch_size)]  # per sample
+    noise = GeneratorNoise(generator)
+    for round_index in range(spec.loops):
+        if round_index > 0:
+            previous = clips[-1]
+            with place.use(vae):
+                previous.frames = decode_frames(vae, previous.latent, spec.num_frames, tiling=tiling)
+                again = encode_references(vae, list(previous.frames), spec.height, spec.width, generator)
+            for b in range(plan.batch_size):
+                refs[b].append(again[b])
+        with place.use(model) as device:
+            z = torch.randn((plan.batch_size, model.in_channels, *plan.latent_size), generator=generator).to(device)
+            z, mask = _insert_references(plan, z, refs, round_index, device)
+            negative = negatives[round_index] if negatives else None
+            step_cb = _round_callback(callback, round_index, plan)
+            latent = sample_clip(model, plan, captions[round_index], z, mask, noise, negative=negative, callback=step_cb)
+        clips.append(Clip(latent.float(), spec.num_frames, plan.drop_frames if round_index else 0))
+    return clips
+
+
+
+def _insert_references(plan, z, refs, round_index, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if plan.family.conditioning is None:
+        return z, None
+    on_device = [[r.to(device) for r in sample_refs] for sample_refs in refs]
+    placed = [[p for p in sample if p.group.loop_id == round_index] for sample in plan.placements]
+    return insert_references(z, on_device, placed)
+
+
+
+def _round_callback(callback, round_index: int, plan: GenerationPlan):
+    if callback is None:
+        return None
+
+    def report(info: dict) -> None:
+        step = round_index * plan.steps + info["i"] + 1
+        callback({**info, "round": round_index, "rounds": plan.spec.loops, "step": step, "steps": plan.steps * plan.spec.loops})
+
+    return report
+
+
+
+def decode_frames(vae: nn.Module, latent: torch.Tensor, num_frames: int, *, tiling=None) -> torch.Tensor:
+    """Decode (B, C, t, h, w) to (B, T, H, W, 3) float32 frames in 0..1.
+
+    ``tiling=None`` decodes exactly as the official code and retries tiled on out-of-memory;
+    a :class:`~opensora_core.vae.TilingOptions` decodes tiled from the start.
+    """
+    if tiling is None:
+        video = decode_with_fallback(vae, latent, num_frames)  # (B, 3, T, H, W) in about [-1, 1]
+    else:
+        video = vae.decode(latent, num_frames, tiling=tiling)
+    return torch.stack([media.from_model_range(v) for v in video.float().cpu()])
+
+
+
+def decode_clips(vae: nn.Module, clips: Sequence[Clip], *, tiling=None) -> torch.Tensor:
+    """Decode every clip (reusing frames a later round already decoded) and join them: (B, T, H, W, 3)."""
+    parts = []
+    for clip in clips:
+        frames = clip.frames if clip.frames is not None else decode_frames(vae, clip.latent, clip.num_frames, tiling=tiling)
+        parts.append(frames[:, clip.drop :])
+    return torch.cat(parts, dim=1)
+
