@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..opensora_core.conditioning import LATENT, PIXEL, MaskGroup, check_groups, parse_mask_strategy
+from ..opensora_core.geometry import V1_2_MICRO_FRAMES
 from . import widgets as w
 from .types import REFERENCES, References
 
@@ -48,7 +49,7 @@ class OpenSoraMaskBuilder:
                 "units": w.choice(w.UNITS, "latent frames",
                                   "Units of ref_start/target_start/length in mask_strategy. The v1.2 VAE packs "
                                   "17 pixel frames into 5 latent frames; pixel frames are converted."),
-                "frames": w.integer(17, 1, 4096, "Preset 'extend from last frames': pixel frames of image_1's "
+                "frames": w.integer(V1_2_MICRO_FRAMES, 1, 4096, "Preset 'extend from last frames': pixel frames of image_1's "
                                     "end that start the new video."),
                 "edit_ratio": w.number(0.4, 0.0, 1.0, "Preset 'edit whole video': 0 keeps the video, 1 ignores it."),
             },

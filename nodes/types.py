@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..opensora_core.conditioning import MaskGroup, task_groups
-from ..opensora_core.geometry import LatentGeometry
 from ..opensora_core.families import Family
+from ..opensora_core.geometry import LatentGeometry
 from ..opensora_core.pipeline import Clip, GenerationPlan
 from ..opensora_core.text.caption import Caption
 from .comfy_bridge import Managed

@@ -20,7 +20,7 @@ from torch import nn
 
 from opensora_core import media
 from opensora_core.families import Family
-from opensora_core.pipeline import Components, GenerationSpec, generate, plan_generation
+from opensora_core.pipeline import Components, GenerationSpec, device_of, generate, plan_generation
 
 from .config import ValidationConfig
 
@@ -68,7 +68,7 @@ class VisitDevice:
         if module is self.resident or not any(True for _ in module.parameters()):
             yield self.device
             return
-        home = next(module.parameters()).device
+        home = device_of(module)
         module.to(self.device)
         try:
             yield self.device

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from ..geometry import LatentGeometry
 from .loop import continuation_groups
 from .strategy import (
@@ -27,6 +29,7 @@ from .strategy import (
     as_groups,
     check_groups,
     check_version,
+    insert_references,
     place_group,
     where,
 )
@@ -321,7 +324,9 @@ class MaskStrategyConditioning:
 
     :meth:`place` turns one sample's groups (any units) into its placements for every loop round: the user
     groups against the user references, then one continuation group per later round (official loop mode),
-    which takes the previous clip's last ``condition_frames`` latent frames.
+    which takes the previous clip's last ``condition_frames`` latent frames. :meth:`insert` and
+    :meth:`describe` read those placements (the pipeline calls these three; another family's conditioning
+    implements the same three).
     """
 
     version: str
@@ -340,6 +345,11 @@ class MaskStrategyConditioning:
         for group in continuation_groups(loops, len(reference_frames), condition_frames, condition_edit):
             placed.append(place_group(group, latent_frames, latent_frames, self.version, align))  # ref: a clip
         return placed
+
+    def insert(self, z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]],
+               placements: Sequence[Sequence[PlacedGroup]], loop_i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The round's noise with the placed reference latents inserted, and the frame mask (B, T)."""
+        return insert_references(z, refs, [[p for p in sample if p.group.loop_id == loop_i] for sample in placements])
 
     def describe(self, placements: Sequence[PlacedGroup], *, loop_i: int, geometry: LatentGeometry,
                  num_frames: int) -> str:

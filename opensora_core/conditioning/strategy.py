@@ -106,7 +106,9 @@ def parse_mask_strategy(strategy: str | None, units: Units = LATENT, *, name: st
 def _parse_group(index: int, text: str, units: Units, name: str) -> MaskGroup:
     fields = text.split(",")
     if len(fields) > len(FIELDS):
-        raise ValueError(f"{_describe(name, index, text)} has {len(fields)} fields, at most 6 are allowed; {FORMAT_HINT}")
+        raise ValueError(
+            f"{_describe(name, index, text)} has {len(fields)} fields, at most 6 are allowed; {FORMAT_HINT}"
+        )
     if text.strip() == "":
         raise ValueError(f"{_describe(name, index, text)} is empty: remove the extra ';'; {FORMAT_HINT}")
     values = []
@@ -116,7 +118,8 @@ def _parse_group(index: int, text: str, units: Units, name: str) -> MaskGroup:
             values.append(convert(value))
         except ValueError:
             kind = "a number" if convert is float else "an integer"
-            raise ValueError(f"{_describe(name, index, text)}: {field} {value!r} is not {kind}; {FORMAT_HINT}") from None
+            what = _describe(name, index, text)
+            raise ValueError(f"{what}: {field} {value!r} is not {kind}; {FORMAT_HINT}") from None
     return MaskGroup(*values, units=units)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..geometry import PER_FRAME
+from ..vae.shapes import autoencoder_kl_for
 from .registry import FileKind, VAEKind
 
 T5_FILE = FileKind(
@@ -22,6 +23,7 @@ _SD_VAE = dict(
     fix="this is an image VAE file: load it with the VAE loader (SD-VAE, for v1.0/v1.1 models)",
     short_name="the SD-VAE",
     source="stabilityai/sd-vae-ft-ema",
+    build=autoencoder_kl_for,  # the per-frame wrapper (VideoAutoencoderKL) of v1.0/v1.1
     comfy_latent_format="SD15",  # scaled SD-VAE latents: ComfyUI's SD1.5 RGB factors preview them
 )
 SD_VAE_DIFFUSERS = VAEKind(

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from ..conditioning import MaskStrategyConditioning
 from ..geometry import VAE_V1_2
-from ..sampling import ScheduleRequest, check_transform_frames, iddpm_schedule, rflow_schedule, sample_iddpm, sample_rflow
+from ..sampling import (
+    ScheduleRequest,
+    check_transform_frames,
+    iddpm_schedule,
+    rflow_schedule,
+    sample_iddpm,
+    sample_rflow,
+)
 from ..text.prompts import AESTHETIC_SCORE_V1_2
 from ..text.t5 import T5_V1_0, T5_V1_1, T5_V1_2, T5_XXL_CHANNELS
+from ..vae.shapes import pipeline_for
 from .common import SD_VAE_KINDS, T5_FILE
 from .registry import Defaults, Family, ModelKind, Sampler, TextEncoder, Training, VAEKind, register
 
@@ -56,6 +64,7 @@ VAE_V1_2_FILE = VAEKind(
     description="the Open-Sora VAE v1.2 (spatial + temporal video VAE)",
     fix="this is a VAE file: load it with the VAE loader",
     short_name="the video VAE",
+    build=pipeline_for,
     source="hpcai-tech/OpenSora-VAE-v1.2, model.safetensors",
 )
 

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .. import models, vae
 from ..checkpoints import CheckpointError
 from ..geometry import LatentGeometry
-from .. import models, vae
 from ..sampling import Denoiser, GuidedModel, ScheduleRequest
 
 Role = Literal["diffusion", "vae", "text"]
@@ -73,6 +73,9 @@ class VAEKind(FileKind):
     geometry: LatentGeometry
     short_name: str  # "the video VAE", "the SD-VAE"
     source: str  # where to get the released file ("hpcai-tech/OpenSora-VAE-v1.2, model.safetensors")
+    # (state dict without the file's prefix, micro batch, norm groups) -> (video VAE on the meta device,
+    # the module to load strictly, the state dict in that module's layout); see vae.shapes
+    build: Callable[[Mapping[str, torch.Tensor], int | None, int], tuple[nn.Module, nn.Module, Mapping]]
     comfy_latent_format: str | None = None  # ComfyUI latent format whose RGB factors preview this latent space
 
 

@@ -83,7 +83,8 @@ def complete_config(kind: ModelKind, config: dict, *, preset: str | None, source
     """Fill the values the shapes left as None (steps 4 and 5 of the module docstring)."""
     cls = kind.cls
     if preset is not None and preset not in cls.PRESETS:
-        raise CheckpointError(f"{source}: {preset!r} is not a {kind.class_name} preset; known: {', '.join(cls.PRESETS)}")
+        known = ", ".join(cls.PRESETS)
+        raise CheckpointError(f"{source}: {preset!r} is not a {kind.class_name} preset; known: {known}")
     chosen = [cls.PRESETS[preset]] if preset is not None else _presets_like(cls, config)
     for key in [k for k, v in config.items() if v is None]:
         values = [_plain(getattr(p, key)) for p in chosen]
@@ -164,6 +165,13 @@ def model_family(path: str | os.PathLike) -> Family:
 
 
 __all__ = [
-    "LoadedModel", "REQUIRED_FIELDS", "complete_config", "dit_kinds", "infer_dit_config", "load_dit", "load_dit_weights",
-    "model_family", "read_dit_config",
+    "LoadedModel",
+    "REQUIRED_FIELDS",
+    "complete_config",
+    "dit_kinds",
+    "infer_dit_config",
+    "load_dit",
+    "load_dit_weights",
+    "model_family",
+    "read_dit_config",
 ]

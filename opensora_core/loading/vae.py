@@ -4,8 +4,9 @@
 v1.2 (``hpcai-tech/OpenSora-VAE-v1.2`` ``model.safetensors``) and raw SD-VAE files in the diffusers
 (incl. legacy attention names) or LDM / ComfyUI layout, with prefixes such as ``first_stage_model.``,
 ``vae.`` or ``module.``. An SD-VAE becomes the per-frame v1.0/v1.1 wrapper (``VideoAutoencoderKL``).
-The architecture is read from the tensor shapes (:mod:`opensora_core.vae.shapes`); only the GroupNorm
-group count cannot be, and defaults to the released 32 unless the file's saved config says otherwise.
+Each kind's ``build`` reads the architecture from the tensor shapes (:mod:`opensora_core.vae.shapes`);
+only the GroupNorm group count cannot be read, and defaults to the released 32 unless the file's saved
+config says otherwise.
 """
 
 from __future__ import annotations
@@ -18,19 +19,9 @@ from torch import Tensor
 
 from ..checkpoints import Mismatch, load_into, read_checkpoint
 from ..families import VAEKind, describe, detect, families_using, fix_for, kinds, releases_text
-from ..vae.keys import to_diffusers_layout
 from ..vae.pipeline import OFFICIAL_MICRO_BATCH_SIZE, VideoVAE
-from ..vae.shapes import build_autoencoder_kl, build_pipeline, pipeline_in_diffusers_layout
 
 StateDict = Mapping[str, Tensor]
-
-# VAE kind -> (state dict with the VAE's prefix removed, micro batch, groups) -> (video VAE, module to load into,
-# state dict in that module's layout)
-_BUILDERS = {
-    "VideoAutoencoderPipeline": lambda sd, micro, groups: _pipeline(sd, micro, groups),
-    "AutoencoderKL": lambda sd, micro, groups: _autoencoder_kl(sd, micro, groups),
-}
-
 
 def read_state_dict(path: str | os.PathLike) -> tuple[StateDict, dict]:
     """Weights (read lazily) and the config saved with them (``checkpoints.read_checkpoint``)."""
@@ -62,21 +53,9 @@ def load_vae(
         norm_num_groups = saved.get("norm_num_groups", norm_num_groups)  # written by our trainer / tests
     found = _expect_vae(state_dict, expect, source)
     state_dict = {k[len(found.prefix):]: v for k, v in state_dict.items() if k.startswith(found.prefix)}
-    model, target, state_dict = _BUILDERS[found.kind.class_name](state_dict, micro_batch_size, norm_num_groups)
+    model, target, state_dict = found.kind.build(state_dict, micro_batch_size, norm_num_groups)
     load_into(target, state_dict, source=source, hint=_hint(state_dict, found.kind))
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def _pipeline(state_dict: StateDict, micro_batch_size, groups):
-    state_dict = pipeline_in_diffusers_layout(state_dict)
-    model = build_pipeline(state_dict, micro_batch_size, groups)
-    return model, model, state_dict
-
-
-def _autoencoder_kl(state_dict: StateDict, micro_batch_size, groups):
-    state_dict = to_diffusers_layout(state_dict)
-    model = build_autoencoder_kl(state_dict, micro_batch_size, groups)
-    return model, model.module, state_dict
 
 
 def _expect_vae(state_dict: StateDict, expect: Sequence[VAEKind] | None, source: str):

@@ -73,3 +73,17 @@ def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     odd.mul_(cos).addcmul_(even_before, sin)
     return x
 
+
+
+def norm_and_rotate_qk_(qk: torch.Tensor, gains: torch.Tensor | None, rope, rope_before_norm: bool,
+                        eps: float) -> None:
+    """RMS norm (``gains`` (2, D) for q and k; None: no norm) and RoPE of the (BG, L, 2, H, D) q|k view of
+    the qkv projection, in place; the order of ``Attention._norm_and_rotate`` (v1.1 rotates first)."""
+    if rope is not None:
+        cos, sin = (t[:, None, None, :] for t in rope)  # (L, 1, 1, D/2)
+    if rope is not None and rope_before_norm:
+        apply_rope_(qk, cos, sin)
+    if gains is not None:
+        rms_normalise_(qk, eps).mul_(gains[:, None])
+    if rope is not None and not rope_before_norm:
+        apply_rope_(qk, cos, sin)

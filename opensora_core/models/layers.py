@@ -98,7 +98,11 @@ class Attention(nn.Module):
         B, G, L, C = x.shape
         qkv = self.qkv(x).reshape(B * G, L, 3, self.num_heads, self.head_dim)  # (BG, L, 3, H, D)
         if inplace.can_overwrite(qkv):
-            self._norm_and_rotate_(qkv[:, :, :2], rope)  # q and k together, in place
+            gains, eps = None, RMS_NORM_EPS
+            if self.q_norm is not None:
+                gains = torch.stack([cast_to(self.q_norm.weight, qkv), cast_to(self.k_norm.weight, qkv)])  # (2, D)
+                eps = self.q_norm.eps
+            inplace.norm_and_rotate_qk_(qkv[:, :, :2], gains, rope, self.rope_before_norm, eps)  # q|k in place
             q, k, v = qkv.unbind(2)  # each (BG, L, H, D)
         else:
             q, k, v = qkv.unbind(2)
@@ -118,18 +122,6 @@ class Attention(nn.Module):
         if rope is not None and not self.rope_before_norm:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k
-
-    def _norm_and_rotate_(self, qk: torch.Tensor, rope) -> None:
-        """Same on the (BG, L, 2, H, D) q|k view of the qkv output, in place."""
-        if rope is not None:
-            cos, sin = (t[:, None, None, :] for t in rope)  # (L, 1, 1, D/2)
-        if rope is not None and self.rope_before_norm:
-            inplace.apply_rope_(qk, cos, sin)
-        if self.q_norm is not None:
-            gains = torch.stack([cast_to(self.q_norm.weight, qk), cast_to(self.k_norm.weight, qk)])  # (2, D)
-            inplace.rms_normalise_(qk, self.q_norm.eps).mul_(gains[:, None])
-        if rope is not None and not self.rope_before_norm:
-            inplace.apply_rope_(qk, cos, sin)
 
 
 # ==================================================================================================

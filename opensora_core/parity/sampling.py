@@ -16,6 +16,8 @@ import re
 import torch
 
 from ..conditioning import apply_mask_strategy
+from ..families import build_model
+from ..model_args import MODEL_ARG_NAMES  # prepare_multi_resolution_info
 from ..sampling import (
     GeneratorNoise,
     GuidedModel,
@@ -26,8 +28,6 @@ from ..sampling import (
     sample_rflow,
     timestep_transform,
 )
-from ..families import build_model
-from ..model_args import MODEL_ARG_NAMES  # prepare_multi_resolution_info
 from ..text.caption import Caption, null_caption
 from .runner import Case, Comparison, Handler
 

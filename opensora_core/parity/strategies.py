@@ -42,7 +42,8 @@ def loop_strategies(strategy: str | None, loops: int, condition_frames: int, *, 
     """The strategy string in effect for every round, starting from ``strategy`` with ``num_refs`` references."""
     current, per_loop = strategy, [strategy]
     for loop_i in range(1, loops):
-        current = append_generated(current, num_refs + loop_i - 1, loop_i, condition_frames, edit_ratio, version=version)
+        ref_index = num_refs + loop_i - 1
+        current = append_generated(current, ref_index, loop_i, condition_frames, edit_ratio, version=version)
         per_loop.append(current)
     return per_loop
 

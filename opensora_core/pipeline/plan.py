@@ -49,9 +49,9 @@ class GenerationSpec:
     height: int
     width: int
     num_frames: int
-    fps: float = 24.0
+    fps: float | None = None  # None: the family's default (24)
     steps: int | None = None  # None: the family's default (30 / 100)
-    cfg_scale: float = 7.0
+    cfg_scale: float | None = None  # None: the family's default (7.0)
     seed: int = 42
     mask_strategy: str | Sequence[MaskGroup] | Sequence[str | Sequence[MaskGroup]] = ""
     pixel_positions: bool = False
@@ -81,6 +81,8 @@ class GenerationPlan:
     spec: GenerationSpec
     family: Family
     latent_size: tuple[int, int, int]  # (t, h, w)
+    fps: float  # the spec's, else the family default
+    cfg_scale: float
     steps: int
     condition_frames: int
     round_prompts: list[list[str]]  # [round][sample] final text given to T5
@@ -102,7 +104,7 @@ class GenerationPlan:
 
     @property
     def save_fps(self) -> float:
-        return self.spec.save_fps or self.spec.fps / self.family.defaults.frame_interval
+        return self.spec.save_fps or self.fps / self.family.defaults.frame_interval
 
     @property
     def groups(self) -> list[list[MaskGroup]]:
@@ -115,7 +117,7 @@ class GenerationPlan:
         spec = self.spec
         lines = [
             f"{self.family.model.class_name} ({self.family.release}), {self.family.sampler.name} {self.steps} steps, "
-            f"cfg {spec.cfg_scale}",
+            f"cfg {self.cfg_scale}",
             f"{spec.num_frames} frames {spec.height}x{spec.width} -> latent {t}x{h}x{w}; "
             f"{spec.loops} round(s), {self.total_frames} frames at {self.save_fps:g} fps",
         ]
@@ -149,6 +151,8 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
         spec=spec,
         family=family,
         latent_size=latent_size,
+        fps=family.defaults.fps if spec.fps is None else spec.fps,
+        cfg_scale=family.defaults.cfg_scale if spec.cfg_scale is None else spec.cfg_scale,
         steps=spec.steps or family.defaults.steps,
         condition_frames=condition,
         round_prompts=[_round_prompts(family, spec, i) for i in range(spec.loops)],
@@ -163,7 +167,7 @@ def _check_size(family: Family, spec: GenerationSpec) -> None:
     f = family.geometry.spatial_factor
     if spec.height < 2 * f or spec.width < 2 * f:
         raise ValueError(f"size {spec.height}x{spec.width} (HxW) is too small; use at least {2 * f}x{2 * f} pixels")
-    if not spec.fps > 0:
+    if spec.fps is not None and not spec.fps > 0:
         raise ValueError(f"fps must be positive, got {spec.fps}")
 
 
@@ -186,7 +190,9 @@ def _plan_placements(family: Family, spec: GenerationSpec, reference_frames: lis
     for strategy in _strategies(spec):
         if family.conditioning is None:
             if (strategy.strip() if isinstance(strategy, str) else strategy) or reference_frames:
-                raise ValueError(f"{family.model.class_name} ({family.title}) cannot be conditioned on reference frames")
+                raise ValueError(
+                    f"{family.model.class_name} ({family.title}) cannot be conditioned on reference frames"
+                )
             per_sample.append([])
             continue
         groups = parse_mask_strategy(strategy, PIXEL if spec.pixel_positions else LATENT) if isinstance(

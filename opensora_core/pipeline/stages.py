@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from .. import media
-from ..conditioning import insert_references
 from ..sampling import GeneratorNoise, ScheduleRequest
 from ..text.caption import Caption
 from ..vae import decode_with_fallback
@@ -106,10 +105,10 @@ def sample_clip(
     """One clip from start latent ``z`` (B, C, t, h, w) with references already inserted."""
     sampler, spec = plan.family.sampler, plan.spec
     batch, device = z.shape[0], z.device
-    args = model.model_args(batch, spec.height, spec.width, spec.num_frames, spec.fps, device=device)
+    args = model.model_args(batch, spec.height, spec.width, spec.num_frames, plan.fps, device=device)
     y_null = negative.y if negative is not None else model.null_caption(batch)
     denoiser = sampler.denoiser(
-        model, _on(caption, device), y_null.to(device), args, scale=spec.cfg_scale, channels=sampler.guidance_channels,
+        model, _on(caption, device), y_null.to(device), args, scale=plan.cfg_scale, channels=sampler.guidance_channels,
         null_mask=None if negative is None else negative.mask.to(device),
     )
     schedule = sampler.schedule(ScheduleRequest(plan.steps, spec.height, spec.width, spec.num_frames, model.dtype))
@@ -169,12 +168,11 @@ def sample_clips(
 
 
 def _insert_references(plan, z, refs, round_index, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if plan.family.conditioning is None:
+    conditioning = plan.family.conditioning
+    if conditioning is None:
         return z, None
     on_device = [[r.to(device) for r in sample_refs] for sample_refs in refs]
-    placed = [[p for p in sample if p.group.loop_id == round_index] for sample in plan.placements]
-    return insert_references(z, on_device, placed)
-
+    return conditioning.insert(z, on_device, plan.placements, round_index)
 
 
 def _round_callback(callback, round_index: int, plan: GenerationPlan):

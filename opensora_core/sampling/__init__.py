@@ -1,12 +1,11 @@
 """Samplers of Open-Sora: v1.2 rectified flow ("rflow") and v1.0/v1.1 IDDPM ("iddpm").
 
-Typical use (v1.2)::
+Typical use (v1.2; a family declares this pair as its ``Sampler``, see ``opensora_core.families``)::
 
-    y_null = null_caption(model.y_embedder.y_embedding, batch)        # opensora_core.text.caption
-    args = multi_resolution_args(batch, (h, w), frames, fps)         # opensora_core.model_args
-    guided = GuidedModel(model, caption, y_null, args, scale=7.0)
+    args = model.model_args(batch, h, w, frames, fps)
+    guided = GuidedModel(model, caption, model.null_caption(batch), args, scale=7.0)
     times = rflow_schedule(30, height=h, width=w, num_frames=frames)
-    z = get_sampler("rflow")(guided, z, times, mask=mask, noise=GeneratorNoise.from_seed(42), callback=cb)
+    z = sample_rflow(guided, z, times, mask=mask, noise=GeneratorNoise.from_seed(42), callback=cb)
 
 Every sampler has the signature ``(model, x, schedule, *, mask, noise, callback) -> x``;
 the schedule is a timestep tensor for "rflow" (:func:`rflow_schedule`) and a

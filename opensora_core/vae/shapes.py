@@ -87,6 +87,20 @@ def build_autoencoder_kl(state_dict: StateDict, micro_batch_size: int | None, gr
         return VideoAutoencoderKL(infer_autoencoder_config(state_dict, groups), micro_batch_size)
 
 
+def pipeline_for(state_dict: StateDict, micro_batch_size: int | None, groups: int):
+    """(VAE v1.2 pipeline on meta, module to load, state dict in its layout) for a VAE v1.2 file."""
+    state_dict = pipeline_in_diffusers_layout(state_dict)
+    model = build_pipeline(state_dict, micro_batch_size, groups)
+    return model, model, state_dict
+
+
+def autoencoder_kl_for(state_dict: StateDict, micro_batch_size: int | None, groups: int):
+    """(per-frame SD-VAE wrapper on meta, its inner AutoencoderKL to load, diffusers-layout state dict)."""
+    state_dict = to_diffusers_layout(state_dict)
+    model = build_autoencoder_kl(state_dict, micro_batch_size, groups)
+    return model, model.module, state_dict
+
+
 def _shape(state_dict: StateDict, key: str) -> tuple[int, ...]:
     if key not in state_dict:
         raise ValueError(f"VAE state dict has no {key!r}: the file is incomplete or not this kind of VAE")
@@ -101,9 +115,11 @@ def _count(state_dict: StateDict, prefix: str) -> int:
 
 
 __all__ = [
+    "autoencoder_kl_for",
     "build_autoencoder_kl",
     "build_pipeline",
     "infer_autoencoder_config",
     "infer_temporal_config",
+    "pipeline_for",
     "pipeline_in_diffusers_layout",
 ]
