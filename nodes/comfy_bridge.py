@@ -169,23 +169,22 @@ def manage(module: nn.Module, role: str) -> Managed:
 class ComfyPlacement:
     """The core's ``Placement``: load a module through ComfyUI's memory manager while a stage runs.
 
-    ``working_memory`` maps a module to the bytes its stage needs besides its weights (activations):
-    ComfyUI unloads other models (e.g. T5 before sampling) until that much is free as well.
+    ``working_memory`` is the bytes the stage needs besides the weights (activations; the pipeline asks the
+    model): ComfyUI unloads other models (e.g. T5 before sampling) until that much is free as well.
     """
 
-    def __init__(self, managed: Iterable[Managed | None], working_memory: dict[nn.Module, int] | None = None):
+    def __init__(self, managed: Iterable[Managed | None]):
         self._by_module = {id(m.module): m for m in managed if m is not None}
-        self._working = {id(module): size for module, size in (working_memory or {}).items()}
 
     @contextlib.contextmanager
-    def use(self, module: nn.Module) -> Iterator[torch.device]:
+    def use(self, module: nn.Module, working_memory: int = 0) -> Iterator[torch.device]:
         import comfy.model_management as mm
 
         entry = self._by_module.get(id(module))
         if entry is None:  # not ours to place (e.g. an empty stand-in module)
             yield device_of(module)
             return
-        mm.load_models_gpu([entry.patcher], memory_required=self._working.get(id(module), 0), force_full_load=True)
+        mm.load_models_gpu([entry.patcher], memory_required=working_memory, force_full_load=True)
         yield entry.devices.load
 
 

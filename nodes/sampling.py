@@ -82,15 +82,14 @@ class OpenSoraSampler:
     def sample(self, model: ModelHandle, vae: VAEHandle, positive: PromptCaptions, width, height, num_frames, fps,
                steps, cfg, seed, loops, condition_frame_length, condition_frame_edit, align,
                negative: PromptCaptions | None = None, references: References | None = None):
-        groups = references.resolve(vae.geometry, num_frames) if references is not None else []
+        strategy = references.strategy if references is not None else ""  # parsed groups or a named task
         spec = GenerationSpec(
             prompts=[positive.prompt], height=height, width=width, num_frames=num_frames, fps=fps, steps=steps,
-            cfg_scale=cfg, seed=seed, mask_strategy=groups, loops=loops,
+            cfg_scale=cfg, seed=seed, mask_strategy=strategy, loops=loops,
             condition_frame_length=condition_frame_length or None, condition_frame_edit=condition_frame_edit,
             align=align or None,
         )
-        working = model.module.sampling_memory_bytes(1, vae.geometry.latent_size(num_frames, height, width))
-        placement = bridge.ComfyPlacement([model.managed, vae.managed], {model.module: working})
+        placement = bridge.ComfyPlacement([model.managed, vae.managed])
         components = Components(model.module, vae.module, placement=placement)
         previews = bridge.latent_rgb_factors(model.family.vae[0].comfy_latent_format)
         report = bridge.step_reporter(steps * loops, previews)

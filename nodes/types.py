@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..opensora_core.conditioning import MaskGroup, task_groups
+from ..opensora_core.conditioning import MaskGroup, Task
 from ..opensora_core.families import Family
 from ..opensora_core.geometry import LatentGeometry
 from ..opensora_core.pipeline import Clip, GenerationPlan
@@ -110,7 +110,7 @@ class References:
 
     ``frames``: one (T, H, W, 3) float tensor in 0..1 per reference (an image has T = 1).
     ``groups``: the mask strategy, parsed once by the Mask Builder (each group knows its units);
-    a named ``task`` (opensora_core.conditioning.TASKS) is resolved once the clip length is known.
+    a named ``task`` (opensora_core.conditioning.TASKS) is resolved by the plan, which knows the clip length.
     """
 
     frames: list[torch.Tensor]
@@ -123,14 +123,12 @@ class References:
     def frame_counts(self) -> list[int]:
         return [int(f.shape[0]) for f in self.frames]
 
-    def resolve(self, geometry: LatentGeometry, num_frames: int) -> list[MaskGroup]:
-        """The groups for a clip of ``num_frames`` frames (typed; the sampler checks and places them)."""
+    @property
+    def strategy(self) -> list[MaskGroup] | Task:
+        """What the generation request takes: the parsed groups, or the named task."""
         if self.task is None:
             return list(self.groups)
-        return task_groups(
-            self.task, geometry=geometry, num_frames=num_frames, ref_num_frames=self.frame_counts,
-            frames=self.task_frames, edit_ratio=self.edit_ratio,
-        )
+        return Task(self.task, self.task_frames, self.edit_ratio)
 
 
 # ---------------------------------------------------------------------------

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import save_checkpoint
+
 COMFY_PREFIX = "diffusion_model."
 UNET_PREFIX = "lora_unet_"  # kohya spelling: module path with dots as underscores
 METADATA_LORA = "opensora.lora"
@@ -216,8 +218,6 @@ def fuse_lora_state(
 def save_lora(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, *,
               dtype: torch.dtype | None = None, info: Mapping | None = None) -> Path:
     """Write the adapters of ``model`` (or ready ComfyUI tensors) as safetensors (atomic; ``info`` -> metadata)."""
-    from .checkpoints import save_checkpoint
-
     tensors = model if isinstance(model, Mapping) else lora_state_dict(model)
     if dtype is not None:
         tensors = {k: v if k.endswith(".alpha") else v.to(dtype) for k, v in tensors.items()}

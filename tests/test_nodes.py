@@ -16,7 +16,6 @@ from comfy_stub import tiny_models
 from conftest import REPO
 from opensora_core import media
 from opensora_core.conditioning import PIXEL, MaskGroup
-from opensora_core.geometry import VAE_V1_2
 
 NODES_DIR = REPO / "nodes"
 COMFY_ROOTS = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "latent_preview", "server", "execution"}
@@ -279,7 +278,7 @@ def test_mask_builder_hands_on_typed_groups_in_their_units(env):
     (refs,) = build(_image(0, frames=17), "custom", "0,0,0,16,1", "pixel frames", 17, 0)
     [group] = refs.groups  # the pack's own copy of the core classes: compare by value
     assert (group.format(), group.units) == (MaskGroup(target_start=16).format(), PIXEL)
-    assert refs.resolve(VAE_V1_2, 17) == refs.groups
+    assert refs.strategy == refs.groups
 
 
 # ---------------------------------------------------------------------------

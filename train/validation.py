@@ -64,7 +64,7 @@ class VisitDevice:
         self.device, self.resident = torch.device(device), resident
 
     @contextlib.contextmanager
-    def use(self, module: nn.Module) -> Iterator[torch.device]:
+    def use(self, module: nn.Module, working_memory: int = 0) -> Iterator[torch.device]:
         if module is self.resident or not any(True for _ in module.parameters()):
             yield self.device
             return

@@ -13,6 +13,7 @@ from .loop import continuation_groups, extension_drop_frames, extension_total_fr
 from .plan import (
     TASKS,
     MaskStrategyConditioning,
+    Task,
     describe_mask_strategy,
     describe_placements,
     edit_strategy,
@@ -55,6 +56,7 @@ __all__ = [
     "MaskGroup",
     "MaskStrategyConditioning",
     "PlacedGroup",
+    "Task",
     "Units",
     "apply_mask_strategy",
     "check_groups",

@@ -275,6 +275,19 @@ def edit_strategy(latent_frames: int, edit_ratio: float, ref_id: int = 0) -> lis
 TASKS = ("first_frame", "first_last", "extend", "edit")
 
 
+@dataclass(frozen=True)
+class Task:
+    """A named task as a strategy: resolved to latent groups when the plan knows the clip and the references."""
+
+    name: str  # one of TASKS
+    frames: int = 1  # extend: pixel frames of reference 0's end that start the video
+    edit_ratio: float = 0.0  # edit: how much of the source is regenerated
+
+    def groups(self, *, geometry: LatentGeometry, num_frames: int, ref_num_frames: Sequence[int]) -> list[MaskGroup]:
+        return task_groups(self.name, geometry=geometry, num_frames=num_frames, ref_num_frames=ref_num_frames,
+                           frames=self.frames, edit_ratio=self.edit_ratio)
+
+
 def task_groups(
     task: str,
     *,

@@ -12,6 +12,7 @@ A new family: add ``families/<name>.py`` that builds a :class:`Family` (and its 
 
 from . import common, opensora_v1  # noqa: F401  (each registers its families when imported)
 from .registry import (
+    Conditioning,
     Defaults,
     Detected,
     Family,
@@ -41,6 +42,7 @@ from .registry import (
 )
 
 __all__ = [
+    "Conditioning",
     "Defaults",
     "Detected",
     "Family",

@@ -17,9 +17,9 @@ tables, and ``opensora_core.families`` fills them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -119,6 +119,22 @@ class Sampler:
     check_frames: Callable[[int], None] | None = None  # raises for frame counts the schedule cannot take
 
 
+class Conditioning(Protocol):
+    """How a family puts reference frames into the latent (``conditioning.MaskStrategyConditioning`` for
+    Open-Sora v1.1/v1.2). The pipeline calls these three and nothing else."""
+
+    def place(self, groups: Sequence, *, geometry: LatentGeometry, num_frames: int, reference_frames: Sequence[int],
+              loops: int, condition_frames: int, condition_edit: float, align: int | None) -> list:
+        """One sample's placements for every loop round, checked against the frame counts."""
+
+    def insert(self, z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]], placements: Sequence[Sequence],
+               loop_i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The round's start latent with the references inserted, and the frame mask the sampler reads."""
+
+    def describe(self, placements: Sequence, *, loop_i: int, geometry: LatentGeometry, num_frames: int) -> str:
+        """Where each reference lands in round ``loop_i``, for the log."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Defaults:
     """What the official inference config of the release uses when the user does not say."""
@@ -153,7 +169,7 @@ class Family:
     vae_name: str  # for messages: "the Open-Sora VAE v1.2"
     text: tuple[TextEncoder, ...]  # the first gives the caption
     sampler: Sampler
-    conditioning: Any | None  # how reference frames are placed (None: the model takes none)
+    conditioning: Conditioning | None  # how reference frames are placed (None: the model takes none)
     defaults: Defaults
     score_phrases: bool = False  # prompts take " aesthetic score: X." / motion / camera phrases (text.prompts)
     training: Training | None = None
@@ -329,6 +345,7 @@ def expect(state_dict: Collection[str], wanted: Iterable[FileKind], source: str,
 
 
 __all__ = [
+    "Conditioning",
     "Defaults",
     "Detected",
     "Family",

@@ -148,7 +148,7 @@ def _hint(state_dict: StateDict, kind: ModelKind):
         found = detect(state_dict)
         if found is not None and found.kind is not kind:
             return f"This file holds {describe(found)}: {fix_for(found)}."
-        if any(key == "y_embedder.y_embedding" for key, *_ in mismatch.misshaped):
+        if any(key == getattr(kind.cls, "CAPTION_TABLE", None) for key, *_ in mismatch.misshaped):
             return "The caption length (model_max_length) differs: the file was trained for another T5 length."
         if mismatch.misshaped:
             return "Same family, different size: pick the preset/config that matches the file."

@@ -32,6 +32,7 @@ class STDiTBase(nn.Module):
     # config, the caller nor a matching preset gives them).
     UNREADABLE_DEFAULTS: ClassVar[dict[str, Any]] = {"class_dropout_prob": 0.1, "drop_path": 0.0}
     SIZE_ARGS: ClassVar[bool] = True  # forward takes height/width/num_frames/ar/fps (model_args)
+    CAPTION_TABLE: ClassVar[str] = "y_embedder.y_embedding"  # the null caption (L, C): its shape is the caption's
 
     def __init__(self, config) -> None:
         super().__init__()

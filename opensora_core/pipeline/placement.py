@@ -13,7 +13,9 @@ from torch import nn
 class Placement(Protocol):
     """Moves a module to its compute device for a stage and back (ComfyUI's memory manager in the nodes)."""
 
-    def use(self, module: nn.Module) -> contextlib.AbstractContextManager[torch.device]: ...
+    def use(self, module: nn.Module, working_memory: int = 0) -> contextlib.AbstractContextManager[torch.device]:
+        """Load ``module`` for a stage that needs ``working_memory`` bytes besides its weights."""
+        ...
 
 
 
@@ -21,7 +23,7 @@ class StayPut:
     """Default placement: modules stay where the caller put them."""
 
     @contextlib.contextmanager
-    def use(self, module: nn.Module) -> Iterator[torch.device]:
+    def use(self, module: nn.Module, working_memory: int = 0) -> Iterator[torch.device]:
         yield device_of(module)
 
 

@@ -17,6 +17,7 @@ from ..conditioning import (
     PIXEL,
     MaskGroup,
     PlacedGroup,
+    Task,
     extension_drop_frames,
     extension_total_frames,
     parse_mask_strategy,
@@ -24,6 +25,8 @@ from ..conditioning import (
 from ..families import Family, families
 from ..geometry import LatentGeometry, check_frame_count
 from ..text.prompts import loop_prompt_text, prepare_prompt
+
+Strategy = str | Sequence[MaskGroup] | Task  # one sample's mask strategy
 
 
 def check_vae_fits(family: Family, vae_geometry: LatentGeometry) -> None:
@@ -42,8 +45,9 @@ class GenerationSpec:
     """One generation request.
 
     ``mask_strategy``: one strategy for every sample, or one per sample; a strategy is text (parsed once,
-    when the plan is made; its frame numbers are latent frames unless ``pixel_positions`` is set) or
-    already typed :class:`~.conditioning.MaskGroup` objects, which carry their own units."""
+    when the plan is made; its frame numbers are latent frames unless ``pixel_positions`` is set), already
+    typed :class:`~.conditioning.MaskGroup` objects (which carry their own units), or a named
+    :class:`~.conditioning.Task` (resolved with the clip length and the references)."""
 
     prompts: list[str]  # one per sample; "|0|text|2|text" gives per-round texts
     height: int
@@ -53,7 +57,7 @@ class GenerationSpec:
     steps: int | None = None  # None: the family's default (30 / 100)
     cfg_scale: float | None = None  # None: the family's default (7.0)
     seed: int = 42
-    mask_strategy: str | Sequence[MaskGroup] | Sequence[str | Sequence[MaskGroup]] = ""
+    mask_strategy: Strategy | Sequence[Strategy] = ""
     pixel_positions: bool = False
     loops: int = 1
     condition_frame_length: int | None = None  # latent frames; None: family default (5 / 4)
@@ -172,11 +176,11 @@ def _check_size(family: Family, spec: GenerationSpec) -> None:
 
 
 
-def _strategies(spec: GenerationSpec) -> list[str | list[MaskGroup]]:
-    """One strategy (text or groups) per sample."""
+def _strategies(spec: GenerationSpec) -> list[Strategy]:
+    """One strategy (text, groups or a task) per sample."""
     strategies = spec.mask_strategy
-    if isinstance(strategies, str) or all(isinstance(g, MaskGroup) for g in strategies):
-        return [strategies if isinstance(strategies, str) else list(strategies)] * len(spec.prompts)
+    if isinstance(strategies, str | Task) or all(isinstance(g, MaskGroup) for g in strategies):
+        return [strategies if isinstance(strategies, str | Task) else list(strategies)] * len(spec.prompts)
     if len(strategies) != len(spec.prompts):
         raise ValueError(f"{len(strategies)} mask strategies for {len(spec.prompts)} prompts: give one, or one per prompt")
     return list(strategies)
@@ -195,14 +199,21 @@ def _plan_placements(family: Family, spec: GenerationSpec, reference_frames: lis
                 )
             per_sample.append([])
             continue
-        groups = parse_mask_strategy(strategy, PIXEL if spec.pixel_positions else LATENT) if isinstance(
-            strategy, str) else strategy
+        groups = _groups(strategy, family, spec, reference_frames)
         per_sample.append(family.conditioning.place(
             groups, geometry=family.geometry, num_frames=spec.num_frames, reference_frames=reference_frames,
             loops=spec.loops, condition_frames=condition, condition_edit=spec.condition_frame_edit, align=spec.align,
         ))
     return per_sample
 
+
+
+def _groups(strategy: Strategy, family: Family, spec: GenerationSpec, reference_frames: list[int]) -> list[MaskGroup]:
+    if isinstance(strategy, str):
+        return parse_mask_strategy(strategy, PIXEL if spec.pixel_positions else LATENT)
+    if isinstance(strategy, Task):
+        return strategy.groups(geometry=family.geometry, num_frames=spec.num_frames, ref_num_frames=reference_frames)
+    return list(strategy)
 
 
 def _round_prompts(family: Family, spec: GenerationSpec, round_index: int) -> list[str]:

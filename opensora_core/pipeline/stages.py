@@ -156,7 +156,8 @@ def sample_clips(
                 again = encode_references(vae, list(previous.frames), spec.height, spec.width, generator)
             for b in range(plan.batch_size):
                 refs[b].append(again[b])
-        with place.use(model) as device:
+        working = model.sampling_memory_bytes(plan.batch_size, plan.latent_size)  # activations of one step
+        with place.use(model, working) as device:
             z = torch.randn((plan.batch_size, model.in_channels, *plan.latent_size), generator=generator).to(device)
             z, mask = _insert_references(plan, z, refs, round_index, device)
             negative = negatives[round_index] if negatives else None

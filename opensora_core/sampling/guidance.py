@@ -35,7 +35,7 @@ def _check_caption(caption: CaptionLike, y_null: torch.Tensor) -> None:
     if tuple(y_null.shape) != tuple(y.shape):
         raise ValueError(
             f"null caption {tuple(y_null.shape)} must match the caption {tuple(y.shape)}: "
-            "repeat the model's y_embedder.y_embedding to (B, 1, L, C)"
+            "use the model's null_caption(B) (its learned y_embedding repeated to (B, 1, L, C))"
         )
     if mask is not None and tuple(mask.shape) != (y.shape[0], y.shape[2]):
         raise ValueError(f"caption mask must be (B, L) = {(y.shape[0], y.shape[2])}, got {tuple(mask.shape)}")
