@@ -249,14 +249,22 @@ def test_decode_leaves_the_latent_unchanged():
 
 
 def test_load_vae_builds_the_per_frame_wrapper_for_an_sd_vae_file(tmp_path):
-    source = tiny_sd()
+    """The weights survive the file round trip bit for bit; the decodes agree to float32 rounding.
+
+    Decodes are compared with a tolerance: ``load_vae`` returns a frozen model (requires_grad False) and
+    the CPU may pick another matmul kernel for it than for the trainable source (seen: 2e-7). A wrong or
+    missing weight moves the output by more than 1e-2.
+    """
+    source = tiny_sd().requires_grad_(False)
     path = tmp_path / "tiny_vae.safetensors"
     ldm = to_ldm_layout(source.module.state_dict())
     save_file({"first_stage_model." + k: v.contiguous() for k, v in ldm.items()}, path)
     vae = load_vae(path, expect="sd", norm_num_groups=4)
     assert isinstance(vae, VideoAutoencoderKL) and vae.micro_batch_size == 4
+    loaded = vae.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in source.state_dict().items())  # round trip: exact
     z = torch.randn(1, 4, 2, 2, 3)
-    assert torch.equal(vae.decode(z, 2), source.decode(z, 2))
+    torch.testing.assert_close(vae.decode(z, 2), source.decode(z, 2), rtol=1e-5, atol=1e-5)
 
 
 def test_load_vae_builds_the_v1_2_pipeline():
