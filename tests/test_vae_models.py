@@ -171,9 +171,19 @@ def test_decode_rejects_a_frame_count_the_latent_cannot_give():
         vae.decode(torch.zeros(1, 4, 6, 2, 2), 17)
 
 
-def test_encode_rejects_sizes_not_divisible_by_8():
-    with pytest.raises(ValueError, match="multiple of 8.*crop the video to 16x16"):
-        tiny_sd().encode(torch.zeros(1, 3, 2, 20, 16))
+@pytest.mark.parametrize("vae", [tiny_sd, tiny_pipeline])
+def test_encode_takes_any_size_and_floors_like_the_official_vaes(vae):
+    """Stride-2 convolutions after a one-pixel pad floor each halving: 20x13 -> 10x6 -> 5x3 -> 2x1 = floor(/8),
+    and a latent that large decodes again (to 16x8), as the official VAEs do with 240x426 (-> 30x53 -> 240x424)."""
+    model = vae()
+    z = model.encode(torch.zeros(1, 3, 1, 20, 13), sample=False)
+    assert z.shape == (1, 4, 1, 2, 1) and model.get_latent_size([1, 20, 13])[1:] == [2, 1]
+    assert model.decode(z, 1).shape == (1, 3, 1, 16, 8)
+
+
+def test_encode_refuses_frames_smaller_than_8_pixels():
+    with pytest.raises(ValueError, match="7x16.*too small.*at least 8x8"):
+        tiny_sd().encode(torch.zeros(1, 3, 2, 7, 16))
 
 
 # ---------------------------------------------------------------------------
