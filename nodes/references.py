@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..opensora_core.conditioning import parse_mask_strategy
 from . import widgets as w
-from .types import REFERENCES, References
+from .types import REFERENCES, References, image_frames
 
 STRATEGY_HELP = (
     "Used when preset is 'custom': groups 'loop_id,ref_id,ref_start,target_start,length[,edit_ratio]' "
@@ -16,6 +16,11 @@ STRATEGY_HELP = (
 
 def check_strategy_text(strategy: str, references: int) -> None:
     """Syntax and value checks that need no frame counts; raises ValueError naming the input and group."""
+    if not strategy.strip():
+        raise ValueError(
+            "mask_strategy: empty, so image_1 would not be used; write a strategy such as '0' (image_1 as the "
+            "first frame) or pick a preset"
+        )
     try:
         groups = parse_mask_strategy(strategy)
     except ValueError as err:
@@ -86,5 +91,5 @@ class OpenSoraMaskBuilder:
         task = w.TASK_LABELS[preset]
         if task is None:
             check_strategy_text(mask_strategy, len(images))
-        frames_list = [image[..., :3].float().cpu() for image in images]  # (T, H, W, 3) each
+        frames_list = [image_frames(f"image_{i}", image) for i, image in enumerate(images, start=1)]  # (T, H, W, 3)
         return (References(frames_list, mask_strategy, units == "pixel frames", task, frames, edit_ratio),)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -47,7 +48,7 @@ from .geometry import PER_FRAME, VAE_V1_2, LatentGeometry, check_frame_count
 from .model_args import multi_resolution_args
 from .sampling import GeneratorNoise, GuidedModel, check_transform_frames, get_sampler, iddpm_schedule, rflow_schedule
 from .text.caption import Caption, null_caption
-from .text.prompts import loop_prompt_text, prepare_prompt
+from .text.prompts import loop_prompt_text, loop_segments, prepare_prompt
 
 log = logging.getLogger("opensora")
 
@@ -206,29 +207,72 @@ def plan_generation(family: ModelFamily, spec: GenerationSpec, reference_frames:
         check_transform_frames(spec.num_frames)
     if spec.loops < 1:
         raise ValueError(f"loops must be >= 1, got {spec.loops}")
+    _check_sampling(family, spec)
+    _check_prompts(spec)
     latent_size = family.geometry.latent_size(spec.num_frames, spec.height, spec.width)
-    condition = spec.condition_frame_length or family.condition_frame_length
+    condition = family.condition_frame_length if spec.condition_frame_length is None else spec.condition_frame_length
     drop = extension_drop_frames(condition, spec.num_frames, family.geometry) if spec.loops > 1 else 0
     groups = _plan_groups(family, spec, list(reference_frames), latent_size[0], condition)
-    return GenerationPlan(
+    plan = GenerationPlan(
         spec=spec,
         family=family,
         latent_size=latent_size,
-        steps=spec.steps or family.steps,
+        steps=family.steps if spec.steps is None else spec.steps,
         condition_frames=condition,
         round_prompts=[_round_prompts(family, spec, i) for i in range(spec.loops)],
         groups=groups,
         reference_frames=list(reference_frames),
         drop_frames=drop,
     )
+    check_memory(plan)
+    return plan
 
 
 def _check_size(family: ModelFamily, spec: GenerationSpec) -> None:
     f = family.geometry.spatial_factor
     if spec.height < 2 * f or spec.width < 2 * f:
         raise ValueError(f"size {spec.height}x{spec.width} (HxW) is too small; use at least {2 * f}x{2 * f} pixels")
-    if not spec.fps > 0:
-        raise ValueError(f"fps must be positive, got {spec.fps}")
+    family.geometry.check_output_hw(spec.height, spec.width)
+    _check_positive("fps", spec.fps)
+    if spec.save_fps is not None:
+        _check_positive("save_fps", spec.save_fps)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value}")
+
+
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes without wrapping around
+IDDPM_MAX_STEPS = 1000  # the respaced steps come from the 1000 training steps
+
+
+def _check_sampling(family: ModelFamily, spec: GenerationSpec) -> None:
+    """Numbers a sampler would take silently and turn into garbage (NaN, a wrapped seed, a skipped step)."""
+    if not (math.isfinite(spec.cfg_scale) and spec.cfg_scale >= 0):
+        raise ValueError(f"cfg_scale must be a finite number >= 0 (official 7.0), got {spec.cfg_scale}")
+    if isinstance(spec.seed, bool) or int(spec.seed) != spec.seed or not SEED_RANGE[0] <= spec.seed <= SEED_RANGE[1]:
+        raise ValueError(f"seed must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} (2**64 - 1), got {spec.seed}")
+    lowest, highest = (2, IDDPM_MAX_STEPS) if family.sampler == "iddpm" else (1, None)
+    if spec.steps is not None and (spec.steps < lowest or (highest is not None and spec.steps > highest)):
+        bounds = f"from {lowest} to {highest}" if highest else f">= {lowest}"
+        raise ValueError(f"steps must be {bounds} for {family.class_name} ({family.sampler}), got {spec.steps}")
+    if spec.condition_frame_length is not None and spec.condition_frame_length < 1:
+        raise ValueError(f"condition_frame_length must be >= 1 latent frame, got {spec.condition_frame_length}")
+    if not 0.0 <= spec.condition_frame_edit <= 1.0:
+        raise ValueError(f"condition_frame_edit must be 0 (keep) .. 1 (regenerate), got {spec.condition_frame_edit}")
+    if spec.align is not None and spec.align < 1:
+        raise ValueError(f"align must be >= 1 latent frame (official v1.2: 5), or not given; got {spec.align}")
+    for name in ("aesthetic_score", "motion_score"):
+        value = getattr(spec, name)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+
+
+def _check_prompts(spec: GenerationSpec) -> None:
+    for index, prompt in enumerate(spec.prompts):
+        if not all(text.strip() for _, text in loop_segments(prompt)):
+            log.warning("prompt %d is empty (%r): the video follows no text", index, prompt)
 
 
 def _strategies(spec: GenerationSpec) -> list[str]:
@@ -247,6 +291,11 @@ def _plan_groups(family, spec, reference_frames, latent_frames, condition) -> li
     for text in _strategies(spec):
         if (text.strip() or reference_frames) and not family.conditioning:
             raise ValueError(f"{family.class_name} (Open-Sora {family.release}) cannot be conditioned on reference frames")
+        if reference_frames and not text.strip():
+            raise ValueError(
+                f"{len(reference_frames)} reference(s) given but the mask strategy is empty, so none would be used; "
+                "give a mask strategy (e.g. '0': reference 0 as the first frame) or leave the references out"
+            )
         groups = parse_mask_strategy(text)
         if spec.pixel_positions:
             conditions = [PixelCondition(g.ref_id, g.ref_start, g.target_start, g.length, g.edit_ratio, g.loop_id) for g in groups]
@@ -262,7 +311,15 @@ def _plan_groups(family, spec, reference_frames, latent_frames, condition) -> li
             for i in range(1, spec.loops)
         ]
         per_sample.append(list(groups) + continuation)
+    _warn_unused_references(per_sample, len(reference_frames))
     return per_sample
+
+
+def _warn_unused_references(per_sample: list[list[MaskGroup]], references: int) -> None:
+    used = {g.ref_id for groups in per_sample for g in groups}
+    unused = [i for i in range(references) if i not in used]
+    if unused:
+        log.warning("reference(s) %s are not used by any mask-strategy group (ref_id counts from 0)", unused)
 
 
 def _round_prompts(family: ModelFamily, spec: GenerationSpec, round_index: int) -> list[str]:
@@ -316,6 +373,44 @@ def sampling_memory_bytes(model: nn.Module, batch_size: int, latent_size: tuple[
     width = cfg.hidden_size * (1 + cfg.mlp_ratio)
     element = torch.empty((), dtype=model.dtype).element_size()
     return int(2 * batch_size * tokens * width * element * SAMPLING_LIVE_COPIES)
+
+
+def video_memory_bytes(plan: GenerationPlan) -> int:
+    """Bytes of the finished video as float32 frames (B, T, H, W, 3), the result every caller receives."""
+    height, width = plan.geometry.decoded_hw(plan.spec.height, plan.spec.width)
+    return plan.batch_size * plan.total_frames * height * width * 3 * 4
+
+
+def machine_memory_bytes() -> int | None:
+    """The largest memory of this machine: RAM, or a GPU's if larger (None if the OS does not say)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        ram = 0
+    gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    return max([ram, *gpus]) or None
+
+
+def check_memory(plan: GenerationPlan, model: nn.Module | None = None) -> None:
+    """Refuse, before anything is allocated, a request that cannot fit in this machine's memory.
+
+    Counts the finished video (float32 frames) and, with the model, one guided step's activations
+    (:func:`sampling_memory_bytes`); each must fit in the largest memory of the machine.
+    """
+    available = machine_memory_bytes()
+    if available is None:
+        return
+    needs = {"the decoded video (float32 frames)": video_memory_bytes(plan)}
+    if model is not None:
+        needs["one sampling step's activations"] = sampling_memory_bytes(model, plan.batch_size, plan.latent_size)
+    for what, size in needs.items():
+        if size > available:
+            spec = plan.spec
+            raise ValueError(
+                f"{spec.num_frames} frames of {spec.height}x{spec.width} x {spec.loops} loop(s) cannot fit: {what} "
+                f"needs about {size / 2**30:.1f} GiB but this machine has {available / 2**30:.1f} GiB; "
+                "lower height/width, num_frames or loops"
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -601,6 +696,7 @@ def _checked_plan(components: Components, spec: GenerationSpec, references: Sequ
     family = family_of(components.model)
     check_vae_fits(family, components.vae.geometry)
     plan = plan_generation(family, spec, [int(r.shape[0]) for r in references])
+    check_memory(plan, components.model)
     log.info("generating:\n%s", plan.describe())
     return plan
 

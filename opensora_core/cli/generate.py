@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 
 from .. import geometry, media
 from ..checkpoints import DTYPES, CheckpointError, detect_family, read_checkpoint
-from ..pipeline import FAMILIES, Components, GenerationSpec, check_vae_fits, generate, plan_generation
+from ..pipeline import FAMILIES, SEED_RANGE, Components, GenerationSpec, check_vae_fits, generate, plan_generation
 from ..text.prompts import parse_prompt_options
 
 log = logging.getLogger("opensora")
@@ -125,34 +126,53 @@ class Job:
     output: Path
 
 
-def collect_jobs(args: argparse.Namespace) -> list[Job]:
+def collect_jobs(args: argparse.Namespace, version: str = "v1.2") -> list[Job]:
+    """One job per prompt; ``version``: the model's prompt syntax (v1.1 also splits off a trailing JSON array)."""
     prompts = list(args.prompt)
     if args.prompt_file:
-        prompts += [line.strip() for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
+        prompts += [line.strip() for line in _read_prompt_file(args.prompt_file).splitlines() if line.strip()]
     if not prompts:
         raise ValueError("no prompt given: use --prompt TEXT or --prompt-file FILE")
     out = Path(args.output)
     jobs = []
     for index, raw in enumerate(prompts):
-        options = parse_prompt_options(raw)
+        options = parse_prompt_options(raw, version)
         refs = options.reference_path.split(";") if options.reference_path else list(args.reference)
         strategy = options.mask_strategy if options.mask_strategy is not None else args.mask_strategy
+        if any(refs) and not strategy.strip():
+            raise ValueError(
+                f"--reference given without --mask-strategy (prompt {index + 1}): the reference would not be used; "
+                "add --mask-strategy 0 (reference as the first frame) or see --help for the format"
+            )
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}_{index}{out.suffix}")
         jobs.append(Job(options.text, [Path(r) for r in refs if r], strategy, path))
     return jobs
 
 
+def _read_prompt_file(name: str) -> str:
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise ValueError(f"--prompt-file {name}: cannot be read ({reason}); give a UTF-8 text file, one prompt a line") from None
+
+
 def resolve_size(args: argparse.Namespace, release: str) -> tuple[int, int, int]:
-    """(height, width, num_frames) from explicit values or presets."""
+    """(height, width, num_frames) from explicit values or presets; 0 is a value (refused later), not "not given"."""
     if (args.height is None) != (args.width is None):
         raise ValueError("give both --height and --width, or neither (then --resolution and --aspect-ratio apply)")
-    height, width = (args.height, args.width) if args.height else geometry.image_size(args.resolution, args.aspect_ratio)
-    if args.duration and args.num_frames:
-        raise ValueError("give --num-frames or --duration, not both")
-    if args.duration:
-        frames = geometry.num_frames_from_duration(args.duration)
+    if args.height is not None:
+        height, width = args.height, args.width
     else:
-        frames = args.num_frames or (51 if release == "v1.2" else 16)
+        height, width = geometry.image_size(args.resolution, args.aspect_ratio)
+    if args.duration is not None and args.num_frames is not None:
+        raise ValueError("give --num-frames or --duration, not both")
+    if args.duration is not None:
+        frames = geometry.num_frames_from_duration(args.duration)
+    elif args.num_frames is not None:
+        frames = args.num_frames
+    else:
+        frames = 51 if release == "v1.2" else 16
     return height, width, frames
 
 
@@ -165,7 +185,7 @@ def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int]) ->
         loops=args.loops, condition_frame_length=args.condition_frame_length,
         condition_frame_edit=args.condition_frame_edit, align=args.align, aesthetic_score=aesthetic,
         motion_score=args.motion_score, camera_motion=args.camera_motion,
-        negative_prompts=[args.negative_prompt] if args.negative_prompt else None, save_fps=args.save_fps,
+        negative_prompts=None if args.negative_prompt is None else [args.negative_prompt], save_fps=args.save_fps,
     )
 
 
@@ -175,23 +195,45 @@ def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int]) ->
 
 
 def parse_lora(value: str) -> tuple[Path, float]:
-    """``path`` or ``path:strength``."""
+    """``path`` or ``path:strength`` (a finite number)."""
     path, _, strength = value.rpartition(":")
     try:
-        return Path(path), float(strength)
+        scale = float(strength)
     except ValueError:
         return Path(value), 1.0
+    if not math.isfinite(scale):
+        raise ValueError(f"--lora {value}: the strength must be a finite number, got {strength}")
+    return Path(path), scale
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Options the pipeline would only see under its own names: refused here naming the flag."""
+    low, high = SEED_RANGE
+    if not low <= args.seed <= high:
+        raise ValueError(f"--seed must be from {low} to {high} (2**64 - 1), got {args.seed}")
+    if not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 0):
+        raise ValueError(f"--cfg-scale must be a finite number >= 0 (official 7.0), got {args.cfg_scale}")
+    for flag in ("fps", "save_fps"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, got {value}")
+
+
+def model_family(args: argparse.Namespace) -> str:
+    """The diffusion transformer's class name, from the checkpoint header."""
+    family = detect_family(read_checkpoint(args.model).state_dict)
+    if family not in FAMILIES:
+        raise CheckpointError(f"--model {args.model}: not an Open-Sora diffusion transformer (found {family})")
+    return family
 
 
 def check_files(args: argparse.Namespace, jobs: list[Job]) -> tuple[str, str]:
     """Model family and VAE family from the checkpoint headers; reference files exist and decode."""
-    model_family = detect_family(read_checkpoint(args.model).state_dict)
-    if model_family not in FAMILIES:
-        raise CheckpointError(f"--model {args.model}: not an Open-Sora diffusion transformer (found {model_family})")
+    model = model_family(args)
     vae_family = detect_family(read_checkpoint(args.vae).state_dict)
     if vae_family not in VAE_GEOMETRY:
         raise CheckpointError(f"--vae {args.vae}: not a VAE file (found {vae_family})")
-    check_vae_fits(FAMILIES[model_family], VAE_GEOMETRY[vae_family])
+    check_vae_fits(FAMILIES[model], VAE_GEOMETRY[vae_family])
     for path, _ in map(parse_lora, args.lora):
         if not path.is_file():
             raise FileNotFoundError(f"--lora {path}: not found")
@@ -202,7 +244,7 @@ def check_files(args: argparse.Namespace, jobs: list[Job]) -> tuple[str, str]:
             if not ref.is_file():
                 raise FileNotFoundError(f"reference file not found: {ref}")
             media.probe(ref)  # raises MediaError naming the file if it cannot be decoded
-    return model_family, vae_family
+    return model, vae_family
 
 
 # ---------------------------------------------------------------------------
@@ -246,14 +288,14 @@ def _progress(quiet: bool):
 
 
 def run(args: argparse.Namespace) -> list[Path]:
-    jobs = collect_jobs(args)
-    model_family, _ = check_files(args, jobs)
-    family = FAMILIES[model_family]
+    check_numbers(args)
+    device = resolve_device(args.device)
+    jobs = collect_jobs(args, FAMILIES[model_family(args)].strategy_version)
+    family = FAMILIES[check_files(args, jobs)[0]]
     size = resolve_size(args, family.release)
     specs = [make_spec(args, job, size) for job in jobs]
     for job, spec in zip(jobs, specs, strict=True):
         plan_generation(family, spec, [media.probe(r).num_frames for r in job.references])
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     components = load_components(args, device)
     written = []
     for job, spec in zip(jobs, specs, strict=True):
@@ -269,6 +311,21 @@ def run(args: argparse.Namespace) -> list[Path]:
               f"{result.fps:g} fps)")
         written.append(path)
     return written
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``--device`` (default: cuda if available, else cpu), checked before any weights are loaded."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this PyTorch has no usable CUDA GPU; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _tiling(args: argparse.Namespace):
