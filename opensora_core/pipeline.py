@@ -74,13 +74,15 @@ class ModelFamily:
     frame_interval: int  # saved fps = fps / frame_interval
     conditioning: bool = True  # accepts reference frames (x_mask)
     size_args: bool = True  # takes height/width/fps/... model arguments
+    schedule_precision: str = "float32"  # IDDPM respaced arrays: float32 torch (v1.1) or float64 numpy (v1.0)
 
 
 FAMILIES: dict[str, ModelFamily] = {
     "STDiT3": ModelFamily("STDiT3", "v1.2", "rflow", 30, None, "v1.2", VAE_V1_2, "the Open-Sora VAE v1.2", 6.5, 5, 1),
     "STDiT2": ModelFamily("STDiT2", "v1.1", "iddpm", 100, 3, "v1.1", PER_FRAME, "an SD-VAE", None, 4, 3),
     "STDiT": ModelFamily(
-        "STDiT", "v1.0", "iddpm", 100, 3, "v1.1", PER_FRAME, "an SD-VAE", None, 4, 3, conditioning=False, size_args=False
+        "STDiT", "v1.0", "iddpm", 100, 3, "v1.1", PER_FRAME, "an SD-VAE", None, 4, 3, conditioning=False, size_args=False,
+        schedule_precision="float64",
     ),
 }
 
@@ -515,7 +517,7 @@ def sample_clip(
             plan.steps, height=spec.height, width=spec.width, num_frames=spec.num_frames, args_dtype=model.dtype
         )
     else:
-        schedule = iddpm_schedule(plan.steps)
+        schedule = iddpm_schedule(plan.steps, precision=family.schedule_precision)
     return get_sampler(family.sampler)(guided, z, schedule, mask=mask, noise=noise, callback=callback)
 
 
