@@ -175,3 +175,24 @@ def test_a_v1_1_prompt_drops_a_trailing_json_array(files, tmp_path):
     args = parse_args(_args(files, tmp_path / "x.mp4", "--prompt", "a cat [1, 2]"))
     assert collect_jobs(args, "v1.1")[0].prompt == "a cat "
     assert collect_jobs(args, "v1.2")[0].prompt == "a cat [1, 2]"
+
+
+@pytest.mark.parametrize("flag", ["--model", "--vae", "--text-encoder", "--lora"])
+def test_a_damaged_model_file_is_named_not_a_safetensors_error(files, tmp_path, capsys, flag):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"")
+    if flag == "--text-encoder":  # a Hugging Face folder whose weights file is empty
+        import shutil
+
+        shutil.copytree(files / "t5", tmp_path / "t5")
+        broken = tmp_path / "t5" / "model.safetensors"
+        broken.write_bytes(b"")
+    args = _args(files, tmp_path / "x.png", "--prompt", "a cat", "--num-frames", "1")
+    if flag == "--lora":
+        args += ["--lora", str(broken)]
+    else:
+        args[args.index(flag) + 1] = str(broken.parent if flag == "--text-encoder" else broken)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"opensora-generate: error: {broken}: not a valid safetensors file (0 bytes" in err, err
+    assert "download it again" in err and "Traceback" not in err

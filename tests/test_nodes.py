@@ -311,6 +311,28 @@ def test_empty_prompt_is_warned_about(env, v12, caplog):
     assert "text: the prompt is empty" in caplog.text
 
 
+def test_loader_nodes_name_a_damaged_file(env, v12):
+    """Every loader node: a cut-off download is named with its size and the fix, never a bare SafetensorError."""
+    import shutil
+
+    models = env.models
+    shutil.copytree(models / "text_encoders" / "t5xxl_fp16_tokenizer", models / "text_encoders" / "cut_tokenizer",
+                    dirs_exist_ok=True)
+    calls = {
+        "diffusion_models": lambda name: env.node("OpenSoraModelLoader").load(name, "fp32", "sdpa"),
+        "vae": lambda name: env.node("OpenSoraVAELoader").load(name, "fp32"),
+        "text_encoders": lambda name: env.node("OpenSoraT5Loader").load(name, "fp32"),
+        "loras": lambda name: env.node("OpenSoraLoraLoader").apply(v12[0], name, 1.0),
+    }
+    for folder, load in calls.items():
+        path = models / folder / "cut.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")  # a header cut short
+        with pytest.raises(ValueError, match=r"cut\.safetensors: not a valid safetensors file \(12 bytes.*download"):
+            load("cut.safetensors")
+        path.unlink()
+
+
 def test_sampler_reports_every_step_and_loads_through_comfyui(env, v12):
     model, vae, t5 = v12
     caption = _encode(env, t5, model, "|0|a sunny day|1|a rainy night")
