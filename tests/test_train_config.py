@@ -128,3 +128,40 @@ def test_decay_and_first_frame_settings_are_validated(base):
     with pytest.raises(ConfigError, match="vae_training.first_frame_weight"):
         validate_config(_config(base, run__task='"vae"', vae_training__class_name='"VideoAutoencoderKL"',
                                 vae_training__first_frame_weight=1.0))
+
+
+def test_output_dir_that_is_a_file_is_named(base, tmp_path):
+    taken = tmp_path / "run.txt"
+    taken.write_text("not a folder")
+    with pytest.raises(ConfigError, match=rf"^run\.output_dir: {taken} is a file, not a folder"):
+        validate_config(_config(base, run__output_dir=f'"{taken}"'))
+    with pytest.raises(ConfigError, match=rf"^run\.output_dir: {taken / 'sub'} cannot be created: {taken} is a file"):
+        validate_config(_config(base, run__output_dir=f'"{taken / "sub"}"'))
+
+
+def test_a_vae_given_as_the_model_checkpoint_is_named(base):
+    vae = base["vae"]["path"]
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: .* holds the Open-Sora VAE v1\.2.*belongs in vae\.path"):
+        validate_config(_config(base, model__checkpoint=f'"{vae}"', model__class_name='""', model__config="{}"))
+
+
+@pytest.mark.parametrize("key", ["model.checkpoint", "vae.path"])
+def test_damaged_weight_files_are_named_at_config_time(base, tmp_path, key):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 12)
+    changes = {key.replace(".", "__"): f'"{broken}"'}
+    if key == "model.checkpoint":
+        changes |= {"model__class_name": '""', "model__config": "{}"}
+    with pytest.raises(ConfigError, match=rf"^{key}: {broken}: not a valid safetensors file \(12 bytes; .*download"):
+        validate_config(_config(base, **changes))
+
+
+def test_unreadable_data_is_named_at_config_time(base, tmp_path):
+    binary = tmp_path / "meta.csv"
+    binary.write_bytes(b"\xff\xfe\x00garbage\x81")
+    with pytest.raises(ConfigError, match=r"^data\.csv: .* cannot be read as a UTF-8 CSV"):
+        validate_config(_config(base, data__csv=f'"{binary}"'))
+    rows = (tmp_path / "rows.csv")
+    rows.write_text("path,text,num_frames,height,width\nclips/gone.mp4,a cat,20,32,48\n")
+    with pytest.raises(ConfigError, match=r"^data\.csv: 1 of 1 files it lists are missing, e\.g\. row 2: .*gone\.mp4"):
+        validate_config(_config(base, data__csv=f'"{rows}"'))

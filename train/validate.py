@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
+import os
 from pathlib import Path
 
-from opensora_core.checkpoints import CheckpointError, detect_family, read_checkpoint
+from opensora_core.checkpoints import CheckpointError, describe_family, detect_family, read_checkpoint, read_json
 from opensora_core.models import presets
 from opensora_core.sampling.losses import DEFAULT_OBJECTIVE, RF_SAMPLE_METHODS
 from opensora_core.sampling.rflow import TRANSFORM_CHUNK_FRAMES
@@ -52,6 +52,9 @@ def validate_config(cfg: TrainConfig) -> None:
 
 def _check_run(cfg: TrainConfig) -> None:
     run = cfg.run
+    _writable_folder("run.output_dir", run.output_dir)
+    if cfg.cache.dir:
+        _writable_folder("cache.dir", cfg.cache.dir)
     _one_of("run.task", run.task, ("dit", "vae"))
     _one_of("run.mixed_precision", run.mixed_precision, ("no", "bf16", "fp16"))
     _at_least("run.max_steps", run.max_steps, 1)
@@ -64,12 +67,17 @@ def _check_run(cfg: TrainConfig) -> None:
 def _check_data(cfg: TrainConfig) -> None:
     data = cfg.data
     _existing_file("data.csv", data.csv, "run `opensora-train prepare <folder> --output meta.csv` first")
-    with Path(data.csv).open(newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle), [])
+    try:
+        with Path(data.csv).open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError("data.csv", f"{data.csv} cannot be read as a UTF-8 CSV ({err}); build it with "
+                                      "`opensora-train prepare`") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ConfigError("data.csv", f"{data.csv} lacks column(s) {', '.join(missing)}; build it with "
                                       "`opensora-train prepare`")
+    _check_data_files(data.csv)
     BucketTable(data.buckets, data.resolutions)  # raises ConfigError naming the bucket key
     _at_least("data.frame_interval", data.frame_interval, 1)
     _at_least("data.num_workers", data.num_workers, 0)
@@ -97,6 +105,24 @@ def _check_optimizer(cfg: TrainConfig) -> None:
         raise ConfigError("ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
 
 
+def _check_data_files(csv_path: str) -> None:
+    """Every row parses and names an existing file (the clips are decoded only while training)."""
+    from .data import read_metadata
+
+    try:
+        entries = read_metadata(csv_path)
+    except (ValueError, csv.Error) as err:
+        raise ConfigError("data.csv", str(err)) from None
+    if not entries:
+        raise ConfigError("data.csv", f"{csv_path} has no rows; build it with `opensora-train prepare`")
+    absent = [e for e in entries if not e.path.is_file()]
+    if absent:
+        first = absent[0]
+        raise ConfigError("data.csv", f"{len(absent)} of {len(entries)} files it lists are missing, e.g. row "
+                                      f"{first.row + 2}: {first.path}; fix the paths or run `opensora-train prepare` "
+                                      "again")
+
+
 def _check_checkpointing(cfg: TrainConfig) -> None:
     ck = cfg.checkpoint
     _at_least("checkpoint.every", ck.every, 0)
@@ -122,24 +148,43 @@ def _check_encoders_fit(cfg: TrainConfig, class_name: str) -> None:
     """The VAE family and the T5 width against the model, from file headers only."""
     vae = Path(cfg.vae.path)
     if vae.is_file() and vae.suffix == ".safetensors":
-        from safetensors import safe_open
-
+        from opensora_core.checkpoints import open_safetensors
         from opensora_core.vae import detect_vae_layout
 
-        with safe_open(str(vae), framework="pt") as handle:
-            layout = detect_vae_layout(dict.fromkeys(handle.keys()))
+        try:
+            with open_safetensors(vae) as handle:
+                layout = detect_vae_layout(dict.fromkeys(handle.keys()))
+        except CheckpointError as err:
+            raise ConfigError("vae.path", str(err)) from None
         wanted = "vae_v1_2" if class_name == "STDiT3" else ("sd_diffusers", "sd_ldm")
         if layout is None or layout not in wanted:
             need = "the Open-Sora VAE v1.2" if class_name == "STDiT3" else "an SD-VAE"
             raise ConfigError("vae.path", f"{class_name} was trained with {need}; {vae.name} holds "
                                           f"{'no VAE' if layout is None else layout.replace('_', ' ')}")
+    _check_weight_files("text_encoder.path", Path(cfg.text_encoder.path))
     t5_config = Path(cfg.text_encoder.path) / "config.json"
     if t5_config.is_file():
-        width = json.loads(t5_config.read_text()).get("d_model")
+        try:
+            width = read_json(t5_config).get("d_model")
+        except CheckpointError as err:
+            raise ConfigError("text_encoder.path", str(err)) from None
         channels = _caption_channels(cfg)
         if width is not None and channels is not None and width != channels:
             raise ConfigError("text_encoder.path", f"the T5 gives {width}-wide features but the model takes "
                                                    f"caption_channels = {channels}")
+
+
+def _check_weight_files(key: str, path: Path) -> None:
+    """safetensors headers of a file or of a folder's files are complete (nothing is loaded)."""
+    from opensora_core.checkpoints import check_safetensors
+
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    for file in files:
+        if file.suffix == ".safetensors":
+            try:
+                check_safetensors(file)
+            except CheckpointError as err:
+                raise ConfigError(key, str(err)) from None
 
 
 def _caption_channels(cfg: TrainConfig) -> int | None:
@@ -217,11 +262,13 @@ def _check_vae_training(cfg: TrainConfig) -> None:
     _one_of("vae_training.recon_loss", vt.recon_loss, ("l1", "mse"))
     if vt.checkpoint:
         _existing_file("vae_training.checkpoint", vt.checkpoint, "a VAE file load_vae reads")
+        _check_weight_files("vae_training.checkpoint", Path(vt.checkpoint))
     if vt.spatial_checkpoint:
         if vt.checkpoint or vt.class_name != "VideoAutoencoderPipeline":
             raise ConfigError("vae_training.spatial_checkpoint", "only for a VideoAutoencoderPipeline trained from "
                               "scratch (without vae_training.checkpoint)")
         _existing_file("vae_training.spatial_checkpoint", vt.spatial_checkpoint, "an SD-VAE file load_vae reads")
+        _check_weight_files("vae_training.spatial_checkpoint", Path(vt.spatial_checkpoint))
     if vt.encoder_anchor_weight > 0 and not (vt.checkpoint and vt.class_name == "VideoAutoencoderPipeline"):
         raise ConfigError("vae_training.encoder_anchor_weight", "holds a VAE v1.2 to its starting model: needs "
                           "vae_training.checkpoint and class_name = \"VideoAutoencoderPipeline\"")
@@ -270,6 +317,10 @@ def _checkpoint_family(path: str) -> str:
     family = ckpt.class_name if ckpt.class_name in TRAINABLE_CLASSES else detect_family(ckpt.state_dict)
     if family is None:
         raise ConfigError("model.checkpoint", f"{path} holds no STDiT weights")
+    if family in ("VideoAutoencoderPipeline", "AutoencoderKL", "T5"):
+        where = "text_encoder.path" if family == "T5" else "vae.path"
+        raise ConfigError("model.checkpoint", f"{path} holds {describe_family(family)}, not the diffusion model; "
+                                              f"it belongs in {where}; set model.checkpoint to the STDiT file")
     return family
 
 
@@ -293,6 +344,18 @@ def _existing_file(key: str, path: str, what: str) -> None:
         raise ConfigError(key, f"not set; {what}")
     if not Path(path).is_file():
         raise ConfigError(key, f"file not found: {path}; {what}")
+
+
+def _writable_folder(key: str, path: str) -> None:
+    """``path`` is a folder or can be made one: not a file, and its nearest existing parent is writable."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(key, f"{folder} is a file, not a folder; choose a folder path (it is created if needed)")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(key, f"{folder} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{folder} cannot be written: no write permission in {existing}")
 
 
 def _existing_path(key: str, path: str, what: str) -> None:
