@@ -42,6 +42,12 @@ class OpenSoraVAEDecode:
     def decode(self, vae: VAEHandle, samples, tiling, tile_size, tile_overlap):
         clips, fps = clips_from_latent(samples, vae.geometry, DEFAULT_FPS)
         factor = vae.geometry.spatial_factor
+        channels = vae.module.latent_channels
+        if clips[0].latent.shape[1] != channels:
+            raise ValueError(f"samples: the latent has {clips[0].latent.shape[1]} channels but this VAE decodes {channels}; "
+                             "connect the LATENT of the Open-Sora Sampler or VAE Encode")
+        if tiling == "on" and not tile_overlap < tile_size:
+            raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
         options = TilingOptions(tile_size // factor, tile_overlap // factor) if tiling == "on" else None
         with bridge.ComfyPlacement([vae.managed]).use(vae.module):
             frames = decode_clips(vae.module, clips, tiling=options)  # (B, T, H, W, 3)

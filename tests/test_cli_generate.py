@@ -196,3 +196,27 @@ def test_a_damaged_model_file_is_named_not_a_safetensors_error(files, tmp_path, 
     err = capsys.readouterr().err
     assert f"opensora-generate: error: {broken}: not a valid safetensors file (0 bytes" in err, err
     assert "download it again" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["-o", "{tmp}/x.txt"], "--output .*x.txt: give a file name ending in .mp4"),
+        (["-o", "{tmp}/file.mp4/x.mp4"], "--output .*file.mp4 is a file, so no folder can be made there"),
+        (["-o", "{tmp}/x.png"], "a PNG holds one frame, not 17"),
+        (["--pixel-positions"], "--pixel-positions only changes --mask-strategy"),
+        (["--camera-motion", " "], "--camera-motion is empty"),
+        (["--tokenizer", "{tmp}/nowhere"], "--tokenizer .*nowhere: not a folder"),
+    ],
+    ids=["suffix", "parent-is-file", "png-video", "pixel-positions", "camera-motion", "tokenizer"],
+)
+def test_options_that_would_fail_late_or_be_ignored_are_refused_first(files, tmp_path, capsys, extra, message):
+    (tmp_path / "file.mp4").write_text("")
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    args = _args(files, tmp_path / "out.mp4", "--prompt", "a cat", "--num-frames", "17")
+    if extra[0] == "-o":
+        args[args.index("-o") + 1] = extra[1]
+    else:
+        args += extra
+    assert main(args) == 2
+    assert re.search(message, capsys.readouterr().err)

@@ -289,6 +289,15 @@ def test_vae_encode_and_save_name_their_images_input(env, v12):
         env.node("OpenSoraSaveVideo").save(torch.zeros(0, 32, 32, 3), 8.0, "empty", 18)
 
 
+def test_vae_decode_names_a_foreign_latent_and_bad_tiles(env, v12):
+    _, vae, _ = v12
+    decode = env.node("OpenSoraVAEDecode").decode
+    with pytest.raises(ValueError, match="samples: the latent has 16 channels but this VAE decodes 4"):
+        decode(vae, {"samples": torch.zeros(1, 16, 5, 4, 6)}, OFF, 512, 128)
+    with pytest.raises(ValueError, match=r"tile_overlap \(512\) must be smaller than tile_size \(256\)"):
+        decode(vae, {"samples": torch.zeros(1, 4, 5, 4, 6)}, "on", 256, 512)
+
+
 def test_custom_preset_with_an_empty_strategy_is_refused_at_queue_time(env):
     """image_1 is required, so an empty custom strategy always leaves a connected reference unused."""
     builder = env.nodes["OpenSoraMaskBuilder"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def _check_data(cfg: TrainConfig) -> None:
 
 def _check_optimizer(cfg: TrainConfig) -> None:
     opt = cfg.optimizer
+    for name in ("lr", "weight_decay", "eps", "grad_clip", "min_lr_ratio"):
+        _finite(f"optimizer.{name}", getattr(opt, name))
     if not opt.lr > 0:
         raise ConfigError("optimizer.lr", f"must be positive, got {opt.lr}")
     if len(opt.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in opt.betas):
@@ -140,6 +143,8 @@ def _check_encoders(cfg: TrainConfig) -> None:
     elif Path(cfg.text_encoder.path).is_file():
         raise ConfigError("text_encoder.tokenizer", "a single-file T5 needs a tokenizer folder")
     _one_of("vae.dtype", cfg.vae.dtype, DTYPES)
+    _at_least("vae.micro_batch_size", cfg.vae.micro_batch_size, 1)
+    _at_least("vae.norm_num_groups", cfg.vae.norm_num_groups, 1)
     _one_of("text_encoder.dtype", cfg.text_encoder.dtype, DTYPES)
     _at_least("text_encoder.batch_size", cfg.text_encoder.batch_size, 1)
 
@@ -204,6 +209,11 @@ def _check_objective(cfg: TrainConfig, class_name: str) -> None:
     kind = obj.kind or DEFAULT_OBJECTIVE[class_name]
     _one_of("objective.kind", kind, ("rflow", "iddpm"))
     _one_of("objective.sample_method", obj.sample_method, RF_SAMPLE_METHODS)
+    _finite("objective.loc", obj.loc)
+    for name in ("scale", "transform_scale"):
+        _finite(f"objective.{name}", getattr(obj, name))
+        if not getattr(obj, name) > 0:
+            raise ConfigError(f"objective.{name}", f"must be positive, got {getattr(obj, name)}")
     if kind == "rflow" and obj.timestep_transform:
         table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
         bad = sorted(t for t in table.frame_counts if 1 < t < TRANSFORM_CHUNK_FRAMES)
@@ -226,6 +236,9 @@ def _check_lora(cfg: TrainConfig) -> None:
     if not lora.enabled:
         return
     _at_least("lora.rank", lora.rank, 1)
+    _finite("lora.alpha", lora.alpha)
+    if not lora.alpha > 0:
+        raise ConfigError("lora.alpha", f"must be positive (the update is scaled by alpha / rank), got {lora.alpha}")
     if not lora.targets or not all(isinstance(t, str) and t for t in lora.targets):
         raise ConfigError("lora.targets", "list the module suffixes to adapt, e.g. ['attn.qkv', 'mlp.fc1']")
     if not 0 <= lora.dropout < 1:
@@ -272,7 +285,9 @@ def _check_vae_training(cfg: TrainConfig) -> None:
     if vt.encoder_anchor_weight > 0 and not (vt.checkpoint and vt.class_name == "VideoAutoencoderPipeline"):
         raise ConfigError("vae_training.encoder_anchor_weight", "holds a VAE v1.2 to its starting model: needs "
                           "vae_training.checkpoint and class_name = \"VideoAutoencoderPipeline\"")
+    _finite("vae_training.init_logvar", vt.init_logvar)
     for name in ("pixel_weight", "latent_weight", "kl_weight", "first_frame_weight", "encoder_anchor_weight"):
+        _finite(f"vae_training.{name}", getattr(vt, name))
         if getattr(vt, name) < 0:
             raise ConfigError(f"vae_training.{name}", "loss weights must be >= 0")
     for name in ("latent_weight", "first_frame_weight"):
@@ -332,6 +347,11 @@ def _checkpoint_family(path: str) -> str:
 def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(key, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def _finite(key: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value}")
 
 
 def _at_least(key: str, value, minimum) -> None:

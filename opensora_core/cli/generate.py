@@ -219,6 +219,31 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, got {value}")
 
 
+VIDEO_OUTPUTS = (".mp4", ".mov", ".mkv")  # containers the H.264 writer fills; one frame is written as PNG
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """``--output`` can be written as a video (or PNG), before anything runs."""
+    out = Path(args.output)
+    if out.suffix.lower() not in (*VIDEO_OUTPUTS, ".png"):
+        raise ValueError(f"--output {out}: give a file name ending in {', '.join(VIDEO_OUTPUTS)} (or .png for one frame)")
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--output {out}: {existing} is a file, so no folder can be made there")
+    if out.is_dir():
+        raise ValueError(f"--output {out}: is a folder; give a file name such as {out / 'sample.mp4'}")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Options that would be ignored or used half: refused rather than silently dropped."""
+    if args.pixel_positions and not args.mask_strategy and not args.reference:
+        raise ValueError("--pixel-positions only changes --mask-strategy; give a mask strategy (or leave it out)")
+    if args.camera_motion is not None and not args.camera_motion.strip():
+        raise ValueError("--camera-motion is empty; leave it out or give a motion such as 'pan left'")
+    if args.tokenizer and not Path(args.tokenizer).is_dir():
+        raise FileNotFoundError(f"--tokenizer {args.tokenizer}: not a folder (a T5 tokenizer folder is needed)")
+
+
 def model_family(args: argparse.Namespace) -> str:
     """The diffusion transformer's class name, from the checkpoint header."""
     family = detect_family(read_checkpoint(args.model).state_dict)
@@ -289,10 +314,14 @@ def _progress(quiet: bool):
 
 def run(args: argparse.Namespace) -> list[Path]:
     check_numbers(args)
+    check_output(args)
+    check_options(args)
     device = resolve_device(args.device)
     jobs = collect_jobs(args, FAMILIES[model_family(args)].strategy_version)
     family = FAMILIES[check_files(args, jobs)[0]]
     size = resolve_size(args, family.release)
+    if Path(args.output).suffix.lower() == ".png" and size[2] > 1:
+        raise ValueError(f"--output {args.output}: a PNG holds one frame, not {size[2]}; end the name in .mp4")
     specs = [make_spec(args, job, size) for job in jobs]
     for job, spec in zip(jobs, specs, strict=True):
         plan_generation(family, spec, [media.probe(r).num_frames for r in job.references])
