@@ -44,8 +44,8 @@ class OpenSoraVAEDecode:
         factor = vae.geometry.spatial_factor
         channels = vae.module.latent_channels
         if clips[0].latent.shape[1] != channels:
-            raise ValueError(f"samples: the latent has {clips[0].latent.shape[1]} channels but this VAE decodes {channels}; "
-                             "connect the LATENT of the Open-Sora Sampler or VAE Encode")
+            raise ValueError(f"samples: the latent has {clips[0].latent.shape[1]} channels but this VAE decodes "
+                             f"{channels}; connect the LATENT of the Open-Sora Sampler or VAE Encode")
         if tiling == "on" and not tile_overlap < tile_size:
             raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
         options = TilingOptions(tile_size // factor, tile_overlap // factor) if tiling == "on" else None

@@ -81,8 +81,8 @@ FAMILIES: dict[str, ModelFamily] = {
     "STDiT3": ModelFamily("STDiT3", "v1.2", "rflow", 30, None, "v1.2", VAE_V1_2, "the Open-Sora VAE v1.2", 6.5, 5, 1),
     "STDiT2": ModelFamily("STDiT2", "v1.1", "iddpm", 100, 3, "v1.1", PER_FRAME, "an SD-VAE", None, 4, 3),
     "STDiT": ModelFamily(
-        "STDiT", "v1.0", "iddpm", 100, 3, "v1.1", PER_FRAME, "an SD-VAE", None, 4, 3, conditioning=False, size_args=False,
-        schedule_precision="float64",
+        "STDiT", "v1.0", "iddpm", 100, 3, "v1.1", PER_FRAME, "an SD-VAE", None, 4, 3,
+        conditioning=False, size_args=False, schedule_precision="float64",
     ),
 }
 
@@ -254,7 +254,8 @@ def _check_sampling(family: ModelFamily, spec: GenerationSpec) -> None:
     if not (math.isfinite(spec.cfg_scale) and spec.cfg_scale >= 0):
         raise ValueError(f"cfg_scale must be a finite number >= 0 (official 7.0), got {spec.cfg_scale}")
     if isinstance(spec.seed, bool) or int(spec.seed) != spec.seed or not SEED_RANGE[0] <= spec.seed <= SEED_RANGE[1]:
-        raise ValueError(f"seed must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} (2**64 - 1), got {spec.seed}")
+        low, high = SEED_RANGE
+        raise ValueError(f"seed must be an integer from {low} to {high} (2**64 - 1), got {spec.seed}")
     lowest, highest = (2, IDDPM_MAX_STEPS) if family.sampler == "iddpm" else (1, None)
     if spec.steps is not None and (spec.steps < lowest or (highest is not None and spec.steps > highest)):
         bounds = f"from {lowest} to {highest}" if highest else f">= {lowest}"

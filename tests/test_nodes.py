@@ -274,7 +274,8 @@ def test_mask_builder_checks_the_connected_references(env):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape, message", [((1, 40, 56, 1), "image_2: .*1 channel"), ((0, 40, 56, 3), "image_2: .*empty")])
+@pytest.mark.parametrize("shape, message",
+                         [((1, 40, 56, 1), "image_2: .*1 channel"), ((0, 40, 56, 3), "image_2: .*empty")])
 def test_mask_builder_names_an_image_input_that_holds_no_rgb_frames(env, shape, message):
     with pytest.raises(ValueError, match=message):
         env.node("OpenSoraMaskBuilder").build(_image(0), "custom", "0;0,1,0,-1,1", "latent frames", 1, 0,

@@ -101,7 +101,7 @@ def test_requires_python_admits_only_versions_the_code_runs_on():
     """Every stdlib module the shipped code imports exists in the lowest Python that pyproject admits."""
     floor_text = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     floor = tuple(int(part) for part in floor_text.removeprefix(">=").split("."))
-    shipped = [*(REPO / "opensora_core").rglob("*.py"), *(REPO / "train").rglob("*.py"), *(REPO / "nodes").rglob("*.py")]
+    shipped = [p for folder in ("opensora_core", "train", "nodes") for p in (REPO / folder).rglob("*.py")]
     needed = {name: version for p in shipped for name, version in NEW_STDLIB.items() if name in _imported_roots(p)}
     assert all(floor >= version for version in needed.values()), (floor_text, needed)
 

@@ -150,7 +150,7 @@ def test_output_dir_that_is_a_file_is_named(base, tmp_path):
 
 def test_a_vae_given_as_the_model_checkpoint_is_named(base):
     vae = base["vae"]["path"]
-    with pytest.raises(ConfigError, match=r"^model\.checkpoint: .* holds the Open-Sora VAE v1\.2.*belongs in vae\.path"):
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: .* holds the Open-Sora VAE v1\.2.*in vae\.path"):
         validate_config(_config(base, model__checkpoint=f'"{vae}"', model__class_name='""', model__config="{}"))
 
 

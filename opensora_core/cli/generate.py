@@ -154,7 +154,9 @@ def _read_prompt_file(name: str) -> str:
         return Path(name).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
-        raise ValueError(f"--prompt-file {name}: cannot be read ({reason}); give a UTF-8 text file, one prompt a line") from None
+        raise ValueError(
+            f"--prompt-file {name}: cannot be read ({reason}); give a UTF-8 text file, one prompt a line"
+        ) from None
 
 
 def resolve_size(args: argparse.Namespace, release: str) -> tuple[int, int, int]:
@@ -226,7 +228,8 @@ def check_output(args: argparse.Namespace) -> None:
     """``--output`` can be written as a video (or PNG), before anything runs."""
     out = Path(args.output)
     if out.suffix.lower() not in (*VIDEO_OUTPUTS, ".png"):
-        raise ValueError(f"--output {out}: give a file name ending in {', '.join(VIDEO_OUTPUTS)} (or .png for one frame)")
+        suffixes = ", ".join(VIDEO_OUTPUTS)
+        raise ValueError(f"--output {out}: give a file name ending in {suffixes} (or .png for one frame)")
     existing = next(p for p in out.parents if p.exists())
     if not existing.is_dir():
         raise ValueError(f"--output {out}: {existing} is a file, so no folder can be made there")
