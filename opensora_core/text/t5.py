@@ -224,9 +224,14 @@ def load_t5_tokenizer(folder: str | Path) -> "PreTrainedTokenizerBase":
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as err:  # a damaged tokenizer.json / spiece.model: transformers' own error types vary
+    except Exception as err:  # damaged files, or saved by a transformers this one cannot read; error types vary
+        import transformers
+
         reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        raise ValueError(f"{folder}: the tokenizer files cannot be read ({reason}); download them again") from None
+        raise ValueError(
+            f"{folder}: the tokenizer files cannot be read by transformers {transformers.__version__} ({reason}); "
+            "download them again, or save them with this transformers version"
+        ) from None
     _check_tokenizer(tokenizer, folder)
     return tokenizer
 
