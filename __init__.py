@@ -6,7 +6,11 @@ the nodes reach ``opensora_core`` relatively as well (``<pack>.opensora_core``),
 nothing has to be pip-installed beyond ``requirements.txt``.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__:  # the pack, imported as a package (ComfyUI: custom_nodes/<folder>, named after the folder)
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:  # this file alone, as module "__init__": pytest does that in a checkout whose folder name is not an
+    # identifier (ComfyUI-OpenSora); the tests load the pack themselves (tests/comfy_stub)
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = None
 

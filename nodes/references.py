@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..opensora_core.conditioning import LATENT, PIXEL, MaskGroup, check_groups, parse_mask_strategy
 from ..opensora_core.geometry import V1_2_MICRO_FRAMES
 from . import widgets as w
-from .types import REFERENCES, References
+from .types import REFERENCES, References, image_frames
 
 INPUT = "mask_strategy"  # the input every strategy error is reported on
 
@@ -23,6 +23,17 @@ def parse_strategy(text: str, units: str, references: int) -> list[MaskGroup]:
     groups = parse_mask_strategy(text, PIXEL if units == "pixel frames" else LATENT, name=INPUT)
     check_groups(groups, references=references, name=INPUT)
     return groups
+
+
+def parse_custom_strategy(text: str, units: str, references: int) -> list[MaskGroup]:
+    """The 'custom' preset's strategy: as :func:`parse_strategy`, and an empty one is refused (the
+    references would not be used). Not at queue time: an empty text is fine with the other presets."""
+    if not text.strip():
+        raise ValueError(
+            f"{INPUT}: empty, so image_1 would not be used; write a strategy such as '0' (image_1 as the "
+            "first frame) or pick a preset"
+        )
+    return parse_strategy(text, units, references)
 
 
 class OpenSoraMaskBuilder:
@@ -75,6 +86,6 @@ class OpenSoraMaskBuilder:
             gap = 1 + images.index(None)
             raise ValueError(f"image_{gap} is empty but a later image is connected; connect references in order")
         task = w.TASK_LABELS[preset]
-        groups = parse_strategy(mask_strategy, units, len(images)) if task is None else []
-        frames_list = [image[..., :3].float().cpu() for image in images]  # (T, H, W, 3) each
+        groups = parse_custom_strategy(mask_strategy, units, len(images)) if task is None else []
+        frames_list = [image_frames(f"image_{i}", image) for i, image in enumerate(images, start=1)]  # (T, H, W, 3)
         return (References(frames_list, groups, task, frames, edit_ratio),)

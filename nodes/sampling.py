@@ -58,8 +58,10 @@ class OpenSoraSampler:
                 "model": (MODEL,),
                 "vae": (VAE, {"tooltip": "Encodes references and joins loop rounds; must match the model."}),
                 "positive": (CAPTION, {"tooltip": "Open-Sora Text Encode output."}),
-                "width": w.integer(640, 16, 4096, "Output width in pixels (decoded to a multiple of 8).", step=2),
-                "height": w.integer(360, 16, 4096, "Output height in pixels (decoded to a multiple of 8).", step=2),
+                "width": w.integer(640, 16, 4096, "Output width in pixels: a multiple of 8, or an official preset "
+                                   "size (Resolution node; 240p 9:16 = 426 decodes to 424).", step=2),
+                "height": w.integer(360, 16, 4096, "Output height in pixels: a multiple of 8, or an official preset "
+                                    "size (Resolution node).", step=2),
                 "num_frames": w.integer(51, 1, 4096, "Frames per clip (v1.2: 1, or 17 and more; 51 = 2 s)."),
                 "fps": w.number(24.0, 1.0, 120.0, "Frame rate the model is conditioned on.", step=1.0),
                 "steps": w.integer(30, 1, 1000, "Sampling steps (official: 30 for v1.2, 100 for v1.1)."),
@@ -78,6 +80,18 @@ class OpenSoraSampler:
                 "references": (REFERENCES, {"tooltip": "Open-Sora Mask Builder output (needs the VAE)."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width, height):
+        """Queue time: sizes no Open-Sora VAE gives exactly (every one has 8 pixels per latent); linked sizes
+        (None here) and the checks that need the model (e.g. v1.2 frame counts) run when the node runs."""
+        if width is None or height is None:
+            return True
+        try:
+            geometry.LatentGeometry().check_output_hw(height, width)
+        except ValueError as err:
+            return str(err)
+        return True
 
     def sample(self, model: ModelHandle, vae: VAEHandle, positive: PromptCaptions, width, height, num_frames, fps,
                steps, cfg, seed, loops, condition_frame_length, condition_frame_edit, align,

@@ -80,6 +80,9 @@ def encode_prompt(encoder, prompt: str, family: Family, scores: dict, clean: boo
         scores = {}
     segments, texts = [], []
     for start, segment in loop_segments(prompt):
+        if not segment.strip():
+            log.warning("text: the prompt%s is empty; the video follows no text",
+                        f" for loop rounds from {start}" if start else "")
         text = prepare_prompt(segment, **scores, clean=clean)
         caption = encoder.encode([text])
         segments.append((start, Caption(caption.y.float().cpu(), caption.mask.cpu())))

@@ -10,7 +10,7 @@ from ..opensora_core.pipeline import decode_clips
 from ..opensora_core.vae import TilingOptions
 from . import comfy_bridge as bridge
 from . import widgets as w
-from .types import VAE, VAEHandle, clips_from_latent, latent_from_video
+from .types import VAE, VAEHandle, clips_from_latent, image_frames, latent_from_video
 
 log = logging.getLogger("opensora")
 
@@ -42,6 +42,12 @@ class OpenSoraVAEDecode:
     def decode(self, vae: VAEHandle, samples, tiling, tile_size, tile_overlap):
         clips, fps = clips_from_latent(samples, vae.geometry, DEFAULT_FPS)
         factor = vae.geometry.spatial_factor
+        channels = vae.module.latent_channels
+        if clips[0].latent.shape[1] != channels:
+            raise ValueError(f"samples: the latent has {clips[0].latent.shape[1]} channels but this VAE decodes "
+                             f"{channels}; connect the LATENT of the Open-Sora Sampler or VAE Encode")
+        if tiling == "on" and not tile_overlap < tile_size:
+            raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
         options = TilingOptions(tile_size // factor, tile_overlap // factor) if tiling == "on" else None
         with bridge.ComfyPlacement([vae.managed]).use(vae.module):
             frames = decode_clips(vae.module, clips, tiling=options)  # (B, T, H, W, 3)
@@ -51,8 +57,9 @@ class OpenSoraVAEDecode:
 
 class OpenSoraVAEEncode:
     """Encodes an IMAGE batch (a video: frames in order) to an Open-Sora LATENT (posterior mean).
-    Frames are centre-cropped to a multiple of 8 pixels. References for the Sampler go through the
-    Mask Builder instead, which encodes them with the sampler's seed as the official code does."""
+    Any size of at least 8 pixels, as the official VAEs: the latent is size / 8 rounded down (240x426 ->
+    30x53, which decodes to 240x424). References for the Sampler go through the Mask Builder instead,
+    which encodes them with the sampler's seed as the official code does."""
 
     DESCRIPTION = __doc__
     CATEGORY = f"{w.CATEGORY}/latent"
@@ -65,9 +72,8 @@ class OpenSoraVAEEncode:
         return {"required": {"vae": (VAE,), "images": ("IMAGE",)}}
 
     def encode(self, vae: VAEHandle, images):
-        frames = images[..., :3].float().cpu()  # (T, H, W, 3)
-        height, width = vae.geometry.decoded_hw(frames.shape[1], frames.shape[2])
-        x = media.to_model_range(media.resize_cover_crop(frames, height, width))[None]  # (1, 3, T, H, W)
+        frames = image_frames("images", images)  # (T, H, W, 3)
+        x = media.to_model_range(frames)[None]  # (1, 3, T, H, W)
         with bridge.ComfyPlacement([vae.managed]).use(vae.module):
             latent = vae.module.encode(x, sample=False)  # (1, C, t, h, w)
         return (latent_from_video(latent, frames.shape[0], DEFAULT_FPS),)
@@ -96,11 +102,12 @@ class OpenSoraSaveVideo:
         }
 
     def save(self, images, fps, filename_prefix, crf, prompt=None, extra_pnginfo=None):
-        target = bridge.next_output_file(filename_prefix, images.shape[2], images.shape[1], "mp4")
+        frames = image_frames("images", images)  # (T, H, W, 3)
+        target = bridge.next_output_file(filename_prefix, frames.shape[2], frames.shape[1], "mp4")
         metadata = {}
         if bridge.metadata_enabled():
             metadata = {k: json.dumps(v) for k, v in {**(extra_pnginfo or {}), "prompt": prompt}.items() if v is not None}
-        media.write_video(images[..., :3], target.path, fps, crf=crf, metadata=metadata)
-        log.info("saved %d frames at %g fps to %s", images.shape[0], fps, target.path)
+        media.write_video(frames, target.path, fps, crf=crf, metadata=metadata)
+        log.info("saved %d frames at %g fps to %s", frames.shape[0], fps, target.path)
         result = {"filename": target.filename, "subfolder": target.subfolder, "type": "output"}
         return {"ui": {"images": [result], "animated": (True,)}}

@@ -167,14 +167,32 @@ class LatentGeometry:
         return h * self.spatial_factor, w * self.spatial_factor
 
     def check_encodable_hw(self, height: int, width: int) -> None:
-        """Raise unless the VAE can encode frames of this size without losing pixels."""
+        """Raise unless the VAE can encode frames of this size: at least 8 pixels a side.
+
+        Any size works as in the official VAEs: the stride-2 convolutions floor, so a 240x426 frame
+        gives a 30x53 latent and its last ``426 % 8`` columns only reach the edge of the last latent column.
+        """
         f = self.spatial_factor
-        if height < f or width < f or height % f or width % f:
-            h, w = max(f, height // f * f), max(f, width // f * f)
-            raise ValueError(
-                f"frame size {height}x{width} (HxW) is not a multiple of {f}; "
-                f"resize or crop the video to {h}x{w} before encoding"
-            )
+        if height < f or width < f:
+            raise ValueError(f"frame size {height}x{width} (HxW) is too small for the VAE; use at least {f}x{f} pixels")
+
+    def check_output_hw(self, height: int, width: int) -> None:
+        """Raise unless a generation of ``height`` x ``width`` decodes to exactly that size.
+
+        The decoded video is ``8 * floor(size / 8)`` pixels, so other sizes are refused with the nearest
+        valid ones, except the official preset sizes (e.g. 240p 9:16 = 240x426): the official code
+        conditions the model on them and decodes to the multiple of 8 below (240x424), and so do we.
+        """
+        if (height, width) in official_sizes():
+            return
+        f = self.spatial_factor
+        for name, value in (("height", height), ("width", width)):
+            if value % f:
+                lower, upper = value // f * f, (value // f + 1) * f
+                raise ValueError(
+                    f"{name} {value} is not a multiple of {f}: the VAE would give {lower} pixels; use {name} "
+                    f"{lower} or {upper} (or an official preset size, e.g. 240x426 from 240p 9:16)"
+                )
 
     def latent_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(t, h, w) of the latent for a pixel clip (``get_latent_size`` of the official VAEs)."""
@@ -205,6 +223,12 @@ def resolutions() -> list[str]:
     """Resolution names of the official tables, smallest pixel count first."""
     res = _tables()["resolutions"]
     return sorted(res, key=lambda r: res[r]["num_pixels"])
+
+
+@lru_cache(maxsize=1)
+def official_sizes() -> frozenset[tuple[int, int]]:
+    """Every (height, width) of the official resolution tables."""
+    return frozenset(hw for r in resolutions() for hw in aspect_ratio_table(r).values())
 
 
 def named_aspect_ratios() -> dict[str, str]:

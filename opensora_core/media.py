@@ -7,7 +7,6 @@ No torchvision: resizing uses ``torch.nn.functional.interpolate``.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -183,17 +182,27 @@ def from_model_range(video: torch.Tensor) -> torch.Tensor:
 def resize_cover_crop(frames: torch.Tensor, height: int, width: int, *, mode: str = "bicubic") -> torch.Tensor:
     """Resize (T, H, W, C) frames so they cover height x width, then centre-crop to exactly that size.
 
-    Follows the official reference reading (opensora/datasets/utils.py): scale so both sides
-    cover the target, crop the excess equally from both sides.
+    The official ``resize_crop_to_fill`` (opensora/datasets/utils.py for images, video_transforms.py for
+    videos): the side that needs the larger scale becomes exactly the target, the other
+    ``round(side * scale)``; the excess is cropped from both ends. ``mode="bicubic"`` is the image path
+    (PIL bicubic, which antialiases; offset ``round(excess / 2)``; uint8 stays uint8 as PIL gives it);
+    ``mode="bilinear"`` is the video path (frames scaled to 0..1 first, bilinear without antialiasing,
+    offset ``floor(excess / 2)``, float result in 0..1).
     """
     t, h, w, c = frames.shape
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, math.ceil(h * scale - 1e-6)), max(width, math.ceil(w * scale - 1e-6))
+    if mode not in ("bicubic", "bilinear"):
+        raise ValueError(f"mode must be 'bicubic' (images) or 'bilinear' (videos), got {mode!r}")
+    video = mode == "bilinear"
+    ratio_h, ratio_w = height / h, width / w
+    new_h, new_w = (height, round(w * ratio_h)) if ratio_h > ratio_w else (round(h * ratio_w), width)
     x = frames.permute(0, 3, 1, 2).float()  # (T, C, H, W)
+    if video and frames.dtype == torch.uint8:
+        x = x / 255
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode=mode, align_corners=False, antialias=mode in ("bilinear", "bicubic"))
-    top, left = round((new_h - height) / 2), round((new_w - width) / 2)
+        x = F.interpolate(x, size=(new_h, new_w), mode=mode, align_corners=False, antialias=not video)
+    excess_h, excess_w = new_h - height, new_w - width
+    top, left = (excess_h // 2, excess_w // 2) if video else (round(excess_h / 2), round(excess_w / 2))
     x = x[:, :, top : top + height, left : left + width]
-    if frames.dtype == torch.uint8:
+    if frames.dtype == torch.uint8 and not video:
         x = x.round().clamp(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous()

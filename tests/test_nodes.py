@@ -286,6 +286,79 @@ def test_mask_builder_hands_on_typed_groups_in_their_units(env):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("shape, message",
+                         [((1, 40, 56, 1), "image_2: .*1 channel"), ((0, 40, 56, 3), "image_2: .*empty")])
+def test_mask_builder_names_an_image_input_that_holds_no_rgb_frames(env, shape, message):
+    with pytest.raises(ValueError, match=message):
+        env.node("OpenSoraMaskBuilder").build(_image(0), "custom", "0;0,1,0,-1,1", "latent frames", 1, 0,
+                                              image_2=torch.zeros(shape))
+
+
+def test_vae_encode_and_save_name_their_images_input(env, v12):
+    _, vae, _ = v12
+    with pytest.raises(ValueError, match="images: .*1 channel"):
+        env.node("OpenSoraVAEEncode").encode(vae, torch.zeros(2, 32, 32, 1))
+    with pytest.raises(ValueError, match="images: .*empty"):
+        env.node("OpenSoraSaveVideo").save(torch.zeros(0, 32, 32, 3), 8.0, "empty", 18)
+
+
+def test_vae_decode_names_a_foreign_latent_and_bad_tiles(env, v12):
+    _, vae, _ = v12
+    decode = env.node("OpenSoraVAEDecode").decode
+    with pytest.raises(ValueError, match="samples: the latent has 16 channels but this VAE decodes 4"):
+        decode(vae, {"samples": torch.zeros(1, 16, 5, 4, 6)}, OFF, 512, 128)
+    with pytest.raises(ValueError, match=r"tile_overlap \(512\) must be smaller than tile_size \(256\)"):
+        decode(vae, {"samples": torch.zeros(1, 4, 5, 4, 6)}, "on", 256, 512)
+
+
+def test_custom_preset_with_an_empty_strategy_is_refused(env):
+    """image_1 is required, so an empty custom strategy always leaves a connected reference unused. The
+    queue-time check sees only mask_strategy (naming preset there would report every failure on it too),
+    so it cannot tell 'custom' from a preset that ignores the text: the node refuses when it runs."""
+    builder = env.nodes["OpenSoraMaskBuilder"]
+    assert builder.VALIDATE_INPUTS("") is True  # fine with a preset, which does not read the text
+    with pytest.raises(ValueError, match="mask_strategy: empty"):
+        builder().build(_image(0), "custom", "", "latent frames", 1, 0)
+    (references,) = builder().build(_image(0), "first frame (image to video)", "", "latent frames", 1, 0)
+    assert references.task is not None
+
+
+def test_sampler_refuses_sizes_no_vae_gives_at_queue_time(env):
+    validate = env.nodes["OpenSoraSampler"].VALIDATE_INPUTS
+    assert "width 70 is not a multiple of 8" in validate(width=70, height=64)
+    assert validate(width=426, height=240) is True  # the official 240p 9:16 size (decodes to 424)
+    assert validate(width=None, height=64) is True  # linked: checked when the node runs
+
+
+def test_empty_prompt_is_warned_about(env, v12, caplog):
+    model, _, t5 = v12
+    with caplog.at_level("WARNING", logger="opensora"):
+        _encode(env, t5, model, "   ")
+    assert "text: the prompt is empty" in caplog.text
+
+
+def test_loader_nodes_name_a_damaged_file(env, v12):
+    """Every loader node: a cut-off download is named with its size and the fix, never a bare SafetensorError."""
+    import shutil
+
+    models = env.models
+    shutil.copytree(models / "text_encoders" / "t5xxl_fp16_tokenizer", models / "text_encoders" / "cut_tokenizer",
+                    dirs_exist_ok=True)
+    calls = {
+        "diffusion_models": lambda name: env.node("OpenSoraModelLoader").load(name, "fp32", "sdpa"),
+        "vae": lambda name: env.node("OpenSoraVAELoader").load(name, "fp32"),
+        "text_encoders": lambda name: env.node("OpenSoraT5Loader").load(name, "fp32"),
+        "loras": lambda name: env.node("OpenSoraLoraLoader").apply(v12[0], name, 1.0),
+    }
+    for folder, load in calls.items():
+        path = models / folder / "cut.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")  # a header cut short
+        with pytest.raises(ValueError, match=r"cut\.safetensors: not a valid safetensors file \(12 bytes.*download"):
+            load("cut.safetensors")
+        path.unlink()
+
+
 def test_sampler_reports_every_step_and_loads_through_comfyui(env, v12):
     model, vae, t5 = v12
     caption = _encode(env, t5, model, "|0|a sunny day|1|a rainy night")
@@ -373,7 +446,7 @@ def test_decode_joins_loop_clips_and_reads_plain_latents(env, v12):
 
 def test_encode_then_decode_keeps_frame_count_and_size(env, v12):
     _, vae, _ = v12
-    frames = _image(5, frames=17)[:, :36, :52]  # 36x52: cropped to 32x48 for the VAE
+    frames = _image(5, frames=17)[:, :36, :52]  # 36x52: the VAE floors it to a 4x6 latent, as the official VAEs
     (latent,) = env.node("OpenSoraVAEEncode").encode(vae, frames)
     assert latent["samples"].shape == (1, 4, 5, 4, 6)
     images, _ = env.node("OpenSoraVAEDecode").decode(vae, latent, "on", 64, 16)

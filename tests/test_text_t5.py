@@ -363,3 +363,13 @@ def test_byte_level_tokenizer_folder_needs_no_vocabulary_file(tmp_path):
     ByT5Tokenizer().save_pretrained(tmp_path)
     tokenizer = load_t5_tokenizer(tmp_path)
     assert tokenizer("ab")["input_ids"] == [100, 101, 1]
+
+
+def test_an_unreadable_tokenizer_folder_is_named_with_the_transformers_version(tmp_path):
+    import transformers
+
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "T5TokenizerFast"}')
+    (tmp_path / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=f"{tmp_path}: the tokenizer files cannot be read by transformers "
+                                         f"{transformers.__version__}"):
+        load_t5_tokenizer(tmp_path)

@@ -15,6 +15,7 @@ Multi-GPU: ``accelerate launch [--config_file train/configs/accelerate_ddp.yaml]
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -69,13 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from .checkpointing import TrainingStopped
+
     try:
         return COMMANDS[args.command](args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except TrainingStopped as err:
+        print(f"training stopped: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on device while writing {err.filename or 'a file'}; free space and run "
+              "again", file=sys.stderr)
         return 1
 
 

@@ -223,7 +223,16 @@ def load_t5_tokenizer(folder: str | Path) -> "PreTrainedTokenizerBase":
             f"{folder}: not a T5 tokenizer folder; expected {_TOKENIZER_EXPECTED}, e.g. the tokenizer "
             "of DeepFloyd/t5-v1_1-xxl or ComfyUI's comfy/text_encoders/t5_tokenizer"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # damaged files, or saved by a transformers this one cannot read; error types vary
+        import transformers
+
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise ValueError(
+            f"{folder}: the tokenizer files cannot be read by transformers {transformers.__version__} ({reason}); "
+            "download them again, or save them with this transformers version"
+        ) from None
     _check_tokenizer(tokenizer, folder)
     return tokenizer
 
@@ -266,8 +275,12 @@ def load_t5_folder(folder: str | Path, *, dtype: torch.dtype, device: torch.devi
     """``T5EncoderModel.from_pretrained`` on a local folder, in ``dtype``, moved to ``device``."""
     from transformers import T5EncoderModel
 
+    from ..checkpoints import check_safetensors, read_json
+
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")  # a damaged config.json is named
+    for weights in sorted(folder.glob("*.safetensors")):  # transformers would only say "SafetensorError"
+        check_safetensors(weights)
     if config.get("model_type") != "t5":
         raise ValueError(
             f"{folder}: config.json describes a {config.get('model_type')!r} model "
@@ -298,14 +311,14 @@ _UNSUPPORTED_SUFFIXES = (".weight_scale", ".comfy_quant", ".weight_scale_2", ".i
 
 def load_t5_file(path: str | Path, *, dtype: torch.dtype, device: torch.device | str) -> "T5EncoderModel":
     """Build a ``T5EncoderModel`` from a single safetensors file of its keys (config from the shapes)."""
-    from safetensors import safe_open
+    from ..checkpoints import open_safetensors
 
     path = Path(path)
     if path.suffix != SINGLE_FILE_SUFFIX:
         raise ValueError(
             f"{path}: single-file T5 weights must be {SINGLE_FILE_SUFFIX} (use a Hugging Face folder otherwise)"
         )
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
+    with open_safetensors(path) as handle:
         keys = list(handle.keys())
         prefix = _t5_prefix(keys, path)
         names = {key[len(prefix) :]: key for key in keys if key.startswith(prefix)}
