@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..opensora_core.checkpoints import DTYPES
+from ..opensora_core.text import prompts
 
 CATEGORY = "OpenSora"
 
@@ -68,7 +69,7 @@ CAPTION_LENGTHS = {
 }
 
 # v1.2 camera-motion phrases (the official Gradio app's choices)
-CAMERA_MOTIONS = ["none", "pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out", "static"]
+CAMERA_MOTIONS = ["none", *prompts.CAMERA_MOTIONS]
 
 DEFAULT_PROMPT = (
     "a beautiful waterfall in a lush green forest, sunlight filtering through the leaves, "

@@ -29,6 +29,9 @@ from .cleaning import text_preprocessing
 
 AESTHETIC_SCORE_V1_2 = 6.5  # `aes` of configs/opensora-v1-2/inference/sample.py
 
+# The camera-motion phrases v1.2 captions carry (tools/datasets/datautil.py CMOTION_TEXT; the Gradio app's choices)
+CAMERA_MOTIONS = ("pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out", "static")
+
 # phrase -> how its value is printed (official format strings)
 _AESTHETIC = "aesthetic score:"
 _MOTION = "motion score:"
@@ -207,6 +210,7 @@ def loop_prompt_text(prompt: str, loop_index: int) -> str:
 
 __all__ = [
     "AESTHETIC_SCORE_V1_2",
+    "CAMERA_MOTIONS",
     "PROMPT_JSON_KEYS",
     "PromptOptions",
     "append_scores",
