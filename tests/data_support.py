@@ -65,3 +65,9 @@ def write_long_video(path: Path, scenes: list[Scene], fps: float = 24) -> list[i
     video = np.concatenate([render(s) for s in scenes])
     write_video(torch.from_numpy(video), path, fps=fps)
     return list(np.cumsum([s.frames for s in scenes])[:-1])
+
+
+def fake_captioner(frames: list[np.ndarray], clip) -> str:
+    """A captioner hook for the tests (``data_support:fake_captioner``): names the brightest colour channel."""
+    channel = int(np.stack(frames).reshape(-1, 3).mean(0).argmax())
+    return f"a {('reddish', 'greenish', 'bluish')[channel]} clip of {len(frames)} frames"
