@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a config value, e.g. --set optimizer.lr=2e-5 (repeatable)")
         if name == "export":
             cmd.add_argument("--checkpoint", help="state folder (default: the latest under run.output_dir)")
+            cmd.add_argument("--overwrite", action="store_true", help="replace files already in the export folder")
+        if name == "check":
+            cmd.add_argument("--processes", type=int, default=0, help="processes the run will use (default: "
+                             "WORLD_SIZE or 1), for the batch arithmetic")
+            cmd.add_argument("--print-config", action="store_true", help="also print the resolved config as JSON")
+        if name == "train":
+            start = cmd.add_mutually_exclusive_group()
+            start.add_argument("--resume", action="store_true", help="continue from the latest state "
+                               "(checkpoint.resume = \"latest\")")
+            start.add_argument("--fresh", action="store_true", help="start over: ignore and remove the run's "
+                               "states, loss log and samples (caches and exports are kept)")
     return parser
 
 
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
@@ -169,12 +180,22 @@ def _synthetic(args) -> int:
 
 
 def _check(args) -> int:
+    import os
+
+    from .model_facts import trained_settings
+    from .plan import make_plan, mismatch_warnings, plan_text
     from .validate import validate_config
 
     cfg = load_config(args.config, args.overrides)
     validate_config(cfg)
-    print(cfg.to_json())
-    print("config ok", file=sys.stderr)
+    if args.print_config:
+        print(cfg.to_json())
+    plan = make_plan(cfg, args.processes or int(os.environ.get("WORLD_SIZE", "1")))
+    print(plan_text(cfg, plan))
+    warnings = mismatch_warnings(cfg, plan.entries, trained_settings(cfg.model.checkpoint))
+    for warning in warnings:
+        print(f"warning: {warning}")
+    print(f"config ok{f' ({len(warnings)} warning(s))' if warnings else ''}", file=sys.stderr)
     return 0
 
 
@@ -194,16 +215,46 @@ def _cache(args) -> int:
 def _train(args) -> int:
     from .trainer import train
 
-    result = train(load_config(args.config, args.overrides))
-    print(f"trained to step {result.final_step}; exported: {', '.join(map(str, result.exports)) or 'nothing'}")
+    overrides = list(args.overrides) + (["checkpoint.resume=latest"] if args.resume else []) + (
+        ["checkpoint.resume="] if args.fresh else [])
+    cfg = load_config(args.config, overrides)
+    if args.fresh and _is_main_process():
+        _clear_run(cfg)
+    result = train(cfg)
+    if not _is_main_process():
+        return 0
+    if result.already_finished:
+        print(f"nothing to train: {cfg.output_dir} had already finished at step {result.final_step} "
+              f"(run.max_steps = {cfg.run.max_steps}); raise run.max_steps to continue or pass --fresh to start over")
+    else:
+        print(f"trained to step {result.final_step}; exported: {', '.join(map(str, result.exports)) or 'nothing'}")
     return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _clear_run(cfg) -> None:
+    """--fresh: remove the states, loss log, samples and TensorBoard logs of earlier runs (caches, exports stay)."""
+    import shutil
+
+    from .checkpointing import checkpoint_root
+
+    for path in (checkpoint_root(cfg.output_dir), cfg.output_dir / "validation", cfg.output_dir / "logs"):
+        if path.is_dir():
+            shutil.rmtree(path)
+            print(f"--fresh: removed {path}", file=sys.stderr)
+    (cfg.output_dir / "loss.jsonl").unlink(missing_ok=True)
 
 
 def _export(args) -> int:
     from .export import export_from_state
 
     cfg = load_config(args.config, args.overrides)
-    paths = export_from_state(cfg, Path(args.checkpoint) if args.checkpoint else None)
+    paths = export_from_state(cfg, Path(args.checkpoint) if args.checkpoint else None, overwrite=args.overwrite)
     print("\n".join(map(str, paths)))
     return 0
 

@@ -153,6 +153,11 @@ class ValidationConfig:
     cfg_scale: float = 7.0
     seed: int = 42
     use_ema: bool = True
+    at_start: bool = True  # also sample before the first step (a baseline to compare against)
+    prompt_file: str = ""  # one prompt per line with per-prompt options (train/README.md); adds to prompts
+    score_phrases: str = "auto"  # "auto": append ' aesthetic score: X.' only when the training captions carry
+    #                              it; "always"; "never"
+    aesthetic_score: float = 6.5  # the value appended (v1.2's default)
 
 
 @dataclass

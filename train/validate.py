@@ -192,10 +192,12 @@ def _check_lora(cfg: TrainConfig) -> None:
 def _check_validation(cfg: TrainConfig, class_name: str) -> None:
     val = cfg.validation
     _at_least("validation.every", val.every, 0)
+    _one_of("validation.score_phrases", val.score_phrases, ("auto", "always", "never"))
     if val.every == 0:
         return
-    if not val.prompts or not all(isinstance(p, str) and p for p in val.prompts):
-        raise ConfigError("validation.prompts", "give at least one prompt (or set validation.every = 0)")
+    if not (val.prompts or val.prompt_file) or not all(isinstance(p, str) and p for p in val.prompts):
+        raise ConfigError("validation.prompts", "give at least one prompt or a prompt_file (or set "
+                                                "validation.every = 0)")
     if len(val.reference_images) > len(val.prompts):
         raise ConfigError("validation.reference_images", "at most one reference image per prompt")
     for i, ref in enumerate(val.reference_images):
