@@ -75,6 +75,8 @@ class TextEncoderConfig:
 @dataclass
 class DataConfig:
     csv: str = ""  # metadata CSV from `opensora-train prepare` (path,text,num_frames,height,width,...)
+    datasets: list = field(default_factory=list)  # more CSVs: [[data.datasets]] csv, repeats, trigger, caption_dropout,
+    #                                               shuffle_captions, keep_tokens, score_dropout (train/datasets.py)
     buckets: dict = field(default_factory=dict)  # {resolution: {num_frames: [keep_prob, batch_size]}}
     resolutions: dict = field(default_factory=dict)  # extra tables {name: {pixels = N, sizes = {"0.56" = [H, W]}}}
     frame_interval: int = 1

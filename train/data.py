@@ -11,10 +11,12 @@ bilinear for videos, bicubic for images) and scaled to [-1, 1].
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +49,7 @@ class MetadataEntry:
     width: int
     fps: float  # 0 when unknown
     start_frame: int = 0  # a scene of a longer video (``prepare --scene-cut --scene-rows``): its first frame
+    captions: Any = None  # the dataset's CaptionOptions (train/datasets.py) when its captions vary per epoch
 
     @property
     def is_image(self) -> bool:
@@ -126,6 +129,10 @@ def plan_clip(entry: MetadataEntry, table: BucketTable, frame_interval: int, see
         entry.num_frames, t, frame_interval, random.Random(mix_seed(seed, "window", epoch, entry.row))
     )
     frames = tuple(entry.start_frame + i for i in frames)  # frames of the file (a scene row starts later)
+    if entry.captions is not None:
+        from .datasets import caption_variant
+
+        entry = dataclasses.replace(entry, text=caption_variant(entry, seed, epoch))
     return Clip(entry, key, t, h, w, frames, epoch)
 
 

@@ -40,7 +40,8 @@ from .cache import (
     shard,
 )
 from .config import TrainConfig
-from .data import Clip, plan_epoch, read_metadata, size_args
+from .data import Clip, plan_epoch, size_args
+from .datasets import read_datasets
 from .masks import MaskGenerator
 from .rng import StepRandomness, mix_seed
 from .sampler import BucketBatchSampler
@@ -126,7 +127,7 @@ class DiTTask:
 
     def prepare_data(self, accelerator) -> TaskData:
         cfg = self.cfg
-        entries = read_metadata(cfg.data.csv)
+        entries = read_datasets(cfg.data)
         self.carried = caption_phrases([e.text for e in entries])
         table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
         plans = [plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, v)

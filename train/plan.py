@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from .buckets import PIXEL_TOLERANCE, BucketKey, BucketTable, bucket_summary
 from .config import TrainConfig
-from .data import DEFAULT_FPS, MetadataEntry, plan_epoch, read_metadata
+from .data import DEFAULT_FPS, MetadataEntry, plan_epoch
+from .datasets import read_datasets
 from .model_facts import TrainedSettings
 from .sampler import BucketBatchSampler
 from .validation import AESTHETIC_PHRASE, caption_phrases, validation_aesthetic
@@ -39,7 +40,7 @@ class RunPlan:
 
 
 def make_plan(cfg: TrainConfig, processes: int = 1) -> RunPlan:
-    entries = read_metadata(cfg.data.csv)
+    entries = read_datasets(cfg.data)
     table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
     clips = plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, 0)
     groups: dict[BucketKey, list[int]] = {}

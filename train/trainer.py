@@ -392,8 +392,10 @@ def _progress_bar(cfg: TrainConfig, accelerator, initial: int):
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop logged steps after ``last_step`` (they are repeated after a resume)."""
     if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
-        path.write_text("".join(line + "\n" for line in lines))
+        logged = path.read_text().splitlines()
+        lines = [line for line in logged if json.loads(line)["step"] <= last_step]
+        if len(lines) < len(logged):
+            path.write_text("".join(line + "\n" for line in lines))
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

@@ -63,13 +63,17 @@ def _check_run(cfg: TrainConfig) -> None:
 
 def _check_data(cfg: TrainConfig) -> None:
     data = cfg.data
-    _existing_file("data.csv", data.csv, "run `opensora-train prepare <folder> --output meta.csv` first")
-    with Path(data.csv).open(newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle), [])
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise ConfigError("data.csv", f"{data.csv} lacks column(s) {', '.join(missing)}; build it with "
-                                      "`opensora-train prepare`")
+    from .datasets import dataset_specs
+
+    for i, spec in enumerate(dataset_specs(data)):
+        key = "data.csv" if data.csv and i == 0 else f"data.datasets[{i - bool(data.csv)}].csv"
+        _existing_file(key, spec.csv, "run `opensora-train prepare <folder> --output meta.csv` first")
+        with Path(spec.csv).open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise ConfigError(key, f"{spec.csv} lacks column(s) {', '.join(missing)}; build it with "
+                                   "`opensora-train prepare`")
     BucketTable(data.buckets, data.resolutions)  # raises ConfigError naming the bucket key
     _at_least("data.frame_interval", data.frame_interval, 1)
     _at_least("data.num_workers", data.num_workers, 0)
