@@ -233,3 +233,24 @@ def test_a_missing_library_names_the_extra_to_install(monkeypatch):
                         lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name == "cv2" else real(name, *a))
     with pytest.raises(ImportError, match=r"the motion stage needs the opencv-python package.*\[data\]"):
         deps.require("cv2", "motion")
+
+
+# ---------------------------------------------------------------------------
+# End to end: a long video to an exported model
+# ---------------------------------------------------------------------------
+
+
+def test_long_video_to_exported_model(prepared, tmp_path):
+    """Cut, scored and filtered clips (with score phrases in their captions) train a tiny STDiT3 that exports."""
+    from opensora_core.checkpoints import load_dit
+    from opensora_train.cli import main
+
+    options, _ = prepared
+    raw = train_support.tiny_config(tmp_path, clips=options.source, run={"max_steps": 2},
+                                    data={"csv": str(options.output)})
+    config = train_support.write_toml(raw, tmp_path / "run.toml")
+    assert main(["check", "-c", str(config)]) == 0
+    assert main(["train", "-c", str(config)]) == 0
+    [export] = (tmp_path / "out" / "export").glob("*.safetensors")
+    assert load_dit(export).class_name == "STDiT3"
+    assert main(["export", "-c", str(config)]) == 1  # the export is there: not replaced without --overwrite
