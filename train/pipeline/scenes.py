@@ -2,9 +2,10 @@
 
 Follows the official v1.2 tools: ``tools/scene_cut/scene_detect.py`` detects scenes with
 ``AdaptiveDetector(adaptive_threshold=3.0)`` and ``start_in_scene=True`` (a video without a cut is one
-scene); ``tools/scene_cut/cut.py`` (``split_video``) drops scenes shorter than ``min_seconds`` (2 s)
-and keeps the first ``max_seconds`` (15 s, ``round(fps * max_seconds)`` frames) of longer ones, and
-names the files ``<video>_scene-<i>.mp4``. ``split_long`` (ours) cuts a long scene into consecutive
+scene); ``tools/scene_cut/cut.py`` (``split_video``, whose defaults we take: its command line passes no
+limit) drops scenes shorter than ``min_seconds`` (2 s) and keeps the first ``max_seconds`` (15 s,
+``round(fps * max_seconds)`` frames) of longer ones, and names the files ``<video>_scene-<i>.mp4``.
+Clips keep the source's size and frame rate (the official cut re-encodes with ``--shorter_size 1080``). ``split_long`` (ours) cuts a long scene into consecutive
 ``max_seconds`` pieces instead (``<video>_scene-<i>-<k>.mp4``), so a long continuous shot is not lost.
 
 Detection decodes with PySceneDetect's PyAV backend (the same decoder as the rest of the project);
