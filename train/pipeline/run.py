@@ -172,10 +172,10 @@ def run_pipeline(options: PipelineOptions) -> PipelineReport:
     for record in report.kept:
         record.caption = captioned(record.text, record.values, options.caption_scores)
     columns = [c for c in SCORE_COLUMNS if any(c in STAGE_COLUMNS[s] for s in report.stages if s in STAGE_COLUMNS)]
-    report.output = write_metadata(report, options, columns)
-    if options.report:
+    if options.report:  # first: when every clip was filtered out, the page shows why
         report.report = write_report(options.report, f"Open-Sora data: {options.output.name}", report.summary(),
                                      report_rows(report), columns)
+    report.output = write_metadata(report, options, columns)
     return report
 
 
@@ -295,7 +295,7 @@ def whole_clip(row: MetadataRow) -> ClipSpec:
 def make_clips(rows: list[MetadataRow], options: PipelineOptions, store: ResultStore,
                report: PipelineReport) -> list[ClipSpec]:
     """Scene-cut every video (images pass through); clip files or (start, end) ranges of the videos."""
-    results = parallel(options, "scene cut", rows, lambda row: cut_source(row, options, store))
+    results = parallel(options, "scene cut", rows, lambda row: cut_or_skip(row, options, store, report))
     videos = [cut for cut in results if cut.scenes is not None]
     where = "as rows of the videos" if options.scene_rows else f"written to {options.clips_dir}"
     report.scene_lines.append(
@@ -310,6 +310,18 @@ class SourceCut:
     clips: list[ClipSpec]
     scenes: int | None = None  # None: an image (not cut)
     too_short: int = 0
+
+
+def cut_or_skip(row: MetadataRow, options: PipelineOptions, store: ResultStore, report: PipelineReport) -> SourceCut:
+    """:func:`cut_source`, with a video that fails reported as skipped instead of stopping the run."""
+    try:
+        return cut_source(row, options, store)
+    except ImportError:
+        raise
+    except Exception as err:  # noqa: BLE001 - one bad file must never stop the run
+        log.warning("skipping %s (scene cut failed): %s: %s", row.path, type(err).__name__, err)
+        report.skipped.append(Skipped(row.path, "unreadable", f"scene cut failed: {type(err).__name__}: {err}"))
+        return SourceCut([], scenes=None)
 
 
 def cut_source(row: MetadataRow, options: PipelineOptions, store: ResultStore) -> SourceCut:
@@ -477,7 +489,8 @@ def write_metadata(report: PipelineReport, options: PipelineOptions, columns: li
     """The metadata CSV: official columns, then (start_frame, end_frame) and source for cut clips, then scores."""
     kept = report.kept
     if not kept:
-        raise ValueError(f"no clip is left after the filters (of {len(report.records)}); nothing written\n"
+        shown = f"; see the report {report.report}" if report.report else ""
+        raise ValueError(f"no clip is left after the filters (of {len(report.records)}); nothing written{shown}\n"
                          f"{report.summary()}")
     extra = (["start_frame", "end_frame"] if options.scene_rows else []) + (["source"] if options.scene_cut else [])
     fields = list(METADATA_COLUMNS) + extra + columns
