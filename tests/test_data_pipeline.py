@@ -7,6 +7,7 @@ scene; one scene too short to keep) goes through scene cut, scores, filters, cap
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,7 @@ def test_filters_use_readable_names_and_count_each_removal():
 def test_pipeline_cuts_scores_filters_and_writes_score_phrases(prepared):
     options, report = prepared
     rows = _rows(options.output)
+    assert all(Path(r["path"]).is_absolute() and Path(r["path"]).is_file() for r in rows)
     names = [r["path"].rsplit("/", 1)[-1] for r in rows]
     assert names == ["holiday_scene-0.mp4", "holiday_scene-4.mp4"]  # static and text scenes filtered out
     assert report.removed == {"flow>=1": 1, "text_area<=0.02": 1}

@@ -24,6 +24,8 @@ from .model_facts import TrainedSettings
 from .sampler import BucketBatchSampler
 from .validation import AESTHETIC_PHRASE, caption_phrases, validation_aesthetic
 
+FPS_TOLERANCE = 0.15  # a clip frame rate within 15 % of the model's passes (30 fps // 4 = 7 for an 8 fps model)
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -130,9 +132,9 @@ def mismatch_warnings(cfg: TrainConfig, entries: list[MetadataEntry], trained: T
     if trained is None:
         return warnings
     source_fps = statistics.median([e.fps or DEFAULT_FPS for e in entries if not e.is_image] or [DEFAULT_FPS])
-    fps = source_fps / cfg.data.frame_interval
-    if abs(fps - trained.fps) > 0.5:
-        better = max(1, round(source_fps / trained.fps))
+    fps = source_fps // cfg.data.frame_interval  # as the v1.2 dataset gives it (data.size_args)
+    if abs(fps - trained.fps) > FPS_TOLERANCE * trained.fps:
+        better = min(range(1, 11), key=lambda k: abs(source_fps // k - trained.fps))
         warnings.append(f"data.frame_interval = {cfg.data.frame_interval}: your clips ({source_fps:g} fps) are "
                         f"trained at {fps:g} fps, but {trained.source} was trained at {trained.fps:g} fps; "
                         f"set data.frame_interval = {better}")

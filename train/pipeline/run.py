@@ -72,11 +72,12 @@ class PipelineOptions:
     no_report: bool = False
 
     def __post_init__(self) -> None:
-        self.source, self.output = Path(self.source), Path(self.output)
+        self.source, self.output = Path(self.source).absolute(), Path(self.output).absolute()
         stem = self.output.parent / self.output.stem
-        self.work_dir = Path(self.work_dir) if self.work_dir else Path(f"{stem}_work")
-        self.clips_dir = Path(self.clips_dir) if self.clips_dir else Path(f"{stem}_clips")
-        self.report = None if self.no_report else Path(self.report) if self.report else Path(f"{stem}_report.html")
+        self.work_dir = Path(self.work_dir).absolute() if self.work_dir else Path(f"{stem}_work")
+        self.clips_dir = Path(self.clips_dir).absolute() if self.clips_dir else Path(f"{stem}_clips")
+        self.report = None if self.no_report else Path(self.report).absolute() if self.report else \
+            Path(f"{stem}_report.html")
         if self.min_frames < 1:
             raise ValueError(f"--min-frames must be >= 1, got {self.min_frames}")
         if self.workers < 1:
