@@ -225,6 +225,40 @@ def test_model_stages_need_local_files_and_are_reported_as_skipped(long_video, t
         run_pipeline(_options(long_video[0], tmp_path, scores=("aesthetic",)))
 
 
+def test_aesthetic_and_match_scores_from_local_clip_files(long_video, tmp_path):
+    """aes = the LAION head on the normalised CLIP image embedding (mean over frames); match = CLIP's own
+    logits_per_image of the middle frame and the caption (CLIPModel.forward, an independent path)."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from data_support import write_tiny_clip
+    from opensora_core.media import iter_frames
+    from opensora_train.pipeline.clip_models import AestheticHead
+
+    clip_dir = write_tiny_clip(tmp_path / "clip")
+    torch.manual_seed(1)
+    head = AestheticHead(16)
+    torch.save(head.state_dict(), tmp_path / "head.pth")
+    options = _options(long_video[0], tmp_path, scores=("aesthetic", "match"), clip_model=clip_dir,
+                       aesthetic_model=tmp_path / "head.pth", device="cpu", no_report=True)
+    report = run_pipeline(options)
+    record = next(r for r in report.records if r.clip.name == "holiday_scene-0")
+    assert set(_rows(options.output)[0]) >= {"aes", "match"}
+    frames = dict(iter_frames(record.clip.path))
+    model, processor = CLIPModel.from_pretrained(clip_dir).eval(), CLIPProcessor.from_pretrained(clip_dir)
+    with torch.no_grad():
+        middle = frames[record.clip.num_frames // 2]
+        out = model(**processor(text=[record.text], images=[middle], return_tensors="pt", padding=True))
+        assert record.values["match"] == pytest.approx(float(out.logits_per_image[0, 0]), abs=1e-3)
+        points = [frames[int(p * record.clip.num_frames)] for p in (0.1, 0.5, 0.9)]
+        embeds = model(**processor(text=["x"], images=points, return_tensors="pt")).image_embeds  # normalised
+        assert record.values["aes"] == pytest.approx(float(head.eval()(embeds).mean()), abs=1e-3)
+    torch.save({"layers.0.weight": torch.zeros(3, 3)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not the LAION aesthetic head"):
+        run_pipeline(_options(long_video[0], tmp_path, scores=("aesthetic",), clip_model=clip_dir,
+                              aesthetic_model=tmp_path / "bad.pth", device="cpu"))
+
+
 def test_a_missing_library_names_the_extra_to_install(monkeypatch):
     import importlib
 

@@ -85,7 +85,7 @@ class ClipModel:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
     @torch.no_grad()
     def images(self, frames: list[np.ndarray]) -> torch.Tensor:
