@@ -190,3 +190,17 @@ def test_export_records_what_the_model_was_trained_at(finished):
     settings = trained_settings(str(export))
     assert (settings.height, settings.width, settings.num_frames, settings.fps) == (32, 48, 17, 24.0)
     assert settings.score_phrases == ()  # the tiny captions carry no score phrase
+
+
+def test_generate_appends_no_aesthetic_phrase_to_a_model_trained_without_one(finished):
+    from opensora_core.checkpoints import trained_score_phrases
+    from opensora_core.cli.generate import Job, make_spec, parse_args
+
+    _, out = finished
+    [export] = (out / "export").glob("*.safetensors")
+    phrases = trained_score_phrases(export)
+    args = parse_args(["--model", str(export), "--vae", "v", "--text-encoder", "t", "--prompt", "a dog"])
+    job = Job("a dog", [], "", Path("o.mp4"))
+    assert phrases == () and make_spec(args, job, (32, 48, 17), phrases).aesthetic_score is None
+    assert make_spec(args, job, (32, 48, 17), ("aesthetic score:",)).aesthetic_score == "auto"  # v1.2: 6.5
+    assert make_spec(args, job, (32, 48, 17), None).aesthetic_score == "auto"  # a released checkpoint

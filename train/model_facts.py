@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-TRAIN_SETTINGS_KEY = "opensora.train_settings"
+from opensora_core.checkpoints import METADATA_TRAIN_SETTINGS as TRAIN_SETTINGS_KEY
 
 
 @dataclass(frozen=True)

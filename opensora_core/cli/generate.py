@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import geometry, media
-from ..checkpoints import DTYPES, CheckpointError, detect_family, read_checkpoint
+from ..checkpoints import DTYPES, CheckpointError, detect_family, read_checkpoint, trained_score_phrases
 from ..pipeline import FAMILIES, Components, GenerationSpec, check_vae_fits, generate, plan_generation
 from ..text.prompts import parse_prompt_options
 
@@ -156,9 +156,14 @@ def resolve_size(args: argparse.Namespace, release: str) -> tuple[int, int, int]
     return height, width, frames
 
 
-def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int]) -> GenerationSpec:
+def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int],
+              trained_phrases: tuple[str, ...] | None = None) -> GenerationSpec:
+    """``trained_phrases``: the score phrases the model's training captions carried, when its file says
+    (a fine-tune by opensora-train); the default aesthetic phrase is then appended only if they did."""
     height, width, frames = size
     aesthetic = None if args.no_aesthetic_score else (args.aesthetic_score if args.aesthetic_score is not None else "auto")
+    if aesthetic == "auto" and trained_phrases is not None and "aesthetic score:" not in trained_phrases:
+        aesthetic = None
     return GenerationSpec(
         prompts=[job.prompt], height=height, width=width, num_frames=frames, fps=args.fps, steps=args.steps,
         cfg_scale=args.cfg_scale, seed=args.seed, mask_strategy=job.mask_strategy, pixel_positions=args.pixel_positions,
@@ -250,7 +255,11 @@ def run(args: argparse.Namespace) -> list[Path]:
     model_family, _ = check_files(args, jobs)
     family = FAMILIES[model_family]
     size = resolve_size(args, family.release)
-    specs = [make_spec(args, job, size) for job in jobs]
+    phrases = trained_score_phrases(args.model)
+    if phrases is not None and "aesthetic score:" not in phrases and args.aesthetic_score is None:
+        log.info("%s was fine-tuned on captions without an aesthetic score: none is appended "
+                 "(--aesthetic-score adds one)", args.model)
+    specs = [make_spec(args, job, size, phrases) for job in jobs]
     for job, spec in zip(jobs, specs, strict=True):
         plan_generation(family, spec, [media.probe(r).num_frames for r in job.references])
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
