@@ -89,17 +89,14 @@ def plan_text(cfg: TrainConfig, plan: RunPlan) -> str:
 
 
 def run_arithmetic(cfg: TrainConfig, plan: RunPlan) -> list[str]:
-    sizes = sorted({plan.table.batch_size(k) for k in plan.keys if k is not None})
-    per_step = [b * plan.processes * plan.accumulation for b in sizes]
-    shown = "-".join(str(s) for s in (sizes[0], sizes[-1])) if len(sizes) > 1 else str(sizes[0]) if sizes else "0"
-    total = "-".join(str(s) for s in (per_step[0], per_step[-1])) if len(per_step) > 1 else \
-        str(per_step[0]) if per_step else "0"
-    epochs = cfg.run.max_steps / plan.steps_per_epoch
+    sizes = sorted({plan.table.batch_size(k) for k in plan.keys if k is not None}) or [0]
+    scale = plan.processes * plan.accumulation
+    span = lambda values: str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"  # noqa: E731
     return [
-        f"batch size per step: {shown} per process x {plan.processes} process(es) x "
-        f"{plan.accumulation} accumulation = {total} samples",
+        f"batch size per step: {span(sizes)} per process x {plan.processes} process(es) x {plan.accumulation} "
+        f"accumulation = {span([b * scale for b in sizes])} samples",
         f"steps per epoch: {plan.steps_per_epoch} ({plan.batches} batches)",
-        f"run.max_steps = {cfg.run.max_steps}: {epochs:.1f} epoch(s)",
+        f"run.max_steps = {cfg.run.max_steps}: {cfg.run.max_steps / plan.steps_per_epoch:.1f} epoch(s)",
         time_estimate(cfg),
     ]
 

@@ -192,6 +192,10 @@ def build_stages(options: PipelineOptions, report: PipelineReport) -> tuple[list
     """The score stages before the captions and after them (match); checks their libraries and files now."""
     wanted = SCORE_STAGES if "all" in options.scores else options.scores
     explicit = "all" not in options.scores
+    if options.scene_cut:
+        from .deps import require
+
+        require("scenedetect", "scene cut")  # now, not after probing a large folder
     early: list[Stage] = []
     if "motion" in wanted:
         from .motion import MotionStage
