@@ -24,6 +24,8 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "VideoAutoencoderKL": ("..vae.pipeline", "VideoAutoencoderKL"),
     "diffusers.AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
     "AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
+    "OpenSoraT2V_v1_3": (".osp_v1_3", "OpenSoraT2V_v1_3"),
+    "OpenSoraInpaint_v1_3": (".osp_v1_3", "OpenSoraInpaint_v1_3"),
 }
 
 
