@@ -548,6 +548,39 @@ def _drop_training_keys(module: CausalVAEModel, state_dict, prefix, *args) -> No
 
 
 @dataclass(frozen=True)
+class TilePlan:
+    """Spatial tiling in one direction of the official code: input tiles of ``tile_in`` every ``stride``,
+    output tiles blended over ``blend`` rows/columns with their upper/left neighbours and cropped to
+    ``tile_out - blend`` (``row_limit``)."""
+
+    tile_in: int
+    stride: int
+    blend: int
+    tile_out: int
+
+    @property
+    def keep(self) -> int:
+        return self.tile_out - self.blend
+
+    def starts(self, size: int) -> list[int]:
+        if self.stride < 1:
+            raise ValueError(f"tile overlap leaves no stride ({self}); lower tile_overlap_factor")
+        return list(range(0, size, self.stride))
+
+
+def _time_chunks(frames: int, size: int) -> list[tuple[int, int]]:
+    """Chunks starting every ``size - 1`` frames, each one frame longer (neighbours share a frame);
+    a last short chunk when needed (the official ``t_chunk_start_end``)."""
+    starts = list(range(0, frames, size - 1))
+    if len(starts) == 1:
+        return [(0, frames)]
+    chunks = [(starts[i], min(starts[i + 1] + 1, frames)) for i in range(len(starts) - 1)]
+    if chunks[-1][1] < frames:
+        chunks.append((starts[-1], frames))
+    return chunks
+
+
+@dataclass(frozen=True)
 class CausalVAETiling:
     """Tile attributes of the official class (plain instance attributes there).
 
@@ -568,6 +601,16 @@ class CausalVAETiling:
             raise ValueError(f"CausalVAETiling: bad tile size / overlap in {self}")
         if self.temporal and min(self.tile_sample_min_size_t, self.tile_latent_min_size_t) < 2:
             raise ValueError(f"CausalVAETiling: temporal tiles need at least 2 frames, got {self}")
+        # the official code crops each tile to what its stride covers only when these agree (all releases do)
+        ratio = self.tile_sample_min_size // self.tile_latent_min_size
+        decode, encode = self.decode_plan(), self.encode_plan()
+        if decode.keep != decode.stride * ratio or encode.keep * ratio != encode.stride or decode.stride < 1:
+            raise ValueError(
+                f"CausalVAETiling: tile_sample_min_size={self.tile_sample_min_size}, tile_latent_min_size="
+                f"{self.tile_latent_min_size} and tile_overlap_factor={self.tile_overlap_factor} give tiles whose "
+                "kept part differs from their stride (the output would have the wrong size); use a sample tile "
+                "8x the latent tile and an overlap that divides both, e.g. 256 / 32 / 0.125 or 0.25"
+            )
 
     @classmethod
     def for_version(cls, version: str, **overrides) -> CausalVAETiling:
@@ -608,39 +651,6 @@ TILING_DEFAULTS: dict[str, CausalVAETiling] = {
     "v1.1": CausalVAETiling(256, 32, 0.25, 65, 17),
     "v1.2": CausalVAETiling(256, 32, 0.125, 33, 16),
 }
-
-
-def _time_chunks(frames: int, size: int) -> list[tuple[int, int]]:
-    """Chunks starting every ``size - 1`` frames, each one frame longer (neighbours share a frame);
-    a last short chunk when needed (the official ``t_chunk_start_end``)."""
-    starts = list(range(0, frames, size - 1))
-    if len(starts) == 1:
-        return [(0, frames)]
-    chunks = [(starts[i], min(starts[i + 1] + 1, frames)) for i in range(len(starts) - 1)]
-    if chunks[-1][1] < frames:
-        chunks.append((starts[-1], frames))
-    return chunks
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """Spatial tiling in one direction of the official code: input tiles of ``tile_in`` every ``stride``,
-    output tiles blended over ``blend`` rows/columns with their upper/left neighbours and cropped to
-    ``tile_out - blend`` (``row_limit``)."""
-
-    tile_in: int
-    stride: int
-    blend: int
-    tile_out: int
-
-    @property
-    def keep(self) -> int:
-        return self.tile_out - self.blend
-
-    def starts(self, size: int) -> list[int]:
-        if self.stride < 1:
-            raise ValueError(f"tile overlap leaves no stride ({self}); lower tile_overlap_factor")
-        return list(range(0, size, self.stride))
 
 
 def _tiles_2d(fn, x: Tensor, plan: TilePlan) -> Tensor:
