@@ -24,6 +24,8 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "VideoAutoencoderKL": ("..vae.pipeline", "VideoAutoencoderKL"),
     "diffusers.AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
     "AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
+    "CausalVAEModel": ("..vae.causal_vae", "CausalVAEModel"),  # Open-Sora-Plan v1.0-v1.2 CausalVideoVAE
+    "WFVAEModel": ("..vae.wfvae", "WFVAEModel"),  # Open-Sora-Plan v1.3 WF-VAE
     "OpenSoraT2V_v1_3": (".osp_v1_3", "OpenSoraT2V_v1_3"),
     "OpenSoraInpaint_v1_3": (".osp_v1_3", "OpenSoraInpaint_v1_3"),
 }
