@@ -389,7 +389,7 @@ def named_durations() -> dict[str, int]:
 # Open-Sora-Plan v1.3 (WF-VAE 4x8x8 + OpenSoraT2V_v1_3 / OpenSoraInpaint_v1_3, patch 1x2x2)
 # ---------------------------------------------------------------------------
 
-OSP_V1_3_TIME_FACTOR = 4  # WF-VAE D8: T pixel frames -> (T - 1) // 4 + 1 latent frames; only 4n+1 round-trip
+OSP_V1_3_VAE = CAUSAL_4X8X8  # WF-VAE D8: T pixel frames -> ceil(T / 4) latent frames; only 4n+1 round-trip
 OSP_V1_3_PATCH = 2  # transformer patch over the latent height and width
 # Pixel sides must be multiples of 16 (VAE 8 x patch 2; the official patch embedding floors otherwise and the
 # pipelines then fail); the release was trained on a 32-pixel grid (--hw_stride 32, README note [3]), so 32 is
@@ -403,11 +403,6 @@ def _nearest_multiples(value: int, multiple: int) -> str:
     return " or ".join(str(v) for v in (below, below + multiple) if v >= multiple)
 
 
-def _nearest_4n1(num_frames: int) -> str:
-    below = (num_frames - 1) // OSP_V1_3_TIME_FACTOR * OSP_V1_3_TIME_FACTOR + 1
-    return " or ".join(str(v) for v in (below, below + OSP_V1_3_TIME_FACTOR) if v >= 1)
-
-
 def check_osp_v1_3_size(num_frames: int, height: int, width: int,
                         side_multiple: int = OSP_V1_3_SIDE_MULTIPLE) -> None:
     """Raise ``ValueError`` (with the nearest valid values) unless the video size works with Open-Sora-Plan v1.3:
@@ -417,8 +412,9 @@ def check_osp_v1_3_size(num_frames: int, height: int, width: int,
     if side_multiple % OSP_V1_3_SIDE_MULTIPLE:
         raise ValueError(f"side_multiple must be a multiple of {OSP_V1_3_SIDE_MULTIPLE}, got {side_multiple}")
     problems = []
-    if (num_frames - 1) % OSP_V1_3_TIME_FACTOR:
-        problems.append(f"num_frames {num_frames} is not 4n+1 (nearest: {_nearest_4n1(num_frames)})")
+    if not OSP_V1_3_VAE.is_round_trip(num_frames):
+        below, above = OSP_V1_3_VAE.nearest_valid_frames(num_frames)
+        problems.append(f"num_frames {num_frames} is not 4n+1 (nearest: {below} or {above})")
     for name, value in (("height", height), ("width", width)):
         if int(value) != value or value < side_multiple or value % side_multiple:
             problems.append(f"{name} {value} is not a multiple of {side_multiple} "
@@ -428,6 +424,7 @@ def check_osp_v1_3_size(num_frames: int, height: int, width: int,
 
 
 def osp_v1_3_latent_size(num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-    """(T, H, W) of the v1.3 latent: ((num_frames - 1) // 4 + 1, height // 8, width // 8) (``prepare_latents``)."""
+    """(T, H, W) of the v1.3 latent after :func:`check_osp_v1_3_size`: ((num_frames - 1) // 4 + 1, height // 8,
+    width // 8) (``prepare_latents``)."""
     check_osp_v1_3_size(num_frames, height, width)
-    return (num_frames - 1) // OSP_V1_3_TIME_FACTOR + 1, height // SPATIAL_FACTOR, width // SPATIAL_FACTOR
+    return OSP_V1_3_VAE.latent_size(num_frames, height, width)

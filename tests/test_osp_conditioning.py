@@ -32,7 +32,8 @@ def _table(reference) -> dict:
 
 
 def _video(frames: int, size: int = 16, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (frames, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (frames, 3, size, size), generator=generator, dtype=torch.uint8)
 
 
 # ---------------------------------------------------------------------------

@@ -322,7 +322,8 @@ def test_inpaint_model_with_zero_condition_projections_is_the_t2v_model():
     inpaint = _tiny(OpenSoraInpaint_v1_3, num_layers=4)
     inpaint.zero_condition_projections()
     t2v = OpenSoraT2V_v1_3(dataclasses.replace(OpenSoraT2V_v1_3.CONFIG(**{**TINY, "num_layers": 4}))).eval()
-    t2v.load_state_dict({k: v for k, v in inpaint.state_dict().items() if not k.startswith("pos_embed_mask")}, strict=True)
+    shared = {k: v for k, v in inpaint.state_dict().items() if not k.startswith("pos_embed_mask")}
+    t2v.load_state_dict(shared, strict=True)
     inputs = _inputs()
     condition = torch.randn(2, 12, 3, 6, 10)
     with torch.no_grad():

@@ -122,7 +122,8 @@ def test_encoder_class_is_reused_for_mt5(mt5_folder):
 def test_prompt_template_wraps_the_prompt_with_its_newlines():
     assert osp_v1_3_prompt("a cat") == "\n    high quality, high aesthetic, a cat\n    "
     assert osp_v1_3_prompt("a cat", template=None) == "a cat"
-    assert OSP_V1_3_NEGATIVE_PROMPT.startswith("\n    nsfw, lowres,") and OSP_V1_3_NEGATIVE_PROMPT.endswith("blurry.\n    ")
+    assert OSP_V1_3_NEGATIVE_PROMPT.startswith("\n    nsfw, lowres,")
+    assert OSP_V1_3_NEGATIVE_PROMPT.endswith("blurry.\n    ")
     with pytest.raises(ValueError, match="exactly one"):
         osp_v1_3_prompt("a cat", template="no placeholder")
 

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..geometry import OSP_V1_3_VAE
+
 # ==================================================================================================
 # Mask types
 # ==================================================================================================
@@ -55,7 +57,8 @@ TRAINING_VIDEO_MASK_WEIGHTS = {
     MaskType.continuation: 2, MaskType.clear: 0, MaskType.random_temporal: 1,
 }
 MASK_CHANNELS = 4  # latent mask channels = the VAE's temporal stride (vae_scale_factor_t)
-DEFAULT_STRIDES = (4, 8, 8)  # WF-VAE D8 (t, h, w)
+# WF-VAE (t, h, w) compression
+DEFAULT_STRIDES = (OSP_V1_3_VAE.time_factor, OSP_V1_3_VAE.spatial_factor, OSP_V1_3_VAE.spatial_factor)
 DEFAULT_MAX_HXW = 236544  # pipeline default: 480 x 480 pixels
 DEFAULT_HW_STRIDE = 32  # pipeline default (the training grid)
 _RANDOM_TYPES = (MaskType.continuation, MaskType.random_temporal)
@@ -281,7 +284,7 @@ def center_crop_box(height: int, width: int, target_h: int, target_w: int) -> tu
         new_h, new_w = int(width * ratio), width
     else:
         new_h, new_w = height, int(height / ratio)
-    return int(round((height - new_h) / 2.0)), int(round((width - new_w) / 2.0)), new_h, new_w
+    return round((height - new_h) / 2.0), round((width - new_w) / 2.0), new_h, new_w
 
 
 def center_crop_resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -45,7 +45,8 @@ def latent_mask_bias(mask: torch.Tensor | None, batch: int, grid: tuple[int, int
         raise ValueError(
             f"attention_mask must be the latent mask [B, T, H, W] = [{batch}, ...] (1 = valid), got {tuple(mask.shape)}"
         )
-    pooled = F.max_pool3d(mask.to(device=device, dtype=dtype)[:, None], kernel_size=patch, stride=patch)  # (B,1,T',H',W')
+    mask = mask.to(device=device, dtype=dtype)[:, None]  # (B, 1, T, H, W)
+    pooled = F.max_pool3d(mask, kernel_size=patch, stride=patch)  # (B, 1, T', H', W')
     if tuple(pooled.shape[2:]) != tuple(grid):
         raise ValueError(f"attention_mask {tuple(mask.shape)} does not cover the latent patch grid {grid}")
     return (1 - pooled.flatten(1).bool().to(dtype)) * MASKED_BIAS  # (B, S)
@@ -201,7 +202,7 @@ class OspAttention(nn.Module):
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim)  # (B, L, H, D)
 
     def self_attention(self, x: torch.Tensor, ctx: AttentionContext, sparse: Skiparse | None) -> torch.Tensor:
-        B, S, _ = x.shape
+        S = x.shape[1]
         cos, sin = ctx.rope
         q = apply_rope_3d(self._heads(self.to_q(x)), cos, sin).flatten(2)  # (B, S, HD)
         k = apply_rope_3d(self._heads(self.to_k(x)), cos, sin).flatten(2)  # (B, S, HD)

@@ -357,8 +357,9 @@ class OpenSoraInpaint_v1_3(OpenSoraT2V_v1_3):  # noqa: N801 (official class name
         c = self.config.in_channels
         self._check_channels(hidden_states, c + self.condition_channels)
         tokens = self.pos_embed(hidden_states[:, :c])  # (B, S, C)
-        masked = self.pos_embed_masked_hidden_states[1](self.pos_embed_masked_hidden_states[0](hidden_states[:, c:2 * c]))
-        mask = self.pos_embed_mask[1](self.pos_embed_mask[0](hidden_states[:, 2 * c:]))  # (B, S, C)
+        embed_masked, embed_mask = self.pos_embed_masked_hidden_states, self.pos_embed_mask
+        masked = embed_masked[1](embed_masked[0](hidden_states[:, c : 2 * c]))  # (B, S, C)
+        mask = embed_mask[1](embed_mask[0](hidden_states[:, 2 * c :]))  # (B, S, C)
         return tokens + masked + mask
 
     def zero_condition_projections(self) -> None:

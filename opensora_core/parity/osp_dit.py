@@ -12,8 +12,12 @@ attention pattern are compared as well.
 
 from __future__ import annotations
 
+import random
+import re
+
 import torch
 
+from ..conditioning.osp_inpaint import compress_mask, inpaint_pixels, resolve_mask_type
 from ..models import build_model
 from .runner import Case, Comparison, Handler
 
@@ -88,8 +92,10 @@ def _debug_modules(io: dict, model: torch.nn.Module) -> list[str]:
 def _run(case: Case) -> list[Comparison]:
     io, model = case.io, build_case_model(case)
     record: dict[str, torch.Tensor] = {}
-    comparisons = [Comparison("layer_attention_pattern", _layer_pattern(model), case.config["layer_attention_pattern"])] \
-        if isinstance(case.config.get("layer_attention_pattern"), list) else []
+    pattern = case.config.get("layer_attention_pattern")
+    comparisons = []
+    if isinstance(pattern, list):
+        comparisons.append(Comparison("layer_attention_pattern", _layer_pattern(model), pattern))
     for k, (mask_key, out_key) in enumerate(mask_calls(case)):
         handles = _hooks(model, _debug_modules(io, model), record) if k == 0 else []
         try:
@@ -102,7 +108,49 @@ def _run(case: Case) -> list[Comparison]:
         comparisons.append(Comparison(out_key, out, io[out_key], *case.tolerance("out.*")))
     atol, rtol = case.tolerance("dbg.*")
     comparisons += [Comparison(f"dbg.{name}", value, io[f"dbg.{name}"], atol, rtol) for name, value in record.items()]
-    return comparisons
+    return comparisons + condition_checks(case)
+
+
+# ==================================================================================================
+# The condition channels of the inpainting case (dbg.cond<b>.*)
+# ==================================================================================================
+
+_VAE_REFERENCE = re.compile(r"(\.\./wfvae\w*/weights\.safetensors)")
+
+
+def condition_checks(case: Case) -> list[Comparison]:
+    """Our condition of each sample from its stored pixels (``inputs.conditions``): the latent mask, and the
+    masked latent when the notes name the WF-VAE the case used (``../wfvae_*/weights.safetensors``)."""
+    conditions = case.config.get("inputs", {}).get("conditions")
+    if not isinstance(conditions, list):
+        return []
+    notes = (case.path / "NOTES.md").read_text() if case.has("NOTES.md") else ""
+    vae_reference = _VAE_REFERENCE.search(notes)
+    atol, rtol = case.tolerance("dbg.cond*")
+    checks = []
+    for cond in conditions:
+        b, pixels = cond["sample"], _condition_pixels(case, cond)
+        checks.append(Comparison(f"dbg.cond{b}.latent_mask", compress_mask(pixels.pixel_mask),
+                                 case.io[f"dbg.cond{b}.latent_mask"]))
+        if vae_reference is not None:
+            from .osp_sampling import wfvae_encoder
+
+            encode = wfvae_encoder(case, vae_reference[1], case.io[f"rng.cond{b}.posterior_noise"])
+            checks.append(Comparison(f"dbg.cond{b}.masked_latent", encode(pixels.masked_pixels),
+                                     case.io[f"dbg.cond{b}.masked_latent"], atol, rtol))
+    return checks
+
+
+def _condition_pixels(case: Case, cond: dict):
+    io, T = case.io, case.config["inputs"]["pixel_frames"]
+    b, seed = cond["sample"], cond["python_random_seed"]
+    rng = None if seed is None else random.Random(seed)
+    if cond["kind"].startswith("img_"):
+        images = io[f"in.cond{b}.images_uint8"]
+        mask_type, indices = resolve_mask_type("images", images.shape[0], T, None, cond["indices"])
+        return inpaint_pixels(images, T, mask_type, indices, rng=rng)
+    mask_type, _ = resolve_mask_type("video", 1, T, cond["mask_type_resolved"])
+    return inpaint_pixels(io[f"in.cond{b}.video_uint8"], T, mask_type, rng=rng)
 
 
 HANDLERS = [Handler("osp-v1.3-forward", _matches, _run)]

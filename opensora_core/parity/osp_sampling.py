@@ -25,7 +25,6 @@ import torch
 from ..conditioning.osp_inpaint import (
     EncodeFn,
     build_inpaint_condition,
-    compress_mask,
     inpaint_pixels,
     resize_condition_frames,
     resolve_mask_type,
@@ -88,12 +87,18 @@ def _text_encoder(case: Case) -> torch.nn.Module:
 
 
 def wfvae_encoder(case: Case, description: str, posterior_noise: torch.Tensor) -> EncodeFn:
-    """The WF-VAE wrapper's encode (posterior sample with ``posterior_noise``, then (z - shift) * scale) of the VAE
-    a case references."""
-    raise NotImplementedError(
-        f"{case.name}: the WF-VAE ({description}) is not part of this build yet (branch osp-vae); the masked latent "
-        "cannot be computed"
-    )
+    """The WF-VAE wrapper's encode (posterior sample with the recorded ``posterior_noise``, then (z - shift) * scale)
+    of the VAE a case references (built from that case's config.json, loaded strictly)."""
+    from safetensors.torch import load_file
+
+    from ..vae.osp import OpenSoraPlanVAE
+
+    weights = _referenced_path(case, description)
+    source = json.loads((weights.parent / "config.json").read_text())
+    vae = OpenSoraPlanVAE.from_official_config(source["class"], source["constructor_kwargs"])
+    vae.vae.load_state_dict(load_file(str(weights)), strict=True)
+    vae = vae.float().eval()
+    return lambda pixels: vae.encode(pixels, noise=posterior_noise)
 
 
 # ---------------------------------------------------------------------------
@@ -103,7 +108,8 @@ def wfvae_encoder(case: Case, description: str, posterior_noise: torch.Tensor) -
 
 def _is_condition_case(case: Case) -> bool:
     cfg = case.config
-    return isinstance(cfg.get("tags"), list) and "pipeline_settings" in cfg and "vae" in cfg and case.has("io.safetensors")
+    return (isinstance(cfg.get("tags"), list) and "pipeline_settings" in cfg and "vae" in cfg
+            and case.has("io.safetensors"))
 
 
 def _tag_pixels(case: Case, tag: dict):
@@ -134,10 +140,9 @@ def _run_condition_case(case: Case) -> list[Comparison]:
                                  io[f"out.{name}.masked_pixel_values"]))
         encode = wfvae_encoder(case, case.config["vae"]["weights"], io[f"rng.{name}.posterior_noise"])
         cond = build_inpaint_condition(pixels, encode)
-        doubled = {"masked_latent": torch.cat([cond.masked_latent] * 2), "latent_mask": torch.cat([cond.latent_mask] * 2)}
-        checks.append(Comparison(f"out.{name}.latent_mask", doubled["latent_mask"], io[f"out.{name}.latent_mask"]))
-        checks.append(Comparison(f"out.{name}.masked_latent", doubled["masked_latent"],
-                                 io[f"out.{name}.masked_latent"], atol, rtol))
+        latent, mask = torch.cat([cond.masked_latent] * 2), torch.cat([cond.latent_mask] * 2)  # guidance halves
+        checks.append(Comparison(f"out.{name}.latent_mask", mask, io[f"out.{name}.latent_mask"]))
+        checks.append(Comparison(f"out.{name}.masked_latent", latent, io[f"out.{name}.masked_latent"], atol, rtol))
     return checks
 
 
@@ -234,13 +239,15 @@ def _tag_checks(case: Case, tag: str, schedule, states: list, recorder: _Recorde
     n = spec["executed_steps"]
     checks = [
         Comparison(f"{tag}.timesteps", schedule.timesteps[:n].tolist(), spec["timesteps"]),
-        Comparison(f"{tag}.sigmas", schedule.sigmas[: len(spec["sigmas"])], torch.tensor(spec["sigmas"]), 0.0, SIGMA_RTOL),
+        Comparison(f"{tag}.sigmas", schedule.sigmas[: len(spec["sigmas"])], torch.tensor(spec["sigmas"]), 0.0,
+                   SIGMA_RTOL),
         Comparison(f"out.{tag}.latents", states[-1], io[f"out.{tag}.latents"], *case.tolerance(f"out.{tag}.latents")),
     ]
     for k in range(n):
         tol = _step_tolerance(case, tag, k)
         checks.append(Comparison(f"out.{tag}.trajectory[{k}]", states[k], io[f"out.{tag}.trajectory"][k], *tol))
-        checks.append(Comparison(f"dbg.{tag}.model_input[{k}]", recorder.inputs[k], io[f"dbg.{tag}.model_input"][k], *tol))
+        checks.append(Comparison(f"dbg.{tag}.model_input[{k}]", recorder.inputs[k], io[f"dbg.{tag}.model_input"][k],
+                                 *tol))
         checks.append(Comparison(f"dbg.{tag}.model_output[{k}]", recorder.outputs[k], io[f"dbg.{tag}.model_output"][k],
                                  *tol))
     checks.append(Comparison(f"out.{tag}.trajectory", len(states), io[f"out.{tag}.trajectory"].shape[0]))

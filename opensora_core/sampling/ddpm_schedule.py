@@ -50,7 +50,8 @@ def alphas_cumprod(
     beta_end: float = BETA_END,
 ) -> torch.Tensor:
     """(N,) float32 cumulative alphas (the ``DDPMScheduler.alphas_cumprod`` training uses; with zero SNR the
-    last entry is 0 — the Euler-ancestral sampler replaces it, see :func:`.euler_ancestral.sampler_alphas_cumprod`)."""
+    last entry is 0; the Euler-ancestral sampler replaces it, see
+    :func:`.euler_ancestral.sampler_alphas_cumprod`)."""
     betas = linear_betas(num_train_timesteps, beta_start, beta_end)
     if zero_snr:
         betas = rescale_zero_terminal_snr(betas)

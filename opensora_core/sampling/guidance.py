@@ -123,8 +123,8 @@ class NegativePromptGuidance:
     def __init__(self, model: Callable[..., torch.Tensor], positive: CaptionLike, negative: CaptionLike, *,
                  scale: float, rescale: float = 0.0):
         if tuple(positive.y.shape) != tuple(negative.y.shape):
-            raise ValueError(f"negative prompt {tuple(negative.y.shape)} must match the prompt {tuple(positive.y.shape)}"
-                             " (same batch and max_sequence_length)")
+            raise ValueError(f"negative prompt {tuple(negative.y.shape)} must match the prompt "
+                             f"{tuple(positive.y.shape)} (same batch and max_sequence_length)")
         if (positive.mask is None) != (negative.mask is None):
             raise ValueError("give token masks for both the prompt and the negative prompt, or for neither")
         self.model = model
