@@ -8,6 +8,8 @@ VAE, the samplers, the mask strategies, the nodes and the trainer agree:
   chunks of 17 pixel frames, front-pads each chunk to a multiple of 4 and
   compresses time by 4 (17 -> 5, 20 -> 5 + 1, 51 -> 15; Open-Sora v1.2
   `VideoAutoencoderPipeline.get_latent_size`);
+* temporal, Open-Sora-Plan (CausalVideoVAE v1.0-v1.2, WF-VAE v1.3): causal, T pixel
+  frames -> ceil(T / 4) latent frames -> 4n - 3 decoded frames (:class:`CausalLatentGeometry`);
 * the official resolution / aspect-ratio tables (opensora/datasets/aspect.py)
   and the named durations ("2s" -> 51 frames).
 
@@ -25,6 +27,40 @@ from importlib import resources
 SPATIAL_FACTOR = 8  # every Open-Sora VAE: height and width / 8
 V1_2_MICRO_FRAMES = 17  # VAE v1.2 encodes 17-frame chunks (opensora/models/vae/vae.py micro_frame_size)
 IMG_FPS = 120  # fps the official code passes to the model for single images
+
+
+# ---------------------------------------------------------------------------
+# Spatial rules (shared by every geometry kind)
+# ---------------------------------------------------------------------------
+
+
+class SpatialRules:
+    """Pixel <-> latent height and width; needs ``spatial_factor`` and ``latent_frames`` on the class."""
+
+    spatial_factor: int
+
+    def latent_hw(self, height: int, width: int) -> tuple[int, int]:
+        """Latent height and width (floor division, as the official VAEs do)."""
+        return height // self.spatial_factor, width // self.spatial_factor
+
+    def decoded_hw(self, height: int, width: int) -> tuple[int, int]:
+        """Pixel size a generation of ``height`` x ``width`` decodes to (multiples of 8)."""
+        h, w = self.latent_hw(height, width)
+        return h * self.spatial_factor, w * self.spatial_factor
+
+    def check_encodable_hw(self, height: int, width: int) -> None:
+        """Raise unless the VAE can encode frames of this size without losing pixels."""
+        f = self.spatial_factor
+        if height < f or width < f or height % f or width % f:
+            h, w = max(f, height // f * f), max(f, width // f * f)
+            raise ValueError(
+                f"frame size {height}x{width} (HxW) is not a multiple of {f}; "
+                f"resize or crop the video to {h}x{w} before encoding"
+            )
+
+    def latent_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of the latent for a pixel clip (``get_latent_size`` of the official VAEs)."""
+        return (self.latent_frames(num_frames), *self.latent_hw(height, width))
 
 
 # ---------------------------------------------------------------------------
@@ -57,7 +93,7 @@ class DecodeChunk:
 
 
 @dataclass(frozen=True)
-class LatentGeometry:
+class LatentGeometry(SpatialRules):
     """How a VAE maps a pixel video [T, H, W] to a latent grid [t, h, w].
 
     time_factor: temporal compression (1 = per-frame SD-VAE, 4 = VAE v1.2).
@@ -155,31 +191,6 @@ class LatentGeometry:
             return 0
         return self.latent_to_pixel_frames(latent_frames - 1, num_frames).stop
 
-    # -- space --------------------------------------------------------------
-
-    def latent_hw(self, height: int, width: int) -> tuple[int, int]:
-        """Latent height and width (floor division, as the official VAEs do)."""
-        return height // self.spatial_factor, width // self.spatial_factor
-
-    def decoded_hw(self, height: int, width: int) -> tuple[int, int]:
-        """Pixel size a generation of ``height`` x ``width`` decodes to (multiples of 8)."""
-        h, w = self.latent_hw(height, width)
-        return h * self.spatial_factor, w * self.spatial_factor
-
-    def check_encodable_hw(self, height: int, width: int) -> None:
-        """Raise unless the VAE can encode frames of this size without losing pixels."""
-        f = self.spatial_factor
-        if height < f or width < f or height % f or width % f:
-            h, w = max(f, height // f * f), max(f, width // f * f)
-            raise ValueError(
-                f"frame size {height}x{width} (HxW) is not a multiple of {f}; "
-                f"resize or crop the video to {h}x{w} before encoding"
-            )
-
-    def latent_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """(t, h, w) of the latent for a pixel clip (``get_latent_size`` of the official VAEs)."""
-        return (self.latent_frames(num_frames), *self.latent_hw(height, width))
-
 
 PER_FRAME = LatentGeometry(time_factor=1, micro_frame_size=None)  # SD-VAE (v1.0 / v1.1)
 VAE_V1_2 = LatentGeometry(time_factor=4, micro_frame_size=V1_2_MICRO_FRAMES)  # Open-Sora VAE v1.2
@@ -188,6 +199,108 @@ VAE_V1_2 = LatentGeometry(time_factor=4, micro_frame_size=V1_2_MICRO_FRAMES)  # 
 def check_frame_count(num_frames: int) -> None:
     if int(num_frames) != num_frames or num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+
+
+# ---------------------------------------------------------------------------
+# Causal geometry of the Open-Sora-Plan VAEs (CausalVideoVAE v1.0-v1.2, WF-VAE v1.3)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CausalLatentGeometry(SpatialRules):
+    """A causal video VAE that compresses time by ``time_factor`` (a power of two) with stride-2 stages.
+
+    Each stride-2 causal stage maps n frames to ceil(n / 2) and each x2 causal upsampler maps n to
+    2n - 1 (the first frame is never duplicated), so T pixel frames encode to ceil(T / time_factor)
+    latent frames and n latent frames decode to time_factor * (n - 1) + 1 frames: only
+    ``time_factor * n + 1`` frames survive a round trip (6 -> 2 -> 5). Latent frame 0 holds pixel frame
+    0 alone, latent frame j > 0 pixel frames time_factor * (j - 1) + 1 ... time_factor * j.
+    (FACTS.md section 3 of the Open-Sora-Plan reference; measured on all four released VAEs.)
+    """
+
+    time_factor: int = 4
+    spatial_factor: int = SPATIAL_FACTOR
+
+    def __post_init__(self):
+        if self.time_factor < 1 or self.time_factor & (self.time_factor - 1):
+            raise ValueError(f"time_factor must be a power of two, got {self.time_factor}")
+
+    # -- frame counts ---------------------------------------------------------
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames the encoder makes of ``num_frames`` pixel frames (any count >= 1)."""
+        check_frame_count(num_frames)
+        return -(-num_frames // self.time_factor)
+
+    def decoded_frames(self, latent_frames: int) -> int:
+        """Pixel frames the decoder makes of ``latent_frames`` latent frames."""
+        if int(latent_frames) != latent_frames or latent_frames < 1:
+            raise ValueError(f"latent_frames must be a positive integer, got {latent_frames!r}")
+        return self.time_factor * (latent_frames - 1) + 1
+
+    def is_round_trip(self, num_frames: int) -> bool:
+        """True when ``num_frames`` decodes back to itself (``time_factor * n + 1``)."""
+        check_frame_count(num_frames)
+        return (num_frames - 1) % self.time_factor == 0
+
+    def nearest_valid_frames(self, num_frames: int) -> tuple[int, int]:
+        """The closest round-trip frame counts at or below and at or above ``num_frames``."""
+        check_frame_count(num_frames)
+        below = (num_frames - 1) // self.time_factor * self.time_factor + 1
+        return below, below if below == num_frames else below + self.time_factor
+
+    def check_num_frames(self, num_frames: int) -> None:
+        """Raise unless ``num_frames`` is a round-trip count (the v1.3 pipeline's ``check_inputs`` rule)."""
+        if not self.is_round_trip(num_frames):
+            below, above = self.nearest_valid_frames(num_frames)
+            raise ValueError(
+                f"num_frames={num_frames} is not of the form {self.time_factor}n+1, so the VAE cannot give it back "
+                f"(it would decode to {self.decoded_frames(self.latent_frames(num_frames))} frames); "
+                f"use {below} or {above}"
+            )
+
+    def check_decodable(self, latent_frames: int, num_frames: int) -> None:
+        """Raise unless ``latent_frames`` decode to exactly ``num_frames`` frames."""
+        decoded = self.decoded_frames(latent_frames)
+        if num_frames != decoded:
+            raise ValueError(
+                f"num_frames={num_frames} cannot be decoded from {latent_frames} latent frames: they always "
+                f"decode to {decoded} frames; pass num_frames={decoded} (or None)"
+            )
+
+    def pixel_frame_range(self, latent_frames: int) -> tuple[int, int]:
+        """Smallest and largest pixel frame count that encode to ``latent_frames``."""
+        return self.decoded_frames(latent_frames), self.time_factor * latent_frames
+
+    # -- frame positions ------------------------------------------------------
+
+    def pixel_to_latent_frame(self, frame: int, num_frames: int) -> int:
+        """Latent frame that holds pixel frame ``frame`` (0-based) of a ``num_frames`` clip."""
+        if not 0 <= frame < num_frames:
+            raise ValueError(f"pixel frame {frame} is outside a clip of {num_frames} frames")
+        return -(-frame // self.time_factor)
+
+    def latent_to_pixel_frames(self, latent_frame: int, num_frames: int) -> range:
+        """Pixel frames of a ``num_frames`` clip that latent frame ``latent_frame`` stands for."""
+        if not 0 <= latent_frame < self.latent_frames(num_frames):
+            raise ValueError(
+                f"latent frame {latent_frame} is outside the {self.latent_frames(num_frames)} latent frames "
+                f"of a {num_frames}-frame clip"
+            )
+        if latent_frame == 0:
+            return range(0, 1)
+        start = self.time_factor * (latent_frame - 1) + 1
+        return range(start, min(start + self.time_factor, num_frames))
+
+    def leading_pixel_frames(self, latent_frames: int, num_frames: int) -> int:
+        """Pixel frames covered by the first ``latent_frames`` latent frames of a ``num_frames`` clip."""
+        if latent_frames == 0:
+            return 0
+        return self.latent_to_pixel_frames(latent_frames - 1, num_frames).stop
+
+
+# Open-Sora-Plan CausalVideoVAE (v1.0, v1.1, v1.2 D4) and WF-VAE (v1.3): ae_stride_config [4, 8, 8]
+CAUSAL_4X8X8 = CausalLatentGeometry(time_factor=4, spatial_factor=SPATIAL_FACTOR)
 
 
 # ---------------------------------------------------------------------------
@@ -271,3 +384,48 @@ def num_frames_from_duration(value: str | int) -> int:
 
 def named_durations() -> dict[str, int]:
     return dict(_tables()["named_durations"])
+
+
+# ---------------------------------------------------------------------------
+# Open-Sora-Plan v1.3 (WF-VAE 4x8x8 + OpenSoraT2V_v1_3 / OpenSoraInpaint_v1_3, patch 1x2x2)
+# ---------------------------------------------------------------------------
+
+OSP_V1_3_VAE = CAUSAL_4X8X8  # WF-VAE D8: T pixel frames -> ceil(T / 4) latent frames; only 4n+1 round-trip
+OSP_V1_3_PATCH = 2  # transformer patch over the latent height and width
+# Pixel sides must be multiples of 16 (VAE 8 x patch 2; the official patch embedding floors otherwise and the
+# pipelines then fail); the release was trained on a 32-pixel grid (--hw_stride 32, README note [3]), so 32 is
+# the multiple to prefer.
+OSP_V1_3_SIDE_MULTIPLE = SPATIAL_FACTOR * OSP_V1_3_PATCH
+OSP_V1_3_TRAINED_SIDE_MULTIPLE = 32
+
+
+def _nearest_multiples(value: int, multiple: int) -> str:
+    below = value // multiple * multiple
+    return " or ".join(str(v) for v in (below, below + multiple) if v >= multiple)
+
+
+def check_osp_v1_3_size(num_frames: int, height: int, width: int,
+                        side_multiple: int = OSP_V1_3_SIDE_MULTIPLE) -> None:
+    """Raise ``ValueError`` (with the nearest valid values) unless the video size works with Open-Sora-Plan v1.3:
+    num_frames = 4n+1 (1, 29, 45, 61, 77, 93, ...; pipeline ``check_inputs``) and height/width multiples of
+    ``side_multiple`` (16 required; pass :data:`OSP_V1_3_TRAINED_SIDE_MULTIPLE` to hold to the training grid)."""
+    check_frame_count(num_frames)
+    if side_multiple % OSP_V1_3_SIDE_MULTIPLE:
+        raise ValueError(f"side_multiple must be a multiple of {OSP_V1_3_SIDE_MULTIPLE}, got {side_multiple}")
+    problems = []
+    if not OSP_V1_3_VAE.is_round_trip(num_frames):
+        below, above = OSP_V1_3_VAE.nearest_valid_frames(num_frames)
+        problems.append(f"num_frames {num_frames} is not 4n+1 (nearest: {below} or {above})")
+    for name, value in (("height", height), ("width", width)):
+        if int(value) != value or value < side_multiple or value % side_multiple:
+            problems.append(f"{name} {value} is not a multiple of {side_multiple} "
+                            f"(nearest: {_nearest_multiples(int(value), side_multiple)})")
+    if problems:
+        raise ValueError("Open-Sora-Plan v1.3 size: " + "; ".join(problems))
+
+
+def osp_v1_3_latent_size(num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """(T, H, W) of the v1.3 latent after :func:`check_osp_v1_3_size`: ((num_frames - 1) // 4 + 1, height // 8,
+    width // 8) (``prepare_latents``)."""
+    check_osp_v1_3_size(num_frames, height, width)
+    return OSP_V1_3_VAE.latent_size(num_frames, height, width)

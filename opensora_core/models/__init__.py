@@ -21,6 +21,8 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "STDiT3": (".stdit3", "STDiT3"),
     "STDiT2": (".stdit2", "STDiT2"),
     "STDiT": (".stdit", "STDiT"),
+    "OpenSoraT2V_v1_3": (".osp_v1_3", "OpenSoraT2V_v1_3"),
+    "OpenSoraInpaint_v1_3": (".osp_v1_3", "OpenSoraInpaint_v1_3"),
 }
 
 

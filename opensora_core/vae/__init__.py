@@ -53,6 +53,8 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "VideoAutoencoderKL": (".pipeline", "VideoAutoencoderKL"),
     "diffusers.AutoencoderKL": (".autoencoder_kl", "AutoencoderKL"),
     "AutoencoderKL": (".autoencoder_kl", "AutoencoderKL"),
+    "CausalVAEModel": (".causal_vae", "CausalVAEModel"),  # Open-Sora-Plan v1.0-v1.2 CausalVideoVAE
+    "WFVAEModel": (".wfvae", "WFVAEModel"),  # Open-Sora-Plan v1.3 WF-VAE
 }
 
 

@@ -22,6 +22,7 @@ the official code draws, with the stage name (``"spatial"`` for the SD-VAE stage
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -34,19 +35,52 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 STAGE_AXIS: dict[str, int] = {"spatial": 0, "temporal": 2}
 
 
-def sample_posterior(moments: Tensor, *, sample: bool, noise: NoiseFn | None, stage: str) -> Tensor:
-    """Latent from encoder moments ``[N, 2C, ...]``: mean, or mean + std * eps with eps from ``noise``.
+@dataclass(frozen=True)
+class DiagonalGaussian:
+    """The posterior N(mean, exp(logvar)) of a VAE encoder, log-variance already clamped to [-30, 20].
 
-    follows opensora/models/vae/utils.py DiagonalGaussianDistribution: chunk, clamp, exp(logvar / 2).
+    follows DiagonalGaussianDistribution (opensora/models/vae/utils.py; Open-Sora-Plan
+    utils/distrib_utils.py): chunk the moments in two along channels, clamp, std = exp(logvar / 2).
     """
-    mean, logvar = moments.chunk(2, dim=1)  # (N, C, ...) each
+
+    mean: Tensor
+    logvar: Tensor
+
+    @classmethod
+    def from_moments(cls, moments: Tensor) -> DiagonalGaussian:
+        """Encoder moments ``[N, 2C, ...]``: the first C channels are the mean, the last C the log-variance."""
+        mean, logvar = moments.chunk(2, dim=1)  # (N, C, ...) each
+        return cls(mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+
+    @property
+    def std(self) -> Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def sample(self, noise: Tensor | NoiseFn | None = None, *, generator: torch.Generator | None = None,
+               stage: str = "posterior") -> Tensor:
+        """mean + std * eps. ``eps``: the ``noise`` tensor itself (the mean's shape; recorded draws are
+        injected this way), a :data:`NoiseFn` called as ``noise(stage, shape)``, or a standard normal draw
+        from ``generator`` (a fresh OS-seeded one when None; never the global RNG)."""
+        shape = tuple(self.mean.shape)
+        if noise is None:
+            noise = gaussian_noise(generator, self.mean.device)
+        eps = noise if isinstance(noise, Tensor) else noise(stage, shape)
+        if tuple(eps.shape) != shape:
+            raise ValueError(f"posterior noise has shape {tuple(eps.shape)}, the posterior {shape}")
+        return self.mean + self.std * eps.to(device=self.mean.device, dtype=self.mean.dtype)
+
+
+def sample_posterior(moments: Tensor, *, sample: bool, noise: NoiseFn | None, stage: str) -> Tensor:
+    """Latent from encoder moments ``[N, 2C, ...]``: mean, or mean + std * eps with eps from ``noise``."""
+    posterior = DiagonalGaussian.from_moments(moments)
     if not sample:
-        return mean
+        return posterior.mean
     if noise is None:
         raise ValueError("sample_posterior(sample=True) needs a noise source; pass gaussian_noise(generator)")
-    std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-    eps = noise(stage, tuple(mean.shape)).to(device=mean.device, dtype=mean.dtype)
-    return mean + std * eps
+    return posterior.sample(noise, stage=stage)
 
 
 def gaussian_noise(generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> NoiseFn:
