@@ -8,7 +8,8 @@ official encode behaviour) or ``mean`` (``sample=False``).
 ``eps`` never comes from the global torch RNG. A :data:`NoiseFn` supplies it:
 ``noise(stage, shape) -> Tensor`` is called once per posterior draw, in the order
 the official code draws, with the stage name (``"spatial"`` for the SD-VAE stage,
-``"temporal"`` for the VAE v1.2 temporal stage) and the shape of the draw.
+``"temporal"`` for the VAE v1.2 temporal stage, ``"video"`` for the single draw of the
+Hunyuan VAE over the whole latent) and the shape of the draw.
 
 * :func:`gaussian_noise` draws from a ``torch.Generator`` (seeded for reproducible
   encodes; a fresh, OS-seeded one when none is given);
@@ -31,7 +32,13 @@ NoiseFn = Callable[[str, tuple[int, ...]], Tensor]
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 # stage -> axis along which consecutive draws of that stage are laid out
-STAGE_AXIS: dict[str, int] = {"spatial": 0, "temporal": 2}
+STAGE_AXIS: dict[str, int] = {"spatial": 0, "temporal": 2, "video": 0}
+
+
+def split_moments(moments: Tensor) -> tuple[Tensor, Tensor]:
+    """Encoder moments ``[N, 2C, ...]`` -> (mean, log-variance clamped to [-30, 20]), each ``[N, C, ...]``."""
+    mean, logvar = moments.chunk(2, dim=1)
+    return mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
 
 def sample_posterior(moments: Tensor, *, sample: bool, noise: NoiseFn | None, stage: str) -> Tensor:
@@ -39,12 +46,12 @@ def sample_posterior(moments: Tensor, *, sample: bool, noise: NoiseFn | None, st
 
     follows opensora/models/vae/utils.py DiagonalGaussianDistribution: chunk, clamp, exp(logvar / 2).
     """
-    mean, logvar = moments.chunk(2, dim=1)  # (N, C, ...) each
+    mean, logvar = split_moments(moments)  # (N, C, ...) each
     if not sample:
         return mean
     if noise is None:
         raise ValueError("sample_posterior(sample=True) needs a noise source; pass gaussian_noise(generator)")
-    std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+    std = torch.exp(0.5 * logvar)
     eps = noise(stage, tuple(mean.shape)).to(device=mean.device, dtype=mean.dtype)
     return mean + std * eps
 
