@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 # Handler modules, in matching order. Each defines ``HANDLERS: list[Handler]``.
-HANDLER_MODULES = ("stdit", "vae", "sampling", "inference", "tables")
+HANDLER_MODULES = ("stdit", "vae", "v2_vae", "sampling", "inference", "tables")
 
 
 @dataclass

@@ -471,9 +471,14 @@ def tile_plans(cfg: HunyuanVAEConfig, tiling: HunyuanTiling) -> TilePlans:
         _plan(tiling.sample_size, latent_size, f), _plan(latent_size, tiling.sample_size, f),
         _plan(tiling.sample_tsize, latent_tsize, f), _plan(latent_tsize, tiling.sample_tsize, f),
     )
-    if min(p.stride for p in (plans.encode_space, plans.decode_space)) < 1 and tiling.spatial or \
-            min(p.stride for p in (plans.encode_time, plans.decode_time)) < 1 and tiling.temporal:
-        raise ValueError(f"{tiling} gives tiles too small to advance by; use larger sample_size / sample_tsize")
+    checks = [(tiling.spatial, plans.encode_space, plans.decode_space, 2 ** (len(cfg.block_out_channels) - 1)),
+              (tiling.temporal, plans.encode_time, plans.decode_time, cfg.time_compression_ratio)]
+    for used, encode, decode, factor in checks:
+        if used and not (encode.stride == encode.keep * factor and decode.keep == decode.stride * factor > 0):
+            raise ValueError(
+                f"{tiling}: the official tiles would not line up (encode {encode}, decode {decode}); with "
+                f"overlap_factor 0.25 use a sample_size that is a multiple of 32 and a sample_tsize that is a multiple of 16"
+            )
     return plans
 
 
