@@ -190,25 +190,52 @@ class CausalConv3d(nn.Module):
     def __init__(self, chan_in: int, chan_out: int, kernel_size: int, stride: int | tuple = 1, *, ops, **factory):
         super().__init__()
         k = kernel_size
-        self.padding = (k // 2, k // 2, k // 2, k // 2, k - 1, 0)  # F.pad order: W, H, T
+        self.pads = (k - 1, k // 2, k // 2)  # front frames, rows / columns on each side
         self.conv = ops.Conv3d(chan_in, chan_out, k, stride=stride, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
-        if any(self.padding):
-            x = F.pad(x, self.padding, mode="replicate")  # (B, C, T + k - 1, H + 2p, W + 2p)
-        return self.conv(x)  # (B, C_out, T', H', W')
+        return self.conv(self.pad(x))  # (B, C_out, T', H', W')
+
+    def pad(self, x: Tensor) -> Tensor:
+        """Replicate-padded copy [B, C, T + k - 1, H + 2p, W + 2p] (``x`` itself for k = 1)."""
+        pt, ph, pw = self.pads
+        if not any(self.pads):
+            return x
+        return F.pad(x, (pw, pw, ph, ph, pt, 0), mode="replicate")
+
+    def padded_empty(self, like: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """An uninitialised padded tensor for an input of ``size`` (T, H, W), and its interior view.
+
+        Write the input into the interior, then :meth:`fill_padding_`: the input never exists unpadded.
+        """
+        pt, ph, pw = self.pads
+        t, h, w = size
+        padded = like.new_empty(*like.shape[:2], t + pt, h + 2 * ph, w + 2 * pw)
+        return padded, padded[:, :, pt:, ph:ph + h, pw:pw + w]
+
+    def fill_padding_(self, padded: Tensor) -> Tensor:
+        """Replicate the interior's edges into the border of ``padded``, in place (the same values as F.pad)."""
+        pt, ph, pw = self.pads
+        rows, cols = padded.shape[3] - 2 * ph, padded.shape[4] - 2 * pw
+        inner = padded[:, :, pt:, ph:ph + rows]  # interior frames and rows, all columns
+        inner[..., :pw].copy_(inner[..., pw:pw + 1].expand_as(inner[..., :pw]))
+        inner[..., pw + cols:].copy_(inner[..., pw + cols - 1:pw + cols].expand_as(inner[..., pw + cols:]))
+        frames = padded[:, :, pt:]  # interior frames, all rows and columns
+        frames[..., :ph, :].copy_(frames[..., ph:ph + 1, :].expand_as(frames[..., :ph, :]))
+        frames[..., ph + rows:, :].copy_(frames[..., ph + rows - 1:ph + rows, :].expand_as(frames[..., ph + rows:, :]))
+        padded[:, :, :pt].copy_(padded[:, :, pt:pt + 1].expand_as(padded[:, :, :pt]))
+        return padded
 
 
-def repeat_nearest(x: Tensor, factor: Sequence[int]) -> Tensor:
-    """Nearest-neighbour upsampling by integer ``factor`` (t, h, w): [B, C, T, H, W] -> [B, C, fT, fH, fW].
+def repeat_nearest_(out: Tensor, x: Tensor) -> Tensor:
+    """Nearest-neighbour upsampling of ``x`` [B, C, T, H, W] by integer factors into ``out`` [B, C, fT, fH, fW].
 
     The same values as ``F.interpolate(mode="nearest")``, written by one broadcast copy (no 2**31-element
     limit, no intermediate tensor).
     """
     b, c, t, h, w = x.shape
-    ft, fh, fw = factor
-    out = x.new_empty(b, c, t * ft, h * fh, w * fw)
-    grid = out.view(b, c, t, ft, h, fh, w, fw)
+    ft, fh, fw = out.shape[2] // t, out.shape[3] // h, out.shape[4] // w
+    grid = out.unflatten(4, (w, fw)).unflatten(3, (h, fh)).unflatten(2, (t, ft))  # (B, C, T, ft, H, fh, W, fw)
     grid.copy_(x[:, :, :, None, :, None, :, None].expand_as(grid))
     return out
 
@@ -216,7 +243,8 @@ def repeat_nearest(x: Tensor, factor: Sequence[int]) -> Tensor:
 class UpsampleCausal3D(nn.Module):
     """Frame 0 upsampled in space only, frames 1.. in time and space (T -> 2T - 1), then a causal conv.
 
-    follows unet_causal_3d_blocks.py UpsampleCausal3D.
+    follows unet_causal_3d_blocks.py UpsampleCausal3D. The upsampled frames are written straight into
+    the conv's padded input, so only that one copy exists.
     """
 
     def __init__(self, channels: int, factor: tuple[int, int, int], *, ops, **factory):
@@ -225,13 +253,13 @@ class UpsampleCausal3D(nn.Module):
         self.conv = CausalConv3d(channels, channels, 3, ops=ops, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
+        _, _, t, h, w = x.shape
         ft, fh, fw = self.factor
-        first = repeat_nearest(x[:, :, :1], (1, fh, fw))  # (B, C, 1, fH, fW)
-        if x.shape[2] > 1:
-            rest = repeat_nearest(x[:, :, 1:], self.factor)  # (B, C, ft(T - 1), fH, fW)
-            first = torch.cat((first, rest), dim=2)  # (B, C, 1 + ft(T - 1), fH, fW)
-            del rest
-        return self.conv(first)
+        padded, up = self.conv.padded_empty(x, (1 + ft * (t - 1), h * fh, w * fw))  # up: (B, C, 1 + ft(T-1), fH, fW)
+        repeat_nearest_(up[:, :, :1], x[:, :, :1])  # frame 0: space only
+        if t > 1:
+            repeat_nearest_(up[:, :, 1:], x[:, :, 1:])  # frames 1..: time and space
+        return self.conv.conv(self.conv.fill_padding_(padded))
 
 
 class DownsampleCausal3D(nn.Module):
@@ -270,11 +298,27 @@ class ResnetBlockCausal3D(nn.Module):
             self.conv_shortcut = CausalConv3d(in_channels, out_channels, 1, ops=ops, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(self.nonlinearity(self.norm1(x)))  # (B, C_out, T, H, W)
-        h = self.conv2(self.dropout(self.nonlinearity(self.norm2(h))))
+        # one step per line, rebinding h, so that besides x at most two full-size tensors are alive
+        h = activate(self.nonlinearity, self.norm1(x))  # (B, C_in, T, H, W)
+        h = self.conv1.pad(h)  # (B, C_in, T + 2, H + 2, W + 2)
+        h = self.conv1.conv(h)  # (B, C_out, T, H, W)
+        h = activate(self.nonlinearity, self.norm2(h))
+        h = self.conv2.pad(self.dropout(h))
+        h = self.conv2.conv(h)  # (B, C_out, T, H, W)
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return h.add_(x)  # h is a fresh conv output: adding in place saves a tensor (conv backward needs no output)
+
+
+_INPLACE_ACTIVATIONS = {nn.SiLU: F.silu, nn.ReLU: F.relu, nn.Mish: F.mish}
+
+
+def activate(act: nn.Module, x: Tensor) -> Tensor:
+    """``act(x)`` for a freshly computed ``x``: in place when no gradient is recorded (the same values)."""
+    inplace = _INPLACE_ACTIVATIONS.get(type(act))
+    if inplace is None or torch.is_grad_enabled():
+        return act(x)
+    return inplace(x, inplace=True)
 
 
 def frame_causal_attention(q: Tensor, k: Tensor, v: Tensor, frame_tokens: int) -> Tensor:
@@ -429,7 +473,9 @@ class DecoderCausal3D(nn.Module):
         x = self.mid_block(self.conv_in(z))  # (B, C_last, t, h, w)
         for block in self.up_blocks:
             x = block(x)  # (B, C_i, T_i, H_i, W_i)
-        return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # (B, 3, 4(t - 1) + 1, 8h, 8w)
+        x = activate(self.conv_act, self.conv_norm_out(x))  # (B, C_0, T, H, W)
+        x = self.conv_out.pad(x)
+        return self.conv_out.conv(x)  # (B, 3, 4(t - 1) + 1, 8h, 8w)
 
 
 # ==================================================================================================
@@ -714,3 +760,69 @@ class HunyuanVAE(nn.Module):
     def _to_model(self, x: Tensor) -> Tensor:
         p = self.post_quant_conv.weight
         return x.to(device=p.device, dtype=p.dtype)
+
+
+# ==================================================================================================
+# Memory estimate
+# ==================================================================================================
+
+
+def estimate_decode_memory(config: HunyuanVAEConfig, latent_shape: Sequence[int], *, dtype: torch.dtype = torch.float32,
+                           tiling: HunyuanTiling | None = None) -> int:
+    """Bytes of working memory (weights not included) that ``HunyuanVAE.decode`` needs, from shapes only.
+
+    Counts the tensors this implementation holds at its fullest moment (a ResNet block's input plus, at
+    its padding step, the activation and its padded copy; an upsampler's input, padded upsampled tensor
+    and output; the mid block's q/k/v tokens and one frame's attention scores), plus one copy of the
+    largest conv weight (backends such as oneDNN reorder weights per call). Tiled decodes add the tiles
+    kept for blending and the assembled output. benchmarks/hunyuan_vae_memory.py compares the estimate
+    with measured peak RSS.
+    """
+    tiling = config.tiling if tiling is None else tiling
+    plans = tile_plans(config, tiling)
+    b, _, t, h, w = latent_shape
+    size = dtype.itemsize
+    weight = max(config.block_out_channels) ** 2 * 27 * size
+    output = _video_bytes(config, b, t, h, w, size)
+    if tiling.temporal and t > plans.decode_time.size:
+        tile_t = plans.decode_time.size + 1
+        tile = _spatially_tiled_peak(config, plans, tiling, b, tile_t, h, w, size)
+        return weight + tile + _video_bytes(config, b, tile_t, h, w, size) + 2 * output  # previous tile, parts, result
+    return weight + _spatially_tiled_peak(config, plans, tiling, b, t, h, w, size)
+
+
+def _video_bytes(cfg: HunyuanVAEConfig, b: int, t: int, h: int, w: int, size: int) -> int:
+    f_t, f_s = cfg.time_compression_ratio, 2 ** (len(cfg.block_out_channels) - 1)
+    return b * cfg.out_channels * (f_t * (t - 1) + 1) * h * f_s * w * f_s * size
+
+
+def _spatially_tiled_peak(cfg, plans: TilePlans, tiling: HunyuanTiling, b, t, h, w, size) -> int:
+    side = plans.decode_space.size
+    if not (tiling.spatial and max(h, w) > side):
+        return _decoder_peak(cfg, b, t, h, w, size)
+    tile = _decoder_peak(cfg, b, t, min(h, side), min(w, side), size)
+    tiles_per_row = math.ceil(w / plans.decode_space.stride)
+    kept = 2 * tiles_per_row * _video_bytes(cfg, b, t, min(h, side), min(w, side), size)  # this row and the one above
+    return tile + kept + 2 * _video_bytes(cfg, b, t, h, w, size)  # + the row strips and the joined result
+
+
+def _decoder_peak(cfg: HunyuanVAEConfig, b: int, t: int, h: int, w: int, size: int) -> int:
+    """Largest sum of live tensors over the stages of one DecoderCausal3D call on a (t, h, w) latent."""
+    def vol(channels: int, shape: Sequence[int], pad: int = 0) -> int:
+        return b * channels * (shape[0] + 2 * pad) * (shape[1] + 2 * pad) * (shape[2] + 2 * pad) * size
+
+    chans = cfg.block_out_channels[::-1]
+    shape, c = (t, h, w), chans[0]
+    peaks = [7 * vol(c, shape) + 2 * b * (h * w) ** 2 * t * 4]  # x, norm, tokens, q, k, v, out + scores, weights
+    for i, factor in enumerate(level_strides(cfg)):
+        for _ in range(cfg.layers_per_block + 1):
+            x, xp, y, yp = vol(c, shape), vol(c, shape, 1), vol(chans[i], shape), vol(chans[i], shape, 1)
+            peaks.append(x + max(x + xp, xp + y, 2 * y, y + yp))  # ResnetBlockCausal3D.forward, step by step
+            c = chans[i]
+        if factor != (1, 1, 1):
+            up = (1 + factor[0] * (shape[0] - 1), shape[1] * factor[1], shape[2] * factor[2])
+            peaks.append(vol(c, shape) + vol(c, up, 1) + vol(c, up))  # input, padded upsampled, conv output
+            shape = up
+    x, xp = vol(c, shape), vol(c, shape, 1)
+    peaks.append(max(2 * x, x + xp, xp + vol(cfg.out_channels, shape)))  # norm_out, pad, conv_out
+    return max(peaks)
