@@ -77,8 +77,9 @@ def build_vae(dtype):
         for name, p in vae.named_parameters():
             if p.ndim == 1:  # biases and norm shifts 0, norm gains 1
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
-            else:  # fan-in scaled, so activations stay O(1) through the network
-                p.copy_(torch.randn(p.shape, generator=generator) * p[0].numel() ** -0.5)
+            else:  # uniform with variance 1 / fan-in, so activations stay O(1) through the network
+                bound = (3 / p[0].numel()) ** 0.5
+                p.uniform_(-bound, bound, generator=generator)
     return vae
 
 

@@ -84,7 +84,9 @@ class LatentGeometry:
 
     def __post_init__(self) -> None:
         if self.causal and self.micro_frame_size is not None:
-            raise ValueError("LatentGeometry: a causal VAE encodes the whole clip at once; micro_frame_size must be None")
+            raise ValueError(
+                "LatentGeometry: a causal VAE encodes the whole clip at once; micro_frame_size must be None"
+            )
 
     # -- frames -------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Video VAEs: SD-VAE (v1.0/v1.1, per frame) and the Open-Sora VAE v1.2 (4x in time).
+"""Video VAEs: SD-VAE (v1.0/v1.1, per frame), the Open-Sora VAE v1.2 (4x in time) and the Hunyuan
+causal 3D VAE of Open-Sora 2.0 (4x in time, 16 channels).
 
 Every video VAE here implements :class:`VideoVAE`, the interface the sampler
 pipeline, the nodes and the trainer use:
@@ -28,10 +29,14 @@ memory. :func:`load_vae` detects the file and builds the right wrapper.
 
 Modules: :mod:`.autoencoder_kl` (SD-VAE), :mod:`.temporal` (VAE v1.2 temporal stage),
 :mod:`.pipeline` (the video wrappers), :mod:`.keys` (state-dict layouts),
-:mod:`.posterior`, :mod:`.tiling`, :mod:`.loading`.
+:mod:`.posterior`, :mod:`.tiling`, :mod:`.loading`, :mod:`.hunyuan` (Open-Sora 2.0's
+``AutoencoderKLCausal3D``: the same interface, but ``tiling`` takes a :class:`HunyuanTiling`,
+the official tiling, and ``None`` means the config's own tiling; load it with
+:func:`load_hunyuan_vae`).
 """
 
 from .autoencoder_kl import AUTOENCODER_KL_PRESETS, AutoencoderKL, AutoencoderKLConfig
+from .hunyuan import BOUNDED_TILING, HunyuanTiling, HunyuanVAE, HunyuanVAEConfig, load_hunyuan_vae
 from .keys import detect_vae_layout, to_diffusers_layout, to_ldm_layout
 from .loading import load_vae
 from .pipeline import VideoAutoencoderKL, VideoAutoencoderPipeline, VideoVAE
@@ -43,6 +48,10 @@ __all__ = [
     "AUTOENCODER_KL_PRESETS",
     "AutoencoderKL",
     "AutoencoderKLConfig",
+    "BOUNDED_TILING",
+    "HunyuanTiling",
+    "HunyuanVAE",
+    "HunyuanVAEConfig",
     "NoiseFn",
     "RecordedNoise",
     "TEMPORAL_VAE_PRESETS",
@@ -55,6 +64,7 @@ __all__ = [
     "decode_with_fallback",
     "detect_vae_layout",
     "gaussian_noise",
+    "load_hunyuan_vae",
     "load_vae",
     "to_diffusers_layout",
     "to_ldm_layout",

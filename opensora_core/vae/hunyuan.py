@@ -18,17 +18,28 @@ so latent frame 0 of a clip depends (through them) on later frames; the official
 i2v reference path encode the first frame alone where it must not.
 
 Tiling (:class:`HunyuanTiling`) is the official algorithm, including its in-place blending
-order: spatial tiles of ``sample_size`` pixels (on in the release: every side > 256 px to encode,
+order: spatial tiles of ``sample_size`` pixels (on in the release: a side > 256 px to encode,
 > 32 latent px to decode) and, off in the release, temporal tiles of ``sample_tsize`` frames.
-Both change the result slightly (each tile has its own GroupNorm statistics);
+Both change the result (each tile has its own GroupNorm statistics and borders);
 :data:`BOUNDED_TILING` turns the temporal tiles on to bound the decode memory of long videos.
 :func:`estimate_decode_memory` predicts the working memory of a decode from shapes.
+
+Deliberate differences from the official code, none of which changes a value beyond rounding:
+the mid-block attention attends frame by frame to the allowed keys instead of adding an (L, L)
+-inf mask (the mask alone would take L^2 elements); nearest upsampling is a broadcast copy written
+straight into the next conv's padded input (no 2**31-element chunking needed, no concatenation);
+ResNet blocks keep at most two full-size tensors besides their input (the in-place activation
+only without autograd); tiled decodes keep one row (spatial) or one tile (temporal) of
+predecessors instead of all tiles. ``ChannelChunkConv3d`` (splitting convs whose input exceeds
+2**31 elements by channel) is not reproduced: pass ``operations`` whose Conv3d handles that where
+a backend needs it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -101,19 +112,20 @@ class HunyuanVAEConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
         if self.act_fn not in ACTIVATIONS:
-            raise ValueError(f"AutoencoderKLCausal3D act_fn {self.act_fn!r} is not supported; use one of {sorted(ACTIVATIONS)}")
-        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
-        if bad:
+            raise ValueError(
+                f"AutoencoderKLCausal3D act_fn {self.act_fn!r} is not supported; use one of {sorted(ACTIVATIONS)}"
+            )
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(
                 f"AutoencoderKLCausal3D block_out_channels {list(self.block_out_channels)} are not divisible by "
                 f"norm_num_groups={self.norm_num_groups}; fix one of the two"
             )
         strides = level_strides(self)  # raises for unsupported ratios
-        for axis, ratio, name in ((0, self.time_compression_ratio, "time"), (1, self.spatial_compression_ratio, "spatial")):
-            if math.prod(s[axis] for s in strides) != ratio:
+        for axis, name in ((0, "time_compression_ratio"), (1, "spatial_compression_ratio")):
+            if math.prod(s[axis] for s in strides) != getattr(self, name):
                 raise ValueError(
-                    f"AutoencoderKLCausal3D: {len(self.block_out_channels)} levels cannot give {name}_compression_ratio="
-                    f"{ratio}; add levels to block_out_channels or change the ratio"
+                    f"AutoencoderKLCausal3D: {len(strides)} levels cannot give {name}={getattr(self, name)}; "
+                    f"add levels to block_out_channels or change the ratio"
                 )
 
     @classmethod
@@ -162,7 +174,9 @@ def level_strides(cfg: HunyuanVAEConfig) -> list[tuple[int, int, int]]:
         elif cfg.time_compression_ratio == 8:
             temporal = i < spatial_layers
         else:
-            raise ValueError(f"AutoencoderKLCausal3D: time_compression_ratio must be 4 or 8, got {cfg.time_compression_ratio}")
+            raise ValueError(
+                f"AutoencoderKLCausal3D: time_compression_ratio must be 4 or 8, got {cfg.time_compression_ratio}"
+            )
         strides.append((2 if temporal else 1, 2 if spatial else 1, 2 if spatial else 1))
     return strides
 
@@ -391,9 +405,12 @@ class DownEncoderBlockCausal3D(nn.Module):
         if stride != (1, 1, 1):
             self.downsamplers = nn.ModuleList([DownsampleCausal3D(out_channels, stride, ops=ops, **factory)])
 
+    def layers(self) -> list[nn.Module]:
+        return [*self.resnets, *(self.downsamplers or [])]
+
     def forward(self, x: Tensor) -> Tensor:
-        for block in [*self.resnets, *(self.downsamplers or [])]:
-            x = block(x)
+        for layer in self.layers():
+            x = layer(x)
         return x
 
 
@@ -411,9 +428,12 @@ class UpDecoderBlockCausal3D(nn.Module):
         if factor != (1, 1, 1):
             self.upsamplers = nn.ModuleList([UpsampleCausal3D(out_channels, factor, ops=ops, **factory)])
 
+    def layers(self) -> list[nn.Module]:
+        return [*self.resnets, *(self.upsamplers or [])]
+
     def forward(self, x: Tensor) -> Tensor:
-        for block in [*self.resnets, *(self.upsamplers or [])]:
-            x = block(x)
+        for layer in self.layers():
+            x = layer(x)
         return x
 
 
@@ -433,7 +453,9 @@ class EncoderCausal3D(nn.Module):
         chans = cfg.block_out_channels
         self.conv_in = CausalConv3d(cfg.in_channels, chans[0], 3, ops=ops, **factory)
         self.down_blocks = nn.ModuleList(
-            DownEncoderBlockCausal3D(chans[max(i - 1, 0)], chans[i], cfg.layers_per_block, stride, cfg, ops=ops, **factory)
+            DownEncoderBlockCausal3D(
+                chans[max(i - 1, 0)], chans[i], cfg.layers_per_block, stride, cfg, ops=ops, **factory
+            )
             for i, stride in enumerate(level_strides(cfg))
         )
         self.mid_block = MidBlockCausal3D(chans[-1], cfg, ops=ops, **factory)
@@ -443,8 +465,8 @@ class EncoderCausal3D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv_in(x)  # (B, C0, T, H, W)
-        for block in self.down_blocks:
-            x = block(x)  # (B, C_i, T_i, H_i, W_i)
+        for layer in [layer for block in self.down_blocks for layer in block.layers()]:
+            x = layer(x)  # (B, C_i, T_i, H_i, W_i); layer by layer, so no caller keeps a level's input alive
         x = self.mid_block(x)  # (B, C_last, t, h, w)
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # (B, 2L, t, h, w)
 
@@ -461,7 +483,9 @@ class DecoderCausal3D(nn.Module):
         self.conv_in = CausalConv3d(cfg.latent_channels, chans[0], 3, ops=ops, **factory)
         # registered before mid_block, as in the official state-dict order
         self.up_blocks = nn.ModuleList(
-            UpDecoderBlockCausal3D(chans[max(i - 1, 0)], chans[i], cfg.layers_per_block + 1, factor, cfg, ops=ops, **factory)
+            UpDecoderBlockCausal3D(
+                chans[max(i - 1, 0)], chans[i], cfg.layers_per_block + 1, factor, cfg, ops=ops, **factory
+            )
             for i, factor in enumerate(level_strides(cfg))
         )
         self.mid_block = MidBlockCausal3D(chans[0], cfg, ops=ops, **factory)
@@ -471,8 +495,8 @@ class DecoderCausal3D(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.mid_block(self.conv_in(z))  # (B, C_last, t, h, w)
-        for block in self.up_blocks:
-            x = block(x)  # (B, C_i, T_i, H_i, W_i)
+        for layer in [layer for block in self.up_blocks for layer in block.layers()]:
+            x = layer(x)  # (B, C_i, T_i, H_i, W_i); layer by layer, so no caller keeps a level's input alive
         x = activate(self.conv_act, self.conv_norm_out(x))  # (B, C_0, T, H, W)
         x = self.conv_out.pad(x)
         return self.conv_out.conv(x)  # (B, 3, 4(t - 1) + 1, 8h, 8w)
@@ -523,7 +547,8 @@ def tile_plans(cfg: HunyuanVAEConfig, tiling: HunyuanTiling) -> TilePlans:
         if used and not (encode.stride == encode.keep * factor and decode.keep == decode.stride * factor > 0):
             raise ValueError(
                 f"{tiling}: the official tiles would not line up (encode {encode}, decode {decode}); with "
-                f"overlap_factor 0.25 use a sample_size that is a multiple of 32 and a sample_tsize that is a multiple of 16"
+                f"overlap_factor 0.25 use a sample_size that is a multiple of 32 and a sample_tsize that is a "
+                f"multiple of 16"
             )
     return plans
 
@@ -762,6 +787,24 @@ class HunyuanVAE(nn.Module):
         return x.to(device=p.device, dtype=p.dtype)
 
 
+def load_hunyuan_vae(source: Mapping[str, Tensor] | str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16,
+                     device: torch.device | str = "cpu",
+                     config: HunyuanVAEConfig = PRESETS["hunyuan-vae"]) -> HunyuanVAE:
+    """The released VAE from ``hunyuan_vae.safetensors`` (a path or a state dict), loaded strictly, eval mode.
+
+    Built on the meta device, so each tensor is held once, in ``dtype`` on ``device`` (the release
+    runs the VAE in bfloat16).
+    """
+    from .loading import load_strict, read_state_dict
+
+    name = "state dict" if isinstance(source, Mapping) else str(source)
+    state = source if isinstance(source, Mapping) else read_state_dict(source)[0]
+    with torch.device("meta"):
+        vae = HunyuanVAE(config)
+    load_strict(vae, {k: v.to(device=device, dtype=dtype) for k, v in state.items()}, name)
+    return vae.eval()
+
+
 # ==================================================================================================
 # Memory estimate
 # ==================================================================================================
@@ -787,12 +830,13 @@ def estimate_decode_memory(config: HunyuanVAEConfig, latent_shape: Sequence[int]
     if tiling.temporal and t > plans.decode_time.size:
         tile_t = plans.decode_time.size + 1
         tile = _spatially_tiled_peak(config, plans, tiling, b, tile_t, h, w, size)
-        return weight + tile + _video_bytes(config, b, tile_t, h, w, size) + 2 * output  # previous tile, parts, result
+        previous = _video_bytes(config, b, tile_t, h, w, size)  # kept for blending
+        return weight + max(tile + previous + output, previous + 2 * output)  # decoding a tile | joining the parts
     return weight + _spatially_tiled_peak(config, plans, tiling, b, t, h, w, size)
 
 
 def _video_bytes(cfg: HunyuanVAEConfig, b: int, t: int, h: int, w: int, size: int) -> int:
-    f_t, f_s = cfg.time_compression_ratio, 2 ** (len(cfg.block_out_channels) - 1)
+    f_t, f_s = cfg.time_compression_ratio, cfg.spatial_compression_ratio
     return b * cfg.out_channels * (f_t * (t - 1) + 1) * h * f_s * w * f_s * size
 
 
@@ -801,9 +845,10 @@ def _spatially_tiled_peak(cfg, plans: TilePlans, tiling: HunyuanTiling, b, t, h,
     if not (tiling.spatial and max(h, w) > side):
         return _decoder_peak(cfg, b, t, h, w, size)
     tile = _decoder_peak(cfg, b, t, min(h, side), min(w, side), size)
-    tiles_per_row = math.ceil(w / plans.decode_space.stride)
-    kept = 2 * tiles_per_row * _video_bytes(cfg, b, t, min(h, side), min(w, side), size)  # this row and the one above
-    return tile + kept + 2 * _video_bytes(cfg, b, t, h, w, size)  # + the row strips and the joined result
+    row_width = sum(min(side, w - j) for j in range(0, w, plans.decode_space.stride))  # latent columns of a row's tiles
+    kept = 2 * _video_bytes(cfg, b, t, min(h, side), row_width, size)  # this row of tiles and the one above
+    output = _video_bytes(cfg, b, t, h, w, size)
+    return max(tile + kept + output, kept + 2 * output)  # decoding a tile (+ strips so far) | joining the strips
 
 
 def _decoder_peak(cfg: HunyuanVAEConfig, b: int, t: int, h: int, w: int, size: int) -> int:
