@@ -339,11 +339,10 @@ class LiveTensors(TorchDispatchMode):
     ((7, 2, 2), HunyuanTiling(spatial=False, temporal=True, sample_tsize=16)),
 ])
 def test_decode_memory_estimate_bounds_the_live_tensors(shape, tiling):
-    """The estimate counts the tensors the decode keeps alive (plus one conv weight for backend reorders):
-    exact for the untiled decoder, an upper bound within 25 % with the tiles kept for blending."""
+    """Without the backend's conv workspace the estimate counts the tensors the decode keeps alive:
+    exactly for the untiled decoder, an upper bound within 25 % with the tiles kept for blending."""
     vae = tiny_vae()
     with LiveTensors() as live:
         vae.decode(latent(*shape), tiling=tiling)
-    conv_weight = 32 * 32 * 27 * 4
-    estimate = estimate_decode_memory(vae.config, (1, 16, *shape), tiling=tiling) - conv_weight
+    estimate = estimate_decode_memory(vae.config, (1, 16, *shape), tiling=tiling, backend_workspace=False)
     assert live.peak * 0.99 <= estimate <= live.peak * 1.25

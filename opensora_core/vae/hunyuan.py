@@ -811,63 +811,76 @@ def load_hunyuan_vae(source: Mapping[str, Tensor] | str | os.PathLike, *, dtype:
 
 
 def estimate_decode_memory(config: HunyuanVAEConfig, latent_shape: Sequence[int], *, dtype: torch.dtype = torch.float32,
-                           tiling: HunyuanTiling | None = None) -> int:
+                           tiling: HunyuanTiling | None = None, backend_workspace: bool = True) -> int:
     """Bytes of working memory (weights not included) that ``HunyuanVAE.decode`` needs, from shapes only.
 
-    Counts the tensors this implementation holds at its fullest moment (a ResNet block's input plus, at
-    its padding step, the activation and its padded copy; an upsampler's input, padded upsampled tensor
-    and output; the mid block's q/k/v tokens and one frame's attention scores), plus one copy of the
-    largest conv weight (backends such as oneDNN reorder weights per call). Tiled decodes add the tiles
-    kept for blending and the assembled output. benchmarks/hunyuan_vae_memory.py compares the estimate
-    with measured peak RSS.
+    Counts the tensors this implementation holds at its fullest moment: a ResNet block's input plus,
+    step by step, the activation, its padded copy and the conv output; an upsampler's input, padded
+    upsampled tensor and output; the mid block's tokens, q/k/v and one frame's attention scores.
+    Tiled decodes add the tiles kept for blending and the assembled output. ``backend_workspace``
+    adds what the CPU convolution (oneDNN) allocates per call, measured as one copy of (input channels
+    x output positions) and one copy of the weight; other backends (e.g. cuDNN) bound their workspace
+    differently. benchmarks/hunyuan_vae_memory.py compares the estimate with measured peak RSS.
     """
     tiling = config.tiling if tiling is None else tiling
     plans = tile_plans(config, tiling)
     b, _, t, h, w = latent_shape
-    size = dtype.itemsize
-    weight = max(config.block_out_channels) ** 2 * 27 * size
-    output = _video_bytes(config, b, t, h, w, size)
+    count = _MemoryCount(config, b, dtype.itemsize, backend_workspace)
+    weight = max(config.block_out_channels) ** 2 * 27 * dtype.itemsize if backend_workspace else 0
     if tiling.temporal and t > plans.decode_time.size:
         tile_t = plans.decode_time.size + 1
-        tile = _spatially_tiled_peak(config, plans, tiling, b, tile_t, h, w, size)
-        previous = _video_bytes(config, b, tile_t, h, w, size)  # kept for blending
+        tile = count.spatially_tiled(plans, tiling, tile_t, h, w)
+        previous, output = count.video(tile_t, h, w), count.video(t, h, w)  # the tile kept for blending, the result
         return weight + max(tile + previous + output, previous + 2 * output)  # decoding a tile | joining the parts
-    return weight + _spatially_tiled_peak(config, plans, tiling, b, t, h, w, size)
+    return weight + count.spatially_tiled(plans, tiling, t, h, w)
 
 
-def _video_bytes(cfg: HunyuanVAEConfig, b: int, t: int, h: int, w: int, size: int) -> int:
-    f_t, f_s = cfg.time_compression_ratio, cfg.spatial_compression_ratio
-    return b * cfg.out_channels * (f_t * (t - 1) + 1) * h * f_s * w * f_s * size
+@dataclass(frozen=True)
+class _MemoryCount:
+    """Byte counts of the tensors of a decode with batch ``batch`` and element size ``itemsize``."""
 
+    cfg: HunyuanVAEConfig
+    batch: int
+    itemsize: int
+    workspace: bool
 
-def _spatially_tiled_peak(cfg, plans: TilePlans, tiling: HunyuanTiling, b, t, h, w, size) -> int:
-    side = plans.decode_space.size
-    if not (tiling.spatial and max(h, w) > side):
-        return _decoder_peak(cfg, b, t, h, w, size)
-    tile = _decoder_peak(cfg, b, t, min(h, side), min(w, side), size)
-    row_width = sum(min(side, w - j) for j in range(0, w, plans.decode_space.stride))  # latent columns of a row's tiles
-    kept = 2 * _video_bytes(cfg, b, t, min(h, side), row_width, size)  # this row of tiles and the one above
-    output = _video_bytes(cfg, b, t, h, w, size)
-    return max(tile + kept + output, kept + 2 * output)  # decoding a tile (+ strips so far) | joining the strips
+    def vol(self, channels: int, shape: Sequence[int], pad: int = 0) -> int:
+        """A [B, channels, T, H, W] tensor, optionally with the causal conv's padding (2 frames, 1 pixel)."""
+        t, h, w = shape
+        return self.batch * channels * (t + 2 * pad) * (h + 2 * pad) * (w + 2 * pad) * self.itemsize
 
+    def conv_copy(self, channels: int, out_shape: Sequence[int]) -> int:
+        return self.vol(channels, out_shape) if self.workspace else 0
 
-def _decoder_peak(cfg: HunyuanVAEConfig, b: int, t: int, h: int, w: int, size: int) -> int:
-    """Largest sum of live tensors over the stages of one DecoderCausal3D call on a (t, h, w) latent."""
-    def vol(channels: int, shape: Sequence[int], pad: int = 0) -> int:
-        return b * channels * (shape[0] + 2 * pad) * (shape[1] + 2 * pad) * (shape[2] + 2 * pad) * size
+    def video(self, t: int, h: int, w: int) -> int:
+        f_t, f_s = self.cfg.time_compression_ratio, self.cfg.spatial_compression_ratio
+        return self.vol(self.cfg.out_channels, (f_t * (t - 1) + 1, h * f_s, w * f_s))
 
-    chans = cfg.block_out_channels[::-1]
-    shape, c = (t, h, w), chans[0]
-    peaks = [7 * vol(c, shape) + 2 * b * (h * w) ** 2 * t * 4]  # x, norm, tokens, q, k, v, out + scores, weights
-    for i, factor in enumerate(level_strides(cfg)):
-        for _ in range(cfg.layers_per_block + 1):
-            x, xp, y, yp = vol(c, shape), vol(c, shape, 1), vol(chans[i], shape), vol(chans[i], shape, 1)
-            peaks.append(x + max(x + xp, xp + y, 2 * y, y + yp))  # ResnetBlockCausal3D.forward, step by step
-            c = chans[i]
-        if factor != (1, 1, 1):
-            up = (1 + factor[0] * (shape[0] - 1), shape[1] * factor[1], shape[2] * factor[2])
-            peaks.append(vol(c, shape) + vol(c, up, 1) + vol(c, up))  # input, padded upsampled, conv output
-            shape = up
-    x, xp = vol(c, shape), vol(c, shape, 1)
-    peaks.append(max(2 * x, x + xp, xp + vol(cfg.out_channels, shape)))  # norm_out, pad, conv_out
-    return max(peaks)
+    def spatially_tiled(self, plans: TilePlans, tiling: HunyuanTiling, t: int, h: int, w: int) -> int:
+        side = plans.decode_space.size
+        if not (tiling.spatial and max(h, w) > side):
+            return self.decoder(t, h, w)
+        tile = self.decoder(t, min(h, side), min(w, side))
+        row_width = sum(min(side, w - j) for j in range(0, w, plans.decode_space.stride))  # latent columns of a row
+        kept = 2 * self.video(t, min(h, side), row_width)  # this row of tiles and the one above
+        output = self.video(t, h, w)
+        return max(tile + kept + output, kept + 2 * output)  # decoding a tile (+ strips so far) | joining the strips
+
+    def decoder(self, t: int, h: int, w: int) -> int:
+        """Largest sum of live tensors over the stages of one DecoderCausal3D call on a (t, h, w) latent."""
+        chans, vol = self.cfg.block_out_channels[::-1], self.vol
+        shape, c = (t, h, w), chans[0]
+        peaks = [7 * vol(c, shape) + 2 * self.batch * (h * w) ** 2 * t * 4]  # x, tokens, q, k, v, out + scores
+        for i, factor in enumerate(level_strides(self.cfg)):
+            for _ in range(self.cfg.layers_per_block + 1):
+                x, xp, y, yp = vol(c, shape), vol(c, shape, 1), vol(chans[i], shape), vol(chans[i], shape, 1)
+                conv1, conv2 = xp + y + self.conv_copy(c, shape), yp + y + self.conv_copy(chans[i], shape)
+                peaks.append(x + max(x + xp, conv1, 2 * y, y + yp, conv2))  # ResnetBlockCausal3D.forward steps
+                c = chans[i]
+            if factor != (1, 1, 1):
+                up = (1 + factor[0] * (shape[0] - 1), shape[1] * factor[1], shape[2] * factor[2])
+                peaks.append(vol(c, shape) + vol(c, up, 1) + vol(c, up) + self.conv_copy(c, up))  # UpsampleCausal3D
+                shape = up
+        x, xp = vol(c, shape), vol(c, shape, 1)
+        peaks.append(max(2 * x, x + xp, xp + vol(self.cfg.out_channels, shape) + self.conv_copy(c, shape)))
+        return max(peaks)
