@@ -7,7 +7,9 @@ VAE, the samplers, the mask strategies, the nodes and the trainer agree:
 * temporal: SD-VAE (v1.0/v1.1) keeps every frame; VAE v1.2 cuts the video into
   chunks of 17 pixel frames, front-pads each chunk to a multiple of 4 and
   compresses time by 4 (17 -> 5, 20 -> 5 + 1, 51 -> 15; Open-Sora v1.2
-  `VideoAutoencoderPipeline.get_latent_size`);
+  `VideoAutoencoderPipeline.get_latent_size`); the causal Hunyuan VAE of Open-Sora
+  2.0 encodes the first frame alone and then groups of 4, so it takes 4k + 1
+  frames to k + 1 latent frames and decodes t latent frames to 4(t - 1) + 1;
 * temporal, Open-Sora-Plan (CausalVideoVAE v1.0-v1.2, WF-VAE v1.3): causal, T pixel
   frames -> ceil(T / 4) latent frames -> 4n - 3 decoded frames (:class:`CausalLatentGeometry`);
 * the official resolution / aspect-ratio tables (opensora/datasets/aspect.py)
@@ -96,14 +98,32 @@ class DecodeChunk:
 class LatentGeometry(SpatialRules):
     """How a VAE maps a pixel video [T, H, W] to a latent grid [t, h, w].
 
-    time_factor: temporal compression (1 = per-frame SD-VAE, 4 = VAE v1.2).
+    time_factor: temporal compression (1 = per-frame SD-VAE, 4 = VAE v1.2 and Hunyuan).
     micro_frame_size: pixel frames per independently encoded chunk (17 for VAE
     v1.2; None = the whole clip is one chunk).
+    spatial_factor: spatial compression (8 for every Open-Sora VAE).
+    latent_channels: channels of the latent (4 for SD-VAE and VAE v1.2, 16 for Hunyuan).
+    causal: the first frame is encoded alone, as if ``time_factor - 1`` copies of it
+        came first (the Hunyuan VAE's replicate-padded causal convs). Only
+        ``time_factor * k + 1`` frames encode without losing trailing frames, and
+        ``t`` latent frames decode to ``time_factor * (t - 1) + 1`` frames.
+    round_up_hw: a side that is not a multiple of ``spatial_factor`` gives
+        ceil(side / factor) latent pixels (the Hunyuan VAE's padded stride-2 convs:
+        ``get_latent_size`` uses (H - 1) // 8 + 1) instead of floor (SD-VAE, VAE v1.2).
     """
 
     time_factor: int = 1
     micro_frame_size: int | None = None
     spatial_factor: int = SPATIAL_FACTOR
+    latent_channels: int = 4
+    causal: bool = False
+    round_up_hw: bool = False
+
+    def __post_init__(self) -> None:
+        if self.causal and self.micro_frame_size is not None:
+            raise ValueError(
+                "LatentGeometry: a causal VAE encodes the whole clip at once; micro_frame_size must be None"
+            )
 
     # -- frames -------------------------------------------------------------
 
@@ -115,11 +135,37 @@ class LatentGeometry(SpatialRules):
         return math.ceil(self.micro_frame_size / self.time_factor)
 
     def _front_pad(self, n: int) -> int:
+        if self.causal:
+            return self.time_factor - 1
         return (self.time_factor - n % self.time_factor) % self.time_factor
+
+    def accepts_frames(self, num_frames: int) -> bool:
+        """Whether ``num_frames`` pixel frames encode without losing any (causal VAEs: 1 + k * time_factor)."""
+        return num_frames >= 1 and (not self.causal or (num_frames - 1) % self.time_factor == 0)
+
+    def nearest_frame_counts(self, num_frames: int) -> tuple[int, ...]:
+        """The accepted frame counts next to ``num_frames`` (itself if accepted), smallest first."""
+        check_frame_count(num_frames)
+        if self.accepts_frames(num_frames):
+            return (num_frames,)
+        below = num_frames - (num_frames - 1) % self.time_factor
+        return below, below + self.time_factor
+
+    def check_num_frames(self, num_frames: int) -> None:
+        """Raise unless the VAE can encode ``num_frames`` frames without dropping the last ones."""
+        check_frame_count(num_frames)
+        if not self.accepts_frames(num_frames):
+            below, above = self.nearest_frame_counts(num_frames)
+            f = self.time_factor
+            raise ValueError(
+                f"num_frames={num_frames} does not fit this causal VAE: it encodes the first frame alone and "
+                f"then groups of {f}, so it takes 1 + {f}k frames (the last {num_frames - below} would be lost). "
+                f"Use {below} or {above} frames."
+            )
 
     def encode_chunks(self, num_frames: int) -> list[EncodeChunk]:
         """Temporal chunks the encoder processes, in order."""
-        check_frame_count(num_frames)
+        self.check_num_frames(num_frames)
         size = self.micro_frame_size or num_frames
         chunks = []
         for start in range(0, num_frames, size):
@@ -143,19 +189,25 @@ class LatentGeometry(SpatialRules):
     def check_decodable(self, latent_frames: int, num_frames: int) -> None:
         """Raise if ``latent_frames`` cannot decode to exactly ``num_frames`` frames."""
         check_frame_count(num_frames)
-        if self.latent_frames(num_frames) != latent_frames:
-            lo, hi = self.pixel_frame_range(latent_frames)
+        lo, hi = self.pixel_frame_range(latent_frames)
+        if not (lo <= num_frames <= hi and self.accepts_frames(num_frames)):
+            pick = f"Pick num_frames={lo}" if lo == hi else f"Pick num_frames between {lo} and {hi}"
             raise ValueError(
                 f"num_frames={num_frames} cannot be decoded from {latent_frames} latent frames "
-                f"(this VAE turns {num_frames} frames into {self.latent_frames(num_frames)} latent frames). "
-                f"Pick num_frames between {lo} and {hi}."
+                f"(this VAE decodes {latent_frames} latent frames to {lo}..{hi} frames). {pick}."
             )
 
     def pixel_frame_range(self, latent_frames: int) -> tuple[int, int]:
-        """Smallest and largest pixel frame count that encode to ``latent_frames``."""
+        """Smallest and largest accepted pixel frame count that encode to ``latent_frames``.
+
+        For a causal VAE both are ``time_factor * (latent_frames - 1) + 1``, the frames its decoder gives.
+        """
         if latent_frames < 1:
             raise ValueError(f"latent_frames must be >= 1, got {latent_frames}")
-        counts = [n for n in range(1, latent_frames * self.time_factor + 1) if self.latent_frames(n) == latent_frames]
+        counts = [
+            n for n in range(1, latent_frames * self.time_factor + 1)
+            if self.accepts_frames(n) and self.latent_frames(n) == latent_frames
+        ]
         if not counts:
             raise ValueError(f"no pixel frame count encodes to {latent_frames} latent frames with {self}")
         return counts[0], counts[-1]
@@ -191,9 +243,43 @@ class LatentGeometry(SpatialRules):
             return 0
         return self.latent_to_pixel_frames(latent_frames - 1, num_frames).stop
 
+    # -- space --------------------------------------------------------------
+
+    def latent_side(self, pixels: int) -> int:
+        """Latent pixels of one side (floor division as SD-VAE / VAE v1.2 do, ceil with ``round_up_hw``)."""
+        if self.round_up_hw:
+            return -(-pixels // self.spatial_factor)
+        return pixels // self.spatial_factor
+
+    def latent_hw(self, height: int, width: int) -> tuple[int, int]:
+        """Latent height and width (see :meth:`latent_side`)."""
+        return self.latent_side(height), self.latent_side(width)
+
+    def decoded_hw(self, height: int, width: int) -> tuple[int, int]:
+        """Pixel size a generation of ``height`` x ``width`` decodes to (multiples of 8)."""
+        h, w = self.latent_hw(height, width)
+        return h * self.spatial_factor, w * self.spatial_factor
+
+    def check_encodable_hw(self, height: int, width: int) -> None:
+        """Raise unless the VAE can encode frames of this size without losing pixels."""
+        f = self.spatial_factor
+        if height < f or width < f or height % f or width % f:
+            h, w = max(f, height // f * f), max(f, width // f * f)
+            raise ValueError(
+                f"frame size {height}x{width} (HxW) is not a multiple of {f}; "
+                f"resize or crop the video to {h}x{w} before encoding (or pad it to "
+                f"{-(-height // f) * f}x{-(-width // f) * f})"
+            )
+
+    def latent_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of the latent for a pixel clip (``get_latent_size`` of the official VAEs)."""
+        return (self.latent_frames(num_frames), *self.latent_hw(height, width))
+
 
 PER_FRAME = LatentGeometry(time_factor=1, micro_frame_size=None)  # SD-VAE (v1.0 / v1.1)
 VAE_V1_2 = LatentGeometry(time_factor=4, micro_frame_size=V1_2_MICRO_FRAMES)  # Open-Sora VAE v1.2
+# Open-Sora 2.0's Hunyuan causal 3D VAE (hunyuan_vae.safetensors): 16 channels, 4x8x8, 4k+1 -> k+1 frames
+HUNYUAN_VAE = LatentGeometry(time_factor=4, latent_channels=16, causal=True, round_up_hw=True)
 
 
 def check_frame_count(num_frames: int) -> None:

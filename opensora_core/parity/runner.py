@@ -23,7 +23,9 @@ from typing import Any, Callable
 import torch
 
 # Handler modules, in matching order. Each defines ``HANDLERS: list[Handler]``.
-HANDLER_MODULES = ("stdit", "vae", "osp_vae", "sampling", "inference", "tables", "osp_dit", "osp_sampling")
+HANDLER_MODULES = (
+    "stdit", "vae", "osp_vae", "v2_vae", "sampling", "inference", "tables", "osp_dit", "osp_sampling",
+)
 
 
 @dataclass

@@ -8,7 +8,8 @@ official encode behaviour) or ``mean`` (``sample=False``).
 ``eps`` never comes from the global torch RNG. A :data:`NoiseFn` supplies it:
 ``noise(stage, shape) -> Tensor`` is called once per posterior draw, in the order
 the official code draws, with the stage name (``"spatial"`` for the SD-VAE stage,
-``"temporal"`` for the VAE v1.2 temporal stage) and the shape of the draw.
+``"temporal"`` for the VAE v1.2 temporal stage, ``"video"`` for the single draw of the
+Hunyuan VAE over the whole latent) and the shape of the draw.
 
 * :func:`gaussian_noise` draws from a ``torch.Generator`` (seeded for reproducible
   encodes; a fresh, OS-seeded one when none is given);
@@ -32,7 +33,7 @@ NoiseFn = Callable[[str, tuple[int, ...]], Tensor]
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 # stage -> axis along which consecutive draws of that stage are laid out
-STAGE_AXIS: dict[str, int] = {"spatial": 0, "temporal": 2}
+STAGE_AXIS: dict[str, int] = {"spatial": 0, "temporal": 2, "video": 0}
 
 
 @dataclass(frozen=True)
