@@ -24,6 +24,7 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "VideoAutoencoderKL": ("..vae.pipeline", "VideoAutoencoderKL"),
     "diffusers.AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
     "AutoencoderKL": ("..vae.autoencoder_kl", "AutoencoderKL"),
+    "MMDiTModel": (".mmdit", "MMDiTModel"),  # Open-Sora 2.0 (registry name "flux")
 }
 
 
