@@ -133,6 +133,13 @@ class T5TextEncoder:
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, C)
         return Caption(y=hidden[:, None], mask=mask)  # (B, 1, L, C), (B, L)
 
+    @torch.no_grad()
+    def encode_unmasked(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """(B, L, C) states of prompts padded to L and encoded WITHOUT an attention mask: the padding tokens
+        take part in the attention and change every state (Open-Sora 2.0's ``HFEmbedder``)."""
+        ids, _ = self.tokenize(texts)
+        return self.model(input_ids=ids.to(self.device), attention_mask=None).last_hidden_state
+
 
 def _check_tokenizer_fits(tokenizer: "PreTrainedTokenizerBase", vocab_size: int) -> None:
     if len(tokenizer) > vocab_size:
