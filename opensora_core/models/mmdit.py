@@ -252,7 +252,9 @@ class MMDiTModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.compute_dtype or self.img_in.weight.dtype
+        """Compute dtype: ``compute_dtype``, else the Linear layers' own (an fp8 Linear keeps its compute dtype
+        apart from its storage), else the ``img_in`` weight dtype."""
+        return self.compute_dtype or getattr(self.img_in, "compute_dtype", None) or self.img_in.weight.dtype
 
     @property
     def blocks(self) -> list[nn.Module]:

@@ -36,7 +36,7 @@ from .layers import (
 
 TIME_FACTOR = 1000.0  # the sampler's t in [0, 1] is scaled to [0, 1000] before the sinusoid
 TIMESTEP_DIM = 256
-ROPE_CHUNK_TOKENS = 8192  # tokens rotated per float32 temporary in the in-place RoPE
+ROPE_CHUNK_ELEMENTS = 1 << 24  # q/k elements rotated per float32 temporary in the in-place RoPE (64 MiB)
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B, L, head_dim) float32
 
@@ -116,10 +116,17 @@ def apply_rope_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     c, s = cos[:, :, None, :half], sin[:, :, None, :half]  # (B, L, 1, D/2)
     if not can_overwrite(x):
         return _rotate_half(x.float(), c, s).to(x.dtype)
-    for start in range(0, x.shape[1], ROPE_CHUNK_TOKENS):
-        part = slice(start, start + ROPE_CHUNK_TOKENS)
+    chunk = rope_chunk_tokens(x.shape)
+    for start in range(0, x.shape[1], chunk):
+        part = slice(start, start + chunk)
         x[:, part] = _rotate_half(x[:, part].float(), c[:, part], s[:, part])
     return x
+
+
+def rope_chunk_tokens(shape: Sequence[int]) -> int:
+    """Tokens per in-place RoPE chunk for q/k of ``shape`` (B, L, H, D): about ROPE_CHUNK_ELEMENTS values."""
+    B, _, H, D = shape
+    return max(1, ROPE_CHUNK_ELEMENTS // (B * H * D))
 
 
 def _rotate_half(x32: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -288,27 +295,37 @@ class DoubleStreamBlock(nn.Module):
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, pe: Rope,
                 rope: EmbedND) -> tuple[torch.Tensor, torch.Tensor]:
-        """img (B, N, C), txt (B, L_txt, C), vec (B, C) -> updated (img, txt)."""
-        img_mod = self.img_mod(vec)  # 6 x (B, 1, C)
+        """img (B, N, C), txt (B, L_txt, C), vec (B, C) -> updated (img, txt). Temporaries are released as
+        soon as possible: the peak is about 7 (B, L_txt + N, C) tensors (the image MLP)."""
+        img_mod = self.img_mod(vec)  # 6 x (B, 1, C): shift1, scale1, gate1, shift2, scale2, gate2
         txt_mod = self.txt_mod(vec)
+        out = self._joint_attention(img, txt, img_mod, txt_mod, pe, rope)  # (B, H, L_txt + N, D)
+        n_txt, n_all = txt.shape[1], out.shape[2]
+        txt_proj = self.txt_attn.proj(heads_to_tokens(out, 0, n_txt))  # (B, L_txt, C)
+        img_proj = self.img_attn.proj(heads_to_tokens(out, n_txt, n_all))  # (B, N, C)
+        del out
+        img = residual(img, img_proj, img_mod[2], 0.0, False)
+        del img_proj
+        img = self._mlp_update(img, img_mod, self.img_mlp)
+        txt = self._mlp_update(residual(txt, txt_proj, txt_mod[2], 0.0, False), txt_mod, self.txt_mlp)
+        return img, txt
+
+    def _joint_attention(self, img, txt, img_mod, txt_mod, pe: Rope, rope: EmbedND) -> torch.Tensor:
+        """Attention over [txt, img] with each stream's own projections -> (B, H, L_txt + N, D)."""
         img_q, img_k, img_v = self.img_attn.project(modulate(layer_norm(img), img_mod[0], img_mod[1]))
         txt_q, txt_k, txt_v = self.txt_attn.project(modulate(layer_norm(txt), txt_mod[0], txt_mod[1]))
         q = rope.apply(torch.cat((txt_q, img_q), dim=1), pe)  # (B, L_txt + N, H, D)
+        del txt_q, img_q
         k = rope.apply(torch.cat((txt_k, img_k), dim=1), pe)
+        del txt_k, img_k
         v = torch.cat((txt_v, img_v), dim=1)
-        del img_q, img_k, img_v, txt_q, txt_k, txt_v
-        out = joint_attention(q, k, v)  # (B, H, L_txt + N, D)
-        del q, k, v
-        n_txt, n_all = txt.shape[1], out.shape[2]
-        img = self._stream_update(img, heads_to_tokens(out, n_txt, n_all), img_mod, self.img_attn, self.img_mlp)
-        txt = self._stream_update(txt, heads_to_tokens(out, 0, n_txt), txt_mod, self.txt_attn, self.txt_mlp)
-        return img, txt
+        del txt_v, img_v
+        return joint_attention(q, k, v)
 
     @staticmethod
-    def _stream_update(x, attn_out, mods, attn: SelfAttention, mlp: nn.Sequential) -> torch.Tensor:
-        """x += gate1 * proj(attn); x += gate2 * MLP((1 + scale2) LN(x) + shift2)."""
-        _, _, gate1, shift2, scale2, gate2 = mods
-        x = residual(x, attn.proj(attn_out), gate1, 0.0, False)  # (B, L, C)
+    def _mlp_update(x: torch.Tensor, mods, mlp: nn.Sequential) -> torch.Tensor:
+        """x += gate2 * MLP((1 + scale2) LN(x) + shift2)."""
+        shift2, scale2, gate2 = mods[3:]
         return residual(x, run_mlp(mlp, modulate(layer_norm(x), shift2, scale2)), gate2, 0.0, False)
 
 
