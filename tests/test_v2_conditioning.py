@@ -38,7 +38,8 @@ def _mask_frames(cond_type: str, refs, frames: int = T) -> list[int]:
 
 @pytest.mark.parametrize("cond_type", COND_TYPES)
 def test_mask_marks_exactly_the_conditioned_frames(cond_type):
-    refs = None if cond_type == "t2v" else [[_tagged(1), _tagged(1, 200.0)] if cond_type == "i2v_loop" else [_tagged(T)]]
+    item = [_tagged(1), _tagged(1, 200.0)] if cond_type == "i2v_loop" else [_tagged(T)]
+    refs = None if cond_type == "t2v" else [item]
     assert _mask_frames(cond_type, refs) == conditioned_frames(cond_type, T)
 
 

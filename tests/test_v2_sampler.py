@@ -11,7 +11,6 @@ from opensora_core.models.mmdit import pack, unpack
 from opensora_core.sampling import SamplingInterrupted
 from opensora_core.sampling.core import CALLBACK_KEYS
 from opensora_core.sampling.v2 import (
-    GuidanceV2,
     TextV2,
     get_schedule,
     guided_velocity,
@@ -147,7 +146,8 @@ def test_callback_gets_fixed_keys_and_can_stop():
             raise SamplingInterrupted()
 
     with pytest.raises(SamplingInterrupted) as stop:
-        sample_v2(ConstantPasses(), z, _marked_text(), [1.0, 0.6, 0.3, 0.0], build_condition(z, "t2v"), callback=callback)
+        sample_v2(ConstantPasses(), z, _marked_text(), [1.0, 0.6, 0.3, 0.0], build_condition(z, "t2v"),
+                  callback=callback)
     assert [tuple(sorted(s)) for s in seen] == [tuple(sorted(CALLBACK_KEYS))] * 2
     assert seen[0]["x"].shape == z.shape and seen[0]["t"].tolist() == [1.0] * B
     assert stop.value.step == 1 and torch.equal(stop.value.x, seen[1]["x"])

@@ -54,7 +54,9 @@ class BlockSwap:
 
     def __post_init__(self) -> None:
         if not 0 <= self.blocks_on_device <= len(self.blocks):
-            raise ValueError(f"blocks_on_device must be 0..{len(self.blocks)} (the model's blocks), got {self.blocks_on_device}")
+            raise ValueError(
+                f"blocks_on_device must be 0..{len(self.blocks)} (the model's blocks), got {self.blocks_on_device}"
+            )
         self.device = torch.device(self.device)
         self.offload_device = torch.device(self.offload_device)
         if self.pin_memory is None:
@@ -114,7 +116,7 @@ def enable_block_swap(model: nn.Module, device: torch.device | str, blocks_on_de
     """Block swap for a model with a ``blocks`` list (the MMDiT): every non-block module goes to ``device``,
     the first ``blocks_on_device`` blocks too, the rest are swapped in per call."""
     blocks = list(model.blocks)
-    in_blocks = {id(p) for block in blocks for p in block.parameters()} | {id(b) for block in blocks for b in block.buffers()}
+    in_blocks = {id(t) for block in blocks for t in [*block.parameters(), *block.buffers()]}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if id(p) not in in_blocks:

@@ -71,7 +71,9 @@ class Fp8Linear(nn.Module):
     def set_weight(self, weight: torch.Tensor, scale: torch.Tensor | float | None = None) -> None:
         """Store ``weight``: an fp8 tensor (with its ``scale``, default 1) as is, anything else quantized."""
         if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(f"weight {tuple(weight.shape)} does not fit Linear({self.in_features}, {self.out_features})")
+            raise ValueError(
+                f"weight {tuple(weight.shape)} does not fit Linear({self.in_features}, {self.out_features})"
+            )
         if weight.dtype != FP8_DTYPE:
             weight, scale = quantize_fp8(weight)
         with torch.no_grad():
@@ -131,8 +133,10 @@ def load_streaming(model: nn.Module, state: Mapping[str, torch.Tensor], *, sourc
         result = module.load_state_dict(part, strict=False)
         missing = [k for k in result.missing_keys if not k.endswith(SCALE_KEY)]
         if missing or result.unexpected_keys:
-            raise ValueError(f"{source}: {prefix or 'model'} missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-    own = {name for name, _ in model.named_parameters(recurse=False)} | {n for n, _ in model.named_buffers(recurse=False)}
+            raise ValueError(
+                f"{source}: {prefix or 'model'} missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+    own = [name for name, _ in [*model.named_parameters(recurse=False), *model.named_buffers(recurse=False)]]
     if own:
         model.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
 

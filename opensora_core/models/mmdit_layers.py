@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import (
-    add,
     attention,
     can_overwrite,
     cast_to,

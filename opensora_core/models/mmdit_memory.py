@@ -131,7 +131,8 @@ def input_bytes(config: MMDiTConfig, rows: int, image_tokens: int, text_tokens: 
                 setting: MemorySetting) -> int:
     """Model inputs (packed latent, condition, T5 states, ids) and the sampler's latent-sized tensors."""
     item = torch.empty((), dtype=setting.dtype).element_size()
-    per_row = image_tokens * (2 * config.in_channels + config.cond_channels + 3) + text_tokens * (config.context_in_dim + 3)
+    per_row = image_tokens * (2 * config.in_channels + config.cond_channels + 3)
+    per_row += text_tokens * (config.context_in_dim + 3)
     sampler = SAMPLER_LATENTS * batch * image_tokens * config.in_channels
     return (rows * per_row + sampler) * item
 

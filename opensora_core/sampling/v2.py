@@ -17,7 +17,7 @@ and combines them as v = u2 + image_scale (u - u2) + text_scale (c - u). With os
 Typical use::
 
     shape = latent_shape(batch, height, width, num_frames)                # opensora_core.geometry_v2
-    z = GeneratorNoise.from_seed(seed).draw(shape.shape, like)            # official: the model dtype
+    z = get_noise(shape.shape, seed, dtype=torch.bfloat16, device="cuda")  # official: model dtype/device
     condition = build_condition(z, "i2v_head", [[image_latent]])         # opensora_core.conditioning.v2
     times = get_schedule(50, shape.tokens_per_frame, shape.frames)
     latent = sample_v2(model, z, text, times, condition, GuidanceV2())  # what the VAE decodes
@@ -71,6 +71,19 @@ def get_schedule(num_steps: int, image_seq_len: int, latent_frames: int, *, shif
         alpha = shift_alpha(image_seq_len, latent_frames) if flow_shift is None else flow_shift
         times = alpha * times / (1 + (alpha - 1) * times)
     return times.tolist()
+
+
+def get_noise(shape: Sequence[int], seed: int, *, dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu", generator_device: torch.device | str | None = None) -> torch.Tensor:
+    """The initial latent: ``torch.randn(shape)`` from a generator seeded with ``seed`` (``get_noise``).
+
+    The official code draws on the sampling device in the model dtype (a CUDA generator when it samples on a
+    GPU, so its GPU noise differs from the CPU's for the same seed); ``generator_device="cpu"`` gives
+    device-independent noise, moved to ``device``. ``shape``: :func:`opensora_core.geometry_v2.latent_shape`.
+    """
+    where = torch.device(device if generator_device is None else generator_device)
+    generator = torch.Generator(device=where).manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=where).to(device)
 
 
 # ---------------------------------------------------------------------------
@@ -282,6 +295,7 @@ __all__ = [
     "GuidanceV2",
     "ModelFn",
     "TextV2",
+    "get_noise",
     "get_schedule",
     "guided_velocity",
     "image_scale_ramp",

@@ -108,7 +108,9 @@ def _find_tokenizer(folder: Path) -> Path:
     for candidate in (folder, folder / "tokenizer", folder.parent / "tokenizer"):
         if all((candidate / name).is_file() for name in TOKENIZER_FILES):
             return candidate
-    raise FileNotFoundError(f"no CLIP tokenizer ({', '.join(TOKENIZER_FILES)}) in or beside {folder}; pass tokenizer_path")
+    raise FileNotFoundError(
+        f"no CLIP tokenizer ({', '.join(TOKENIZER_FILES)}) in or beside {folder}; pass tokenizer_path"
+    )
 
 
 def load_clip_tokenizer(folder: str | Path) -> "PreTrainedTokenizerBase":
