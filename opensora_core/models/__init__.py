@@ -23,6 +23,7 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "STDiT": (".stdit", "STDiT"),
     "OpenSoraT2V_v1_3": (".osp_v1_3", "OpenSoraT2V_v1_3"),
     "OpenSoraInpaint_v1_3": (".osp_v1_3", "OpenSoraInpaint_v1_3"),
+    "MMDiTModel": (".mmdit", "MMDiTModel"),  # Open-Sora 2.0 (registry name "flux")
 }
 
 

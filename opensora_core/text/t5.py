@@ -146,19 +146,36 @@ class T5TextEncoder:
         """Caption from token ids and attention mask, both (B, L) (see :func:`encode_token_ids`)."""
         return encode_token_ids(self.model, ids, mask)
 
+    @torch.no_grad()
+    def encode_unmasked(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """(B, L, C) states of prompts padded to L and encoded WITHOUT an attention mask: the padding tokens
+        take part in the attention and change every state (Open-Sora 2.0's ``HFEmbedder``)."""
+        ids, _ = self.tokenize(texts)
+        return encoder_states(self.model, ids, None)
+
 
 @torch.no_grad()
 def encode_token_ids(model, ids: torch.Tensor, mask: torch.Tensor) -> Caption:
     """``model(input_ids=ids, attention_mask=mask).last_hidden_state`` as a Caption: y (B, 1, L, C) in the
     encoder's dtype, mask (B, L) int64, on the encoder's device. No pooling, scaling or cropping: every
     position (padding included) is kept, as the official pipelines pass them on."""
-    if ids.dim() != 2 or tuple(mask.shape) != tuple(ids.shape):
+    if tuple(mask.shape) != tuple(ids.shape):
         raise ValueError(f"token ids and attention mask must both be (B, L), got {tuple(ids.shape)} and "
                          f"{tuple(mask.shape)}")
-    device = model.get_input_embeddings().weight.device
-    ids, mask = ids.to(device=device, dtype=torch.int64), mask.to(device=device, dtype=torch.int64)
-    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, C)
+    mask = mask.to(device=model.get_input_embeddings().weight.device, dtype=torch.int64)
+    hidden = encoder_states(model, ids, mask)  # (B, L, C)
     return Caption(y=hidden[:, None], mask=mask)  # (B, 1, L, C), (B, L)
+
+
+@torch.no_grad()
+def encoder_states(model, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Last hidden states (B, L, C) of a T5/mT5 encoder for token ids (B, L); ``mask`` None lets every token
+    (padding included) attend everywhere. Inputs are moved to the encoder's device."""
+    if ids.dim() != 2:
+        raise ValueError(f"token ids must be (B, L), got {tuple(ids.shape)}")
+    device = model.get_input_embeddings().weight.device
+    mask = None if mask is None else mask.to(device=device, dtype=torch.int64)
+    return model(input_ids=ids.to(device=device, dtype=torch.int64), attention_mask=mask).last_hidden_state
 
 
 def _check_tokenizer_fits(tokenizer: "PreTrainedTokenizerBase", vocab_size: int) -> None:
@@ -511,6 +528,7 @@ __all__ = [
     "TOKENIZER_FILES",
     "describe_state_dict",
     "encode_token_ids",
+    "encoder_states",
     "encoder_class",
     "find_model_folder",
     "find_tokenizer_folder",

@@ -396,7 +396,7 @@ CAUSAL_4X8X8 = CausalLatentGeometry(time_factor=4, spatial_factor=SPATIAL_FACTOR
 
 @lru_cache(maxsize=1)
 def _tables() -> dict:
-    text = resources.files(__package__).joinpath("data/aspect_ratios.json").read_text()
+    text = resources.files("opensora_core").joinpath("data/aspect_ratios.json").read_text()
     return json.loads(text)
 
 
