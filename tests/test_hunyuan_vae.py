@@ -184,7 +184,7 @@ def test_first_pixel_frame_is_decoded_from_the_first_latent_frame_only():
 @pytest.mark.parametrize(("frames", "latent_frames"), [(1, 1), (5, 2), (9, 3), (17, 5), (129, 33)])
 def test_geometry_4k_plus_1_frames_to_k_plus_1_latent_frames(frames, latent_frames):
     assert HUNYUAN_VAE.latent_size(frames, 192, 336) == (latent_frames, 24, 42)
-    assert HUNYUAN_VAE.pixel_frame_range(latent_frames) == (frames, frames)
+    assert HUNYUAN_VAE.decoded_frames(latent_frames) == frames
     assert (HUNYUAN_VAE.latent_channels, HUNYUAN_VAE.time_factor, HUNYUAN_VAE.spatial_factor) == (16, 4, 8)
 
 
@@ -206,7 +206,7 @@ def test_frame_count_round_trip_through_the_model():
 
 
 def test_encode_rejects_a_frame_count_that_would_lose_frames_naming_the_nearest():
-    with pytest.raises(ValueError, match=r"num_frames=8 .*1 \+ 4k frames.*Use 5 or 9 frames"):
+    with pytest.raises(ValueError, match=r"num_frames=8 .*1 \+ 4k frames.*use 5 or 9 frames"):
         tiny_vae().encode(video(8, 8, 8))
 
 

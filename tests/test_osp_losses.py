@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opensora_core.geometry import (
+from opensora_core.geometry.open_sora_plan import (
     OSP_V1_3_TRAINED_SIDE_MULTIPLE,
     check_osp_v1_3_size,
     osp_v1_3_latent_size,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import reference_dir
 
-from opensora_core.geometry import CAUSAL_4X8X8, CausalLatentGeometry
+from opensora_core.geometry import OSP_CAUSAL_VAE, OSP_WF_VAE, LatentGeometry
 from opensora_core.vae.causal_vae import CAUSAL_VAE_PRESETS, CausalVAEModel
 from opensora_core.vae.wfvae import WFVAEModel
 
@@ -29,65 +29,65 @@ def table() -> dict:
 def test_measured_vae_frames_and_sizes(table):
     for frames, row in table["measured"].items():
         t = int(frames)
-        latent = CAUSAL_4X8X8.latent_frames(t)
-        assert (latent, CAUSAL_4X8X8.decoded_frames(latent)) == (row["latent_frames"], row["decoded_frames"]), t
-        assert list(CAUSAL_4X8X8.latent_hw(16, 16)) == row["latent_hw_for_16x16"]
+        latent = OSP_CAUSAL_VAE.latent_frames(t)
+        assert (latent, OSP_CAUSAL_VAE.decoded_frames(latent)) == (row["latent_frames"], row["decoded_frames"]), t
+        assert list(OSP_CAUSAL_VAE.latent_hw(16, 16)) == row["latent_hw_for_16x16"]
 
 
 def test_diffusion_side_examples(table):
     """The v1.3 pipeline's (num_frames - 1) // 4 + 1 latent frames for the 4n+1 counts it accepts."""
     for frames, row in table["diffusion_side"]["examples"].items():
         t = int(frames)
-        CAUSAL_4X8X8.check_num_frames(t)
-        assert CAUSAL_4X8X8.latent_frames(t) == row["latent_frames"]
-        assert CAUSAL_4X8X8.decoded_frames(row["latent_frames"]) == row["decoded_frames"]
+        OSP_CAUSAL_VAE.check_num_frames(t)
+        assert OSP_CAUSAL_VAE.latent_frames(t) == row["latent_frames"]
+        assert OSP_CAUSAL_VAE.decoded_frames(row["latent_frames"]) == row["decoded_frames"]
 
 
 def test_latent_tokens_of_the_release_sizes(table):
     for size, (t, h, w, _) in table["diffusion_side"]["latent_tokens_v1_3"].items():
         frames, height, width = map(int, size.split("x"))
-        assert CAUSAL_4X8X8.latent_size(frames, height, width) == (t, h, w)
+        assert OSP_CAUSAL_VAE.latent_size(frames, height, width) == (t, h, w)
 
 
 @pytest.mark.parametrize("frames, nearest", [(6, (5, 9)), (10, (9, 13)), (92, (89, 93)), (2, (1, 5))])
 def test_frame_counts_that_do_not_round_trip_name_the_nearest_valid_ones(frames, nearest):
     with pytest.raises(ValueError, match=rf"num_frames={frames} .* use {nearest[0]} or {nearest[1]}"):
-        CAUSAL_4X8X8.check_num_frames(frames)
+        OSP_CAUSAL_VAE.check_num_frames(frames)
 
 
 def test_decode_frame_count_must_be_what_the_latent_gives():
-    CAUSAL_4X8X8.check_decodable(3, 9)
+    OSP_CAUSAL_VAE.check_decodable(3, 9)
     with pytest.raises(ValueError, match="num_frames=10 .* pass num_frames=9"):
-        CAUSAL_4X8X8.check_decodable(3, 10)
+        OSP_CAUSAL_VAE.check_decodable(3, 10)
 
 
 @pytest.mark.parametrize("bad", [0, -4, 2.5])
 def test_frame_counts_must_be_positive_integers(bad):
     with pytest.raises(ValueError, match="positive integer"):
-        CAUSAL_4X8X8.latent_frames(bad)
+        OSP_CAUSAL_VAE.latent_frames(bad)
 
 
 def test_time_factor_must_be_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
-        CausalLatentGeometry(time_factor=3)
+        LatentGeometry(time_factor=3, causal=True)
 
 
 def test_frame_maps_are_inverse():
     """Latent frame 0 holds pixel frame 0 alone; latent j > 0 holds frames 4j-3 ... 4j."""
     frames = 17
     covered = []
-    for j in range(CAUSAL_4X8X8.latent_frames(frames)):
-        pixels = CAUSAL_4X8X8.latent_to_pixel_frames(j, frames)
-        assert all(CAUSAL_4X8X8.pixel_to_latent_frame(f, frames) == j for f in pixels)
+    for j in range(OSP_CAUSAL_VAE.latent_frames(frames)):
+        pixels = OSP_CAUSAL_VAE.latent_to_pixel_frames(j, frames)
+        assert all(OSP_CAUSAL_VAE.pixel_to_latent_frame(f, frames) == j for f in pixels)
         covered += list(pixels)
     assert covered == list(range(frames))
-    assert CAUSAL_4X8X8.latent_to_pixel_frames(2, frames) == range(5, 9)
-    assert CAUSAL_4X8X8.leading_pixel_frames(2, frames) == 5
+    assert OSP_CAUSAL_VAE.latent_to_pixel_frames(2, frames) == range(5, 9)
+    assert OSP_CAUSAL_VAE.leading_pixel_frames(2, frames) == 5
 
 
 def test_pixel_frame_range():
-    assert CAUSAL_4X8X8.pixel_frame_range(1) == (1, 4)
-    assert CAUSAL_4X8X8.pixel_frame_range(3) == (9, 12)
+    assert OSP_CAUSAL_VAE.pixel_frame_range(1) == (1, 4)
+    assert OSP_CAUSAL_VAE.pixel_frame_range(3) == (9, 12)
 
 
 def _tiny(name: str) -> torch.nn.Module:
@@ -100,11 +100,11 @@ def _tiny(name: str) -> torch.nn.Module:
 def test_models_follow_the_geometry(name):
     """Every VAE encodes T frames to ceil(T/4) and decodes those to 4n - 3 (also for T not 4n+1)."""
     model = _tiny(name)
-    assert model.geometry == CAUSAL_4X8X8
+    assert model.geometry == (OSP_WF_VAE if name.startswith("WFVAE") else OSP_CAUSAL_VAE)
     with torch.no_grad():
         for frames in (1, 2, 6, 9):
             posterior = model.encode(torch.zeros(1, 3, frames, 16, 24))
-            assert tuple(posterior.mean.shape[2:]) == CAUSAL_4X8X8.latent_size(frames, 16, 24)
+            assert tuple(posterior.mean.shape[2:]) == OSP_CAUSAL_VAE.latent_size(frames, 16, 24)
             video = model.decode(posterior.mean)
-            assert video.shape[2] == CAUSAL_4X8X8.decoded_frames(posterior.mean.shape[2])
-            assert tuple(video.shape[3:]) == CAUSAL_4X8X8.decoded_hw(16, 24)
+            assert video.shape[2] == OSP_CAUSAL_VAE.decoded_frames(posterior.mean.shape[2])
+            assert tuple(video.shape[3:]) == OSP_CAUSAL_VAE.decoded_hw(16, 24)

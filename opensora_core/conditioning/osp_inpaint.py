@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry import OSP_V1_3_VAE
+from ..geometry.open_sora_plan import OSP_V1_3_VAE
 
 # ==================================================================================================
 # Mask types

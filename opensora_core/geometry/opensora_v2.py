@@ -2,19 +2,23 @@
 
 Follows opensora/datasets/aspect.py (size tables), opensora/utils/sampling.py (``sanitize_sampling_option``,
 ``get_noise``, the latent frame count of ``api_fn``) and the Hunyuan VAE's ``get_latent_size`` of
-hpcaitech/Open-Sora (main, the 2.0 code). v1.x keeps its own tables in :mod:`opensora_core.geometry`.
+hpcaitech/Open-Sora (main, the 2.0 code). v1.x keeps its own tables in :mod:`.opensora_v1`.
 
 * resolutions "256px" / "768px" (N x N pixels; "<N>p" names use the 16:9 area), aspect ratios "W:H";
-* the Hunyuan VAE compresses time by 4 (causal: 4k+1 frames -> k+1 latent frames) and space by 8; the
-  MMDiT packs 2x2 latent patches, so sizes are multiples of 16 px and one token covers 16x16 px;
+* the Hunyuan VAE compresses time by 4 (causal: 4k+1 frames -> k+1 latent frames) and space by 8: its
+  arithmetic is :data:`~.latent.HUNYUAN_VAE`; the MMDiT packs 2x2 latent patches, so sizes are multiples
+  of 16 px and one token covers 16x16 px;
 * released use: 256px or 768px, 16:9 / 9:16 / 1:1 / 2.39:1, num_frames = 4k+1 <= 129.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+
+from .latent import HUNYUAN_VAE, LatentGeometry, check_frame_count
 
 logger = logging.getLogger("opensora")
 
@@ -23,8 +27,7 @@ ASPECT_RATIOS = ("2.39:1", "2:1", "16:9", "1.85:1", "9:16", "5:8", "3:2", "4:3",
 RESOLUTIONS = ("256px", "768px")  # the released model's two resolutions
 SIZE_MULTIPLE = 16  # sanitize_sampling_option rounds height/width up to this
 SPATIAL_COMPRESSION = 16  # pixels per token side: VAE 8 x patch 2 (AE_SPATIAL_COMPRESSION; 32 for the DC-AE)
-VAE_SPATIAL = 8
-VAE_TEMPORAL = 4
+VAE_TEMPORAL = HUNYUAN_VAE.time_factor  # the official temporal_reduction option (4)
 MAX_FRAMES = 129  # longest video the release was trained for (README)
 
 
@@ -114,29 +117,32 @@ def sampling_size(resolution: str | None = None, aspect_ratio: str | None = None
 # ---------------------------------------------------------------------------
 
 
+def _causal_vae(temporal_reduction: int) -> LatentGeometry:
+    """The Hunyuan VAE's geometry, or the same causal rule with another ``temporal_reduction``."""
+    if temporal_reduction == HUNYUAN_VAE.time_factor:
+        return HUNYUAN_VAE
+    return dataclasses.replace(HUNYUAN_VAE, time_factor=temporal_reduction)
+
+
 def latent_frames(num_frames: int, *, temporal_reduction: int = VAE_TEMPORAL, causal: bool = True) -> int:
     """Latent frames the sampler generates for ``num_frames`` video frames (``api_fn``): 1 for an image,
-    else (n - 1) // 4 + 1 with the causal Hunyuan VAE (n // 4 for a non-causal AE)."""
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    else the causal VAE's count, (n - 1) // 4 + 1 (n // 4 for a non-causal AE such as the DC-AE)."""
+    check_frame_count(num_frames)
     if num_frames == 1:
         return 1
-    return (num_frames - 1) // temporal_reduction + 1 if causal else num_frames // temporal_reduction
+    if not causal:
+        return num_frames // temporal_reduction
+    return _causal_vae(temporal_reduction).latent_frames(num_frames)
 
 
 def decoded_frames(latent_t: int, *, temporal_reduction: int = VAE_TEMPORAL) -> int:
     """Frames the causal VAE decodes from ``latent_t`` latent frames: 4 (T - 1) + 1."""
-    return temporal_reduction * (latent_t - 1) + 1
+    return _causal_vae(temporal_reduction).decoded_frames(latent_t)
 
 
 def check_num_frames(num_frames: int, *, temporal_reduction: int = VAE_TEMPORAL) -> None:
     """Raise unless num_frames = 4k+1 (others decode to fewer frames than asked); warn above 129."""
-    if num_frames < 1 or (num_frames - 1) % temporal_reduction:
-        lower = max(1, (num_frames - 1) // temporal_reduction * temporal_reduction + 1)
-        raise ValueError(
-            f"num_frames={num_frames}: Open-Sora 2.0 generates {temporal_reduction}k+1 frames "
-            f"(1, 5, ..., {MAX_FRAMES}); use {lower} or {lower + temporal_reduction}"
-        )
+    _causal_vae(temporal_reduction).check_num_frames(num_frames)
     if num_frames > MAX_FRAMES:
         logger.warning("num_frames=%d exceeds %d, the longest video Open-Sora 2.0 was trained on", num_frames,
                        MAX_FRAMES)
@@ -144,7 +150,7 @@ def check_num_frames(num_frames: int, *, temporal_reduction: int = VAE_TEMPORAL)
 
 def vae_latent_size(frames: int, height: int, width: int) -> tuple[int, int, int]:
     """Latent (T, H, W) of the Hunyuan VAE for a pixel video: ((T-1)//4+1, (H-1)//8+1, (W-1)//8+1)."""
-    return (frames - 1) // VAE_TEMPORAL + 1, (height - 1) // VAE_SPATIAL + 1, (width - 1) // VAE_SPATIAL + 1
+    return HUNYUAN_VAE.latent_size(frames, height, width)
 
 
 # ---------------------------------------------------------------------------
@@ -177,7 +183,8 @@ class LatentShape:
         return self.frames * self.tokens_per_frame
 
 
-def latent_shape(batch: int, height: int, width: int, num_frames: int, *, channels: int = 16, patch_size: int = 2,
+def latent_shape(batch: int, height: int, width: int, num_frames: int, *,
+                 channels: int = HUNYUAN_VAE.latent_channels, patch_size: int = 2,
                  spatial_compression: int = SPATIAL_COMPRESSION, temporal_reduction: int = VAE_TEMPORAL,
                  causal: bool = True) -> LatentShape:
     """Noise latent for a pixel size (``get_noise``): [B, 16, T, p*ceil(H/16), p*ceil(W/16)]."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..geometry import CausalLatentGeometry
+from ..geometry import LatentGeometry
 from .osp_blocks import (
     AttnBlock3DFix,
     CausalConv3d,
@@ -116,12 +116,13 @@ class CausalVAEConfig:
         return self.embed_dim if self.use_quant_layer else self.z_channels
 
     @property
-    def geometry(self) -> CausalLatentGeometry:
+    def geometry(self) -> LatentGeometry:
         """Compression from the module choices: x2 in space (and time) per downsampling level."""
         space = sum(name in _SPATIAL_DOWN_TIME for name in self.encoder_spatial_downsample if name)
         time = sum(bool(n) for n in self.encoder_temporal_downsample)
         time += sum(_SPATIAL_DOWN_TIME[n] for n in self.encoder_spatial_downsample if n)
-        return CausalLatentGeometry(time_factor=2 ** time, spatial_factor=2 ** space)
+        return LatentGeometry(time_factor=2**time, spatial_factor=2**space, latent_channels=self.latent_channels,
+                              causal=True)
 
 
 _V1_LEVELS = dict(hidden_size=128, z_channels=4, hidden_size_mult=(1, 2, 4, 4), embed_dim=4, num_res_blocks=2)

@@ -750,12 +750,7 @@ class HunyuanVAE(nn.Module):
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through), as the official ``get_latent_size``."""
-        t, h, w = input_size
-        return [
-            None if t is None else self.geometry.latent_frames(t),
-            None if h is None else self.geometry.latent_side(h),
-            None if w is None else self.geometry.latent_side(w),
-        ]
+        return self.geometry.get_latent_size(input_size)
 
     def _tiling(self, tiling: HunyuanTiling | None) -> HunyuanTiling:
         if tiling is None:

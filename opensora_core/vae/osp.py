@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..geometry import CausalLatentGeometry
+from ..geometry import LatentGeometry
 from .causal_vae import CAUSAL_VAE_PRESETS, CausalVAEModel, CausalVAETiling
 from .posterior import DiagonalGaussian, NoiseFn
 from .wfvae import WFVAE_PRESETS, WFVAEModel
@@ -98,7 +98,7 @@ class OpenSoraPlanVAE(nn.Module):
         raise ValueError(f"unknown Open-Sora-Plan VAE preset {name!r}; known: {', '.join(presets())}")
 
     @property
-    def geometry(self) -> CausalLatentGeometry:
+    def geometry(self) -> LatentGeometry:
         return self.vae.geometry
 
     @property
@@ -163,10 +163,7 @@ class OpenSoraPlanVAE(nn.Module):
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through)."""
-        t, h, w = input_size
-        f = self.geometry.spatial_factor
-        return [None if t is None else self.geometry.latent_frames(t), None if h is None else h // f,
-                None if w is None else w // f]
+        return self.geometry.get_latent_size(input_size)
 
     # -- checks ----------------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..geometry import CAUSAL_4X8X8
+from ..geometry import OSP_WF_VAE, LatentGeometry
 from .osp_blocks import (
     AttnBlock3DFix,
     CausalConv3d,
@@ -386,7 +386,6 @@ class WFVAEModel(nn.Module):
     CONFIG: ClassVar[type] = WFVAEConfig
     PRESETS: ClassVar[dict[str, WFVAEConfig]] = WFVAE_PRESETS
     OFFICIAL_NAME: ClassVar[str] = "WFVAEModel"
-    geometry = CAUSAL_4X8X8
 
     def __init__(self, config: WFVAEConfig = WFVAE_PRESETS["WFVAEModel_D8_4x8x8"], *, operations=nn,
                  device=None, dtype=None):
@@ -413,6 +412,11 @@ class WFVAEModel(nn.Module):
     @property
     def latent_channels(self) -> int:
         return self.config.latent_dim
+
+    @property
+    def geometry(self) -> LatentGeometry:
+        """4x8x8 causal (the two Haar levels and the causal time halvings), ``latent_dim`` channels."""
+        return dataclasses.replace(OSP_WF_VAE, latent_channels=self.latent_channels)
 
     def _filters(self, like: Tensor) -> Tensor:
         return haar_filters_3d(like.device, like.dtype)  # built per call, as the official encode/decode
