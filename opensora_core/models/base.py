@@ -26,6 +26,11 @@ class STDiTBase(nn.Module):
     CONFIG: ClassVar[type]
     PRESETS: ClassVar[dict[str, Any]]
     OFFICIAL_NAME: ClassVar[str]
+    # Config fields that decide the architecture (keys and shapes, table sizes); flags and dropout rates do not.
+    ARCHITECTURE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
+        "pred_sigma", "caption_channels", "model_max_length",
+    )
     BLOCKS: ClassVar[str] = "blocks"  # state-dict prefix of the (spatial) blocks
     OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ()  # entries a released file may omit (tables the model computes)
     # Config values no tensor shape shows, as every released config sets them (used when neither the file's

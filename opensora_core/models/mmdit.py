@@ -210,6 +210,12 @@ class MMDiTModel(nn.Module):
     CONFIG: ClassVar[type] = MMDiTConfig
     PRESETS: ClassVar[dict[str, MMDiTConfig]] = PRESETS
     OFFICIAL_NAME: ClassVar[str] = "MMDiTModel"
+    # Config fields that decide the architecture (all but the training-only grad_ckpt_settings).
+    ARCHITECTURE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "in_channels", "vec_in_dim", "context_in_dim", "hidden_size", "mlp_ratio", "num_heads", "depth",
+        "depth_single_blocks", "axes_dim", "theta", "qkv_bias", "guidance_embed", "cond_embed", "fused_qkv",
+        "use_liger_rope", "patch_size",
+    )
 
     def __init__(self, config: MMDiTConfig, *, device=None, dtype=None, operations=nn) -> None:
         super().__init__()

@@ -184,6 +184,13 @@ class OpenSoraT2V_v1_3(nn.Module):  # noqa: N801 (official class name)
     CONFIG: ClassVar[type] = OpenSoraT2VConfig
     PRESETS: ClassVar[dict] = T2V_PRESETS
     OFFICIAL_NAME: ClassVar[str] = "OpenSoraT2V_v1_3"
+    # Config fields that decide the architecture (keys, shapes, sparsity and position scales).
+    ARCHITECTURE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers",
+        "cross_attention_dim", "attention_bias", "patch_size", "patch_size_t", "activation_fn",
+        "norm_elementwise_affine", "caption_channels", "interpolation_scale_h", "interpolation_scale_w",
+        "interpolation_scale_t", "sparse1d", "sparse_n",
+    )
 
     def __init__(self, config: OpenSoraT2VConfig, *, device=None, dtype=None, operations=nn) -> None:
         super().__init__()
@@ -336,6 +343,7 @@ class OpenSoraInpaint_v1_3(OpenSoraT2V_v1_3):  # noqa: N801 (official class name
     CONFIG: ClassVar[type] = OpenSoraInpaintConfig
     PRESETS: ClassVar[dict] = INPAINT_PRESETS
     OFFICIAL_NAME: ClassVar[str] = "OpenSoraInpaint_v1_3"
+    ARCHITECTURE_FIELDS: ClassVar[tuple[str, ...]] = (*OpenSoraT2V_v1_3.ARCHITECTURE_FIELDS, "vae_scale_factor_t")
 
     def __init__(self, config: OpenSoraInpaintConfig, *, device=None, dtype=None, operations=nn) -> None:
         super().__init__(config, device=device, dtype=dtype, operations=operations)

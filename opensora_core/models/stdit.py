@@ -139,6 +139,7 @@ class STDiT(STDiTBase):
     CONFIG = STDiTConfig
     PRESETS = PRESETS
     OFFICIAL_NAME = "STDiT"
+    ARCHITECTURE_FIELDS = (*STDiTBase.ARCHITECTURE_FIELDS, "space_scale", "time_scale")
     SIZE_ARGS = False  # conditioned on the timestep only
     OPTIONAL_KEYS = ("pos_embed", "pos_embed_temporal")  # released .pth files omit the fixed tables
     UNREADABLE_DEFAULTS = {**STDiTBase.UNREADABLE_DEFAULTS, "space_scale": 1.0, "time_scale": 1.0}  # constructor defaults

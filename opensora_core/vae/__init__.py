@@ -31,7 +31,9 @@ Modules: :mod:`.autoencoder_kl` (SD-VAE), :mod:`.temporal` (VAE v1.2 temporal st
 :mod:`.pipeline` (the video wrappers), :mod:`.keys` (state-dict layouts), :mod:`.shapes`
 (architecture from a state dict), :mod:`.posterior`, :mod:`.tiling`, :mod:`.hunyuan` (Open-Sora 2.0's
 ``AutoencoderKLCausal3D``: the same interface, but ``tiling`` takes a :class:`HunyuanTiling`, the official
-tiling, and ``None`` means the config's own tiling).
+tiling, and ``None`` means the config's own tiling), the Open-Sora-Plan VAEs :mod:`.causal_vae`
+(``CausalVAEModel``, v1.0-v1.2) and :mod:`.wfvae` (``WFVAEModel``, v1.3) with their blocks in
+:mod:`.osp_blocks` and the diffusion-side wrapper :class:`~.osp.OpenSoraPlanVAE` (:mod:`.osp`).
 
 A new VAE: add its module here and one line to ``_CLASSES`` (official class name -> our class), so
 ``opensora_core.families.build_model`` builds it from its official config.
