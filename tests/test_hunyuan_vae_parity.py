@@ -7,20 +7,15 @@ import shutil
 
 import pytest
 import torch
+from conftest import reference_case
 from safetensors.torch import load_file, save_file
 
-from conftest import reference_dir
 from opensora_core.parity import run_case
-
-CASE = "v2_0/cases/hunyuan_vae_encode_decode"
 
 
 @pytest.fixture(scope="module")
 def case():
-    root = reference_dir()
-    if root is None or not (root / CASE).is_dir():
-        pytest.skip("Open-Sora 2.0 reference set not found: set OPENSORA_REFERENCE_DIR to shared/reference")
-    return root / CASE
+    return reference_case("v2_0", "hunyuan_vae_encode_decode")
 
 
 def test_hunyuan_vae_case_passes(case):

@@ -6,16 +6,22 @@ import json
 import shutil
 
 import pytest
+from conftest import case_ids, reference_cases
 from safetensors.torch import load_file, save_file
 
 from opensora_core.parity import run_case
 
-CASES = ("t2v_v1_3_forward", "i2v_v1_3_forward", "inpaint_cond_v1_3", "sampler_t2v_v1_3", "sampler_i2v_v1_3")
+CASES = reference_cases("*v1_3*", "osp")  # the transformer, condition and sampler cases of v1.3
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_reference_case_passes(reference, name):
-    result = run_case(reference / "osp/cases" / name)
+def test_the_v1_3_cases_are_found(reference):
+    assert case_ids(CASES) == sorted(["t2v_v1_3_forward", "i2v_v1_3_forward", "inpaint_cond_v1_3",
+                                      "sampler_t2v_v1_3", "sampler_i2v_v1_3"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
+def test_reference_case_passes(case):
+    result = run_case(case)
     assert result.passed, result.messages
 
 

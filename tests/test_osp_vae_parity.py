@@ -7,25 +7,21 @@ import shutil
 
 import pytest
 import torch
-from conftest import reference_dir
+from conftest import case_ids, reference_case, reference_cases
 from safetensors.torch import load_file, save_file
 
 from opensora_core.parity import run_case
 
-NAMES = ("causalvae_v1_0", "causalvae_v1_1", "causalvae_d4_v1_2", "wfvae_video", "wfvae_short")
+CASES = reference_cases("causalvae*", "osp") + reference_cases("wfvae*", "osp")
 
 
 def _case(name: str):
-    root = reference_dir()
-    path = None if root is None else root / "osp" / "cases" / name
-    if path is None or not (path / "config.json").is_file():
-        pytest.skip("Open-Sora-Plan reference cases (shared/reference/osp/cases) not found")
-    return path
+    return reference_case("osp", name)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_reference_case_passes(name):
-    result = run_case(_case(name))
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
+def test_reference_case_passes(case):
+    result = run_case(case)
     assert result.passed, result.line()
 
 

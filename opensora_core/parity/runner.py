@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-# Handler modules, in matching order. Each defines ``HANDLERS: list[Handler]``.
 TABLES_ONLY_FILE = "tables.json"  # a case folder may hold only this (Open-Sora 2.0 tables)
+# Handler modules, in matching order. Each defines ``HANDLERS: list[Handler]``.
 HANDLER_MODULES = (
     "stdit", "vae", "osp_vae", "v2_vae", "sampling", "inference", "tables", "osp_dit", "osp_sampling", "v2",
     "v2_tables",
@@ -155,13 +155,7 @@ class CaseResult:
 def handlers() -> list[Handler]:
     found = []
     for module in HANDLER_MODULES:
-        try:
-            mod = importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__package__}.{module}":
-                raise
-            continue  # that family of cases is not supported by this build
-        found.extend(mod.HANDLERS)
+        found.extend(importlib.import_module(f"{__package__}.{module}").HANDLERS)
     return found
 
 
