@@ -9,13 +9,14 @@ kwargs and rejects anything else by name.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 # Keys that Hugging Face writes into every config.json; they describe the file, not the model.
 HF_BOOKKEEPING_KEYS = frozenset(
     {"architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path", "auto_map"}
 )
+DIFFUSERS_BOOKKEEPING_PREFIX = "_"  # diffusers' config.json keys (_class_name, _diffusers_version)
 # Official switches that pick kernels, parallelism or which parameters train; none changes the maths.
 # Each class keeps the ones its official constructor has as config fields and ignores the other spellings.
 KERNEL_AND_TRAINING_FLAGS = frozenset(
@@ -35,20 +36,35 @@ KERNEL_AND_TRAINING_FLAGS = frozenset(
 ConfigT = TypeVar("ConfigT")
 
 
-def config_from_official(config_cls: type[ConfigT], official: Mapping[str, Any], class_name: str) -> ConfigT:
-    """Build ``config_cls`` from official constructor kwargs.
+def is_bookkeeping(key: str) -> bool:
+    """A key that describes the file, not the model: Hugging Face's (:data:`HF_BOOKKEEPING_KEYS`) or a diffusers
+    ``_``-prefixed one (``_class_name``, ``_diffusers_version``)."""
+    return key in HF_BOOKKEEPING_KEYS or key.startswith(DIFFUSERS_BOOKKEEPING_PREFIX)
 
-    Hugging Face bookkeeping keys and the kernel/training flags are accepted; any other key that is
-    not a field of ``config_cls`` raises ``ValueError`` naming it.
+
+def config_from_official(config_cls: type[ConfigT], official: Mapping[str, Any], class_name: str, *,
+                         ignored: Mapping[str, str] | Collection[str] = ()) -> ConfigT:
+    """Build ``config_cls`` from official constructor kwargs; JSON lists become tuples.
+
+    Bookkeeping keys (:func:`is_bookkeeping`), the kernel/training flags and the keys in ``ignored`` (official
+    arguments that change no weight and no maths, e.g. training-only ones; a mapping key -> why, or names) are
+    accepted and dropped; any other key that is not a field of ``config_cls`` raises ``ValueError`` naming it.
     """
     fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(k for k in official if k not in fields | HF_BOOKKEEPING_KEYS | KERNEL_AND_TRAINING_FLAGS)
+    accepted = fields | KERNEL_AND_TRAINING_FLAGS | set(ignored)
+    unknown = sorted(k for k in official if k not in accepted and not is_bookkeeping(k))
     if unknown:
         raise ValueError(
             f"{class_name}: unknown config key(s) {', '.join(map(repr, unknown))}. Pass the official {class_name} "
             f"constructor kwargs ({', '.join(sorted(fields))}); remove or rename the unknown key(s)."
         )
-    return config_cls(**{k: v for k, v in official.items() if k in fields})
+    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in official.items() if k in fields})
 
 
-__all__ = ["HF_BOOKKEEPING_KEYS", "KERNEL_AND_TRAINING_FLAGS", "config_from_official"]
+__all__ = [
+    "DIFFUSERS_BOOKKEEPING_PREFIX",
+    "HF_BOOKKEEPING_KEYS",
+    "KERNEL_AND_TRAINING_FLAGS",
+    "config_from_official",
+    "is_bookkeeping",
+]

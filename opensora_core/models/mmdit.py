@@ -114,15 +114,13 @@ PRESETS: dict[str, MMDiTConfig] = {
 
 def config_from_official_kwargs(config: dict[str, Any]) -> MMDiTConfig:
     """``MMDiTConfig`` from the official model dict (``type``/``from_pretrained``/``cache_dir`` ignored)."""
-    fields = {f.name for f in dataclasses.fields(MMDiTConfig)}
     required = {f.name for f in dataclasses.fields(MMDiTConfig) if f.default is dataclasses.MISSING}
     missing = sorted(required - set(config))
     if missing:
         raise ValueError(f"MMDiTModel: config lacks {', '.join(missing)} (every official model dict sets them)")
     if config.get("type", "flux") != "flux":
         raise ValueError(f"MMDiTModel: config type {config['type']!r} is not the MMDiT ('flux')")
-    kwargs = {k: v for k, v in config.items() if k not in FILE_KEYS or k in fields}
-    return config_from_official(MMDiTConfig, kwargs, "MMDiTModel")
+    return config_from_official(MMDiTConfig, config, "MMDiTModel", ignored=FILE_KEYS)
 
 
 # ==================================================================================================

@@ -40,11 +40,8 @@ from .osp_layers import (
     text_mask_bias,
 )
 
-# diffusers writes these into every config.json; they describe the file, not the model.
-DIFFUSERS_BOOKKEEPING_PREFIX = "_"
-# Official factory/training arguments that change no weight and no maths ("skip_connection" is popped
-# by the OpenSoraT2V_v1_3_2B_122 factory).
-IGNORED_KEYS = frozenset({"skip_connection"})
+# Official factory/training arguments that change no weight and no maths.
+IGNORED_KEYS = {"skip_connection": "popped by the OpenSoraT2V_v1_3_2B_122 factory"}
 
 
 # ==================================================================================================
@@ -218,9 +215,7 @@ class OpenSoraT2V_v1_3(nn.Module):  # noqa: N801 (official class name)
     def from_official_config(cls, config: dict[str, Any], *, device=None, dtype=None, operations=nn):
         """Build from the official constructor kwargs or a released diffusers ``config.json`` (its ``_*``
         bookkeeping keys are ignored); unknown keys raise ``ValueError``."""
-        kwargs = {k: v for k, v in config.items()
-                  if not k.startswith(DIFFUSERS_BOOKKEEPING_PREFIX) and k not in IGNORED_KEYS}
-        cfg = config_from_official(cls.CONFIG, kwargs, cls.OFFICIAL_NAME)
+        cfg = config_from_official(cls.CONFIG, config, cls.OFFICIAL_NAME, ignored=IGNORED_KEYS)
         return cls(cfg, device=device, dtype=dtype, operations=operations)
 
     @classmethod

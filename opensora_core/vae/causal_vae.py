@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import LatentGeometry
+from ..official_config import config_from_official
 from .osp_blocks import (
     AttnBlock3DFix,
     CausalConv3d,
@@ -42,7 +43,6 @@ from .osp_blocks import (
     check_choice,
     check_latent,
     check_video,
-    config_from_official,
     make_norm,
     per_frame,
     run_layer,
@@ -474,7 +474,7 @@ class CausalVAEModel(nn.Module):
             if config.get(key, 3) != 3:
                 raise ValueError(f"CausalVAEModel: {key}={config[key]} is not supported (RGB only)")
         ignored = {**TRAINING_ONLY_KWARGS, **_NON_ARGUMENTS}
-        cfg = config_from_official(CausalVAEConfig, config, cls.OFFICIAL_NAME, ignored)
+        cfg = config_from_official(CausalVAEConfig, config, cls.OFFICIAL_NAME, ignored=ignored)
         return cls(cfg, operations=operations, device=device, dtype=dtype)
 
     @classmethod

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,10 +47,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import LatentGeometry
+from ..official_config import config_from_official
 from .autoencoder_kl import ACTIVATIONS
 from .posterior import DiagonalGaussian, NoiseFn
 
 NORM_EPS = 1e-6  # every GroupNorm of the model (resnet_eps)
+# keys of the official ae dict that name the file, not the model (weights are loaded separately, strictly)
+_FILE_KEYS = {"type": "the registry name (hunyuan_vae)", "from_pretrained": "the weights file"}
 
 # ==================================================================================================
 # Config and presets
@@ -130,19 +133,9 @@ class HunyuanVAEConfig:
     @classmethod
     def from_official(cls, config: dict[str, Any]) -> HunyuanVAEConfig:
         """From the official ``ae`` dict / ``AutoEncoder3DConfig`` kwargs (``type``, ``from_pretrained`` ignored)."""
-        config = dict(config)
-        kind = config.pop("type", "hunyuan_vae")
-        if kind != "hunyuan_vae":
-            raise ValueError(f"AutoencoderKLCausal3D: config type {kind!r} is not 'hunyuan_vae'")
-        config.pop("from_pretrained", None)  # weights are loaded separately (strictly)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(
-                f"AutoencoderKLCausal3D: unknown config key(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return cls(**config)
+        if config.get("type", "hunyuan_vae") != "hunyuan_vae":
+            raise ValueError(f"AutoencoderKLCausal3D: config type {config['type']!r} is not 'hunyuan_vae'")
+        return config_from_official(cls, config, "AutoencoderKLCausal3D", ignored=_FILE_KEYS)
 
     @property
     def tiling(self) -> HunyuanTiling:

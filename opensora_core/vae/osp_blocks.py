@@ -24,9 +24,7 @@ memory path is the official tiling instead (:mod:`.causal_vae`).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,26 +36,8 @@ NORM_TYPES = ("groupnorm", "layernorm")
 
 
 # ==================================================================================================
-# Official configs
+# Config checks
 # ==================================================================================================
-
-
-def config_from_official(config_cls: type, official: Mapping[str, Any], class_name: str,
-                         ignored: Mapping[str, str] = {}) -> Any:  # noqa: B006 (read-only)
-    """A frozen config dataclass from official constructor kwargs (a released ``config.json``).
-
-    Lists become tuples. Diffusers bookkeeping (keys starting with ``_``) and the keys named in
-    ``ignored`` (key -> why) are accepted and dropped; any other unknown key raises ``ValueError``.
-    """
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(k for k in official if k not in fields and k not in ignored and not k.startswith("_"))
-    if unknown:
-        raise ValueError(
-            f"{class_name}: unknown config key(s) {', '.join(map(repr, unknown))}; pass the official {class_name} "
-            f"constructor kwargs ({', '.join(sorted(fields))})"
-        )
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in official.items() if k in fields}
-    return config_cls(**values)
 
 
 def check_choice(value: str, choices: Sequence[str], what: str) -> None:

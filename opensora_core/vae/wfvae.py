@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import OSP_WF_VAE, LatentGeometry
+from ..official_config import config_from_official
 from .osp_blocks import (
     AttnBlock3DFix,
     CausalConv3d,
@@ -50,7 +51,6 @@ from .osp_blocks import (
     check_choice,
     check_latent,
     check_video,
-    config_from_official,
     make_norm,
     per_frame,
 )
