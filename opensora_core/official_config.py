@@ -3,14 +3,17 @@
 Released ``config.json`` files carry Hugging Face bookkeeping next to the constructor kwargs, and the
 official constructors take switches that pick kernels, parallelism or which parameters train. This module
 is the one place that names them; :func:`config_from_official` builds a config dataclass from official
-kwargs and rejects anything else by name.
+kwargs and rejects anything else by name, and :class:`OfficialConstructors` gives every model class (DiTs
+and VAEs) the same ``from_official_config`` and ``from_preset``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
+
+from torch import nn
 
 # Keys that Hugging Face writes into every config.json; they describe the file, not the model.
 HF_BOOKKEEPING_KEYS = frozenset(
@@ -61,8 +64,40 @@ def config_from_official(config_cls: type[ConfigT], official: Mapping[str, Any],
     return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in official.items() if k in fields})
 
 
+class OfficialConstructors:
+    """``from_official_config`` and ``from_preset`` for a model class with ``CONFIG`` (its config dataclass),
+    ``PRESETS`` (name -> config), ``OFFICIAL_NAME`` and a constructor ``cls(config, *, device, dtype,
+    operations)``. ``IGNORED_KWARGS`` names official arguments that change nothing (key -> why); a class
+    with more rules (a ``type`` key to check, RGB-only channels) extends :meth:`config_from_kwargs`."""
+
+    CONFIG: ClassVar[type]
+    PRESETS: ClassVar[Mapping[str, Any]]
+    OFFICIAL_NAME: ClassVar[str]
+    IGNORED_KWARGS: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def config_from_kwargs(cls, config: Mapping[str, Any]) -> Any:
+        """The config dataclass of official constructor kwargs (see :func:`config_from_official`)."""
+        return config_from_official(cls.CONFIG, config, cls.OFFICIAL_NAME, ignored=cls.IGNORED_KWARGS)
+
+    @classmethod
+    def from_official_config(cls, config: Mapping[str, Any], *, device=None, dtype=None, operations=nn):
+        """Build from the official constructor kwargs (a released ``config.json`` or a case's
+        ``constructor_kwargs``); an unknown key raises ``ValueError`` naming it."""
+        return cls(cls.config_from_kwargs(config), device=device, dtype=dtype, operations=operations)
+
+    @classmethod
+    def from_preset(cls, name: str, *, device=None, dtype=None, operations=nn, **overrides):
+        """Build a named preset (``PRESETS``), optionally overriding config fields (e.g. ``depth=2``)."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown {cls.OFFICIAL_NAME} preset {name!r}; known: {', '.join(cls.PRESETS)}")
+        config = dataclasses.replace(cls.PRESETS[name], **overrides)
+        return cls(config, device=device, dtype=dtype, operations=operations)
+
+
 __all__ = [
     "DIFFUSERS_BOOKKEEPING_PREFIX",
+    "OfficialConstructors",
     "HF_BOOKKEEPING_KEYS",
     "KERNEL_AND_TRAINING_FLAGS",
     "config_from_official",

@@ -10,7 +10,7 @@ from tiny_v2 import TINY, inputs, mmdit
 from opensora_core.checkpoints import LazyStateDict
 from opensora_core.models.block_swap import BlockSwap, enable_block_swap
 from opensora_core.models.fp8 import FP8_DTYPE, Fp8Linear, Fp8Operations, load_streaming, quantize_fp8
-from opensora_core.models.mmdit import MMDiTModel, config_from_official_kwargs
+from opensora_core.models.mmdit import MMDiTModel
 from opensora_core.models.mmdit_memory import (
     MemorySetting,
     activation_bytes,
@@ -31,7 +31,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _fp8_model(reference: MMDiTModel) -> MMDiTModel:
-    model = MMDiTModel(config_from_official_kwargs(TINY), dtype=torch.bfloat16, operations=Fp8Operations)
+    model = MMDiTModel(MMDiTModel.config_from_kwargs(TINY), dtype=torch.bfloat16, operations=Fp8Operations)
     load_streaming(model, reference.state_dict())
     return model.eval()
 
@@ -67,7 +67,7 @@ def test_fp8_state_dict_round_trip_keeps_the_bits(tmp_path):
     assert state["img_in.weight"].dtype == FP8_DTYPE and "img_in.scale_weight" in state
     path = tmp_path / "mmdit_fp8.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    again = MMDiTModel(config_from_official_kwargs(TINY), dtype=torch.bfloat16, operations=Fp8Operations)
+    again = MMDiTModel(MMDiTModel.config_from_kwargs(TINY), dtype=torch.bfloat16, operations=Fp8Operations)
     load_streaming(again, LazyStateDict([path]))
     for key, value in again.state_dict().items():
         assert torch.equal(value.view(torch.uint8) if value.dtype == FP8_DTYPE else value,

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from ..official_config import config_from_official
+from ..official_config import OfficialConstructors
 from .inplace import add
 from .layers import run_block
 from .mmdit_layers import (
@@ -35,7 +36,10 @@ from .mmdit_layers import (
 )
 
 # Entries of the official config dicts that describe files, not the model (configs/diffusion/inference/*.py).
-FILE_KEYS = frozenset({"type", "from_pretrained", "cache_dir"})
+# keys of the official model dict that name the file, not the model
+FILE_KEYS = {
+    "type": "the registry name (flux)", "from_pretrained": "the weights file", "cache_dir": "a download folder",
+}
 
 
 # ==================================================================================================
@@ -112,17 +116,6 @@ PRESETS: dict[str, MMDiTConfig] = {
 }
 
 
-def config_from_official_kwargs(config: dict[str, Any]) -> MMDiTConfig:
-    """``MMDiTConfig`` from the official model dict (``type``/``from_pretrained``/``cache_dir`` ignored)."""
-    required = {f.name for f in dataclasses.fields(MMDiTConfig) if f.default is dataclasses.MISSING}
-    missing = sorted(required - set(config))
-    if missing:
-        raise ValueError(f"MMDiTModel: config lacks {', '.join(missing)} (every official model dict sets them)")
-    if config.get("type", "flux") != "flux":
-        raise ValueError(f"MMDiTModel: config type {config['type']!r} is not the MMDiT ('flux')")
-    return config_from_official(MMDiTConfig, config, "MMDiTModel", ignored=FILE_KEYS)
-
-
 # ==================================================================================================
 # Token layout: packing and position ids (opensora/utils/sampling.py)
 # ==================================================================================================
@@ -196,7 +189,7 @@ def _rows(value: torch.Tensor, batch: int, name: str) -> torch.Tensor:
 # ==================================================================================================
 
 
-class MMDiTModel(nn.Module):
+class MMDiTModel(OfficialConstructors, nn.Module):
     """Open-Sora 2.0 MMDiT. ``forward`` takes the official call and returns [B, N, in_channels] velocities
     (pointing from data to noise) in the compute dtype.
 
@@ -208,6 +201,7 @@ class MMDiTModel(nn.Module):
     CONFIG: ClassVar[type] = MMDiTConfig
     PRESETS: ClassVar[dict[str, MMDiTConfig]] = PRESETS
     OFFICIAL_NAME: ClassVar[str] = "MMDiTModel"
+    IGNORED_KWARGS: ClassVar[dict[str, str]] = FILE_KEYS
     # Config fields that decide the architecture (all but the training-only grad_ckpt_settings).
     ARCHITECTURE_FIELDS: ClassVar[tuple[str, ...]] = (
         "in_channels", "vec_in_dim", "context_in_dim", "hidden_size", "mlp_ratio", "num_heads", "depth",
@@ -245,16 +239,16 @@ class MMDiTModel(nn.Module):
         self.final_layer = LastLayer(dim, cfg.in_channels, **kw)  # LastLayer(hidden, patch 1, in_channels)
 
     @classmethod
-    def from_official_config(cls, config: dict[str, Any], *, device=None, dtype=None, operations=nn) -> MMDiTModel:
-        """Build from the official model dict (``model=`` of configs/diffusion/inference/256px.py)."""
-        return cls(config_from_official_kwargs(config), device=device, dtype=dtype, operations=operations)
-
-    @classmethod
-    def from_preset(cls, name: str, *, device=None, dtype=None, operations=nn, **overrides) -> MMDiTModel:
-        """Build a named preset (:data:`PRESETS`), optionally overriding fields (e.g. ``depth=2``)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown MMDiT preset {name!r}; known: {', '.join(PRESETS)}")
-        return cls(dataclasses.replace(PRESETS[name], **overrides), device=device, dtype=dtype, operations=operations)
+    def config_from_kwargs(cls, config: Mapping[str, Any]) -> MMDiTConfig:
+        """``MMDiTConfig`` from the official model dict (``model=`` of configs/diffusion/inference/256px.py;
+        ``type``/``from_pretrained``/``cache_dir`` ignored); every field without a default must be given."""
+        required = {f.name for f in dataclasses.fields(MMDiTConfig) if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(config))
+        if missing:
+            raise ValueError(f"MMDiTModel: config lacks {', '.join(missing)} (every official model dict sets them)")
+        if config.get("type", "flux") != "flux":
+            raise ValueError(f"MMDiTModel: config type {config['type']!r} is not the MMDiT ('flux')")
+        return super().config_from_kwargs(config)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -339,7 +333,6 @@ __all__ = [
     "MMDiTConfig",
     "MMDiTModel",
     "PRESETS",
-    "config_from_official_kwargs",
     "pack",
     "parameter_count",
     "position_ids",

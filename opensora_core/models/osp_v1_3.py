@@ -15,14 +15,13 @@ everywhere, and the output is float32.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..official_config import config_from_official
+from ..official_config import OfficialConstructors
 from .inplace import modulate, residual
 from .layers import run_block
 from .tensors import layer_norm, scalar_per_sample
@@ -169,7 +168,7 @@ class BasicTransformerBlock(nn.Module):
 # ==================================================================================================
 
 
-class OpenSoraT2V_v1_3(nn.Module):  # noqa: N801 (official class name)
+class OpenSoraT2V_v1_3(OfficialConstructors, nn.Module):  # noqa: N801 (official class name)
     """Open-Sora-Plan v1.3 text-to-video transformer. ``forward`` takes the official call and returns
     the v prediction (B, C_out, T, H, W) in float32.
 
@@ -181,6 +180,7 @@ class OpenSoraT2V_v1_3(nn.Module):  # noqa: N801 (official class name)
     CONFIG: ClassVar[type] = OpenSoraT2VConfig
     PRESETS: ClassVar[dict] = T2V_PRESETS
     OFFICIAL_NAME: ClassVar[str] = "OpenSoraT2V_v1_3"
+    IGNORED_KWARGS: ClassVar[dict[str, str]] = IGNORED_KEYS
     # Config fields that decide the architecture (keys, shapes, sparsity and position scales).
     ARCHITECTURE_FIELDS: ClassVar[tuple[str, ...]] = (
         "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers",
@@ -210,21 +210,6 @@ class OpenSoraT2V_v1_3(nn.Module):  # noqa: N801 (official class name)
     # ----------------------------------------------------------------------------------------------
     # construction
     # ----------------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_official_config(cls, config: dict[str, Any], *, device=None, dtype=None, operations=nn):
-        """Build from the official constructor kwargs or a released diffusers ``config.json`` (its ``_*``
-        bookkeeping keys are ignored); unknown keys raise ``ValueError``."""
-        cfg = config_from_official(cls.CONFIG, config, cls.OFFICIAL_NAME, ignored=IGNORED_KEYS)
-        return cls(cfg, device=device, dtype=dtype, operations=operations)
-
-    @classmethod
-    def from_preset(cls, name: str, *, device=None, dtype=None, operations=nn, **overrides):
-        """Build a released size (``PRESETS``), optionally overriding config fields."""
-        if name not in cls.PRESETS:
-            raise ValueError(f"unknown {cls.OFFICIAL_NAME} preset {name!r}; known: {', '.join(cls.PRESETS)}")
-        return cls(dataclasses.replace(cls.PRESETS[name], **overrides), device=device, dtype=dtype,
-                   operations=operations)
 
     @property
     def dtype(self) -> torch.dtype:

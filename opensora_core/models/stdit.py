@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ..dtypes import parse_dtype
-from ..official_config import config_from_official
 from .base import STDiTBase
 from .captions import CaptionEmbedder, Captions, CrossAttention
 from .config import as_triple, check_heads
@@ -181,8 +180,7 @@ class STDiT(STDiTBase):
         official_dtype = config.pop("dtype", None)
         if dtype is None and official_dtype is not None:
             dtype = parse_dtype(official_dtype)
-        cfg = config_from_official(STDiTConfig, config, "STDiT")
-        return cls(cfg, device=device, dtype=dtype, operations=operations)
+        return cls(cls.config_from_kwargs(config), device=device, dtype=dtype, operations=operations)
 
     def _spatial_table(self, device, dtype) -> torch.Tensor:
         _, rows, cols = self.config.grid

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch import Tensor, nn
 
 from ..vae.causal_vae import CausalVAETiling

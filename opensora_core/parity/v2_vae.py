@@ -4,8 +4,8 @@ A case has one ``weights.safetensors`` and independent sub-cases in ``config["ta
 its own ``constructor_kwargs`` (the ``tiled`` tag shrinks ``sample_size`` so the official spatial
 tiling runs). Per tag, as the case's ``calls`` say:
 
-* ``z, posterior = encode(in.<tag>.x)`` (posterior mean / clamped logvar) with ``rng.<tag>.posterior_noise`` replayed as the
-  posterior draw (it must be used up);
+* ``z, posterior = encode(in.<tag>.x)`` (posterior mean / clamped logvar) with ``rng.<tag>.posterior_noise``
+  replayed as the posterior draw (it must be used up);
 * ``decoded = decode(out.<tag>.z)`` and ``decoded_extra = decode(in.<tag>.z_extra)``.
 
 mean / logvar / z are compared with ``recommended_tolerance["mean_logvar_z"]``, the decodes with

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import LatentGeometry
-from ..official_config import config_from_official
+from ..official_config import OfficialConstructors
 from .osp_blocks import (
     AttnBlock3DFix,
     CausalConv3d,
@@ -44,7 +45,6 @@ from .osp_blocks import (
     check_latent,
     check_video,
     make_norm,
-    per_frame,
     run_layer,
 )
 from .posterior import DiagonalGaussian
@@ -441,7 +441,7 @@ class Decoder(nn.Module):
 # ==================================================================================================
 
 
-class CausalVAEModel(nn.Module):
+class CausalVAEModel(OfficialConstructors, nn.Module):
     """The official ``CausalVAEModel``: ``encode`` -> :class:`DiagonalGaussian`, ``decode`` -> video in [-1, 1].
 
     Inputs are videos (B, 3, T, H, W) in [-1, 1] (any T >= 1: T -> ceil(T / 4) latent frames; H, W
@@ -452,6 +452,7 @@ class CausalVAEModel(nn.Module):
     CONFIG: ClassVar[type] = CausalVAEConfig
     PRESETS: ClassVar[dict[str, CausalVAEConfig]] = CAUSAL_VAE_PRESETS
     OFFICIAL_NAME: ClassVar[str] = "CausalVAEModel"
+    IGNORED_KWARGS: ClassVar[dict[str, str]] = {**TRAINING_ONLY_KWARGS, **_NON_ARGUMENTS}
 
     def __init__(self, config: CausalVAEConfig = _V1_2_D4, *, operations=nn, device=None, dtype=None):
         super().__init__()
@@ -467,22 +468,13 @@ class CausalVAEModel(nn.Module):
         self._register_load_state_dict_pre_hook(_drop_training_keys, with_module=True)
 
     @classmethod
-    def from_official_config(cls, config: dict[str, Any], *, operations=nn, device=None, dtype=None):
-        """From the official constructor kwargs; ``lr``/``loss_type``/``loss_params`` (training only) and
-        the v1.1 file's ``in_channels``/``out_channels`` (3) are accepted and ignored."""
+    def config_from_kwargs(cls, config: Mapping[str, Any]) -> CausalVAEConfig:
+        """``lr``/``loss_type``/``loss_params`` (training only) and the v1.1 file's ``in_channels``/``out_channels``
+        (3) are accepted and ignored."""
         for key in _NON_ARGUMENTS:
             if config.get(key, 3) != 3:
                 raise ValueError(f"CausalVAEModel: {key}={config[key]} is not supported (RGB only)")
-        ignored = {**TRAINING_ONLY_KWARGS, **_NON_ARGUMENTS}
-        cfg = config_from_official(CausalVAEConfig, config, cls.OFFICIAL_NAME, ignored=ignored)
-        return cls(cfg, operations=operations, device=device, dtype=dtype)
-
-    @classmethod
-    def from_preset(cls, name: str, *, operations=nn, device=None, dtype=None, **overrides):
-        if name not in CAUSAL_VAE_PRESETS:
-            raise ValueError(f"unknown CausalVAEModel preset {name!r}; known: {', '.join(CAUSAL_VAE_PRESETS)}")
-        config = dataclasses.replace(CAUSAL_VAE_PRESETS[name], **overrides)
-        return cls(config, operations=operations, device=device, dtype=dtype)
+        return super().config_from_kwargs(config)
 
     @property
     def latent_channels(self) -> int:

@@ -38,7 +38,7 @@ a backend needs it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import LatentGeometry
-from ..official_config import config_from_official
+from ..official_config import OfficialConstructors, config_from_official
 from .autoencoder_kl import ACTIVATIONS
 from .posterior import DiagonalGaussian, NoiseFn
 
@@ -621,7 +621,7 @@ def tiled_temporal(fn: Callable[[Tensor], Tensor], x: Tensor, plan: TilePlan) ->
 # ==================================================================================================
 
 
-class HunyuanVAE(nn.Module):
+class HunyuanVAE(OfficialConstructors, nn.Module):
     """``AutoencoderKLCausal3D`` with the official parameter names; a :class:`~.pipeline.VideoVAE`.
 
     ``encode``: video [B, 3, 4k + 1, H, W] in [-1, 1] -> diffusion latent [B, 16, k + 1, H/8, W/8]
@@ -632,6 +632,7 @@ class HunyuanVAE(nn.Module):
 
     CONFIG = HunyuanVAEConfig
     PRESETS = PRESETS
+    OFFICIAL_NAME = "AutoencoderKLCausal3D"
     micro_batch_size = None  # VideoVAE: the clip is processed as a whole
 
     def __init__(self, config: HunyuanVAEConfig = PRESETS["hunyuan-vae"], *, operations=nn,
@@ -647,15 +648,9 @@ class HunyuanVAE(nn.Module):
         self.post_quant_conv = operations.Conv3d(latent, latent, 1, **factory)
 
     @classmethod
-    def from_official_config(cls, config: dict[str, Any], **kwargs) -> HunyuanVAE:
+    def config_from_kwargs(cls, config: Mapping[str, Any]) -> HunyuanVAEConfig:
         """From the official ``ae`` dict / ``AutoEncoder3DConfig`` kwargs."""
-        return cls(HunyuanVAEConfig.from_official(config), **kwargs)
-
-    @classmethod
-    def from_preset(cls, name: str = "hunyuan-vae", **kwargs) -> HunyuanVAE:
-        if name not in PRESETS:
-            raise ValueError(f"unknown Hunyuan VAE preset {name!r}; known: {', '.join(PRESETS)}")
-        return cls(PRESETS[name], **kwargs)
+        return HunyuanVAEConfig.from_official(config)
 
     @property
     def latent_channels(self) -> int:

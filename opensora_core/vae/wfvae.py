@@ -26,14 +26,14 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import OSP_WF_VAE, LatentGeometry
-from ..official_config import config_from_official
+from ..official_config import OfficialConstructors
 from .osp_blocks import (
     AttnBlock3DFix,
     CausalConv3d,
@@ -375,7 +375,7 @@ class Decoder(nn.Module):
 # ==================================================================================================
 
 
-class WFVAEModel(nn.Module):
+class WFVAEModel(OfficialConstructors, nn.Module):
     """The official ``WFVAEModel``: ``encode`` -> :class:`DiagonalGaussian`, ``decode`` -> video in [-1, 1].
 
     Videos (B, 3, T, H, W) in [-1, 1], any T >= 1 (T -> ceil(T / 4) latent frames), H and W multiples
@@ -396,18 +396,6 @@ class WFVAEModel(nn.Module):
         self.decoder = Decoder(config, factory)
         self.replaced_constants: list[str] = []
         self._register_load_state_dict_pre_hook(_rebuild_constants, with_module=True)
-
-    @classmethod
-    def from_official_config(cls, config: dict[str, Any], *, operations=nn, device=None, dtype=None):
-        cfg = config_from_official(WFVAEConfig, config, cls.OFFICIAL_NAME)
-        return cls(cfg, operations=operations, device=device, dtype=dtype)
-
-    @classmethod
-    def from_preset(cls, name: str, *, operations=nn, device=None, dtype=None, **overrides):
-        if name not in WFVAE_PRESETS:
-            raise ValueError(f"unknown WFVAEModel preset {name!r}; known: {', '.join(WFVAE_PRESETS)}")
-        config = dataclasses.replace(WFVAE_PRESETS[name], **overrides)
-        return cls(config, operations=operations, device=device, dtype=dtype)
 
     @property
     def latent_channels(self) -> int:
