@@ -15,15 +15,15 @@ buffer) instead of allocating new ones: same values, less peak memory.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inplace import can_overwrite, modulate, residual, rms_normalise_
+from .inplace import can_overwrite, gelu_tanh, modulate, residual, rms_normalise_
 from .layers import attention, rms_normalise
+from .positions import apply_rope, rope_frequencies, timestep_sinusoid
 from .tensors import cast_to, layer_norm
 
 TIME_FACTOR = 1000.0  # the sampler's t in [0, 1] is scaled to [0, 1000] before the sinusoid
@@ -38,19 +38,14 @@ Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B, L, head_dim) fl
 # ==================================================================================================
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = TIMESTEP_DIM, max_period: float = 10000.0) -> torch.Tensor:
-    """(N,) t in [0, 1] -> (N, dim) ``[cos, sin]`` of ``1000 t * f_j``, f_j = max_period^(-j/(dim/2)).
+def timestep_embedding(t: torch.Tensor, dim: int = TIMESTEP_DIM) -> torch.Tensor:
+    """(N,) t in [0, 1] -> (N, dim) ``[cos, sin]`` of ``1000 t * f_j`` (:func:`~.positions.timestep_sinusoid`).
 
     Follows layers.py ``timestep_embedding``: t is multiplied by 1000 in its own dtype (the sampler passes it
     in the model dtype), the sinusoid is computed in float32 and cast back to t's dtype.
     """
     t = TIME_FACTOR * t
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]  # (N, half)
-    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    embedding = timestep_sinusoid(t, dim)  # (N, dim) float32
     return embedding.to(t.dtype) if t.is_floating_point() else embedding
 
 
@@ -93,7 +88,7 @@ def _axis_angles(pos: torch.Tensor, dim: int, theta: float, dtype: torch.dtype) 
     """(B, L) positions -> (B, L, dim/2) angles pos * theta^(-2j/dim) in ``dtype``."""
     if dim % 2:
         raise ValueError(f"every axes_dim entry must be even (RoPE rotates pairs), got {dim}")
-    omega = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=dtype, device=pos.device) / dim)
+    omega = rope_frequencies(dim, theta, device=pos.device, dtype=dtype)
     return pos.to(dtype)[..., None] * omega  # (B, L, dim/2)
 
 
@@ -127,13 +122,9 @@ def _rotate_half(x32: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.T
 
 
 def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Flux's rotation of pairs (2j, 2j+1) (math.py ``apply_rope``), in float32: x (B, L, H, D),
-    cos/sin (B, L, D/2)."""
-    c, s = cos[:, :, None], sin[:, :, None]  # (B, L, 1, D/2)
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, L, H, D/2, 2)
-    even, odd = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([c * even - s * odd, s * even + c * odd], dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    """Flux's rotation of pairs (2j, 2j+1) (math.py ``apply_rope``; :func:`~.positions.apply_rope`), in float32:
+    x (B, L, H, D), cos/sin (B, L, D/2)."""
+    return apply_rope(x.float(), cos[:, :, None], sin[:, :, None]).to(x.dtype)  # (B, L, 1, D/2) tables
 
 
 class EmbedND(nn.Module):
@@ -245,11 +236,6 @@ class Modulation(nn.Module):
 
     def forward(self, vec: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.lin(F.silu(vec))[:, None, :].chunk(self.multiplier, dim=-1)  # each (B, 1, C)
-
-
-def gelu_tanh(h: torch.Tensor) -> torch.Tensor:
-    """GELU with the tanh approximation, in place when nothing records gradients."""
-    return torch.ops.aten.gelu_(h, approximate="tanh") if can_overwrite(h) else F.gelu(h, approximate="tanh")
 
 
 def mlp_sequential(dim: int, hidden: int, device=None, dtype=None, operations=nn) -> nn.Sequential:

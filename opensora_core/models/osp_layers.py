@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import attention
-from .positions import timestep_sinusoid
+from .positions import rope_frequencies, timestep_sinusoid
 
 MASKED_BIAS = -10000.0  # (1 - mask) * -10000: the official latent and text mask bias
 SKIPARSE_PAD_BIAS = -9980.0  # bias of the zero tokens Skiparse appends (prepare_sparse_mask)
@@ -132,7 +132,7 @@ def rope_axis_table(length: int, dim: int, scale: float, device, dtype) -> tuple
 
     Follows common.py ``RoPE3D.get_cos_sin``: float32 angles cast to the token dtype, then cos/sin.
     """
-    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, dim, 2, device=device).float() / dim))
+    inv_freq = rope_frequencies(dim, ROPE_THETA, device=device)
     positions = torch.arange(length, device=device, dtype=inv_freq.dtype) / scale
     angles = torch.outer(positions, inv_freq).to(dtype)  # (length, dim/2)
     angles = torch.cat((angles, angles), dim=-1)  # (length, dim)
