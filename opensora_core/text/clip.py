@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .t5 import _transformers_dtype_kwarg, describe_state_dict
+from .encoder_files import encoder_prefix, transformers_dtype_kwarg
 
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
@@ -141,7 +141,7 @@ def load_clip_folder(folder: str | Path, *, dtype: torch.dtype, device: torch.de
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type not in ("clip", "clip_text_model"):
         raise ValueError(f"{folder}: config.json describes a {model_type!r} model, not CLIP")
-    model = CLIPTextModel.from_pretrained(str(folder), local_files_only=True, **{_transformers_dtype_kwarg(): dtype})
+    model = CLIPTextModel.from_pretrained(str(folder), local_files_only=True, **{transformers_dtype_kwarg(): dtype})
     return model.to(device=device).eval()
 
 
@@ -154,23 +154,13 @@ def load_clip_file(path: str | Path, *, tokenizer: "PreTrainedTokenizerBase", dt
     path = Path(path)
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         keys = list(handle.keys())
-        prefix = _clip_prefix(keys, path)
+        prefix = encoder_prefix(keys, _FINAL_NORM, path, "CLIP")
         names = {k[len(prefix):]: k for k in keys if k.startswith(prefix) and k[len(prefix):] not in _NOT_TEXT_MODEL}
         names = {n: k for n, k in names.items() if n.startswith("text_model.")}
         shapes = {n: tuple(handle.get_slice(k).get_shape()) for n, k in names.items()}
         config = clip_config_from_shapes(shapes, tokenizer)
         state = {n: handle.get_tensor(k).to(device=device, dtype=dtype) for n, k in names.items()}
     return _build(config, state, path)
-
-
-def _clip_prefix(keys: list[str], path: Path) -> str:
-    prefixes = sorted({k[: -len(_FINAL_NORM)] for k in keys if k.endswith(_FINAL_NORM)})
-    prefixes = [p for p in prefixes if p == "" or p.endswith(".")]
-    if not prefixes:
-        raise ValueError(f"{path}: not a CLIP text encoder; it looks like {describe_state_dict(keys)}")
-    if len(prefixes) > 1:
-        raise ValueError(f"{path}: holds several CLIP text encoders (prefixes {prefixes}); extract clip_l")
-    return prefixes[0]
 
 
 def _build(config: "CLIPTextConfig", state: dict[str, torch.Tensor], path: Path) -> "CLIPTextModel":

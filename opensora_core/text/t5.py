@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import torch
 
 from .caption import Caption
+from .encoder_files import encoder_prefix, transformers_dtype_kwarg
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel
@@ -315,13 +316,6 @@ def find_model_folder(path: str | Path) -> Path:
     )
 
 
-def _transformers_dtype_kwarg() -> str:
-    import transformers
-
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
 def encoder_class(model_type: str) -> type:
     """``T5EncoderModel`` for "t5", ``MT5EncoderModel`` for "mt5"."""
     import transformers
@@ -346,7 +340,7 @@ def load_t5_folder(
             f"({', '.join(config.get('architectures') or [])}), not a {wanted} encoder (model_type {wanted!r})"
         )
     model = encoder_class(found).from_pretrained(
-        str(folder), local_files_only=True, attn_implementation="eager", **{_transformers_dtype_kwarg(): dtype}
+        str(folder), local_files_only=True, attn_implementation="eager", **{transformers_dtype_kwarg(): dtype}
     )
     return model.to(device=device).eval()
 
@@ -393,13 +387,7 @@ def load_t5_file(
 
 def _t5_prefix(keys: list[str], path: Path) -> str:
     """The prefix under which a file holds T5 encoder keys ("" for plain files)."""
-    prefixes = sorted({k[: -len(_FINAL_NORM)] for k in keys if k.endswith(_FINAL_NORM)})
-    prefixes = [p for p in prefixes if p == "" or p.endswith(".")]
-    if not prefixes:
-        raise ValueError(f"{path}: not a T5 text encoder; it looks like {describe_state_dict(keys)}")
-    if len(prefixes) > 1:
-        raise ValueError(f"{path}: holds several T5 encoders (prefixes {prefixes}); extract one")
-    prefix = prefixes[0]
+    prefix = encoder_prefix(keys, _FINAL_NORM, path, "T5")
     if not any(prefix + k in keys for k in _EMBED_KEYS) or prefix + _REL_BIAS.format(0) not in keys:
         raise ValueError(
             f"{path}: has T5-like keys but no token embedding or relative attention bias; file incomplete?"
@@ -498,22 +486,6 @@ def t5_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], model_type: str
     )
 
 
-def describe_state_dict(keys: Sequence[str]) -> str:
-    """A short guess at what a state dict holds, for error messages."""
-    joined = "\n".join(keys)
-    guesses = (
-        (("y_embedder.", "x_embedder.", "spatial_blocks.", "t_embedder."), "a diffusion transformer (STDiT / DiT)"),
-        (("spatial_vae.", "temporal_vae.", "post_quant_conv.", "decoder.up_blocks.", "decoder.conv_in."), "a VAE"),
-        (("text_model.encoder.", "transformer.resblocks."), "a CLIP text encoder"),
-        (("model.layers.0.self_attn.",), "a decoder-only language model"),
-        (("double_blocks.", "joint_blocks.", "input_blocks."), "an image diffusion model (Flux / SD3 / SD)"),
-    )
-    for markers, what in guesses:
-        if any(marker in joined for marker in markers):
-            return what
-    return f"an unknown model (first keys: {', '.join(list(keys)[:3])})"
-
-
 __all__ = [
     "MODEL_TYPES",
     "MT5_V1_3",
@@ -526,7 +498,6 @@ __all__ = [
     "T5_XXL_CHANNELS",
     "TOKENIZER_CONFIG",
     "TOKENIZER_FILES",
-    "describe_state_dict",
     "encode_token_ids",
     "encoder_states",
     "encoder_class",
