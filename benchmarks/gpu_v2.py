@@ -37,7 +37,7 @@ from opensora_core.models.block_swap import BlockSwap  # noqa: E402
 from opensora_core.models.fp8 import Fp8Linear, Fp8Operations  # noqa: E402
 from opensora_core.models.mmdit import MMDiTConfig, MMDiTModel  # noqa: E402
 from opensora_core.models.mmdit_memory import MemorySetting, estimate_memory, measure_peak_bytes  # noqa: E402
-from opensora_core.sampling.v2 import GuidanceV2, get_schedule, sample_v2  # noqa: E402
+from opensora_core.sampling.v2 import GuidanceV2, ThreePassGuidance, get_schedule, sample_v2  # noqa: E402
 from opensora_core.text.v2 import TextV2  # noqa: E402
 
 GB = 1e9
@@ -127,8 +127,8 @@ def run_size(model, config: MMDiTConfig, height: int, width: int, args, device: 
         stamps.append(time.perf_counter())
 
     def sample():
-        return sample_v2(model, z, text, times, condition, GuidanceV2(), callback=tick,
-                         batch_passes=not args.separate_passes)
+        denoiser = ThreePassGuidance(model, text, GuidanceV2(), batch_passes=not args.separate_passes)
+        return sample_v2(denoiser, z, times, mask=condition, callback=tick)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

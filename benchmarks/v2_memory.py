@@ -72,7 +72,7 @@ def _child(name: str, steps: int, size: dict) -> dict:
     from opensora_core.conditioning.v2 import build_condition
     from opensora_core.geometry.opensora_v2 import latent_shape
     from opensora_core.models.mmdit_memory import measure_peak_bytes
-    from opensora_core.sampling.v2 import GuidanceV2, get_schedule, sample_v2
+    from opensora_core.sampling.v2 import GuidanceV2, ThreePassGuidance, get_schedule, sample_v2
     from opensora_core.text.v2 import TextV2
 
     setting, config = SETTINGS[name], reduced_config()
@@ -87,12 +87,11 @@ def _child(name: str, steps: int, size: dict) -> dict:
     text = TextV2(txt[:1], vec[:1], txt[1:], vec[1:])
     condition = build_condition(z, "i2v_head", [[torch.randn(16, 1, shape.height, shape.width)]])
     stamps = [(time.perf_counter(), time.process_time())]
-    sample_v2(model, z, text, get_schedule(steps + 1, shape.tokens_per_frame, shape.frames), condition, GuidanceV2(),
-              callback=lambda info: stamps.append((time.perf_counter(), time.process_time())),
-              batch_passes=setting.batch_passes)
+    denoiser = ThreePassGuidance(model, text, GuidanceV2(), batch_passes=setting.batch_passes)
+    sample_v2(denoiser, z, get_schedule(steps + 1, shape.tokens_per_frame, shape.frames), mask=condition,
+              callback=lambda info: stamps.append((time.perf_counter(), time.process_time())))
     sampled = _high_water_mb()
-    _, tracked = measure_peak_bytes(sample_v2, model, z, text, [1.0, 0.5], condition, GuidanceV2(),
-                                    batch_passes=setting.batch_passes)
+    _, tracked = measure_peak_bytes(sample_v2, denoiser, z, [1.0, 0.5], mask=condition)
     tensors = {t.data_ptr(): t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()]}
     return {
         "model_mb": sum(tensors.values()) / MB,

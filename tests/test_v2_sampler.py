@@ -11,6 +11,7 @@ from opensora_core.models.mmdit import pack, unpack
 from opensora_core.sampling import SamplingInterrupted
 from opensora_core.sampling.core import CALLBACK_KEYS
 from opensora_core.sampling.v2 import (
+    ThreePassGuidance,
     get_schedule,
     guided_velocity,
     oscillation_scale,
@@ -63,7 +64,7 @@ def test_exact_velocity_lands_on_the_data():
 
     z = _noise()
     times = get_schedule(8, 6, T)
-    out = sample_v2(model, z, _text(), times, build_condition(z, "t2v"))
+    out = sample_v2(ThreePassGuidance(model, _text()), z, times, mask=build_condition(z, "t2v"))
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=1e-5)
 
 
@@ -93,7 +94,8 @@ def test_image_guidance_ramps_over_frames_for_i2v_only():
     refs = [[torch.randn(16, T, H, W)] for _ in range(B)]
     for cond_type, expected in (("i2v_head", torch.linspace(1.0, 3.0, T)), ("v2v_head", torch.full((T,), 3.0))):
         condition = build_condition(z, cond_type, refs)
-        out = sample_v2(ConstantPasses(), z.clone(), _marked_text(), [1.0, 0.0], condition, replace_all_items=False)
+        out = sample_v2(ThreePassGuidance(ConstantPasses(), _marked_text()), z.clone(), [1.0, 0.0], mask=condition,
+                        replace_all_items=False)
         step = (z - out)[1, 0, :, 0, 0]  # item 1 keeps its generated frames
         torch.testing.assert_close(step, 1 + expected + 7.5)
 
@@ -101,10 +103,11 @@ def test_image_guidance_ramps_over_frames_for_i2v_only():
 def test_t2v_skips_the_third_pass_and_i2v_runs_it():
     z = _noise()
     counter = ConstantPasses()
-    sample_v2(counter, z, _marked_text(), [1.0, 0.5, 0.0], build_condition(z, "t2v"))
+    sample_v2(ThreePassGuidance(counter, _marked_text()), z, [1.0, 0.5, 0.0], mask=build_condition(z, "t2v"))
     assert counter.rows == [2 * B, 2 * B]
     counter = ConstantPasses()
-    sample_v2(counter, z, _marked_text(), [1.0, 0.0], build_condition(z, "i2v_head", [[torch.randn(16, 1, H, W)]] * B))
+    condition = build_condition(z, "i2v_head", [[torch.randn(16, 1, H, W)]] * B)
+    sample_v2(ThreePassGuidance(counter, _marked_text()), z, [1.0, 0.0], mask=condition)
     assert counter.rows == [3 * B]
 
 
@@ -114,8 +117,8 @@ def test_separate_passes_equal_the_batched_call():
     model, z = mmdit(), _noise()
     condition = build_condition(z, "i2v_head", [[torch.randn(16, 1, H, W)] for _ in range(B)])
     times = get_schedule(3, 6, T)
-    joint = sample_v2(model, z, _text(), times, condition)
-    separate = sample_v2(model, z, _text(), times, condition, batch_passes=False)
+    joint = sample_v2(ThreePassGuidance(model, _text()), z, times, mask=condition)
+    separate = sample_v2(ThreePassGuidance(model, _text(), batch_passes=False), z, times, mask=condition)
     torch.testing.assert_close(joint, separate, atol=1e-5, rtol=1e-5)
 
 
@@ -124,16 +127,17 @@ def test_reference_frame_goes_back_into_item_0_only_by_default():
     refs = [[torch.full((16, 1, H, W), 7.0)] for _ in range(B)]
     condition = build_condition(z, "i2v_head", refs)
     model = ConstantPasses()
-    official = sample_v2(model, z, _marked_text(), [1.0, 0.0], condition)
+    official = sample_v2(ThreePassGuidance(model, _marked_text()), z, [1.0, 0.0], mask=condition)
     assert (official[0, :, 0] == 7.0).all() and not (official[1, :, 0] == 7.0).any()
-    every = sample_v2(model, z, _marked_text(), [1.0, 0.0], condition, replace_all_items=True)
+    every = sample_v2(ThreePassGuidance(model, _marked_text()), z, [1.0, 0.0], mask=condition, replace_all_items=True)
     assert (every[:, :, 0] == 7.0).all()
 
 
 def test_loop_puts_back_head_and_tail():
     z = _noise()
     refs = [[torch.full((16, 1, H, W), 7.0), torch.full((16, 1, H, W), 9.0)] for _ in range(B)]
-    out = sample_v2(ConstantPasses(), z, _marked_text(), [1.0, 0.0], build_condition(z, "i2v_loop", refs))
+    out = sample_v2(ThreePassGuidance(ConstantPasses(), _marked_text()), z, [1.0, 0.0],
+                    mask=build_condition(z, "i2v_loop", refs))
     assert (out[0, :, 0] == 7.0).all() and (out[0, :, -1] == 9.0).all()
 
 
@@ -146,8 +150,8 @@ def test_callback_gets_fixed_keys_and_can_stop():
             raise SamplingInterrupted()
 
     with pytest.raises(SamplingInterrupted) as stop:
-        sample_v2(ConstantPasses(), z, _marked_text(), [1.0, 0.6, 0.3, 0.0], build_condition(z, "t2v"),
-                  callback=callback)
+        sample_v2(ThreePassGuidance(ConstantPasses(), _marked_text()), z, [1.0, 0.6, 0.3, 0.0],
+                  mask=build_condition(z, "t2v"), callback=callback)
     assert [tuple(sorted(s)) for s in seen] == [tuple(sorted(CALLBACK_KEYS))] * 2
     assert seen[0]["x"].shape == z.shape and seen[0]["t"].tolist() == [1.0] * B
     assert stop.value.step == 1 and torch.equal(stop.value.x, seen[1]["x"])
@@ -159,7 +163,7 @@ def test_mismatched_condition_is_rejected():
     z = _noise()
     condition = build_condition(torch.zeros(B, 16, T + 1, H, W), "t2v")
     with pytest.raises(ValueError, match="condition masks"):
-        sample_v2(ConstantPasses(), z, _marked_text(), [1.0, 0.0], condition)
+        sample_v2(ThreePassGuidance(ConstantPasses(), _marked_text()), z, [1.0, 0.0], mask=condition)
 
 
 def test_unpacked_state_matches_packing():

@@ -2,8 +2,8 @@
 
 * ``sampler_t2v_v1_3`` / ``sampler_i2v_v1_3``: the pipelines end to end from the stored token ids: tiny
   ``MT5EncoderModel`` -> :class:`~opensora_core.sampling.guidance.NegativePromptGuidance` around the tiny
-  transformer (i2v: :class:`~opensora_core.sampling.guidance.ConcatCondition` with the condition our
-  :mod:`opensora_core.conditioning.osp_inpaint` builds from the stored image) -> Euler-ancestral steps with the
+  transformer (i2v: the sampler's ``mask`` is the condition our :mod:`opensora_core.conditioning.osp_inpaint`
+  builds from the stored image, appended after the input scaling) -> Euler-ancestral steps with the
   recorded initial and ancestral noise. Compared: text embeddings, condition tensors, timesteps, sigmas,
   every trajectory step, the transformer inputs/outputs per step (per-step tolerances of the case).
 * ``inpaint_cond_v1_3``: every mask type and image layout: pixel mask, masked pixels, latent mask (exact)
@@ -30,13 +30,8 @@ from ..conditioning.osp_inpaint import (
     resolve_mask_type,
 )
 from ..sampling.core import RecordedNoise, SamplingInterrupted
-from ..sampling.euler_ancestral import (
-    VPredictionDenoiser,
-    euler_ancestral_schedule,
-    initial_latent,
-    sample_euler_ancestral,
-)
-from ..sampling.guidance import ConcatCondition, NegativePromptGuidance
+from ..sampling.euler_ancestral import VPredictionDenoiser, euler_ancestral_schedule, sample_euler_ancestral
+from ..sampling.guidance import NegativePromptGuidance
 from ..text.caption import Caption
 from ..text.t5 import encode_token_ids, encoder_class
 from .runner import Case, Comparison, Handler
@@ -216,8 +211,7 @@ def _sample_tag(case: Case, tag: str, model, positive: Caption, negative: Captio
     io, spec = case.io, case.config["tags"][tag]
     schedule = euler_ancestral_schedule(spec["num_inference_steps"])
     recorder = _Recorder(model)
-    inner = recorder if condition is None else ConcatCondition(recorder, condition)
-    guided = NegativePromptGuidance(inner, positive, negative, scale=case.config["inputs"]["guidance_scale"])
+    guided = NegativePromptGuidance(recorder, positive, negative, scale=case.config["inputs"]["guidance_scale"])
     states, executed = [], spec["executed_steps"]
 
     def keep(info: dict) -> None:
@@ -227,7 +221,7 @@ def _sample_tag(case: Case, tag: str, model, positive: Caption, negative: Captio
 
     noise = RecordedNoise(list(io[f"rng.{tag}.step_noise"].unbind(0)))
     try:
-        sample_euler_ancestral(VPredictionDenoiser(guided), initial_latent(io["in.initial_noise"], schedule), schedule,
+        sample_euler_ancestral(VPredictionDenoiser(guided), io["in.initial_noise"], schedule, mask=condition,
                                noise=noise, callback=keep)
     except SamplingInterrupted:
         pass

@@ -3,7 +3,7 @@
 * ``mmdit_forward``: built with :func:`opensora_core.models.build_model`, strict load, every tag of the case
   run with the recorded call; the packed inputs, position ids and condition are also rebuilt from the raw
   latent / reference with our :func:`pack`, :func:`position_ids` and :func:`build_condition` and compared.
-* ``sampler_*``: our :func:`sample_v2` with the recorded noise ``rng.z`` (also redrawn from the seed and
+* ``sampler_*``: our :func:`sample_v2` (:class:`ThreePassGuidance` around the model) with the recorded noise ``rng.z`` (also redrawn from the seed and
   compared), text tables looked up per prompt, the reference latents; compares the schedule, every model
   call's inputs/outputs (``trace.*``) and ``out.latent``.
 
@@ -21,7 +21,7 @@ from ..geometry.opensora_v2 import latent_shape, sampling_size
 from ..families import build_model
 from ..models.mmdit import pack, position_ids
 from ..models.mmdit_layers import rope_tables
-from ..sampling.v2 import GuidanceV2, get_noise, get_schedule, sample_v2
+from ..sampling.v2 import GuidanceV2, ThreePassGuidance, get_noise, get_schedule, sample_v2
 from ..text.v2 import TextV2
 from .runner import Case, Comparison, Handler
 
@@ -181,7 +181,7 @@ def _run_sampler(case: Case) -> list[Comparison]:
                                 causal=opt.get("is_causal_vae", True))
     guidance = GuidanceV2(**{k: opt[k] for k in ("guidance", "guidance_img", "text_osci", "image_osci",
                                                   "scale_temporal_osci") if k in opt})
-    latent = sample_v2(recorder, z, _texts(case), times, condition, guidance, patch_size=patch)
+    latent = sample_v2(ThreePassGuidance(recorder, _texts(case), guidance, patch_size=patch), z, times, mask=condition)
     checks.append(Comparison("out.latent", latent, io["out.latent"], *_tolerance(case, "out.latent")))
     return checks + _trace_checks(case, recorder.calls, B)
 

@@ -6,8 +6,14 @@ Restates diffusers 0.30.2 ``EulerAncestralDiscreteScheduler`` as the v1.3 script
 
 * :func:`euler_ancestral_schedule` gives the model timesteps and the sigma table (ending in 0);
 * :class:`VPredictionDenoiser` turns a model callable ``(x_in, t) -> v`` into a denoiser
-  ``(x, sigma, t) -> x0`` (the input scaling ``x / sqrt(sigma^2 + 1)`` = ``scale_model_input``);
+  ``(x, sigma, t[, condition]) -> x0`` (the input scaling ``x / sqrt(sigma^2 + 1)`` = ``scale_model_input``,
+  then the i2v condition channels appended, as the inpainting pipeline does);
 * :func:`sample_euler_ancestral` runs the no-grad ancestral steps with draws from a :class:`~.core.NoiseSource`.
+
+A family declares them as ``Sampler(schedule=release_schedule, sample=sample_euler_ancestral,
+denoiser=v_prediction_guidance)``: the sampler starts from standard-normal noise (it scales it by
+``init_noise_sigma``), and its ``mask`` argument carries the i2v condition channels the family's
+conditioning builds (:mod:`opensora_core.conditioning.osp_inpaint`), or None for t2v.
 
 Sigma handling (FACTS §11, §17): zero SNR makes the last cumulative alpha 0; the scheduler replaces it
 by 2^-24, so the first sigma is sqrt(2^24 - 1) ~ 4096 and the starting latent is N(0, 1) * 4096
@@ -22,8 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .core import NoiseSource, StepCallback, StepResult, draw_like, run_steps
+from ..text.caption import Caption
+from .core import NoiseSource, ScheduleRequest, StepCallback, StepResult, draw_like, run_steps
 from .ddpm_schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, alphas_cumprod
+from .guidance import CaptionLike, ConcatCondition, NegativePromptGuidance
 
 SPACINGS = ("linspace", "leading", "trailing")
 PREDICTION_TYPES = ("v_prediction", "epsilon")
@@ -109,6 +117,11 @@ def euler_ancestral_schedule(
     return EulerAncestralSchedule(torch.from_numpy(timesteps), sigmas, init)
 
 
+def release_schedule(request: ScheduleRequest) -> EulerAncestralSchedule:
+    """The family ``Sampler.schedule``: the v1.3 release scheduler (zero SNR, trailing) for the request's steps."""
+    return euler_ancestral_schedule(request.steps)
+
+
 def initial_latent(noise: torch.Tensor, schedule: EulerAncestralSchedule) -> torch.Tensor:
     """The starting latent: standard normal ``noise`` times ``init_noise_sigma`` (``prepare_latents``)."""
     return noise * schedule.init_noise_sigma.to(noise.device)
@@ -120,11 +133,12 @@ def initial_latent(noise: torch.Tensor, schedule: EulerAncestralSchedule) -> tor
 
 
 class VPredictionDenoiser:
-    """``(x, sigma, t) -> x0`` from a model callable ``(x_in, t) -> prediction``.
+    """``(x, sigma, t[, condition]) -> x0`` from a model callable ``(x_in, t) -> prediction``.
 
-    x_in = x / sqrt(sigma^2 + 1) (``scale_model_input``); the model gets ``t`` as a (B,) tensor in x's
-    dtype. v-prediction: x0 = v * (-sigma / sqrt(sigma^2 + 1)) + x / (sigma^2 + 1); epsilon:
-    x0 = x - sigma * eps (the ``step`` formulas, x cast to float32 first).
+    x_in = x / sqrt(sigma^2 + 1) (``scale_model_input``), followed by the ``condition`` channels when given
+    (:class:`~.guidance.ConcatCondition`: [masked latent, latent mask] of the i2v pipeline, unscaled); the
+    model gets ``t`` as a (B,) tensor in x's dtype. v-prediction: x0 = v * (-sigma / sqrt(sigma^2 + 1)) +
+    x / (sigma^2 + 1); epsilon: x0 = x - sigma * eps (the ``step`` formulas, x cast to float32 first).
     """
 
     def __init__(self, model, prediction_type: str = "v_prediction"):
@@ -136,15 +150,30 @@ class VPredictionDenoiser:
     def model_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x / ((sigma**2 + 1) ** 0.5)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor,
+                 condition: torch.Tensor | None = None) -> torch.Tensor:
         timestep = t.to(device=x.device, dtype=x.dtype).expand(x.shape[0])  # (B,)
-        out = self.model(self.model_input(x, sigma), timestep)  # (B, C, T, H, W)
+        model = self.model if condition is None else ConcatCondition(self.model, condition)
+        out = model(self.model_input(x, sigma), timestep)  # (B, C, T, H, W)
         if torch.isnan(out).any():
             raise ValueError(f"the model output contains NaN at timestep {float(t)} (the official pipeline asserts)")
         sample = x.to(torch.float32)
         if self.prediction_type == "epsilon":
             return sample - sigma * out
         return out * (-sigma / (sigma**2 + 1) ** 0.5) + (sample / (sigma**2 + 1))
+
+
+def v_prediction_guidance(model, caption: CaptionLike, y_null: torch.Tensor, model_args: dict | None = None, *,
+                          scale: float, channels: int | None = None, null_mask: torch.Tensor | None = None,
+                          rescale: float = 0.0) -> VPredictionDenoiser:
+    """The family ``Sampler.denoiser``: negative-prompt guidance of the v1.3 transformer inside the v-prediction
+    denoiser. ``caption``: the prompt (y and its token mask); ``y_null`` / ``null_mask``: the encoded negative
+    prompt (the release's :data:`~opensora_core.text.osp_prompts.OSP_V1_3_NEGATIVE_PROMPT`) and its mask."""
+    if channels is not None:
+        raise ValueError("Open-Sora-Plan v1.3 guides every predicted channel: pass channels=None")
+    guided = NegativePromptGuidance(model, caption, Caption(y_null, null_mask), scale=scale, rescale=rescale,
+                                    model_args=model_args)
+    return VPredictionDenoiser(guided)
 
 
 # ---------------------------------------------------------------------------
@@ -171,26 +200,30 @@ def sample_euler_ancestral(
     x: torch.Tensor,
     schedule: EulerAncestralSchedule,
     *,
+    mask: torch.Tensor | None = None,
     noise: NoiseSource | None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Euler-ancestral steps along ``schedule`` (the v1.3 pipelines' denoising loop).
 
-    denoiser: ``(x, sigma, t) -> x0``, e.g. :class:`VPredictionDenoiser` around a guided model
-    x:        (B, C, T, H, W) starting latent at ``init_noise_sigma`` (see :func:`initial_latent`)
+    denoiser: ``(x, sigma, t[, condition]) -> x0``, e.g. :class:`VPredictionDenoiser` around a guided model
+    x:        (B, C, T, H, W) standard-normal starting noise; the loop starts from x * ``init_noise_sigma``
+              (:func:`initial_latent`, ``prepare_latents``)
+    mask:     the i2v condition channels (B, C', T, H, W) handed to the denoiser each step, or None (t2v)
     noise:    one standard normal draw shaped like x per step, the last step included (as diffusers
               draws; its sigma_up is 0), e.g. ``GeneratorNoise.from_seed(seed)``
     callback: fixed keys (:data:`~.core.CALLBACK_KEYS`); ``t`` is the step's model timestep
     """
     sigmas, timesteps = schedule.sigmas, schedule.timesteps
+    condition = {} if mask is None else {"condition": mask}
 
     def step(i: int, z: torch.Tensor) -> StepResult:
         sigma, sigma_next, t = sigmas[i], sigmas[i + 1], timesteps[i]  # 0-dim float32 (CPU)
-        denoised = denoiser(z, sigma, t)  # (B, C, T, H, W) float32
+        denoised = denoiser(z, sigma, t, **condition)  # (B, C, T, H, W) float32
         z = ancestral_step(z, denoised, sigma, sigma_next, draw_like(noise, denoised))
         return StepResult(z, t.expand(z.shape[0]), denoised)
 
-    return run_steps(step, x, schedule.num_steps, callback)
+    return run_steps(step, initial_latent(x, schedule), schedule.num_steps, callback)
 
 
 __all__ = [
@@ -202,7 +235,9 @@ __all__ = [
     "ancestral_step",
     "euler_ancestral_schedule",
     "initial_latent",
+    "release_schedule",
     "sample_euler_ancestral",
     "sampler_alphas_cumprod",
     "spaced_timesteps",
+    "v_prediction_guidance",
 ]

@@ -116,12 +116,12 @@ class NegativePromptGuidance:
     [negative.y; positive.y] with masks [negative.mask; positive.mask]; the output halves give
     ``uncond + scale * (cond - uncond)`` (then :func:`rescale_guidance` when ``rescale`` > 0). With
     ``scale <= 1`` the positive prompt alone (the official ``do_classifier_free_guidance`` is scale > 1).
-    The model is called as ``model(x, t, y, encoder_attention_mask=mask)`` (the v1.3 transformer's
-    official argument order). Follows opensora/sample/pipeline_opensora.py ``__call__`` @v1.3.1.
+    The model is called as ``model(x, t, y, encoder_attention_mask=mask, **model_args)`` (the v1.3
+    transformer's official argument order). Follows opensora/sample/pipeline_opensora.py ``__call__`` @v1.3.1.
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], positive: CaptionLike, negative: CaptionLike, *,
-                 scale: float, rescale: float = 0.0):
+                 scale: float, rescale: float = 0.0, model_args: Mapping[str, torch.Tensor] | None = None):
         if tuple(positive.y.shape) != tuple(negative.y.shape):
             raise ValueError(f"negative prompt {tuple(negative.y.shape)} must match the prompt "
                              f"{tuple(positive.y.shape)} (same batch and max_sequence_length)")
@@ -132,6 +132,7 @@ class NegativePromptGuidance:
         self.negative = negative
         self.scale = float(scale)
         self.rescale = float(rescale)
+        self.model_args = dict(model_args or {})
 
     @property
     def guided(self) -> bool:
@@ -142,10 +143,11 @@ class NegativePromptGuidance:
         if x.shape[0] != pos.y.shape[0]:
             raise ValueError(f"latent batch {x.shape[0]} does not match the prompt batch {pos.y.shape[0]}")
         if not self.guided:
-            return self.model(x, t, pos.y, encoder_attention_mask=pos.mask)
+            return self.model(x, t, pos.y, encoder_attention_mask=pos.mask, **self.model_args)
         y = torch.cat([neg.y, pos.y.to(neg.y)], 0)  # (2B, 1, L, C)
         mask = None if pos.mask is None else torch.cat([neg.mask, pos.mask.to(neg.mask)], 0)  # (2B, L)
-        out = self.model(torch.cat([x, x], 0), torch.cat([t, t], 0), y, encoder_attention_mask=mask)
+        out = self.model(torch.cat([x, x], 0), torch.cat([t, t], 0), y, encoder_attention_mask=mask,
+                         **self.model_args)
         uncond, cond = out.chunk(2, dim=0)  # (B, C, T, H, W) each
         guided = uncond + self.scale * (cond - uncond)
         return rescale_guidance(guided, cond, self.rescale) if self.rescale > 0 else guided

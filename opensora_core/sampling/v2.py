@@ -20,7 +20,11 @@ Typical use::
     z = get_noise(shape.shape, seed, dtype=torch.bfloat16, device="cuda")  # official: model dtype/device
     condition = build_condition(z, "i2v_head", [[image_latent]])         # opensora_core.conditioning.v2
     times = get_schedule(50, shape.tokens_per_frame, shape.frames)
-    latent = sample_v2(model, z, text, times, condition, GuidanceV2())  # what the VAE decodes
+    latent = sample_v2(ThreePassGuidance(model, text, GuidanceV2()), z, times, mask=condition)  # to decode
+
+A family declares the three parts as ``Sampler(schedule=schedule_v2, sample=sample_v2,
+denoiser=ThreePassGuidance.for_sampler)``: the schedule from the request's pixel size, the sampler's
+``mask`` is the condition the family's conditioning builds, the denoiser takes the text as a TextV2.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..conditioning.v2 import ConditionV2, replace_reference_frames, uses_temporal_ramp
+from ..conditioning.v2 import ConditionV2, build_condition, replace_reference_frames, uses_temporal_ramp
+from ..geometry.opensora_v2 import latent_shape
 from ..models.mmdit import pack, position_ids, text_ids, unpack
 from ..text.v2 import TextV2
-from .core import StepCallback, StepResult, run_steps
+from .core import ScheduleRequest, StepCallback, StepResult, run_steps
 
 OSCILLATION_START = 10  # get_oscillation_gs(force_num=10)
 SHIFT_POINTS = ((256, 1.0), (4096, 3.0))  # (tokens per latent frame, alpha) of the linear shift rule
@@ -143,7 +148,7 @@ def guided_velocity(c: torch.Tensor, u: torch.Tensor, u2: torch.Tensor, text_sca
 
 
 # ---------------------------------------------------------------------------
-# Sampler
+# The guided denoiser and the sampler
 # ---------------------------------------------------------------------------
 
 
@@ -171,79 +176,120 @@ def _passes(z: torch.Tensor, text: TextV2, condition: ConditionV2, patch_size: i
     )
 
 
-def _call(model: ModelFn, img: torch.Tensor, t: float, guidance: float, args: _Passes,
-          which: Sequence[int]) -> list[torch.Tensor]:
-    """One model call on the passes ``which`` stacked along the batch -> their outputs (B, N, C) each."""
-    n = len(which)
-    rows = img.shape[0] * n
-    out = model(
-        img=img.repeat(n, 1, 1),
-        img_ids=args.img_ids.repeat(n, 1, 1),
-        txt=torch.cat([args.txt[p] for p in which]),
-        txt_ids=args.txt_ids.repeat(n, 1, 1),
-        timesteps=torch.full((rows,), t, dtype=img.dtype, device=img.device),
-        y_vec=torch.cat([args.y_vec[p] for p in which]),
-        cond=torch.cat([args.cond[p] for p in which]),
-        guidance=torch.full((rows,), guidance, dtype=img.dtype, device=img.device),
-    )
-    return list(out.to(img.dtype).chunk(n, dim=0))
+class ThreePassGuidance:
+    """The MMDiT with Open-Sora 2.0's guidance (``I2VDenoiser.denoise``): ``(x, t, condition, *, step, num_steps)
+    -> v``, the guided velocity for the unpacked latent x [B, C, T, H, W] at time t in [0, 1].
+
+    model:        the MMDiT (or anything with its keyword call), returning [rows, tokens, C*p*p]
+    text:         the prompts and negative prompts (:class:`~opensora_core.text.v2.TextV2`)
+    guidance:     the scales (:class:`GuidanceV2`); ``step``/``num_steps`` drive oscillation and the ramp
+    batch_passes: True runs the passes as one model call of 3B rows (official); False as three calls of B
+                  rows (a third of the activation memory). With an all-zero condition (t2v) the third pass
+                  equals the second and is not computed.
+    """
+
+    def __init__(self, model: ModelFn, text: TextV2, guidance: GuidanceV2 = GuidanceV2(), *, patch_size: int = 2,
+                 batch_passes: bool = True):
+        self.model, self.text, self.guidance = model, text, guidance
+        self.patch_size, self.batch_passes = patch_size, batch_passes
+        self._args: tuple[tuple, ConditionV2, _Passes] | None = None  # the passes of the last latent shape
+
+    @classmethod
+    def for_sampler(cls, model: ModelFn, caption: TextV2, y_null: torch.Tensor | None = None,
+                    model_args: dict | None = None, *, scale: float, channels: int | None = None,
+                    null_mask: torch.Tensor | None = None) -> ThreePassGuidance:
+        """The family ``Sampler.denoiser`` signature: ``caption`` is the :class:`TextV2` (it carries the
+        negative prompt, so ``y_null``/``null_mask`` stay None), ``scale`` the text guidance; ``model_args``
+        may set the other :class:`GuidanceV2` fields and ``patch_size`` / ``batch_passes``."""
+        if y_null is not None or null_mask is not None or channels is not None:
+            raise ValueError("Open-Sora 2.0 guides against the negative prompt inside TextV2 and every velocity "
+                             "channel: pass y_null=None, null_mask=None, channels=None")
+        options = dict(model_args or {})
+        factory = {k: options.pop(k) for k in ("patch_size", "batch_passes") if k in options}
+        return cls(model, caption, GuidanceV2(guidance=scale, **options), **factory)
+
+    def __call__(self, x: torch.Tensor, t: float, condition: ConditionV2, *, step: int,
+                 num_steps: int) -> torch.Tensor:
+        _, _, T, H, W = x.shape
+        args = self._passes_for(x, condition)
+        outs = self._three_passes(pack(x, self.patch_size), t, args, skip_u2=condition.is_empty)
+        c, u, u2 = (unpack(o, T, H, W, self.patch_size) for o in outs)  # (B, C, T, H, W) each
+        image_scale = self.guidance.image_scale(step, num_steps, T, condition.cond_type)
+        if isinstance(image_scale, torch.Tensor):
+            image_scale = image_scale.to(x.device, x.dtype)[None, None, :, None, None]  # (1, 1, T, 1, 1)
+        return guided_velocity(c, u, u2, self.guidance.text_scale(step), image_scale)
+
+    def _passes_for(self, x: torch.Tensor, condition: ConditionV2) -> _Passes:
+        key = (tuple(x.shape), x.dtype, x.device)
+        if self._args is None or self._args[0] != key or self._args[1] is not condition:
+            self._args = (key, condition, _passes(x, self.text, condition, self.patch_size))
+        return self._args[2]
+
+    def _call(self, img: torch.Tensor, t: float, args: _Passes, which: Sequence[int]) -> list[torch.Tensor]:
+        """One model call on the passes ``which`` stacked along the batch -> their outputs (B, N, C) each."""
+        n = len(which)
+        rows = img.shape[0] * n
+        out = self.model(
+            img=img.repeat(n, 1, 1),
+            img_ids=args.img_ids.repeat(n, 1, 1),
+            txt=torch.cat([args.txt[p] for p in which]),
+            txt_ids=args.txt_ids.repeat(n, 1, 1),
+            timesteps=torch.full((rows,), t, dtype=img.dtype, device=img.device),
+            y_vec=torch.cat([args.y_vec[p] for p in which]),
+            cond=torch.cat([args.cond[p] for p in which]),
+            guidance=torch.full((rows,), self.guidance.guidance, dtype=img.dtype, device=img.device),
+        )
+        return list(out.to(img.dtype).chunk(n, dim=0))
+
+    def _three_passes(self, img: torch.Tensor, t: float, args: _Passes,
+                      skip_u2: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c, u, u2) for the packed latent img (B, N, C). ``skip_u2``: the condition is all zero, so pass 2 has
+        the inputs of pass 1 and its output is taken from it."""
+        which = [0, 1] if skip_u2 else [0, 1, 2]
+        if self.batch_passes:
+            outs = self._call(img, t, args, which)
+        else:
+            outs = [self._call(img, t, args, [p])[0] for p in which]
+        return outs[0], outs[1], outs[1] if skip_u2 else outs[2]
 
 
-def _three_passes(model: ModelFn, img: torch.Tensor, t: float, guidance: float, args: _Passes,
-                  skip_u2: bool, batch_passes: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(c, u, u2) for the packed latent img (B, N, C). ``skip_u2``: the condition is all zero, so pass 2 has
-    the inputs of pass 1 and its output is taken from it."""
-    which = [0, 1] if skip_u2 else [0, 1, 2]
-    if batch_passes:
-        outs = _call(model, img, t, guidance, args, which)
-    else:
-        outs = [_call(model, img, t, guidance, args, [p])[0] for p in which]
-    return outs[0], outs[1], outs[1] if skip_u2 else outs[2]
+def schedule_v2(request: ScheduleRequest) -> list[float]:
+    """The family ``Sampler.schedule``: :func:`get_schedule` for the request's steps and pixel size."""
+    shape = latent_shape(1, request.height, request.width, request.num_frames)
+    return get_schedule(request.steps, shape.tokens_per_frame, shape.frames)
 
 
 @torch.no_grad()
 def sample_v2(
-    model: ModelFn,
+    denoiser: ThreePassGuidance,
     z: torch.Tensor,
-    text: TextV2,
     timesteps: Sequence[float],
-    condition: ConditionV2,
-    guidance: GuidanceV2 = GuidanceV2(),
     *,
-    patch_size: int = 2,
+    mask: ConditionV2 | None = None,
+    noise: object = None,
     callback: StepCallback | None = None,
-    batch_passes: bool = True,
     replace_all_items: bool = False,
 ) -> torch.Tensor:
-    """Euler sampling of the MMDiT with three-pass guidance (``I2VDenoiser.denoise`` + the end of ``api_fn``).
+    """Euler sampling with the three-pass guided velocity (the end of ``api_fn``); the family ``Sampler.sample``.
 
-    model:      the MMDiT (or anything with its keyword call), returning [rows, tokens, C*p*p]
+    denoiser:   :class:`ThreePassGuidance` (``(x, t, condition, *, step, num_steps) -> v``)
     z:          [B, C, T, H, W] initial noise; the sampler computes in z's dtype (official: the model dtype)
     timesteps:  :func:`get_schedule` (floats from 1 down to 0)
-    condition:  :func:`~opensora_core.conditioning.v2.build_condition` for z
-    batch_passes: True runs the passes as one model call of 3B rows (official); False as three calls of B
-                rows (a third of the activation memory). With an all-zero condition (t2v) the third pass
-                equals the second and is not computed.
+    mask:       the condition (:func:`~opensora_core.conditioning.v2.build_condition` for z); None = t2v
+    noise:      unused (the flow sampler draws nothing after the initial noise); accepted for the interface
     replace_all_items: put the i2v reference frames back into every item, not only item 0 (official: 0)
 
     Returns the final latent [B, C, T, H, W] (what the official code decodes). The callback gets the keys of
     :data:`~opensora_core.sampling.core.CALLBACK_KEYS` with unpacked latents and t in [0, 1].
     """
-    B, _, T, H, W = z.shape
+    condition = build_condition(z, "t2v") if mask is None else mask
     _check_inputs(z, condition, timesteps)
-    args = _passes(z, text, condition, patch_size)
-    skip_u2 = condition.is_empty
     num_steps = len(timesteps) - 1
 
     def step(i: int, x: torch.Tensor) -> StepResult:
         t, t_next = timesteps[i], timesteps[i + 1]
-        outs = _three_passes(model, pack(x, patch_size), t, guidance.guidance, args, skip_u2, batch_passes)
-        c, u, u2 = (unpack(o, T, H, W, patch_size) for o in outs)  # (B, C, T, H, W) each
-        image_scale = guidance.image_scale(i, num_steps, T, condition.cond_type)
-        if isinstance(image_scale, torch.Tensor):
-            image_scale = image_scale.to(x.device, x.dtype)[None, None, :, None, None]  # (1, 1, T, 1, 1)
-        v = guided_velocity(c, u, u2, guidance.text_scale(i), image_scale)
-        t_vec = torch.full((B,), t, dtype=x.dtype, device=x.device)
+        v = denoiser(x, t, condition, step=i, num_steps=num_steps)  # (B, C, T, H, W)
+        t_vec = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         return StepResult(x + (t_next - t) * v, t_vec, x - t * v)
 
     x = run_steps(step, z, num_steps, callback)
@@ -262,6 +308,7 @@ def _check_inputs(z: torch.Tensor, condition: ConditionV2, timesteps: Sequence[f
 __all__ = [
     "GuidanceV2",
     "ModelFn",
+    "ThreePassGuidance",
     "get_noise",
     "get_schedule",
     "guided_velocity",
@@ -269,5 +316,6 @@ __all__ = [
     "image_scale_top",
     "oscillation_scale",
     "sample_v2",
+    "schedule_v2",
     "shift_alpha",
 ]
