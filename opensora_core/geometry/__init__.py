@@ -14,7 +14,6 @@ The package namespace holds :mod:`.latent` and the v1.x tables (their long-stand
 size rules of Open-Sora-Plan and Open-Sora 2.0 are imported from their modules.
 """
 
-from . import latent, opensora_v1
 from .latent import (
     HUNYUAN_VAE,
     OSP_CAUSAL_VAE,
@@ -41,4 +40,26 @@ from .opensora_v1 import (
     resolutions,
 )
 
-__all__ = [*latent.__all__, *opensora_v1.__all__]
+__all__ = [
+    "DecodeChunk",
+    "EncodeChunk",
+    "HUNYUAN_VAE",
+    "IMG_FPS",
+    "LatentGeometry",
+    "OSP_CAUSAL_VAE",
+    "OSP_WF_VAE",
+    "PER_FRAME",
+    "SPATIAL_FACTOR",
+    "V1_2_MICRO_FRAMES",
+    "VAE_V1_2",
+    "aspect_ratio_table",
+    "check_frame_count",
+    "closest_ratio",
+    "closest_ratio_key",
+    "image_size",
+    "named_aspect_ratios",
+    "named_durations",
+    "num_frames_from_duration",
+    "resolution_pixels",
+    "resolutions",
+]
