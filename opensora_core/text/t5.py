@@ -63,10 +63,12 @@ class TextEncoderPreset:
 T5_V1_0 = TextEncoderPreset("v1.0", max_length=120)  # T5Encoder default; configs/opensora/inference/*.py
 T5_V1_1 = TextEncoderPreset("v1.1", max_length=200)  # configs/opensora-v1-1/inference/sample.py
 T5_V1_2 = TextEncoderPreset("v1.2", max_length=300)  # configs/opensora-v1-2/inference/sample.py
-T5_PRESETS = {p.name: p for p in (T5_V1_0, T5_V1_1, T5_V1_2)}
-T5_XXL_CHANNELS = 4096  # d_model of T5-XXL: the STDiT caption_channels
 # Open-Sora-Plan v1.3: --text_encoder_name_1 google/mt5-xxl, --model_max_length / max_sequence_length 512
 MT5_V1_3 = TextEncoderPreset("osp-v1.3", max_length=512, hub_id="google/mt5-xxl", model_type="mt5")
+# Open-Sora 2.0: configs/diffusion/inference/256px.py t5= (512 tokens, encoded without the attention mask)
+T5_V2_0 = TextEncoderPreset("v2.0", max_length=512, hub_id="google/t5-v1_1-xxl")
+T5_PRESETS = {p.name: p for p in (T5_V1_0, T5_V1_1, T5_V1_2, MT5_V1_3, T5_V2_0)}
+T5_XXL_CHANNELS = 4096  # d_model of T5-XXL (and mT5-XXL): the caption channels of every model here
 MODEL_TYPES = ("t5", "mt5")
 
 TOKENIZER_CONFIG = "tokenizer_config.json"  # names the tokenizer class and the special tokens
@@ -492,6 +494,7 @@ __all__ = [
     "T5TextEncoder",
     "TextEncoderPreset",
     "T5_PRESETS",
+    "T5_V2_0",
     "T5_V1_0",
     "T5_V1_1",
     "T5_V1_2",

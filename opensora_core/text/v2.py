@@ -27,9 +27,8 @@ import torch
 
 from .clip import CLIPTextEncoder, load_clip_encoder
 from .prompts_v2 import DEFAULT_FPS, DEFAULT_MOTION_SCORE, prepare_prompt
-from .t5 import T5TextEncoder, TextEncoderPreset, load_t5_encoder
+from .t5 import T5_V2_0, T5TextEncoder, load_t5_encoder
 
-T5_V2_0 = TextEncoderPreset("v2.0", max_length=512, hub_id="google/t5-v1_1-xxl")  # configs/.../256px.py t5=
 NEGATIVE_PROMPT = ""
 
 
@@ -109,4 +108,4 @@ def load_text_encoders_v2(
     return TextEncoderV2(t5, clip)
 
 
-__all__ = ["NEGATIVE_PROMPT", "T5_V2_0", "TextEncoderV2", "TextV2", "load_text_encoders_v2"]
+__all__ = ["NEGATIVE_PROMPT", "TextEncoderV2", "TextV2", "load_text_encoders_v2"]
