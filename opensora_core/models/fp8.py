@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import check_state_dict
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 SCALE_KEY = "scale_weight"
@@ -125,8 +127,6 @@ def load_streaming(model: nn.Module, state: Mapping[str, torch.Tensor], *, sourc
     """Strict load, one top-level child (or one block of a ModuleList) at a time, so a lazily read file
     (:class:`opensora_core.checkpoints.LazyStateDict`) never has to be in memory at once. fp8 layers
     quantize high-precision weights on the way; their scales may be absent from the file."""
-    from ..checkpoints import check_state_dict
-
     check_state_dict(model, state, source=source, optional=scale_keys(model))
     for prefix, module in _load_units(model):
         part = {k[len(prefix):]: state[k] for k in state if k.startswith(prefix)}

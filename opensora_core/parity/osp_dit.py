@@ -19,6 +19,7 @@ import torch
 
 from ..conditioning.osp_inpaint import compress_mask, inpaint_pixels, resolve_mask_type
 from ..families import build_model
+from .osp_sampling import wfvae_encoder
 from .runner import Case, Comparison, Handler
 
 CLASSES = ("OpenSoraT2V_v1_3", "OpenSoraInpaint_v1_3")
@@ -133,8 +134,6 @@ def condition_checks(case: Case) -> list[Comparison]:
         checks.append(Comparison(f"dbg.cond{b}.latent_mask", compress_mask(pixels.pixel_mask),
                                  case.io[f"dbg.cond{b}.latent_mask"]))
         if vae_reference is not None:
-            from .osp_sampling import wfvae_encoder
-
             encode = wfvae_encoder(case, vae_reference[1], case.io[f"rng.cond{b}.posterior_noise"])
             checks.append(Comparison(f"dbg.cond{b}.masked_latent", encode(pixels.masked_pixels),
                                      case.io[f"dbg.cond{b}.masked_latent"], atol, rtol))

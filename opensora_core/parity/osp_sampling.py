@@ -29,11 +29,13 @@ from ..conditioning.osp_inpaint import (
     resize_condition_frames,
     resolve_mask_type,
 )
+from ..families import build_model
 from ..sampling.core import RecordedNoise, SamplingInterrupted
 from ..sampling.euler_ancestral import VPredictionDenoiser, euler_ancestral_schedule, sample_euler_ancestral
 from ..sampling.guidance import NegativePromptGuidance
 from ..text.caption import Caption
 from ..text.t5 import encode_token_ids, encoder_class
+from ..vae.osp import OpenSoraPlanVAE
 from .runner import Case, Comparison, Handler
 
 SIGMA_RTOL = 1e-6  # the float32 sigma table differs by a few ulps between CPUs (zero-SNR cancellation)
@@ -60,8 +62,6 @@ def _referenced_path(case: Case, description: str) -> Path:
 def _transformer(case: Case) -> torch.nn.Module:
     from safetensors.torch import load_file
 
-    from ..families import build_model
-
     weights = _referenced_path(case, case.config["components"]["transformer"]["weights"])
     source = json.loads((weights.parent / "config.json").read_text())
     model = build_model(source["class"], source["constructor_kwargs"])
@@ -85,8 +85,6 @@ def wfvae_encoder(case: Case, description: str, posterior_noise: torch.Tensor) -
     """The WF-VAE wrapper's encode (posterior sample with the recorded ``posterior_noise``, then (z - shift) * scale)
     of the VAE a case references (built from that case's config.json, loaded strictly)."""
     from safetensors.torch import load_file
-
-    from ..vae.osp import OpenSoraPlanVAE
 
     weights = _referenced_path(case, description)
     source = json.loads((weights.parent / "config.json").read_text())
