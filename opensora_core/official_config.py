@@ -97,9 +97,9 @@ class OfficialConstructors:
 
 __all__ = [
     "DIFFUSERS_BOOKKEEPING_PREFIX",
-    "OfficialConstructors",
     "HF_BOOKKEEPING_KEYS",
     "KERNEL_AND_TRAINING_FLAGS",
+    "OfficialConstructors",
     "config_from_official",
     "is_bookkeeping",
 ]
