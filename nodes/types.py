@@ -17,14 +17,20 @@ from ..opensora_core.families import Family
 from ..opensora_core.geometry import LatentGeometry
 from ..opensora_core.pipeline import Clip, GenerationPlan
 from ..opensora_core.text.caption import Caption
-from .comfy_bridge import Managed
+from .comfy_bridge import Managed, io
 
-# Socket type names (prefixed; never rename them: saved workflows refer to them).
+# Socket type names (prefixed; never rename them: saved workflows refer to them) and their V3 types.
 MODEL = "OPENSORA_MODEL"
 VAE = "OPENSORA_VAE"
 T5 = "OPENSORA_T5"
 CAPTION = "OPENSORA_CAPTION"
 REFERENCES = "OPENSORA_REFERENCES"
+
+ModelSocket = io.Custom(MODEL)
+VAESocket = io.Custom(VAE)
+T5Socket = io.Custom(T5)
+CaptionSocket = io.Custom(CAPTION)
+ReferencesSocket = io.Custom(REFERENCES)
 
 
 # ---------------------------------------------------------------------------
