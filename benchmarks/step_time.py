@@ -10,7 +10,10 @@ float32 matmul rate measured around each step in the same run, and the achieved 
 best over the steps), by wall clock and by process CPU time (the latter is less sensitive to other
 processes sharing the cores). Not a test.
 
-    python benchmarks/step_time.py [--repeats 3] [--threads N]
+``--out-of-place`` turns the in-place inference fast path off (``opensora_core.models.inplace``: every op
+allocates its result, as under autograd), to see what it saves.
+
+    python benchmarks/step_time.py [--repeats 3] [--threads N] [--out-of-place]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from opensora_core.models import inplace  # noqa: E402
 from opensora_core.models.stdit3 import STDiT3, STDiT3Config  # noqa: E402
 
 LATENT = (15, 30, 53)  # 51 frames at 240p 9:16 through the v1.2 VAE
@@ -47,7 +51,7 @@ def build_inputs(model: STDiT3) -> dict:
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, *LATENT, generator=gen)
     prompt = torch.randn(1, 1, TOKENS, 4096, generator=gen)
-    null = model.y_embedder.y_embedding[None, None]
+    null = model.null_caption(1)  # (1, 1, L, C)
     mask = torch.zeros(1, TOKENS, dtype=torch.long)
     mask[:, :VALID_TOKENS] = 1
     return dict(
@@ -115,9 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after the warm-up")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out-of-place", action="store_true", help="without the in-place inference fast path")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.out_of_place:
+        inplace.can_overwrite = lambda *tensors: False  # this process only: every op takes its out-of-place branch
 
     torch.manual_seed(0)
     model = STDiT3(STDiT3Config(hidden_size=1152, num_heads=16, depth=2)).eval()
@@ -133,7 +140,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     wall = [flops / step.wall / rate for step, rate, _ in results]
     cpu = [flops * threads / step.cpu / rate for step, _, rate in results]
-    print(f"threads {threads}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print(f"threads {threads}, in-place fast path {'off' if args.out_of_place else 'on'}, "
+          f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     for step, rate, cpu_rate in results:
         print(f"  step {step.wall:.3f} s wall ({step.cpu / threads:.3f} s cpu/thread); "
               f"matmul 2048x2048 fp32 around it {rate / 1e9:.1f} GFLOP/s wall, {cpu_rate / 1e9:.1f} by cpu time")

@@ -85,7 +85,7 @@ def max_rss_mib() -> float:
 def build_vae():
     import torch
 
-    from opensora_core.models import build_model
+    from opensora_core.families import build_model
 
     with torch.device("meta"):
         vae = build_model("VideoAutoencoderPipeline", RELEASED_CONFIG)

@@ -1,7 +1,10 @@
-"""The one module that talks to ComfyUI: model folders, devices and memory, progress, interruption, outputs.
+"""The one module that talks to ComfyUI: the V3 node schema, model folders, devices and memory, progress,
+interruption, outputs.
 
-Every ComfyUI import (``folder_paths``, ``comfy.*``, ``latent_preview``) happens inside a
-function, so the pack imports without ComfyUI and the tests can put a stand-in in its place.
+The V3 schema (``comfy_api.v0_0_2``: ``io``, ``ComfyExtension``) is the only ComfyUI import at module
+level: node classes subclass ``io.ComfyNode`` when they are defined. The version is pinned here, so a
+move to a newer schema version is this one line. Every other ComfyUI import (``folder_paths``,
+``comfy.*``, ``latent_preview``) happens inside a function, so the tests can put a stand-in in its place.
 When ComfyUI's internal API moves, this is the file to change.
 
 Memory: each loaded module (diffusion model, VAE, T5) is wrapped in a
@@ -22,6 +25,16 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..opensora_core.pipeline import device_of
+
+try:  # the V3 node schema, pinned to a versioned module (not "latest")
+    from comfy_api.v0_0_2 import ComfyExtension, io
+except ImportError as err:  # pragma: no cover - depends on the ComfyUI that imports us
+    raise ImportError(
+        "the Open-Sora nodes are declared with ComfyUI's V3 node schema (comfy_api.v0_0_2), which this ComfyUI "
+        f"does not have ({err}); update ComfyUI to 0.3.64 or newer"
+    ) from err
 
 log = logging.getLogger("opensora")
 
@@ -167,29 +180,23 @@ def manage(module: nn.Module, role: str) -> Managed:
 class ComfyPlacement:
     """The core's ``Placement``: load a module through ComfyUI's memory manager while a stage runs.
 
-    ``working_memory`` maps a module to the bytes its stage needs besides its weights (activations):
-    ComfyUI unloads other models (e.g. T5 before sampling) until that much is free as well.
+    ``working_memory`` is the bytes the stage needs besides the weights (activations; the pipeline asks the
+    model): ComfyUI unloads other models (e.g. T5 before sampling) until that much is free as well.
     """
 
-    def __init__(self, managed: Iterable[Managed | None], working_memory: dict[nn.Module, int] | None = None):
+    def __init__(self, managed: Iterable[Managed | None]):
         self._by_module = {id(m.module): m for m in managed if m is not None}
-        self._working = {id(module): size for module, size in (working_memory or {}).items()}
 
     @contextlib.contextmanager
-    def use(self, module: nn.Module) -> Iterator[torch.device]:
+    def use(self, module: nn.Module, working_memory: int = 0) -> Iterator[torch.device]:
         import comfy.model_management as mm
 
         entry = self._by_module.get(id(module))
         if entry is None:  # not ours to place (e.g. an empty stand-in module)
-            yield _device_of(module)
+            yield device_of(module)
             return
-        mm.load_models_gpu([entry.patcher], memory_required=self._working.get(id(module), 0), force_full_load=True)
+        mm.load_models_gpu([entry.patcher], memory_required=working_memory, force_full_load=True)
         yield entry.devices.load
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    tensor = next(module.parameters(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------
@@ -255,13 +262,15 @@ def step_reporter(total: int, preview_factors: list[list[float]] | None = None) 
     return report
 
 
-def sd_vae_preview_factors() -> list[list[float]] | None:
-    """ComfyUI's latent -> RGB factors for (scaled) SD-VAE latents: the v1.0/v1.1 latent space."""
+def latent_rgb_factors(latent_format: str | None) -> list[list[float]] | None:
+    """ComfyUI's latent -> RGB factors of a latent format (``comfy.latent_formats``), or None without one."""
+    if latent_format is None:
+        return None
     try:
-        from comfy.latent_formats import SD15
+        from comfy import latent_formats
     except ImportError:
         return None
-    return SD15().latent_rgb_factors
+    return getattr(latent_formats, latent_format)().latent_rgb_factors
 
 
 def _previewer(factors):

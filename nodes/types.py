@@ -7,23 +7,30 @@ survives ComfyUI's cache and latent save/load nodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..opensora_core.conditioning import format_mask_strategy, task_groups
+from ..opensora_core.conditioning import MaskGroup, Task
+from ..opensora_core.families import Family
 from ..opensora_core.geometry import LatentGeometry
-from ..opensora_core.pipeline import Clip, GenerationPlan, ModelFamily
+from ..opensora_core.pipeline import Clip, GenerationPlan
 from ..opensora_core.text.caption import Caption
-from .comfy_bridge import Managed
+from .comfy_bridge import Managed, io
 
-# Socket type names (prefixed; never rename them: saved workflows refer to them).
+# Socket type names (prefixed; never rename them: saved workflows refer to them) and their V3 types.
 MODEL = "OPENSORA_MODEL"
 VAE = "OPENSORA_VAE"
 T5 = "OPENSORA_T5"
 CAPTION = "OPENSORA_CAPTION"
 REFERENCES = "OPENSORA_REFERENCES"
+
+ModelSocket = io.Custom(MODEL)
+VAESocket = io.Custom(VAE)
+T5Socket = io.Custom(T5)
+CaptionSocket = io.Custom(CAPTION)
+ReferencesSocket = io.Custom(REFERENCES)
 
 
 # ---------------------------------------------------------------------------
@@ -36,7 +43,7 @@ class ModelHandle:
     """OPENSORA_MODEL: a loaded STDiT / STDiT2 / STDiT3."""
 
     module: nn.Module
-    family: ModelFamily
+    family: Family
     preset: str | None
     source: str
     attention: str
@@ -44,7 +51,7 @@ class ModelHandle:
 
     def describe(self) -> str:
         preset = f" {self.preset}" if self.preset else ""
-        return f"{self.family.class_name}{preset} (Open-Sora {self.family.release})"
+        return f"{self.family.model.class_name}{preset} ({self.family.title})"
 
 
 @dataclass(eq=False)
@@ -105,16 +112,15 @@ class PromptCaptions:
 
 @dataclass(eq=False)
 class References:
-    """OPENSORA_REFERENCES: reference frames plus where they go (a strategy or a named task).
+    """OPENSORA_REFERENCES: reference frames plus where they go (parsed strategy groups or a named task).
 
     ``frames``: one (T, H, W, 3) float tensor in 0..1 per reference (an image has T = 1).
-    A named ``task`` (opensora_core.conditioning.TASKS) is resolved once the clip length is
-    known; otherwise ``strategy`` is used as written, in pixel or latent frames.
+    ``groups``: the mask strategy, parsed once by the Mask Builder (each group knows its units);
+    a named ``task`` (opensora_core.conditioning.TASKS) is resolved by the plan, which knows the clip length.
     """
 
     frames: list[torch.Tensor]
-    strategy: str = ""
-    pixel_positions: bool = False
+    groups: list[MaskGroup] = field(default_factory=list)
     task: str | None = None
     task_frames: int = 1
     edit_ratio: float = 0.0
@@ -123,15 +129,26 @@ class References:
     def frame_counts(self) -> list[int]:
         return [int(f.shape[0]) for f in self.frames]
 
-    def resolve(self, geometry: LatentGeometry, num_frames: int) -> tuple[str, bool]:
-        """(mask strategy, pixel_positions) for a clip of ``num_frames`` frames."""
+    @property
+    def strategy(self) -> list[MaskGroup] | Task:
+        """What the generation request takes: the parsed groups, or the named task."""
         if self.task is None:
-            return self.strategy, self.pixel_positions
-        groups = task_groups(
-            self.task, geometry=geometry, num_frames=num_frames, ref_num_frames=self.frame_counts,
-            frames=self.task_frames, edit_ratio=self.edit_ratio,
+            return list(self.groups)
+        return Task(self.task, self.task_frames, self.edit_ratio)
+
+
+def image_frames(name: str, image) -> torch.Tensor:
+    """A ComfyUI IMAGE input as (T, H, W, 3) float frames on the CPU; raises naming the input if it is none."""
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) != 4 or shape[-1] not in (3, 4):
+        channels = f"{shape[-1]} channel(s)" if len(shape) == 4 else f"shape {shape}"
+        raise ValueError(
+            f"{name}: expected an IMAGE batch (frames, height, width, 3 RGB channels), got {channels}; "
+            "connect an image or video frames (a mask or a grayscale batch needs 'Convert Mask to Image' first)"
         )
-        return format_mask_strategy(groups), False
+    if shape[0] < 1 or shape[1] < 1 or shape[2] < 1:
+        raise ValueError(f"{name}: the IMAGE batch is empty (shape {shape}); connect at least one frame")
+    return image[..., :3].float().cpu()
 
 
 # ---------------------------------------------------------------------------
@@ -168,7 +185,7 @@ def latent_from_clips(clips: list[Clip], plan: GenerationPlan) -> dict:
         clip_num_frames=[c.num_frames for c in clips],
         drop_frames=[c.drop for c in clips],
         fps=plan.save_fps,
-        family=plan.family.class_name,
+        family=plan.family.model.class_name,
     )
     samples = torch.cat([c.latent.float().cpu() for c in clips], dim=2)  # (B, C, T, h, w)
     return {"samples": samples, LATENT_INFO: info.as_dict()}

@@ -1,4 +1,4 @@
-"""Checkpoint IO: safe reading, prefix stripping, family detection, strict loading, atomic saving.
+"""Checkpoint IO: safe reading, prefix stripping, strict loading, atomic saving (no model knowledge).
 
 Formats read (``read_checkpoint``):
 
@@ -12,22 +12,23 @@ Formats read (``read_checkpoint``):
 
 Wrapper prefixes (``module.``, ``model.``, ``_orig_mod.``, ComfyUI's
 ``model.diffusion_model.``) and ``{"ema": ...}`` / ``{"state_dict": ...}`` dicts are
-unwrapped. ``detect_family`` names what a file holds from marker keys, and
-``infer_dit_config`` derives the official constructor kwargs of a diffusion
-transformer from its keys and shapes. ``load_into`` copies a state dict into a
-module strictly (names and shapes must match exactly) and on mismatch raises
-:class:`CheckpointMismatchError` listing missing / unexpected / mis-shaped keys and
-the likely cause. ``save_checkpoint`` writes safetensors atomically with the config
-in its metadata, so the loader reads back what the trainer writes.
+unwrapped. ``load_into`` is the one strict-loading routine (diffusion models and VAEs):
+it copies a state dict into a module (names and shapes must match exactly) and on
+mismatch raises :class:`CheckpointMismatchError` listing missing / unexpected /
+mis-shaped keys, plus the likely cause the caller's ``hint`` names. ``save_checkpoint``
+writes safetensors atomically with the config in its metadata, so the loaders read back
+what the trainer writes. What a file holds is decided by ``opensora_core.families``;
+building and loading a model by ``opensora_core.loading``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import math
 import os
-from collections.abc import Iterator, Mapping
+import pickle
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
+from .official_config import HF_BOOKKEEPING_KEYS
 
 log = logging.getLogger("opensora")
 
@@ -46,13 +48,12 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WRAPPER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "_orig_mod.", "module.", "model.")
 # Dict keys under which training scripts nest the weights (first match wins; DiT's find_model takes "ema").
 NESTED_KEYS = ("ema", "state_dict", "model", "module")
-# Hugging Face bookkeeping in config.json files that is not a constructor argument.
-HF_CONFIG_KEYS = ("architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path", "auto_map")
 
 METADATA_CLASS = "opensora.class"
 METADATA_CONFIG = "opensora.config"
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# written by opensora-train into its DiT exports: JSON {height, width, num_frames, fps, score_phrases}, what the
+# model was trained at and which score phrases ("aesthetic score:", ...) its training captions carried
+METADATA_TRAIN_SETTINGS = "opensora.train_settings"
 
 
 class CheckpointError(ValueError):
@@ -61,6 +62,46 @@ class CheckpointError(ValueError):
 
 class CheckpointMismatchError(CheckpointError):
     """State-dict keys or shapes do not match the model."""
+
+
+# ---------------------------------------------------------------------------
+# Damaged files
+# ---------------------------------------------------------------------------
+
+LFS_POINTER = b"version https://git-lfs"
+
+
+def damaged_file_error(path: str | os.PathLike, reason: str, kind: str = "safetensors file") -> CheckpointError:
+    """The error for a weights file that cannot be parsed: names the file, its size and the fix."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        head = path.open("rb").read(len(LFS_POINTER)) if path.is_file() else b""
+    except OSError:
+        size, head = 0, b""
+    hint = "a Git LFS pointer, not the weights; " if head == LFS_POINTER else ""
+    return CheckpointError(f"{path}: not a valid {kind} ({size} bytes; {hint}{reason}); download it again")
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> Iterator:
+    """``safetensors.safe_open`` whose parse errors become :class:`CheckpointError` naming the file."""
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt", device=str(device))
+    except Exception as err:  # SafetensorError (not importable by name in every version) or OSError
+        if isinstance(err, FileNotFoundError):
+            raise CheckpointError(f"checkpoint not found: {path}") from None
+        raise damaged_file_error(path, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+    with handle:
+        yield handle
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` has a complete safetensors header (nothing is loaded)."""
+    with open_safetensors(path):
+        pass
 
 
 # ---------------------------------------------------------------------------
@@ -76,25 +117,24 @@ class LazyStateDict(Mapping):
     """
 
     def __init__(self, files: list[Path], device: str | torch.device = "cpu"):
-        from safetensors import safe_open
-
         self._device = str(device)
         self._where: dict[str, tuple[Path, str]] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self.metadata: dict[str, str] = {}
         for file in files:
-            with safe_open(str(file), framework="pt") as handle:
+            with open_safetensors(file) as handle:
                 self.metadata.update(handle.metadata() or {})
                 for key in handle.keys():
                     self._where[key] = (file, key)
                     self._shapes[key] = tuple(handle.get_slice(key).get_shape())
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
-
         file, stored = self._where[key]
-        with safe_open(str(file), framework="pt", device=self._device) as handle:
-            return handle.get_tensor(stored)
+        with open_safetensors(file, self._device) as handle:
+            try:
+                return handle.get_tensor(stored)
+            except Exception as err:  # the file changed or was cut after its header was read
+                raise damaged_file_error(file, f"{stored}: {err}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
@@ -140,6 +180,17 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+def trained_score_phrases(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The score phrases a fine-tuned model's captions carried (from a safetensors export's header only);
+    None when the file does not say (released checkpoints, folders, pickles)."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return None
+    with open_safetensors(path) as handle:
+        raw = (handle.metadata() or {}).get(METADATA_TRAIN_SETTINGS)
+    return tuple(json.loads(raw).get("score_phrases", ())) if raw else None
+
+
 def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a file or folder into a :class:`Checkpoint` (see module docstring for formats)."""
     path = Path(path)
@@ -183,7 +234,7 @@ def _read_folder(path: Path, device) -> Checkpoint:
 
 def _folder_weight_files(path: Path) -> list[Path] | None:
     for index in sorted(path.glob("*.safetensors.index.json")):
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         return [path / shard for shard in shards]
     for name in ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
@@ -192,11 +243,22 @@ def _folder_weight_files(path: Path) -> list[Path] | None:
     return found[:1] if len(found) == 1 else None
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object file (config, shard index); a damaged one raises :class:`CheckpointError` naming it."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise damaged_file_error(path, str(err), "JSON file") from None
+    if not isinstance(raw, dict):
+        raise damaged_file_error(path, f"holds a {type(raw).__name__}, not an object", "JSON file")
+    return raw
+
+
 def read_hf_config(path: Path) -> tuple[dict, str | None]:
     """Constructor kwargs and class name from a Hugging Face ``config.json``."""
-    raw = json.loads(Path(path).read_text())
+    raw = read_json(path)
     class_name = (raw.get("architectures") or [None])[0] or raw.get("model_type")
-    config = {k: v for k, v in raw.items() if k not in HF_CONFIG_KEYS}
+    config = {k: v for k, v in raw.items() if k not in HF_BOOKKEEPING_KEYS}
     return config, class_name
 
 
@@ -209,8 +271,11 @@ def _read_pickle(path: Path, device) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError and others for unsafe content
+        reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        if not isinstance(err, pickle.UnpicklingError):  # cut off, empty or not a torch file at all
+            raise damaged_file_error(path, reason, "PyTorch checkpoint") from None
         raise CheckpointError(
-            f"{path.name}: cannot be read safely ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"{path.name}: cannot be read safely ({reason}). "
             "Only plain tensor state dicts are loaded from pickle files (weights_only=True); "
             "convert the file to .safetensors"
         ) from None
@@ -253,137 +318,6 @@ def strip_prefixes(state_dict: StateDict) -> StateDict:
 
 
 # ---------------------------------------------------------------------------
-# What does a state dict hold?
-# ---------------------------------------------------------------------------
-
-# family -> (marker keys that must all be present, description for messages)
-_FAMILIES: dict[str, tuple[tuple[str, ...], str]] = {
-    "STDiT3": (("spatial_blocks.0.attn.qkv.weight", "temporal_blocks.0.attn.qkv.weight"),
-               "an Open-Sora v1.2 STDiT3 diffusion transformer"),
-    "STDiT2": (("t_block_temp.1.weight", "blocks.0.attn_temp.qkv.weight"),
-               "an Open-Sora v1.1 STDiT2 diffusion transformer"),
-    "STDiT": (("blocks.0.attn_temp.qkv.weight", "t_block.1.weight"),
-              "an Open-Sora v1.0 STDiT diffusion transformer"),
-    "VideoAutoencoderPipeline": (("temporal_vae.encoder.conv_in.conv.weight",),
-                                 "the Open-Sora VAE v1.2 (spatial + temporal video VAE)"),
-    "AutoencoderKL": (("decoder.conv_in.weight", "encoder.conv_in.weight"),
-                      "an SD-VAE (AutoencoderKL) image VAE, as used by Open-Sora v1.0/v1.1"),
-    "T5": (("encoder.block.0.layer.0.SelfAttention.q.weight",), "a T5 text encoder"),
-}
-# order matters: STDiT2 has STDiT's markers too
-_DETECTION_ORDER = ("STDiT3", "STDiT2", "STDiT", "VideoAutoencoderPipeline", "AutoencoderKL", "T5")
-
-
-def detect_family(state_dict: StateDict) -> str | None:
-    """Official class name of what ``state_dict`` holds, or None if unrecognised."""
-    keys = set(state_dict)
-    for family in _DETECTION_ORDER:
-        markers, _ = _FAMILIES[family]
-        if all(m in keys for m in markers):
-            return family
-    if "temporal_vae.encoder.conv_in.weight" in keys or any(k.startswith("temporal_vae.") for k in keys):
-        return "VideoAutoencoderPipeline"
-    if any(k.startswith("encoder.down.0.block.0.") for k in keys):  # LDM / ComfyUI SD-VAE layout
-        return "AutoencoderKL"
-    return None
-
-
-def describe_family(family: str | None) -> str:
-    if family is None:
-        return "something this pack does not recognise"
-    return _FAMILIES[family][1]
-
-
-# Which loader/model choice fits which family (for error messages).
-_FIX_FOR_FAMILY = {
-    "STDiT3": "load it with the Open-Sora model loader as STDiT3 (v1.2)",
-    "STDiT2": "this is a v1.1 checkpoint: pick STDiT2 (v1.1)",
-    "STDiT": "this is a v1.0 checkpoint: pick STDiT (v1.0)",
-    "VideoAutoencoderPipeline": "this is a VAE file: load it with the VAE loader",
-    "AutoencoderKL": "this is an image VAE file: load it with the VAE loader (SD-VAE, for v1.0/v1.1 models)",
-    "T5": "this is a text encoder: load it with the T5 loader",
-}
-
-
-def fix_for_family(family: str | None) -> str:
-    return _FIX_FOR_FAMILY.get(family, "check that the file is an Open-Sora checkpoint")
-
-
-def expect_family(state_dict: StateDict, expected: str | tuple[str, ...], source: str) -> str:
-    """Return the detected family or raise a :class:`CheckpointError` that names what the file is."""
-    expected = (expected,) if isinstance(expected, str) else expected
-    found = detect_family(state_dict)
-    if found in expected:
-        return found
-    wanted = " or ".join(describe_family(e) for e in expected)
-    raise CheckpointError(
-        f"{source}: expected {wanted}, but this file holds {describe_family(found)}; {fix_for_family(found)}"
-    )
-
-
-# ---------------------------------------------------------------------------
-# Diffusion-transformer configs from keys and shapes
-# ---------------------------------------------------------------------------
-
-
-def infer_dit_config(state_dict: StateDict) -> tuple[str, dict]:
-    """(official class name, official constructor kwargs) derived from keys and shapes.
-
-    Values that shapes cannot tell (input_sq_size, class_dropout_prob, the v1.0
-    space/time scales) take the released values.
-    """
-    family = expect_family(state_dict, ("STDiT3", "STDiT2", "STDiT"), "checkpoint")
-    blocks = "spatial_blocks" if family == "STDiT3" else "blocks"
-    hidden, in_channels, *patch = shape_of(state_dict, "x_embedder.proj.weight")
-    caption_len, caption_channels = shape_of(state_dict, "y_embedder.y_embedding")
-    out_features = shape_of(state_dict, "final_layer.linear.weight")[0]
-    out_channels = out_features // math.prod(patch)
-    config = {
-        "in_channels": in_channels,
-        "patch_size": list(patch),
-        "hidden_size": hidden,
-        "depth": _count_blocks(state_dict, blocks),
-        "num_heads": _num_heads(state_dict, blocks, hidden),
-        "mlp_ratio": shape_of(state_dict, f"{blocks}.0.mlp.fc1.weight")[0] / hidden,
-        "pred_sigma": out_channels == 2 * in_channels,
-        "caption_channels": caption_channels,
-        "model_max_length": caption_len,
-        "class_dropout_prob": 0.1,
-        "drop_path": 0.0,
-    }
-    if family in ("STDiT3", "STDiT2"):
-        config.update(input_size=[None, None, None], input_sq_size=512,
-                      qk_norm=f"{blocks}.0.attn.q_norm.weight" in state_dict)
-    else:
-        config.update(_stdit_v1_0_size(state_dict, hidden))
-    return family, config
-
-
-def _count_blocks(state_dict: StateDict, prefix: str) -> int:
-    indices = {int(k.split(".")[1]) for k in state_dict if k.startswith(prefix + ".")}
-    return max(indices) + 1
-
-
-def _num_heads(state_dict: StateDict, blocks: str, hidden: int) -> int | None:
-    """Heads from the q/k-norm or RoPE width; None when the file cannot tell (v1.0 off 72-wide heads)."""
-    if f"{blocks}.0.attn.q_norm.weight" in state_dict:
-        return hidden // shape_of(state_dict, f"{blocks}.0.attn.q_norm.weight")[0]
-    if "rope.freqs" in state_dict:
-        return hidden // (2 * shape_of(state_dict, "rope.freqs")[0])
-    return hidden // 72 if hidden % 72 == 0 else None  # released models use 72-wide heads (1152 / 16)
-
-
-def _stdit_v1_0_size(state_dict: StateDict, hidden: int) -> dict:
-    """v1.0 has fixed-size position tables; released .pth files omit them (default: 16x512x512)."""
-    frames, side = 16, 64
-    if "pos_embed_temporal" in state_dict:
-        frames = shape_of(state_dict, "pos_embed_temporal")[1]
-    if "pos_embed" in state_dict:
-        side = 2 * math.isqrt(shape_of(state_dict, "pos_embed")[1])
-    return {"input_size": [frames, side, side], "space_scale": side / 64, "time_scale": 1.0}
-
-
-# ---------------------------------------------------------------------------
 # Strict loading
 # ---------------------------------------------------------------------------
 
@@ -393,101 +327,84 @@ def model_state_entries(module: nn.Module) -> dict[str, torch.Tensor]:
     return dict(module.state_dict(keep_vars=True))
 
 
-def check_state_dict(module: nn.Module, state_dict: StateDict, *, source: str, optional: tuple[str, ...] = ()) -> None:
+@dataclass(frozen=True)
+class Mismatch:
+    """How a state dict differs from a module: sorted key names and (key, file shape, model shape)."""
+
+    missing: list[str]
+    unexpected: list[str]
+    misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.misshaped)
+
+
+Hint = Callable[[Mismatch], "str | None"]  # the likely cause of a mismatch, in the caller's words
+
+
+def compare_state_dict(module: nn.Module, state_dict: StateDict, *, optional: tuple[str, ...] = ()) -> Mismatch:
+    """Names and shapes of ``state_dict`` against ``module`` (``optional``: entries a file may omit)."""
+    ours = model_state_entries(module)
+    return Mismatch(
+        missing=sorted(k for k in set(ours) - set(state_dict) if k not in optional),
+        unexpected=sorted(set(state_dict) - set(ours)),
+        misshaped=sorted(
+            (k, shape_of(state_dict, k), tuple(ours[k].shape))
+            for k in set(ours) & set(state_dict)
+            if shape_of(state_dict, k) != tuple(ours[k].shape)
+        ),
+    )
+
+
+def check_state_dict(module: nn.Module, state_dict: StateDict, *, source: str, optional: tuple[str, ...] = (),
+                     hint: Hint | None = None) -> None:
     """Raise :class:`CheckpointMismatchError` unless names and shapes match exactly.
 
-    ``optional`` names model entries a file may omit (fixed tables the model computes).
+    ``optional`` names model entries a file may omit (fixed tables the model computes); ``hint`` gives
+    the likely cause for the message.
     """
-    ours = model_state_entries(module)
-    missing = sorted(k for k in set(ours) - set(state_dict) if k not in optional)
-    unexpected = sorted(set(state_dict) - set(ours))
-    misshaped = sorted(
-        (k, shape_of(state_dict, k), tuple(ours[k].shape))
-        for k in set(ours) & set(state_dict)
-        if shape_of(state_dict, k) != tuple(ours[k].shape)
-    )
-    if missing or unexpected or misshaped:
-        raise CheckpointMismatchError(_mismatch_message(module, state_dict, source, missing, unexpected, misshaped))
+    mismatch = compare_state_dict(module, state_dict, optional=optional)
+    if mismatch:
+        raise CheckpointMismatchError(_mismatch_message(type(module).__name__, source, mismatch, hint))
 
 
-def _mismatch_message(module, state_dict, source, missing, unexpected, misshaped) -> str:
-    found = detect_family(state_dict)
-    target = type(module).__name__
+def _mismatch_message(target: str, source: str, mismatch: Mismatch, hint: Hint | None) -> str:
     lines = [f"{source}: does not match {target}."]
-    if found is not None and found != target and not (found == "AutoencoderKL" and "Autoencoder" in target):
-        lines.append(f"  This file holds {describe_family(found)}: {fix_for_family(found)}.")
-    elif any(k == "y_embedder.y_embedding" for k, *_ in misshaped):
-        lines.append("  The caption length (model_max_length) differs: the file was trained for another T5 length.")
-    elif misshaped:
-        lines.append("  Same family, different size: pick the preset/config that matches the file.")
+    cause = hint(mismatch) if hint is not None else None
+    if cause:
+        lines.append(f"  {cause}")
 
     def show(title, items):
         if items:
             shown = ", ".join(map(str, items[:8])) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
             lines.append(f"  {title} ({len(items)}): {shown}")
 
-    show("missing keys", missing)
-    show("unexpected keys", unexpected)
-    show("mis-shaped (key, file, model)", misshaped)
+    show("missing keys", mismatch.missing)
+    show("unexpected keys", mismatch.unexpected)
+    show("mis-shaped (key, file, model)", mismatch.misshaped)
     return "\n".join(lines)
 
 
 def load_into(
-    module: nn.Module, state_dict: StateDict, *, source: str = "checkpoint", optional: tuple[str, ...] = ()
+    module: nn.Module, state_dict: StateDict, *, source: str = "checkpoint", optional: tuple[str, ...] = (),
+    hint: Hint | None = None,
 ) -> None:
-    """Copy ``state_dict`` into ``module`` strictly, one tensor at a time (casting to the module's dtype)."""
-    check_state_dict(module, state_dict, source=source, optional=optional)
+    """Copy ``state_dict`` into ``module`` strictly, one tensor at a time (casting to the module's dtype).
+
+    A module built on the meta device takes the file's tensors as they are instead (``assign``), so
+    the weights are never held twice; it must then get every entry (no ``optional`` ones).
+    """
+    check_state_dict(module, state_dict, source=source, optional=optional, hint=hint)
+    entries = model_state_entries(module)
+    if any(t.is_meta for t in entries.values()):
+        if any(name not in state_dict for name in entries):
+            raise CheckpointError(f"{source}: a module on the meta device needs every entry from the file")
+        module.load_state_dict({name: state_dict[name] for name in entries}, strict=True, assign=True)
+        return
     with torch.no_grad():
-        for name, target in model_state_entries(module).items():
+        for name, target in entries.items():
             if name in state_dict:
                 target.copy_(state_dict[name])
-
-
-# ---------------------------------------------------------------------------
-# Building + loading a diffusion transformer
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    class_name: str
-    config: dict
-    preset: str | None
-    source: Path
-
-
-def load_dit(
-    path: str | os.PathLike,
-    *,
-    class_name: str | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    config_overrides: dict | None = None,
-) -> LoadedModel:
-    """Read, detect, build and strictly load an STDiT / STDiT2 / STDiT3 checkpoint."""
-    from .models import build_model, find_preset
-
-    ckpt = read_checkpoint(path, device="cpu")
-    family = expect_family(ckpt.state_dict, ("STDiT3", "STDiT2", "STDiT"), str(ckpt.path))
-    if class_name is not None and class_name != family:
-        raise CheckpointError(
-            f"{ckpt.path}: you chose {class_name}, but the file holds {describe_family(family)}; "
-            f"{fix_for_family(family)}"
-        )
-    _, config = infer_dit_config(ckpt.state_dict)
-    if family == "STDiT" and "pos_embed" not in ckpt.state_dict and "256x256" in ckpt.path.name:
-        config.update(input_size=[16, 32, 32], space_scale=0.5)  # OpenSora-v1(-HQ)-16x256x256.pth
-    config.update({k: v for k, v in (ckpt.config or {}).items() if k in config or k in ("input_sq_size",)})
-    config.update(config_overrides or {})
-    if config["num_heads"] is None:
-        raise CheckpointError(f"{ckpt.path}: the number of attention heads cannot be read from this file; pass num_heads")
-    with torch.device(device):
-        model = build_model(family, config).to(dtype=dtype)
-    optional = tuple(k for k in ("pos_embed", "pos_embed_temporal") if family == "STDiT")
-    load_into(model, ckpt.state_dict, source=str(ckpt.path), optional=optional)
-    model.eval().requires_grad_(False)
-    return LoadedModel(model, family, config, find_preset(family, config), ckpt.path)
 
 
 # ---------------------------------------------------------------------------
@@ -512,6 +429,17 @@ def save_checkpoint(
     if config is not None:
         meta[METADATA_CONFIG] = json.dumps(config)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    check_finite(tensors, f"refusing to write {path}")
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], context: str) -> None:
+    """Raise :class:`CheckpointError` if a floating tensor holds NaN or inf (weights that would be garbage)."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{context}: {len(bad)} tensor(s) hold NaN or inf values (e.g. {', '.join(bad[:3])}); "
+            "the weights diverged or the source is damaged"
+        )

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import torch
 
+from .loading import load_dit, load_vae
+from .pipeline import Components, GenerationSpec
+from .text.t5 import load_t5_encoder
+
 DEMO_DIR_ENV = "OPENSORA_DEMO_DIR"
 DEMO_CONFIG = "demo.json"
 
@@ -66,23 +70,16 @@ def load_demo(root: str | os.PathLike | None = None) -> Demo:
 def load_components(demo: Demo | None = None, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32):
     """The demo's STDiT3, VAE v1.2 and T5 as :class:`opensora_core.pipeline.Components`."""
-    from .checkpoints import load_dit
-    from .pipeline import Components
-    from .text.t5 import load_t5_encoder
-    from .vae import load_vae
-
     demo = demo or load_demo()
     model = load_dit(demo.model, dtype=dtype, device=device).model
     vae = load_vae(demo.vae, dtype=dtype, device=device)
-    max_length = model.y_embedder.y_embedding.shape[0]
+    max_length, _ = model.caption_shape
     text = load_t5_encoder(demo.text_encoder, max_length=max_length, dtype=dtype, device=device)
     return Components(model, vae, text)
 
 
 def demo_spec(demo: Demo | None = None, **overrides):
     """A :class:`opensora_core.pipeline.GenerationSpec` with the demo's settings (``overrides`` win)."""
-    from .pipeline import GenerationSpec
-
     demo = demo or load_demo()
     settings = dict(prompts=[demo.prompt], height=demo.height, width=demo.width, num_frames=demo.num_frames,
                     fps=demo.fps, steps=demo.steps, cfg_scale=demo.cfg_scale, seed=demo.seed,

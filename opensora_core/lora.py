@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import save_checkpoint
+
 COMFY_PREFIX = "diffusion_model."
 UNET_PREFIX = "lora_unet_"  # kohya spelling: module path with dots as underscores
 METADATA_LORA = "opensora.lora"
@@ -216,8 +218,6 @@ def fuse_lora_state(
 def save_lora(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, *,
               dtype: torch.dtype | None = None, info: Mapping | None = None) -> Path:
     """Write the adapters of ``model`` (or ready ComfyUI tensors) as safetensors (atomic; ``info`` -> metadata)."""
-    from .checkpoints import save_checkpoint
-
     tensors = model if isinstance(model, Mapping) else lora_state_dict(model)
     if dtype is not None:
         tensors = {k: v if k.endswith(".alpha") else v.to(dtype) for k, v in tensors.items()}
@@ -248,13 +248,13 @@ def load_lora(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor]
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
-    from safetensors import safe_open
+    from .checkpoints import open_safetensors
 
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: LoRA files must be .safetensors")
-    with safe_open(str(path), framework="pt") as handle:
+    with open_safetensors(path) as handle:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
         return tensors, dict(handle.metadata() or {}), str(path)
 

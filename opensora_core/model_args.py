@@ -10,9 +10,29 @@ resolution-dependent timestep shift; STDiT2 embeds all five.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 
 from .geometry import IMG_FPS
+
+
+@dataclass(frozen=True)
+class SizeArgs:
+    """One sample's size/fps model arguments; the field names are the models' keyword names."""
+
+    height: float  # pixel height of the generated (or training) clip
+    width: float  # pixel width
+    num_frames: float  # pixel frames
+    ar: float  # aspect ratio (H / W at inference)
+    fps: float  # frames per second the model is conditioned on
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+MODEL_ARG_NAMES = tuple(field.name for field in dataclasses.fields(SizeArgs))  # height, width, num_frames, ar, fps
 
 
 def multi_resolution_args(
@@ -33,8 +53,8 @@ def multi_resolution_args(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     height, width = image_size
     fps = fps if num_frames > 1 else IMG_FPS
-    values = {"height": height, "width": width, "num_frames": num_frames, "ar": height / width, "fps": fps}
+    values = SizeArgs(height=height, width=width, num_frames=num_frames, ar=height / width, fps=fps).as_dict()
     return {name: torch.full((batch_size,), value, dtype=dtype, device=device) for name, value in values.items()}
 
 
-__all__ = ["multi_resolution_args"]
+__all__ = ["MODEL_ARG_NAMES", "SizeArgs", "multi_resolution_args"]

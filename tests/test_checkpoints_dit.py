@@ -9,7 +9,9 @@ import torch
 
 from conftest import reference_dir
 from opensora_core import checkpoints as ck
-from opensora_core.models import build_model, find_preset
+from opensora_core import loading
+from opensora_core.families import build_model
+from opensora_core.models import find_preset
 
 TINY = {
     "STDiT3": dict(hidden_size=64, depth=2, num_heads=4, caption_channels=32, model_max_length=12),
@@ -52,7 +54,7 @@ def test_full_size_config_is_inferred_from_shapes(manifest):
     data = json.loads((root / manifest).read_text())
     shapes = {**data["params"], **data["buffers"]}
     state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
-    class_name, config = ck.infer_dit_config(state)
+    class_name, config = loading.infer_dit_config(state)
     assert (class_name, find_preset(class_name, config)) == MANIFESTS[manifest]
     with torch.device("meta"):
         model = build_model(class_name, config)
@@ -64,7 +66,7 @@ def test_released_v1_0_pth_without_position_tables_loads(tmp_path):
     model = _tiny("STDiT")
     weights = {k: v for k, v in model.state_dict().items() if not k.startswith("pos_embed")}
     torch.save(weights, tmp_path / "OpenSora-v1-tiny.pth")
-    loaded = ck.load_dit(tmp_path / "OpenSora-v1-tiny.pth", config_overrides={"input_size": [4, 8, 8], "num_heads": 4})
+    loaded = loading.load_dit(tmp_path / "OpenSora-v1-tiny.pth", config_overrides={"input_size": [4, 8, 8], "num_heads": 4})
     x, t, kw = _inputs("STDiT")
     torch.testing.assert_close(loaded.model(x, t, **kw), model(x, t, **kw))
 
@@ -85,7 +87,7 @@ def test_load_dit_roundtrip(tmp_path, class_name, layout):
         torch.save({"ema": state}, path)
     else:
         path = ck.save_checkpoint({f"model.diffusion_model.{k}": v for k, v in state.items()}, tmp_path / "c.safetensors")
-    loaded = ck.load_dit(path, dtype=torch.float32)
+    loaded = loading.load_dit(path, dtype=torch.float32)
     assert loaded.class_name == class_name and loaded.config["depth"] == 2
     x, t, kw = _inputs(class_name)
     torch.testing.assert_close(loaded.model(x, t, **kw), model(x, t, **kw))
@@ -93,7 +95,7 @@ def test_load_dit_roundtrip(tmp_path, class_name, layout):
 
 def test_load_dit_casts_to_bf16(tmp_path):
     path = ck.save_checkpoint(_tiny("STDiT3").state_dict(), tmp_path / "m.safetensors")
-    loaded = ck.load_dit(path, dtype=torch.bfloat16)
+    loaded = loading.load_dit(path, dtype=torch.bfloat16)
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
     x, t, kw = _inputs("STDiT3")
     assert loaded.model(x, t, **kw).dtype == torch.float32
@@ -103,13 +105,13 @@ def test_v1_0_heads_must_be_given_when_the_file_cannot_tell(tmp_path):
     weights = {k: v for k, v in _tiny("STDiT").state_dict().items() if not k.startswith("pos_embed")}
     torch.save(weights, tmp_path / "v1.pth")
     with pytest.raises(ck.CheckpointError, match="pass num_heads"):
-        ck.load_dit(tmp_path / "v1.pth", config_overrides={"input_size": [4, 8, 8]})
+        loading.load_dit(tmp_path / "v1.pth", config_overrides={"input_size": [4, 8, 8]})
 
 
 def test_v1_1_file_chosen_as_stdit3_names_the_fix(tmp_path):
     path = ck.save_checkpoint(_tiny("STDiT2").state_dict(), tmp_path / "stage3.safetensors")
     with pytest.raises(ck.CheckpointError, match="pick STDiT2"):
-        ck.load_dit(path, class_name="STDiT3")
+        loading.load_dit(path, class_name="STDiT3")
 
 
 def test_vae_file_given_as_model_names_the_fix(tmp_path):
@@ -117,18 +119,18 @@ def test_vae_file_given_as_model_names_the_fix(tmp_path):
                 "spatial_vae.module.encoder.conv_in.weight": torch.zeros(2, 3, 3, 3)}
     path = ck.save_checkpoint(vae_like, tmp_path / "vae.safetensors")
     with pytest.raises(ck.CheckpointError, match="this is a VAE file"):
-        ck.load_dit(path)
+        loading.load_dit(path)
 
 
 def test_wrong_caption_length_is_explained():
     model = build_model("STDiT3", {**TINY["STDiT3"], "model_max_length": 20})
     with pytest.raises(ck.CheckpointMismatchError, match="caption length"):
-        ck.load_into(model, _tiny("STDiT3").state_dict(), source="m.safetensors")
+        loading.load_dit_weights(model, _tiny("STDiT3").state_dict(), source="m.safetensors")
 
 
 def test_saved_config_in_metadata_is_read_back(tmp_path):
     model = _tiny("STDiT3")
     config = {**TINY["STDiT3"], "input_sq_size": 256}
     path = ck.save_checkpoint(model.state_dict(), tmp_path / "m.safetensors", class_name="STDiT3", config=config)
-    loaded = ck.load_dit(path)
+    loaded = loading.load_dit(path)
     assert loaded.config["input_sq_size"] == 256

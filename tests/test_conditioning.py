@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from opensora_core.conditioning import (
+    PIXEL,
     MaskGroup,
-    PixelCondition,
-    append_generated,
     apply_mask_strategy,
     describe_mask_strategy,
     edit_strategy,
@@ -18,14 +17,12 @@ from opensora_core.conditioning import (
     first_frame_strategy,
     first_last_strategy,
     format_mask_strategy,
-    gradio_v1_1_length_plan,
-    loop_strategies,
-    loops_for_length,
     parse_mask_strategy,
-    pixel_conditions_to_groups,
+    to_latent_groups,
     validate_mask_strategy,
 )
 from opensora_core.geometry import PER_FRAME, VAE_V1_2
+from opensora_core.parity.strategies import append_generated, gradio_v1_1_length_plan, loop_strategies, loops_for_length
 
 
 def tagged(*frames: int) -> list[torch.Tensor]:
@@ -171,8 +168,8 @@ def test_documented_strategies_validate(text):
 
 def test_pixel_frames_map_to_latent_frames_of_vae_v1_2():
     """51 frames = 3 chunks of 17 -> 15 latent frames; pixel 50 is in latent 14; pixels 17..33 are latents 5..9."""
-    groups = pixel_conditions_to_groups(
-        [PixelCondition(target_start=-1), PixelCondition(ref_id=1, target_start=17, length=17, edit_ratio=0.5)],
+    groups = to_latent_groups(
+        [MaskGroup(target_start=-1, units=PIXEL), MaskGroup(ref_id=1, target_start=17, length=17, edit_ratio=0.5, units=PIXEL)],
         geometry=VAE_V1_2,
         num_frames=51,
         ref_num_frames=[1, 17],
@@ -181,16 +178,16 @@ def test_pixel_frames_map_to_latent_frames_of_vae_v1_2():
 
 
 def test_pixel_frames_are_latent_frames_for_the_per_frame_vae():
-    [group] = pixel_conditions_to_groups(
-        [PixelCondition(ref_start=-4, target_start=0, length=4)], geometry=PER_FRAME, num_frames=16, ref_num_frames=[16]
+    [group] = to_latent_groups(
+        [MaskGroup(ref_start=-4, target_start=0, length=4, units=PIXEL)], geometry=PER_FRAME, num_frames=16, ref_num_frames=[16]
     )
     assert group == MaskGroup(ref_start=12, length=4)
 
 
 def test_pixel_condition_past_the_end_is_rejected():
     with pytest.raises(ValueError, match="shorten length to 1"):
-        pixel_conditions_to_groups(
-            [PixelCondition(target_start=50, length=3)], geometry=VAE_V1_2, num_frames=51, ref_num_frames=[51]
+        to_latent_groups(
+            [MaskGroup(target_start=50, length=3, units=PIXEL)], geometry=VAE_V1_2, num_frames=51, ref_num_frames=[51]
         )
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from opensora_core.models import build_model, build_preset
+from opensora_core.families import build_model
+from opensora_core.models import build_preset
 from opensora_core.models.stdit import STDiT, STDiTConfig
 from opensora_core.models.stdit2 import STDiT2, STDiT2Config
 from opensora_core.models.stdit3 import STDiT3, STDiT3Config

@@ -7,6 +7,7 @@ import torch
 
 import tiny
 from opensora_core import pipeline
+from opensora_core.families import for_class
 from opensora_core.pipeline import Components, GenerationSpec, generate
 from opensora_core.sampling import SamplingInterrupted
 
@@ -78,16 +79,20 @@ def test_extension_loops_join_to_the_official_length(v12):
 
 
 def test_extension_continues_from_the_previous_clip(v12):
-    """Round 1's first latent frames are the re-encoded end of round 0 (pinned, edit ratio 0)."""
+    """Round 1's first latent frames are the re-encoded end of round 0 (pinned, edit ratio 0).
+
+    As the official ``append_generated``: the decoded clip is encoded as the VAE returned it (not clamped,
+    not resized). Same functions on the same inputs as inside generate(), so the copy is exact.
+    """
     result = generate(v12, _spec(loops=2, condition_frame_length=1))
-    previous = result.clips[0].frames  # decoded by round 1
-    assert previous is not None
+    assert result.clips[0].frames is not None  # decoded by round 1
     g = torch.Generator().manual_seed(7)
     # replay the generator: round 0's start noise and its 3 per-step draws come first
     torch.randn((1, 4, 5, 4, 6), generator=g)
     for _ in range(3):
         torch.randn((1, 4, 5, 4, 6), generator=g)
-    again = pipeline.encode_references(v12.vae, list(previous), H, W, g)[0]
+    video = pipeline.decode_video(v12.vae, result.clips[0].latent, 17)  # (1, 3, 17, H, W), not clamped
+    again = pipeline.encode_video(v12.vae, video, g)[0]
     torch.testing.assert_close(result.clips[1].latent[0, :, :1], again[:, -1:], rtol=0, atol=0)
 
 
@@ -101,7 +106,7 @@ def test_video_to_video_edit_changes_but_follows_the_reference(v12):
 
 
 def test_pixel_positions_are_converted_with_the_vae_geometry(v12):
-    plan = pipeline.plan_generation(pipeline.FAMILIES["STDiT3"], _spec(mask_strategy="0,0,0,16,1", pixel_positions=True), [1])
+    plan = pipeline.plan_generation(for_class("STDiT3"), _spec(mask_strategy="0,0,0,16,1", pixel_positions=True), [1])
     assert plan.groups[0][0].target_start == 4  # pixel frame 16 of 17 is in latent frame 4
     assert "pixel frame" in plan.describe()
 
@@ -110,7 +115,7 @@ def test_v1_1_image_to_video_with_iddpm(v11):
     image = _image(5)
     result = generate(v11, _spec(num_frames=4, mask_strategy="0", steps=4), [image])
     assert result.frames.shape == (1, 4, H, W, 3)
-    assert result.plan.family.sampler == "iddpm" and result.fps == 8  # v1.1 saves at fps / frame_interval
+    assert result.plan.family.sampler.name == "iddpm" and result.fps == 8  # v1.1 saves at fps / frame_interval
     ref = _reference_latents(v11, [image], seed=7)[0]
     latent = result.clips[0].latent[0]
     # v1.1 re-noises kept frames lightly at the last step: frame 0 stays close to the reference
@@ -146,11 +151,24 @@ def test_negative_prompt_changes_the_result(v12):
         (dict(mask_strategy="0,0,0,9,1"), 1, "beyond|past|outside"),
         (dict(height=8), 0, "too small"),
         (dict(loops=2, condition_frame_length=5), 0, "condition_frame_length"),
+        (dict(steps=0), 0, "steps must be >= 1"),
+        (dict(cfg_scale=float("nan")), 0, "cfg_scale must be a finite number >= 0"),
+        (dict(cfg_scale=-2.0), 0, "cfg_scale must be a finite number >= 0"),
+        (dict(seed=-1), 0, "seed must be an integer from 0 to 18446744073709551615"),
+        (dict(seed=2**64), 0, "seed must be an integer from 0 to"),
+        (dict(width=70), 0, "width 70 is not a multiple of 8.*use width 64 or 72"),
+        (dict(fps=float("inf")), 0, "fps must be a positive number"),
+        (dict(save_fps=0.0), 0, "save_fps must be a positive number"),
+        (dict(condition_frame_edit=2.0), 0, "condition_frame_edit"),
+        (dict(loops=2, condition_frame_length=0), 0, "condition_frame_length must be >= 1"),
+        (dict(align=0), 0, "align must be >= 1"),
+        (dict(mask_strategy=""), 1, "1 reference.* mask strategy is empty"),
+        (dict(height=40000, width=40000, num_frames=1000), 0, r"cannot fit: .* needs about \d+\.\d GiB"),
     ],
 )
 def test_bad_requests_fail_before_any_heavy_work(kwargs, refs, message):
     with pytest.raises(ValueError, match=message):
-        pipeline.plan_generation(pipeline.FAMILIES["STDiT3"], _spec(**kwargs), [1] * refs)
+        pipeline.plan_generation(for_class("STDiT3"), _spec(**kwargs), [1] * refs)
 
 
 def test_wrong_vae_for_the_model_is_named(v12):
@@ -188,5 +206,45 @@ def test_sample_video_checks_captions_before_sampling(v12):
 def test_sampling_memory_estimate_grows_with_tokens_and_precision(v12):
     """2 passes (prompt, null caption) x tokens x hidden x (1 + mlp_ratio) x bytes x live copies."""
     model = v12.model  # hidden 64, mlp_ratio 4, patch (1, 2, 2), float32
-    assert pipeline.sampling_memory_bytes(model, 1, (5, 4, 6)) == 2 * (5 * 2 * 3) * 64 * 5 * 4 * 3
-    assert pipeline.sampling_memory_bytes(model, 2, (5, 4, 6)) == 2 * pipeline.sampling_memory_bytes(model, 1, (5, 4, 6))
+    assert model.sampling_memory_bytes(1, (5, 4, 6)) == 2 * (5 * 2 * 3) * 64 * 5 * 4 * 3
+    assert model.sampling_memory_bytes(2, (5, 4, 6)) == 2 * model.sampling_memory_bytes(1, (5, 4, 6))
+
+
+
+def test_references_are_fitted_to_the_requested_size_not_the_decoded_one():
+    """collect_references_batch reads every reference at the requested image_size (240p 9:16 = 240x426)
+    and the VAE floors it (latent 30x53, decoded 240x424); the reference is not squeezed to 424 first."""
+    seen = []
+
+    class RecordingVAE:
+        def encode(self, x, noise=None):
+            seen.append(tuple(x.shape))
+            return torch.zeros(x.shape[0], 4, x.shape[2], x.shape[3] // 8, x.shape[4] // 8)
+
+    image, video = _image(1, h=300, w=500), _image(2, t=3, h=300, w=500)
+    latents = pipeline.encode_references(RecordingVAE(), [image, video], 240, 426, torch.Generator())
+    assert seen == [(1, 3, 1, 240, 426), (1, 3, 3, 240, 426)]
+    assert [tuple(z.shape) for z in latents] == [(4, 1, 30, 53), (4, 3, 30, 53)]
+
+
+def test_an_official_preset_size_is_accepted_and_decodes_to_the_multiple_of_8_below():
+    plan = pipeline.plan_generation(for_class("STDiT3"), _spec(height=240, width=426))
+    assert plan.latent_size[1:] == (30, 53) and plan.geometry.decoded_hw(240, 426) == (240, 424)
+
+
+def test_iddpm_steps_are_checked_before_loading(v12):
+    with pytest.raises(ValueError, match="steps must be from 2 to 1000 for STDiT2"):
+        pipeline.plan_generation(for_class("STDiT2"), _spec(steps=1001, num_frames=16))
+
+
+def test_unused_references_and_empty_prompts_are_warned_about(caplog):
+    with caplog.at_level("WARNING", logger="opensora"):
+        pipeline.plan_generation(for_class("STDiT3"), _spec(prompts=["  "], mask_strategy="0"), [1, 1])
+    assert "reference(s) [1] are not used" in caplog.text and "prompt 0 is empty" in caplog.text
+
+
+def test_activation_estimate_is_checked_with_the_model(v12, monkeypatch):
+    """One 32x48 frame: 18 KB of video fits a 30 KB machine, the tiny model's 46 KB step does not."""
+    monkeypatch.setattr(pipeline.plan, "machine_memory_bytes", lambda: 30_000)
+    with pytest.raises(ValueError, match="one sampling step's activations needs about"):
+        generate(v12, _spec(num_frames=1))

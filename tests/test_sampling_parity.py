@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from opensora_core.models import model_class
+from opensora_core.families import official_class
 from opensora_core.parity import sampling as handlers
 from opensora_core.parity.runner import Case, _judge, run_case
 
@@ -82,7 +82,7 @@ def test_iddpm_handler_runs_both_recorded_configurations(reference, monkeypatch)
 
 def _have(class_name: str) -> bool:
     try:
-        model_class(class_name)
+        official_class(class_name)
     except ModuleNotFoundError:
         return False
     return True

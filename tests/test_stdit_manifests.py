@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from opensora_core.models import build_model, build_preset, presets
+from opensora_core.families import build_model
+from opensora_core.models import build_preset, presets
 
 # manifest file -> preset that must reproduce it
 MANIFESTS = {

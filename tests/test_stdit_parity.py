@@ -10,7 +10,7 @@ import torch
 from conftest import reference_cases
 from safetensors.torch import load_file, save_file
 
-from opensora_core.models import build_model
+from opensora_core.families import build_model
 from opensora_core.parity import run_case
 from opensora_core.parity.stdit import second_calls
 

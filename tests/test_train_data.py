@@ -14,6 +14,7 @@ import train_support  # noqa: F401  (imports this checkout's opensora_train)
 from opensora_core.media import write_video
 from opensora_train.buckets import BucketTable
 from opensora_train.config import ConfigError
+from opensora_core.families import for_class
 from opensora_train.data import Clip, MetadataEntry, frame_window, plan_epoch, read_metadata, size_args
 from opensora_train.masks import MaskGenerator, parse_mask_ratios
 from opensora_train.prepare import prepare_dataset
@@ -139,13 +140,13 @@ def test_size_arguments_follow_the_official_datasets():
 
     video = MetadataEntry(0, Path("/v.mp4"), "t", 100, 240, 426, 30.0)
     clip = Clip(video, BucketKey("240p", 16, "0.56"), 16, 240, 426, tuple(range(16)), 0)
-    v12, v11 = size_args(clip, "STDiT3", 3), size_args(clip, "STDiT2", 3)
+    v12, v11 = size_args(clip, for_class("STDiT3").training, 3), size_args(clip, for_class("STDiT2").training, 3)
     assert v12 == {"height": 240.0, "width": 426.0, "num_frames": 16.0, "ar": 240 / 426, "fps": 10.0}
     assert v11["ar"] == 426 / 240 and v11["fps"] == 30.0
-    assert size_args(clip, "STDiT2", 3, ar="height/width")["ar"] == 240 / 426
+    assert size_args(clip, for_class("STDiT2").training, 3, ar="height/width")["ar"] == 240 / 426
     image = Clip(MetadataEntry(1, Path("/i.png"), "t", 1, 240, 426, 0.0), clip.bucket, 1, 240,
                  426, (), 0)
-    assert size_args(image, "STDiT3", 3)["fps"] == 120.0
+    assert size_args(image, for_class("STDiT3").training, 3)["fps"] == 120.0
 
 
 def _entries(n):

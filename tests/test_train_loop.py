@@ -15,12 +15,11 @@ import torch
 
 import tiny
 import train_support
-from opensora_core.checkpoints import load_dit
+from opensora_core.loading import load_dit, load_vae
 from opensora_core.lora import add_lora, load_lora, merge_lora
 from opensora_core.media import write_video
 from opensora_core.pipeline import Components, GenerationSpec, generate
 from opensora_core.text.t5 import load_t5_encoder
-from opensora_core.vae import load_vae
 from opensora_train.config import TrainConfig, from_dict
 from opensora_train.trainer import train
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from opensora_core.models import build_model
+from opensora_core.families import build_model
 from opensora_core.text.t5 import T5TextEncoder
 from opensora_core.vae import AutoencoderKLConfig, TemporalVAEConfig, VideoAutoencoderKL, VideoAutoencoderPipeline
 

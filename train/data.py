@@ -11,16 +11,20 @@ bilinear for videos, bicubic for images) and scaled to [-1, 1].
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from opensora_core import media
+from opensora_core.families import Training
 from opensora_core.geometry import IMG_FPS
+from opensora_core.model_args import SizeArgs
 
 from .buckets import BucketKey, BucketTable
 from .prepare import resolve_path
@@ -46,6 +50,8 @@ class MetadataEntry:
     height: int
     width: int
     fps: float  # 0 when unknown
+    start_frame: int = 0  # a scene of a longer video (``prepare --scene-cut --scene-rows``): its first frame
+    captions: Any = None  # the dataset's CaptionOptions (train/datasets.py) when its captions vary per epoch
 
     @property
     def is_image(self) -> bool:
@@ -70,9 +76,11 @@ def _entry(i: int, row: dict, csv_path: Path) -> MetadataEntry:
     try:
         fps = float(row.get("fps") or 0)
         values = {k: int(float(row[k])) for k in ("num_frames", "height", "width")}
+        start = int(float(row.get("start_frame") or 0))
     except ValueError as err:
         raise ValueError(f"{csv_path}: row {i + 2}: not a number ({err})") from None
-    return MetadataEntry(i, resolve_path(row["path"], csv_path.parent), row["text"], fps=fps, **values)
+    return MetadataEntry(i, resolve_path(row["path"], csv_path.parent), row["text"], fps=fps, start_frame=start,
+                         **values)
 
 
 # ---------------------------------------------------------------------------
@@ -89,7 +97,7 @@ class Clip:
     num_frames: int  # T of the bucket (pixel frames)
     height: int
     width: int
-    frames: tuple[int, ...]  # source frame indices, empty for an image
+    frames: tuple[int, ...]  # frame indices in the file (start_frame included), empty for an image
     epoch: int  # the epoch (variant) this clip was planned for
 
     @property
@@ -122,6 +130,9 @@ def plan_clip(entry: MetadataEntry, table: BucketTable, frame_interval: int, see
     frames = () if entry.is_image else frame_window(
         entry.num_frames, t, frame_interval, random.Random(mix_seed(seed, "window", epoch, entry.row))
     )
+    frames = tuple(entry.start_frame + i for i in frames)  # frames of the file (a scene row starts later)
+    if entry.captions is not None:  # a datasets.CaptionOptions
+        entry = dataclasses.replace(entry, text=entry.captions.variant(entry.text, entry.row, seed, epoch))
     return Clip(entry, key, t, h, w, frames, epoch)
 
 
@@ -142,7 +153,7 @@ def read_clip(clip: Clip) -> torch.Tensor:
         if decoded.shape[0] < stop - start:
             raise media.MediaError(
                 f"{path}: only {start + decoded.shape[0]} frames could be decoded but the CSV says "
-                f"{clip.entry.num_frames}; run `opensora-train prepare` again"
+                f"{clip.entry.start_frame + clip.entry.num_frames}; run `opensora-train prepare` again"
             )
         frames = decoded[[i - start for i in clip.frames]]  # (T, H, W, 3)
         mode = "bilinear"
@@ -150,23 +161,25 @@ def read_clip(clip: Clip) -> torch.Tensor:
     return media.to_model_range(fitted)  # (3, T, H, W)
 
 
-def size_args(clip: Clip, class_name: str, frame_interval: int, ar: str = "official") -> dict[str, float]:
+def size_args(clip: Clip, training: Training, frame_interval: int, ar: str = "official") -> dict[str, float]:
     """The model's per-sample height/width/num_frames/ar/fps for a clip, as the official datasets give them.
 
-    v1.2 (STDiT3): ar = H/W, fps = source fps // frame_interval. v1.1 (STDiT2): ar = W/H (its training
-    quirk; ``ar="height/width"`` uses the inference convention instead), fps = source fps. Images:
-    fps = 120 (IMG_FPS); unknown video fps: 24.
+    ``training`` is the family's declaration: ``aspect_ratio`` is the ``ar`` convention of its official
+    dataset (v1.2: H/W; v1.1: W/H, a training quirk that ``ar="height/width"`` replaces by the inference
+    convention), ``fps_per_frame_interval`` whether fps is the source fps // frame_interval (v1.2) or the
+    source fps (v1.1). Images: fps = 120 (IMG_FPS); unknown video fps: 24.
     """
     height, width = float(clip.height), float(clip.width)
     source_fps = clip.entry.fps or DEFAULT_FPS
     if clip.is_image:
         fps = float(IMG_FPS)
-    elif class_name == "STDiT2":
-        fps = source_fps
-    else:
+    elif training.fps_per_frame_interval:
         fps = float(source_fps // frame_interval)
-    ratio = width / height if (class_name == "STDiT2" and ar == "official") else height / width
-    return {"height": height, "width": width, "num_frames": float(clip.num_frames), "ar": ratio, "fps": fps}
+    else:
+        fps = source_fps
+    width_over_height = training.aspect_ratio == "width/height" and ar == "official"
+    ratio = width / height if width_over_height else height / width
+    return SizeArgs(height=height, width=width, num_frames=float(clip.num_frames), ar=ratio, fps=fps).as_dict()
 
 
 __all__ = [

@@ -13,16 +13,23 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import statistics
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from opensora_core.checkpoints import infer_dit_config, load_dit, read_checkpoint, save_checkpoint
+from opensora_core.checkpoints import read_checkpoint, save_checkpoint
+from opensora_core.dtypes import DTYPES
+from opensora_core.families import build_model, for_class
+from opensora_core.loading import load_dit, load_vae, read_dit_config
 from opensora_core.lora import add_lora, comfy_lora_from_state, fuse_lora_state, save_lora
-from opensora_core.models import build_model, presets
-from opensora_core.sampling.losses import DEFAULT_OBJECTIVE, build_objective
+from opensora_core.model_args import MODEL_ARG_NAMES
+from opensora_core.models import presets
+from opensora_core.sampling.losses import build_objective
+from opensora_core.text.t5 import load_t5_encoder
 
 from .buckets import BucketTable, bucket_summary
 from .cache import (
@@ -38,18 +45,18 @@ from .cache import (
     shard,
 )
 from .config import TrainConfig
-from .data import Clip, plan_epoch, read_metadata, size_args
+from .data import Clip, plan_epoch, size_args
+from .datasets import read_datasets
 from .masks import MaskGenerator
 from .rng import StepRandomness, mix_seed
 from .sampler import BucketBatchSampler
-from .trainer import TaskData
+from .model_facts import TRAIN_SETTINGS_KEY, TrainedSettings
+from .task import TaskData
 from .validate import model_class_name
-from .validation import run_validation, validation_texts
+from .validation import caption_phrases, run_validation, validation_texts
 
 log = logging.getLogger("opensora")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SIZE_KEYS = ("height", "width", "num_frames", "ar", "fps")
 STEP_METADATA = "opensora.train_step"
 
 
@@ -85,8 +92,9 @@ class DiTTask:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.class_name = model_class_name(cfg)
+        self.family = for_class(self.class_name)
         obj = cfg.objective
-        kind = obj.kind or DEFAULT_OBJECTIVE[self.class_name]
+        kind = obj.kind or self.family.training.objective
         options = {}
         if kind == "rflow":
             options = dict(sample_method=obj.sample_method, loc=obj.loc, scale=obj.scale,
@@ -100,6 +108,8 @@ class DiTTask:
         self.text_encoder = CachedTextEncoder(self.cache, self.t5_id, self.max_length)
         self.vae = None  # kept on the CPU for validation samples
         self.lora_paths: list[str] = []
+        self.carried: frozenset[str] = frozenset()  # score phrases the training captions carry
+        self.train_settings: TrainedSettings | None = None  # written into the export's metadata
 
     # -- model config -----------------------------------------------------------
 
@@ -108,8 +118,8 @@ class DiTTask:
         model = self.cfg.model
         if model.checkpoint:
             ckpt = read_checkpoint(model.checkpoint)
-            _, config = infer_dit_config(ckpt.state_dict)
-            return {**config, **(ckpt.config or {}), **model.config}
+            _, config = read_dit_config(ckpt, overrides=model.config)
+            return {**(ckpt.config or {}), **config}
         config = dict(model.config)
         if model.preset:
             config = {**dataclasses.asdict(presets()[model.preset][1]), **config}
@@ -121,7 +131,8 @@ class DiTTask:
 
     def prepare_data(self, accelerator) -> TaskData:
         cfg = self.cfg
-        entries = read_metadata(cfg.data.csv)
+        entries = read_datasets(cfg.data)
+        self.carried = caption_phrases([e.text for e in entries])
         table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
         plans = [plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, v)
                  for v in range(cfg.data.epoch_variants)]
@@ -132,7 +143,8 @@ class DiTTask:
         kept = [i for i, c in enumerate(clips) if latents[i].exists()]
         if failed or len(kept) < len(clips):
             log.warning("%d clip(s) could not be read and are left out", len(clips) - len(kept))
-        sizes = [size_args(clips[i], self.class_name, cfg.data.frame_interval, cfg.data.ar) for i in kept]
+        sizes = [size_args(clips[i], self.family.training, cfg.data.frame_interval, cfg.data.ar) for i in kept]
+        self.train_settings = _settings([clips[i] for i in kept], sizes, self.carried)
         dataset = CachedClipDataset([clips[i] for i in kept], [latents[i] for i in kept],
                                     [captions[clips[i].entry.text] for i in kept], self.max_length, sizes)
         sampler = BucketBatchSampler(self._groups(dataset), table.batch_size, seed=cfg.run.seed,
@@ -154,13 +166,11 @@ class DiTTask:
     def _cache_captions(self, accelerator, texts: list[str]) -> dict[str, Path]:
         """Cache every caption and validation prompt; returns text -> file."""
         cfg = self.cfg
-        wanted = list(dict.fromkeys(texts + (validation_texts(self.class_name, cfg.validation)
+        wanted = list(dict.fromkeys(texts + (validation_texts(self.family, cfg.validation, self.carried)
                                              if cfg.validation.every else [])))
         paths = {t: self.cache.caption(caption_key(t, self.t5_id, self.max_length)) for t in wanted}
         todo = [t for t in wanted if not paths[t].exists()]
         if todo:
-            from opensora_core.text.t5 import load_t5_encoder
-
             encoder = load_t5_encoder(cfg.text_encoder.path, cfg.text_encoder.tokenizer or None,
                                       max_length=self.max_length, dtype=DTYPES[cfg.text_encoder.dtype],
                                       device=accelerator.device)
@@ -201,11 +211,8 @@ class DiTTask:
         return paths, failed
 
     def _load_vae(self, device):
-        from opensora_core.vae import load_vae
-
         cfg = self.cfg.vae
-        expect = "v1.2" if self.class_name == "STDiT3" else "sd"
-        return load_vae(cfg.path, expect=expect, dtype=DTYPES[cfg.dtype], device=device,
+        return load_vae(cfg.path, expect=self.family.vae, dtype=DTYPES[cfg.dtype], device=device,
                         micro_batch_size=cfg.micro_batch_size, norm_num_groups=cfg.norm_num_groups)
 
     # -- model ------------------------------------------------------------------
@@ -242,7 +249,7 @@ class DiTTask:
         if self.masks is not None:
             mask_gen = torch.Generator().manual_seed(mix_seed(rng.seed, "mask"))
             frame_mask = self.masks.masks(B, T, rng.python, mask_gen).to(x0.device)  # (B, T) bool
-        sizes = {k: batch[k] for k in SIZE_KEYS}
+        sizes = {k: batch[k] for k in MODEL_ARG_NAMES}
         t = self.objective.sample_timesteps(B, rng.torch, height=sizes["height"], width=sizes["width"],
                                             num_frames=sizes["num_frames"])
         noise = torch.randn(x0.shape, generator=rng.torch, device=rng.torch.device).to(x0.device)
@@ -257,7 +264,7 @@ class DiTTask:
     def validate(self, model: nn.Module, step: int, accelerator, tracker) -> list[Path]:
         return run_validation(model, self.vae, self.text_encoder, self.cfg.validation, step=step,
                               output_dir=self.cfg.output_dir, device=accelerator.device, tracker=tracker,
-                              write=accelerator.is_main_process)
+                              write=accelerator.is_main_process, carried=self.carried)
 
     def export(self, model: nn.Module, step: int, state: dict[str, torch.Tensor]) -> list[Path]:
         """Official-layout weights + config (``load_dit`` reads them), or the LoRA (and merged weights).
@@ -285,13 +292,26 @@ class DiTTask:
 
     def _save_model(self, state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype, step: int) -> Path:
         tensors = {k: v.detach().to(dtype) for k, v in state.items()}
+        metadata = {STEP_METADATA: str(step)}
+        if self.train_settings is not None:  # what check warns about when this export is fine-tuned again
+            metadata[TRAIN_SETTINGS_KEY] = self.train_settings.to_json()
         return save_checkpoint(tensors, path, class_name=self.class_name, config=_jsonable(self.model_config),
-                               metadata={STEP_METADATA: str(step)})
+                               metadata=metadata)
 
 
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
+
+
+def _settings(clips: list[Clip], sizes: list[dict[str, float]], carried: frozenset[str]) -> TrainedSettings | None:
+    """The commonest video bucket and the median fps of the clips trained on."""
+    videos = [(c, s) for c, s in zip(clips, sizes) if not c.is_image]
+    if not videos:
+        return None
+    (t, h, w), _ = Counter((c.num_frames, c.height, c.width) for c, _ in videos).most_common(1)[0]
+    fps = statistics.median(s["fps"] for _, s in videos)
+    return TrainedSettings("", h, w, t, float(fps), tuple(sorted(carried)))
 
 
 def _t5_fingerprint(cfg: TrainConfig) -> str:

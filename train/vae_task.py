@@ -9,7 +9,7 @@ over latent elements. The encoders' posteriors are sampled with the step's gener
 read from the videos every step (no cache: the VAE is what trains), with buckets and frame windows
 re-drawn each epoch as the official sampler does.
 
-Export: a ``.safetensors`` file :func:`opensora_core.vae.load_vae` reads: the pipeline's official
+Export: a ``.safetensors`` file :func:`opensora_core.loading.load_vae` reads: the pipeline's official
 keys (``spatial_vae.module.*``, ``temporal_vae.*``, ``scale``, ``shift``), or the SD-VAE in the
 diffusers layout. For the pipeline, ``calibrate_batches`` batches set ``shift``/``scale`` to the
 per-channel mean/std of the raw latents, so a DiT trained on it sees unit-scale latents.
@@ -28,16 +28,19 @@ from torch import nn
 
 from opensora_core import media
 from opensora_core.checkpoints import save_checkpoint
+from opensora_core.families.common import SD_VAE_KINDS
+from opensora_core.loading import load_vae
 from opensora_core.vae import AutoencoderKLConfig, TemporalVAEConfig, VideoAutoencoderKL, VideoAutoencoderPipeline
 from opensora_core.vae.pipeline import SPATIAL_SCALING_FACTOR
 from opensora_core.vae.posterior import LOGVAR_MAX, LOGVAR_MIN, gaussian_noise, sample_posterior
 
 from .buckets import BucketTable, bucket_summary
 from .config import TrainConfig, VAETrainingConfig
-from .data import plan_clip, plan_epoch, read_clip, read_metadata
+from .data import plan_clip, plan_epoch, read_clip
+from .datasets import read_datasets
 from .rng import StepRandomness
 from .sampler import BucketBatchSampler
-from .trainer import TaskData
+from .task import TaskData
 
 log = logging.getLogger("opensora")
 
@@ -195,7 +198,7 @@ class VAETask:
 
     def prepare_data(self, accelerator) -> TaskData:
         cfg = self.cfg
-        entries = read_metadata(cfg.data.csv)
+        entries = read_datasets(cfg.data)
         table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
         self.dataset = PixelClipDataset(entries, table, cfg.data.frame_interval, cfg.run.seed)
         first = plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, 0)
@@ -207,8 +210,6 @@ class VAETask:
     def build_model(self) -> nn.Module:
         vt = self.cfg.vae_training
         if vt.checkpoint:
-            from opensora_core.vae import load_vae
-
             vae = load_vae(vt.checkpoint, micro_batch_size=None, norm_num_groups=self.cfg.vae.norm_num_groups)
             if type(vae).__name__ != vt.class_name:
                 raise ValueError(f"vae_training.checkpoint holds a {type(vae).__name__}, not a {vt.class_name}")
@@ -314,11 +315,9 @@ def load_spatial_stage(vae: nn.Module, path: str) -> None:
 
     The file decides the architecture, so ``vae_training.spatial`` must describe the same network.
     """
-    from opensora_core.vae import load_vae
-
     if not isinstance(vae, VideoAutoencoderPipeline):
         raise ValueError("vae_training.spatial_checkpoint: only the VAE v1.2 pipeline has a spatial stage")
-    sd_vae = load_vae(path, expect="sd", micro_batch_size=None)
+    sd_vae = load_vae(path, expect=SD_VAE_KINDS, micro_batch_size=None)
     if sd_vae.module.config != vae.spatial_vae.module.config:
         raise ValueError(f"vae_training.spatial_checkpoint {path}: holds {sd_vae.module.config}, but "
                          f"vae_training.spatial builds {vae.spatial_vae.module.config}; make them equal")

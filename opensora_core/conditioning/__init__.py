@@ -1,62 +1,69 @@
 """Reference conditioning: mask strategies, pixel/latent frame positions and the loop (extension) mode.
 
-Typical use (v1.2, image-to-video)::
-
-    groups = validate_mask_strategy("0", latent_frames=15, ref_latent_frames=[1])
-    z, mask = apply_mask_strategy(noise, [[image_latent]], [groups])
-    print(describe_mask_strategy(groups, latent_frames=15, ref_latent_frames=[1],
-                                 geometry=VAE_V1_2, num_frames=51))
-
-``mask`` goes to the sampler (:mod:`opensora_core.sampling`), which pins the reference frames.
+The flow, each step once: :func:`parse_mask_strategy` turns text into typed :class:`MaskGroup` objects
+(their ``units`` say latent or pixel frames; :func:`check_groups` is the rule set that needs no frame
+counts); a family's :class:`MaskStrategyConditioning` converts, checks and places a sample's groups once
+(:class:`PlacedGroup`, with the loop-mode continuation groups); :func:`insert_references` copies the
+placed reference latents into the noise and gives the frame mask the sampler reads
+(:mod:`opensora_core.sampling`), and :func:`describe_placements` reports the same placements.
+:func:`apply_mask_strategy` places and inserts in one call, as the official function does.
 """
 
-from .loop import (
-    append_generated,
-    extension_drop_frames,
-    extension_total_frames,
-    gradio_v1_1_length_plan,
-    loop_strategies,
-    loops_for_length,
-)
+from .loop import continuation_groups, extension_drop_frames, extension_total_frames
 from .plan import (
     TASKS,
-    PixelCondition,
+    MaskStrategyConditioning,
+    Task,
     describe_mask_strategy,
+    describe_placements,
     edit_strategy,
     extend_strategy,
     first_frame_strategy,
     first_last_strategy,
-    pixel_conditions_to_groups,
+    place_strategy,
     task_groups,
+    to_latent_groups,
     validate_mask_strategy,
 )
 from .strategy import (
     FIELDS,
+    LATENT,
+    PIXEL,
     V1_1,
     V1_2,
     VERSIONS,
     MaskGroup,
-    Placement,
+    PlacedGroup,
+    Units,
     apply_mask_strategy,
+    check_groups,
+    check_version,
     find_nearest_point,
     format_mask_strategy,
+    insert_references,
     parse_mask_strategy,
     place_group,
-    split_mask_strategy,
 )
 
 __all__ = [
     "FIELDS",
+    "LATENT",
+    "PIXEL",
     "TASKS",
     "V1_1",
     "V1_2",
     "VERSIONS",
     "MaskGroup",
-    "PixelCondition",
-    "Placement",
-    "append_generated",
+    "MaskStrategyConditioning",
+    "PlacedGroup",
+    "Task",
+    "Units",
     "apply_mask_strategy",
+    "check_groups",
+    "check_version",
+    "continuation_groups",
     "describe_mask_strategy",
+    "describe_placements",
     "edit_strategy",
     "extend_strategy",
     "extension_drop_frames",
@@ -65,13 +72,11 @@ __all__ = [
     "first_frame_strategy",
     "first_last_strategy",
     "format_mask_strategy",
-    "gradio_v1_1_length_plan",
-    "loop_strategies",
-    "loops_for_length",
+    "insert_references",
     "parse_mask_strategy",
-    "pixel_conditions_to_groups",
     "place_group",
-    "split_mask_strategy",
+    "place_strategy",
     "task_groups",
+    "to_latent_groups",
     "validate_mask_strategy",
 ]

@@ -1,11 +1,12 @@
-"""User-facing mask strategies: validation, pixel-frame positions, readable reports and builders.
+"""User-facing mask strategies: frame checks, pixel-frame positions, placement once, reports, builders.
 
-Validate before sampling: :func:`validate_mask_strategy` raises a ``ValueError`` that names
-the group and the fix for every string the official code would reject or silently misread
-(bad numbers, unknown references, empty or out-of-range groups, edit ratios outside 0..1).
-Users think in pixel frames; :class:`PixelCondition` + :func:`pixel_conditions_to_groups`
-convert them to latent groups with the VAE's :class:`~opensora_core.geometry.LatentGeometry`,
-and :func:`describe_mask_strategy` says where every group lands in latent and pixel frames.
+:func:`place_strategy` checks a sample's groups against the frame counts (every value the official
+code would reject or silently misread raises a ``ValueError`` naming the group and the fix) and places
+each group once; the generation plan keeps those placements and both the report
+(:func:`describe_placements`) and the insertion (:func:`~.strategy.insert_references`) read them.
+Users think in pixel frames: a :class:`~.strategy.MaskGroup` in pixel units becomes a latent group with
+the VAE's :class:`~opensora_core.geometry.LatentGeometry` (:func:`to_latent_groups`).
+:class:`MaskStrategyConditioning` is what an Open-Sora family declares as its conditioning.
 """
 
 from __future__ import annotations
@@ -13,25 +14,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from ..geometry import LatentGeometry
+from .loop import continuation_groups
 from .strategy import (
+    LATENT,
+    NAME,
     V1_1,
     V1_2,
     MaskGroup,
-    Placement,
+    PlacedGroup,
     Strategy,
     as_groups,
+    check_groups,
     check_version,
+    insert_references,
     place_group,
+    where,
 )
 
 # ---------------------------------------------------------------------------
-# Validation
+# Frame checks and placement
 # ---------------------------------------------------------------------------
-
-
-def _where(index: int, group: MaskGroup, version: str) -> str:
-    return f"mask strategy group {index + 1} ({group.format(version)!r})"
 
 
 def _check_frame(what: str, start: int, frames: int, name: str) -> None:
@@ -42,42 +47,19 @@ def _check_frame(what: str, start: int, frames: int, name: str) -> None:
         )
 
 
-def _check_group(
-    index: int, group: MaskGroup, latent_frames: int, refs: Sequence[int], version: str, loops: int
-) -> None:
-    what = _where(index, group, version)
-    if not 0 <= group.loop_id < loops:
-        raise ValueError(f"{what} is for loop {group.loop_id} but {loops} loop(s) run; use loop_id 0..{loops - 1}")
-    if not 0 <= group.ref_id < len(refs):
-        if not refs:
-            raise ValueError(
-                f"{what} uses reference {group.ref_id}, but no reference was given; add one or remove the group"
-            )
-        raise ValueError(
-            f"{what} uses reference {group.ref_id}, but only {len(refs)} reference(s) were given "
-            f"(ref_id 0..{len(refs) - 1}); add a reference or fix ref_id"
-        )
-    if group.length < 1:
-        raise ValueError(f"{what} has length {group.length}; a group covers at least 1 latent frame")
-    if not 0.0 <= group.edit_ratio <= 1.0:
-        raise ValueError(f"{what} has edit_ratio {group.edit_ratio}; use 0 (keep) .. 1 (regenerate)")
-    _check_frame(f"{what}: target_start", group.target_start, latent_frames, "latent video")
-    _check_frame(f"{what}: ref_start", group.ref_start, refs[group.ref_id], f"reference {group.ref_id}")
-
-
-def _check_fits_v1_1(index: int, group: MaskGroup, where: Placement, latent_frames: int, ref_frames: int) -> None:
+def _check_fits_v1_1(index: int, placed: PlacedGroup, latent_frames: int, ref_frames: int) -> None:
     """v1.1 copies unclipped slices; they must have equal length (or the reference slice 1 frame)."""
-    target = min(where.length, latent_frames - where.target_start)
-    source = min(where.length, ref_frames - where.ref_start)
+    target = min(placed.length, latent_frames - placed.target_start)
+    source = min(placed.length, ref_frames - placed.ref_start)
     if source != target and source != 1:
-        fits = min(latent_frames - where.target_start, ref_frames - where.ref_start)
+        fits = min(latent_frames - placed.target_start, ref_frames - placed.ref_start)
         raise ValueError(
-            f"{_where(index, group, V1_1)} runs past the end of the latent video or the reference "
+            f"{where(index, placed.group, V1_1)} runs past the end of the latent video or the reference "
             f"({target} target frame(s), {source} reference frame(s)); shorten length to {fits}"
         )
 
 
-def validate_mask_strategy(
+def place_strategy(
     strategy: Strategy,
     *,
     latent_frames: int,
@@ -85,44 +67,43 @@ def validate_mask_strategy(
     version: str = V1_2,
     align: int | None = None,
     loops: int = 1,
-) -> list[MaskGroup]:
-    """Parse and check one sample's strategy against its references; returns the groups.
+) -> list[PlacedGroup]:
+    """Check one sample's latent groups against its references and place each once.
 
     latent_frames:     latent frames of the generated clip
     ref_latent_frames: latent frames of each reference of this sample, by ref_id
     loops:             loop rounds that will run (loop_id must be below it)
     """
-    check_version(version)
+    groups = as_groups(strategy)
+    check_groups(groups, references=len(ref_latent_frames), loops=loops, version=check_version(version))
+    return _place_checked(groups, latent_frames, ref_latent_frames, version, align)
+
+
+def _place_checked(groups: Sequence[MaskGroup], latent_frames: int, ref_latent_frames: Sequence[int], version: str,
+                   align: int | None) -> list[PlacedGroup]:
+    """Frame checks and placement of groups that passed :func:`~.strategy.check_groups`."""
     if align is not None and (version == V1_1 or align < 1):
         raise ValueError(f"align={align} is not valid for {version}; use None, or a positive integer with v1.2")
-    groups = as_groups(strategy)
+    placed = []
     for index, group in enumerate(groups):
-        _check_group(index, group, latent_frames, ref_latent_frames, version, loops)
+        what, ref_frames = where(index, group, version), ref_latent_frames[group.ref_id]
+        _check_frame(f"{what}: target_start", group.target_start, latent_frames, "latent video")
+        _check_frame(f"{what}: ref_start", group.ref_start, ref_frames, f"reference {group.ref_id}")
+        placed.append(place_group(group, latent_frames, ref_frames, version, align))
         if version == V1_1:
-            where = place_group(group, latent_frames, ref_latent_frames[group.ref_id], version)
-            _check_fits_v1_1(index, group, where, latent_frames, ref_latent_frames[group.ref_id])
-    return groups
+            _check_fits_v1_1(index, placed[-1], latent_frames, ref_frames)
+    return placed
+
+
+def validate_mask_strategy(strategy: Strategy, **frames) -> list[MaskGroup]:
+    """Check one sample's strategy (text or latent groups) and return its groups; the keyword arguments
+    of :func:`place_strategy`."""
+    return [placed.group for placed in place_strategy(strategy, **frames)]
 
 
 # ---------------------------------------------------------------------------
 # Pixel positions
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PixelCondition:
-    """A reference placement in PIXEL frames, as a user sees the videos (negative starts count from the end).
-
-    ref_start/target_start: first pixel frame of the reference / of the generated video;
-    length: pixel frames; the group covers every latent frame that holds one of them.
-    """
-
-    ref_id: int = 0
-    ref_start: int = 0
-    target_start: int = 0
-    length: int = 1
-    edit_ratio: float = 0.0
-    loop_id: int = 0
 
 
 def _pixel_span(what: str, start: int, length: int, frames: int, name: str) -> tuple[int, int]:
@@ -136,39 +117,46 @@ def _pixel_span(what: str, start: int, length: int, frames: int, name: str) -> t
     return start, start + length - 1
 
 
-def pixel_conditions_to_groups(
-    conditions: Sequence[PixelCondition],
+def to_latent_groups(
+    groups: Sequence[MaskGroup],
     *,
     geometry: LatentGeometry,
     num_frames: int,
     ref_num_frames: Sequence[int],
+    name: str = NAME,
 ) -> list[MaskGroup]:
-    """Latent mask groups for pixel-frame conditions.
+    """Groups in latent frames: pixel groups are converted, latent groups kept.
 
     num_frames:     pixel frames of the generated clip
     ref_num_frames: pixel frames of each reference (1 for an image), by ref_id
+    A pixel group covers every latent frame that holds one of its pixel frames.
     """
-    groups = []
-    for index, cond in enumerate(conditions):
-        what = f"condition {index + 1} ({cond})"
-        if not 0 <= cond.ref_id < len(ref_num_frames):
-            raise ValueError(f"{what} uses reference {cond.ref_id} but {len(ref_num_frames)} reference(s) were given")
-        if cond.length < 1:
-            raise ValueError(f"{what} has length {cond.length}; a condition covers at least 1 frame")
-        ref_frames = ref_num_frames[cond.ref_id]
-        first, last = _pixel_span(what, cond.target_start, cond.length, num_frames, "generated video")
-        target = geometry.pixel_to_latent_frame(first, num_frames)
-        length = geometry.pixel_to_latent_frame(last, num_frames) - target + 1
-        ref_first, _ = _pixel_span(what, cond.ref_start, cond.length, ref_frames, f"reference {cond.ref_id}")
-        ref_start = geometry.pixel_to_latent_frame(ref_first, ref_frames)
-        ref_latents = geometry.latent_frames(ref_frames)
-        if ref_start + length > ref_latents:
-            raise ValueError(
-                f"{what} needs {length} latent frame(s) from latent frame {ref_start} of reference {cond.ref_id}, "
-                f"which has {ref_latents}; start earlier in the reference or shorten length"
-            )
-        groups.append(MaskGroup(cond.loop_id, cond.ref_id, ref_start, target, length, float(cond.edit_ratio)))
-    return groups
+    check_groups(groups, references=len(ref_num_frames), name=name)
+    return _to_latent_checked(groups, geometry, num_frames, ref_num_frames, name)
+
+
+def _to_latent_checked(groups: Sequence[MaskGroup], geometry: LatentGeometry, num_frames: int,
+                       ref_num_frames: Sequence[int], name: str = NAME) -> list[MaskGroup]:
+    return [g if g.units == LATENT else _to_latent(i, g, geometry, num_frames, ref_num_frames, name)
+            for i, g in enumerate(groups)]
+
+
+def _to_latent(index: int, group: MaskGroup, geometry: LatentGeometry, num_frames: int,
+               ref_num_frames: Sequence[int], name: str) -> MaskGroup:
+    what = f"{where(index, group, name=name)} in pixel frames"
+    ref_frames = ref_num_frames[group.ref_id]
+    first, last = _pixel_span(what, group.target_start, group.length, num_frames, "generated video")
+    target = geometry.pixel_to_latent_frame(first, num_frames)
+    length = geometry.pixel_to_latent_frame(last, num_frames) - target + 1
+    ref_first, _ = _pixel_span(what, group.ref_start, group.length, ref_frames, f"reference {group.ref_id}")
+    ref_start = geometry.pixel_to_latent_frame(ref_first, ref_frames)
+    ref_latents = geometry.latent_frames(ref_frames)
+    if ref_start + length > ref_latents:
+        raise ValueError(
+            f"{what} needs {length} latent frame(s) from latent frame {ref_start} of reference {group.ref_id}, "
+            f"which has {ref_latents}; start earlier in the reference or shorten length"
+        )
+    return MaskGroup(group.loop_id, group.ref_id, ref_start, target, length, float(group.edit_ratio))
 
 
 # ---------------------------------------------------------------------------
@@ -194,17 +182,46 @@ def _pixel_text(geometry: LatentGeometry, start: int, length: int, num_frames: i
     return f" = pixel {_frames_text(first, last - first + 1)} of {num_frames}"
 
 
-def _adjustments(group: MaskGroup, where: Placement, latent_frames: int, ref_frames: int, version: str) -> str:
+def _adjustments(placed: PlacedGroup) -> str:
     """Notes on what alignment and clipping changed compared with the group as written."""
-    plain = place_group(group, latent_frames, ref_frames, version)
+    ref_start, target_start = placed.unaligned
     notes = []
-    if where.target_start != plain.target_start:
-        notes.append(f"target start {plain.target_start} snapped to {where.target_start} by align")
-    if where.ref_start != plain.ref_start:
-        notes.append(f"reference start {plain.ref_start} snapped to {where.ref_start} by align")
-    if where.length != group.length:
-        notes.append(f"length {group.length} clipped to {where.length}")
+    if placed.target_start != target_start:
+        notes.append(f"target start {target_start} snapped to {placed.target_start} by align")
+    if placed.ref_start != ref_start:
+        notes.append(f"reference start {ref_start} snapped to {placed.ref_start} by align")
+    if placed.length != placed.group.length:
+        notes.append(f"length {placed.group.length} clipped to {placed.length}")
     return f" ({'; '.join(notes)})" if notes else ""
+
+
+def describe_placements(
+    placements: Sequence[PlacedGroup],
+    *,
+    latent_frames: int,
+    loop_i: int = 0,
+    version: str = V1_2,
+    geometry: LatentGeometry | None = None,
+    num_frames: int | None = None,
+) -> str:
+    """One line per group: which reference frames land on which latent (and pixel) frames in round ``loop_i``.
+
+    Pass ``geometry`` and ``num_frames`` (pixel frames of the clip) to add pixel positions.
+    """
+    lines = []
+    for index, placed in enumerate(placements):
+        head = where(index, placed.group, version)
+        if placed.group.loop_id != loop_i:
+            lines.append(f"{head}: loop {placed.group.loop_id}, not used in loop {loop_i}")
+            continue
+        text = (
+            f"{head}: reference {placed.ref_id} latent {_frames_text(placed.ref_start, placed.length)} -> "
+            f"latent {_frames_text(placed.target_start, placed.length)} of {latent_frames}"
+        )
+        if geometry is not None and num_frames is not None:
+            text += _pixel_text(geometry, placed.target_start, placed.length, num_frames)
+        lines.append(f"{text}; {_role(placed.edit_ratio)}{_adjustments(placed)}")
+    return "\n".join(lines) if lines else "no reference frames: every frame is generated"
 
 
 def describe_mask_strategy(
@@ -218,29 +235,12 @@ def describe_mask_strategy(
     geometry: LatentGeometry | None = None,
     num_frames: int | None = None,
 ) -> str:
-    """One line per group: which reference frames land on which latent (and pixel) frames.
-
-    Pass ``geometry`` and ``num_frames`` (pixel frames of the clip) to add pixel positions.
-    The placement is computed by the same rule that applies the strategy.
-    """
-    lines = []
-    for index, group in enumerate(as_groups(strategy)):
-        head = _where(index, group, version)
-        if group.loop_id != loop_i:
-            lines.append(f"{head}: loop {group.loop_id}, not used in loop {loop_i}")
-            continue
-        ref_frames = ref_latent_frames[group.ref_id]
-        where = place_group(group, latent_frames, ref_frames, version, align)
-        text = (
-            f"{head}: reference {where.ref_id} latent {_frames_text(where.ref_start, where.length)} -> "
-            f"latent {_frames_text(where.target_start, where.length)} of {latent_frames}"
-        )
-        if geometry is not None and num_frames is not None:
-            text += _pixel_text(geometry, where.target_start, where.length, num_frames)
-        lines.append(
-            f"{text}; {_role(where.edit_ratio)}{_adjustments(group, where, latent_frames, ref_frames, version)}"
-        )
-    return "\n".join(lines) if lines else "no reference frames: every frame is generated"
+    """:func:`describe_placements` of a strategy placed against ``ref_latent_frames`` (no validation)."""
+    placed = [place_group(g, latent_frames, ref_latent_frames[g.ref_id], version, align) if g.loop_id == loop_i
+              else PlacedGroup(g, g.ref_start, g.target_start, g.length, (g.ref_start, g.target_start))
+              for g in as_groups(strategy)]
+    return describe_placements(placed, latent_frames=latent_frames, loop_i=loop_i, version=version,
+                               geometry=geometry, num_frames=num_frames)
 
 
 # ---------------------------------------------------------------------------
@@ -273,6 +273,19 @@ def edit_strategy(latent_frames: int, edit_ratio: float, ref_id: int = 0) -> lis
 # ---------------------------------------------------------------------------
 
 TASKS = ("first_frame", "first_last", "extend", "edit")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named task as a strategy: resolved to latent groups when the plan knows the clip and the references."""
+
+    name: str  # one of TASKS
+    frames: int = 1  # extend: pixel frames of reference 0's end that start the video
+    edit_ratio: float = 0.0  # edit: how much of the source is regenerated
+
+    def groups(self, *, geometry: LatentGeometry, num_frames: int, ref_num_frames: Sequence[int]) -> list[MaskGroup]:
+        return task_groups(self.name, geometry=geometry, num_frames=num_frames, ref_num_frames=ref_num_frames,
+                           frames=self.frames, edit_ratio=self.edit_ratio)
 
 
 def task_groups(
@@ -311,3 +324,47 @@ def task_groups(
         wanted = geometry.pixel_to_latent_frame(min(frames, num_frames) - 1, num_frames) + 1
         return extend_strategy(min(wanted, first_latents, clip_latents))
     return edit_strategy(min(first_latents, clip_latents), edit_ratio)
+
+
+# ---------------------------------------------------------------------------
+# The conditioning a family declares
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaskStrategyConditioning:
+    """Reference frames placed by Open-Sora mask strategies, with the rules of one release ("v1.1"/"v1.2").
+
+    :meth:`place` turns one sample's groups (any units) into its placements for every loop round: the user
+    groups against the user references, then one continuation group per later round (official loop mode),
+    which takes the previous clip's last ``condition_frames`` latent frames. :meth:`insert` and
+    :meth:`describe` read those placements (the pipeline calls these three; another family's conditioning
+    implements the same three).
+    """
+
+    version: str
+
+    def __post_init__(self) -> None:
+        check_version(self.version)
+
+    def place(self, groups: Sequence[MaskGroup], *, geometry: LatentGeometry, num_frames: int,
+              reference_frames: Sequence[int], loops: int, condition_frames: int, condition_edit: float,
+              align: int | None) -> list[PlacedGroup]:
+        check_groups(groups, references=len(reference_frames), loops=loops, version=self.version)
+        latent_frames = geometry.latent_frames(num_frames)
+        latent = _to_latent_checked(groups, geometry, num_frames, reference_frames)
+        ref_latents = [geometry.latent_frames(n) for n in reference_frames]
+        placed = _place_checked(latent, latent_frames, ref_latents, self.version, align)
+        for group in continuation_groups(loops, len(reference_frames), condition_frames, condition_edit):
+            placed.append(place_group(group, latent_frames, latent_frames, self.version, align))  # ref: a clip
+        return placed
+
+    def insert(self, z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]],
+               placements: Sequence[Sequence[PlacedGroup]], loop_i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The round's noise with the placed reference latents inserted, and the frame mask (B, T)."""
+        return insert_references(z, refs, [[p for p in sample if p.group.loop_id == loop_i] for sample in placements])
+
+    def describe(self, placements: Sequence[PlacedGroup], *, loop_i: int, geometry: LatentGeometry,
+                 num_frames: int) -> str:
+        return describe_placements(placements, latent_frames=geometry.latent_frames(num_frames), loop_i=loop_i,
+                                   version=self.version, geometry=geometry, num_frames=num_frames)

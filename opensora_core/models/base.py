@@ -1,24 +1,42 @@
-"""What STDiT, STDiT2 and STDiT3 share: construction from official kwargs and presets, the compute
-dtype, and the caption path."""
+"""What STDiT, STDiT2 and STDiT3 share: construction from official kwargs and presets, the official
+kwargs a state dict's shapes tell, the compute dtype, and the caption path."""
 
 from __future__ import annotations
 
-import dataclasses
+import math
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .layers import Captions, caption_mask, config_from_official, packed_captions
+from ..model_args import multi_resolution_args
+from ..official_config import OfficialConstructors
+from ..text.caption import null_caption
+from .captions import Captions, caption_mask, packed_captions
+
+SAMPLING_LIVE_COPIES = 3  # copies of the widest activation alive at once (input, MLP hidden, output): an estimate
 
 
-class STDiTBase(nn.Module):
+class STDiTBase(OfficialConstructors, nn.Module):
     """Base of the three model classes. Subclasses set ``CONFIG``, ``PRESETS`` and ``OFFICIAL_NAME``
     and build ``x_embedder`` and ``y_embedder``."""
 
     CONFIG: ClassVar[type]
     PRESETS: ClassVar[dict[str, Any]]
     OFFICIAL_NAME: ClassVar[str]
+    # Config fields that decide the architecture (keys and shapes, table sizes); flags and dropout rates do not.
+    ARCHITECTURE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
+        "pred_sigma", "caption_channels", "model_max_length",
+    )
+    BLOCKS: ClassVar[str] = "blocks"  # state-dict prefix of the (spatial) blocks
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ()  # entries a released file may omit (tables the model computes)
+    # Config values no tensor shape shows, as every released config sets them (used when neither the file's
+    # config, the caller nor a matching preset gives them).
+    UNREADABLE_DEFAULTS: ClassVar[dict[str, Any]] = {"class_dropout_prob": 0.1, "drop_path": 0.0}
+    SIZE_ARGS: ClassVar[bool] = True  # forward takes height/width/num_frames/ar/fps (model_args)
+    CAPTION_TABLE: ClassVar[str] = "y_embedder.y_embedding"  # the null caption (L, C): its shape is the caption's
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -30,25 +48,66 @@ class STDiTBase(nn.Module):
         self.compute_dtype: torch.dtype | None = None  # None: the patch-embedding weight dtype
 
     @classmethod
-    def from_official_config(cls, config: dict[str, Any], *, device=None, dtype=None, operations=nn):
-        """Build from the official constructor kwargs (a released ``config.json`` or a case's
-        ``constructor_kwargs``). Kernel/parallel/freeze flags and Hugging Face bookkeeping keys are
-        accepted; any other unknown key raises ``ValueError``."""
-        cfg = config_from_official(cls.CONFIG, config, cls.OFFICIAL_NAME)
-        return cls(cfg, device=device, dtype=dtype, operations=operations)
-
-    @classmethod
-    def from_preset(cls, name: str, *, device=None, dtype=None, operations=nn, **overrides):
-        """Build a named preset (``PRESETS``), optionally overriding config fields."""
-        if name not in cls.PRESETS:
-            raise ValueError(f"unknown {cls.OFFICIAL_NAME} preset {name!r}; known: {', '.join(cls.PRESETS)}")
-        config = dataclasses.replace(cls.PRESETS[name], **overrides)
-        return cls(config, device=device, dtype=dtype, operations=operations)
+    def config_from_shapes(cls, keys: Collection[str], shape: Callable[[str], tuple[int, ...]]) -> dict[str, Any]:
+        """Official kwargs that the state dict's keys and shapes tell; ``None`` for values they cannot
+        (the head count without q/k norm or RoPE; subclasses add their own)."""
+        hidden, in_channels, *patch = shape("x_embedder.proj.weight")
+        caption_len, caption_channels = shape("y_embedder.y_embedding")
+        out_channels = shape("final_layer.linear.weight")[0] // math.prod(patch)
+        return {
+            "in_channels": in_channels,
+            "patch_size": list(patch),
+            "hidden_size": hidden,
+            "depth": 1 + max(int(k.split(".")[1]) for k in keys if k.startswith(cls.BLOCKS + ".")),
+            "num_heads": _heads_from_shapes(keys, shape, cls.BLOCKS, hidden),
+            "mlp_ratio": shape(f"{cls.BLOCKS}.0.mlp.fc1.weight")[0] / hidden,
+            "pred_sigma": out_channels == 2 * in_channels,
+            "caption_channels": caption_channels,
+            "model_max_length": caption_len,
+            "class_dropout_prob": None,  # training values no shape shows
+            "drop_path": None,
+        }
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype inputs are cast to (``compute_dtype`` or the patch-embedding weight dtype)."""
         return self.compute_dtype or self.x_embedder.proj.weight.dtype
+
+    # ----------------------------------------------------------------------------------------------
+    # What a sampling pipeline asks the model
+    # ----------------------------------------------------------------------------------------------
+
+    @property
+    def caption_shape(self) -> tuple[int, int]:
+        """(L, C): caption tokens and channels the model takes (the shape of its learned null caption)."""
+        length, channels = self.y_embedder.y_embedding.shape
+        return int(length), int(channels)
+
+    def null_caption(self, batch: int) -> torch.Tensor:
+        """The unconditional caption (B, 1, L, C) for classifier-free guidance."""
+        return null_caption(self.y_embedder.y_embedding, batch)
+
+    def model_args(self, batch: int, height: int, width: int, num_frames: int, fps: float, *,
+                   device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """The extra forward arguments for a (height, width, num_frames) pixel clip at ``fps`` ({} for v1.0)."""
+        if not self.SIZE_ARGS:
+            return {}
+        return multi_resolution_args(batch, (height, width), num_frames, fps, dtype=self.dtype, device=device)
+
+    def token_count(self, latent_size: tuple[int, int, int]) -> int:
+        """Video tokens per sample for a latent of ``latent_size`` (t, h, w): the patch grid, padded up."""
+        return math.prod(self.x_embedder.grid(latent_size))
+
+    def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int]) -> int:
+        """Rough activation memory of one guided denoising step in bytes, for a memory manager to make room.
+
+        The prompt and null-caption passes run as one batch of 2 x ``batch_size`` over every latent token;
+        the widest activation is the MLP's (hidden x mlp_ratio) next to the block input, and attention runs
+        through SDPA without materialising the scores. An estimate from the shapes, not calibrated on a GPU.
+        """
+        width = self.config.hidden_size * (1 + self.config.mlp_ratio)
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return int(2 * batch_size * self.token_count(latent_size) * width * element * SAMPLING_LIVE_COPIES)
 
     def encode_text(self, y: torch.Tensor, mask: torch.Tensor | None, batch: int) -> Captions:
         """Caption features (B, 1, L, C_cap) + token mask -> projected valid tokens per sample.
@@ -65,3 +124,12 @@ class STDiTBase(nn.Module):
         if self.training and self.y_embedder.uncond_prob > 0:
             y = self.y_embedder.drop_captions(y)
         return self.y_embedder(y, caption_mask(mask, batch, y.shape[1]))
+
+
+def _heads_from_shapes(keys: Collection[str], shape, blocks: str, hidden: int) -> int | None:
+    """Heads from the q/k-norm width or the RoPE width (both are one head wide); None when neither is stored."""
+    if f"{blocks}.0.attn.q_norm.weight" in keys:
+        return hidden // shape(f"{blocks}.0.attn.q_norm.weight")[0]
+    if "rope.freqs" in keys:
+        return hidden // (2 * shape("rope.freqs")[0])
+    return None

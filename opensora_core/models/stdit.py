@@ -15,36 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..dtypes import parse_dtype
 from .base import STDiTBase
-from .layers import (
-    Attention,
-    CaptionEmbedder,
-    Captions,
-    CrossAttention,
-    FinalLayer,
-    Mlp,
-    PatchEmbed3D,
-    TimestepEmbedder,
-    add,
-    as_triple,
-    cast_to,
-    check_heads,
-    config_from_official,
-    drop_path_rates,
-    layer_norm,
-    modulate,
-    modulation,
-    parse_dtype,
-    reset_table_,
-    residual,
-    run_block,
-    scalar_per_sample,
-    sincos_1d_fixed,
-    sincos_2d_fixed,
-    unpatchify,
-    xavier_linears,
-    zero_,
-)
+from .captions import CaptionEmbedder, Captions, CrossAttention
+from .config import as_triple, check_heads
+from .init import drop_path_rates, reset_table_, xavier_linears, zero_
+from .inplace import add, modulate, residual
+from .layers import Attention, FinalLayer, Mlp, PatchEmbed3D, TimestepEmbedder, modulation, run_block, unpatchify
+from .positions import sincos_1d_fixed, sincos_2d_fixed
+from .tensors import cast_to, layer_norm, scalar_per_sample
 
 # ==================================================================================================
 # Config
@@ -159,6 +138,23 @@ class STDiT(STDiTBase):
     CONFIG = STDiTConfig
     PRESETS = PRESETS
     OFFICIAL_NAME = "STDiT"
+    ARCHITECTURE_FIELDS = (*STDiTBase.ARCHITECTURE_FIELDS, "space_scale", "time_scale")
+    SIZE_ARGS = False  # conditioned on the timestep only
+    OPTIONAL_KEYS = ("pos_embed", "pos_embed_temporal")  # released .pth files omit the fixed tables
+    UNREADABLE_DEFAULTS = {**STDiTBase.UNREADABLE_DEFAULTS, "space_scale": 1.0, "time_scale": 1.0}  # constructor defaults
+
+    @classmethod
+    def config_from_shapes(cls, keys, shape) -> dict:
+        """Base kwargs plus the latent size of the position tables when the file stores them (else None)
+        and the table scales, which no shape shows (None)."""
+        config = super().config_from_shapes(keys, shape)
+        size = None
+        if "pos_embed" in keys and "pos_embed_temporal" in keys:
+            cells, side = shape("pos_embed")[1], math.isqrt(shape("pos_embed")[1])
+            patch = config["patch_size"]
+            if side * side == cells and patch[1] == patch[2]:  # square grid (every released size)
+                size = [shape("pos_embed_temporal")[1] * patch[0], side * patch[1], side * patch[2]]
+        return {**config, "input_size": size, "space_scale": None, "time_scale": None}
 
     def __init__(self, config: STDiTConfig | None = None, *, device=None, dtype=None, operations=nn) -> None:
         cfg = config or STDiTConfig()
@@ -184,8 +180,7 @@ class STDiT(STDiTBase):
         official_dtype = config.pop("dtype", None)
         if dtype is None and official_dtype is not None:
             dtype = parse_dtype(official_dtype)
-        cfg = config_from_official(STDiTConfig, config, "STDiT")
-        return cls(cfg, device=device, dtype=dtype, operations=operations)
+        return cls(cls.config_from_kwargs(config), device=device, dtype=dtype, operations=operations)
 
     def _spatial_table(self, device, dtype) -> torch.Tensor:
         _, rows, cols = self.config.grid

@@ -15,35 +15,24 @@ import torch
 from torch import nn
 
 from .base import STDiTBase
+from .captions import CaptionEmbedder, Captions, CrossAttention
+from .config import as_triple, check_heads
+from .init import drop_path_rates, freeze_, reset_table_, xavier_linears, zero_
+from .inplace import add, modulate, residual
 from .layers import (
     Attention,
-    CaptionEmbedder,
-    Captions,
-    CrossAttention,
     FinalLayer,
     Mlp,
     PatchEmbed3D,
-    RotaryEmbedding,
     SizeEmbedder,
     TimestepEmbedder,
-    add,
-    as_triple,
-    check_heads,
-    drop_path_rates,
     frame_mask_or_none,
-    freeze_,
-    layer_norm,
-    modulate,
     modulation,
-    reset_table_,
-    residual,
-    resolution_pos_table,
     run_block,
-    scalar_per_sample,
     unpatchify,
-    xavier_linears,
-    zero_,
 )
+from .positions import RotaryEmbedding, resolution_pos_table
+from .tensors import layer_norm, scalar_per_sample
 
 # ==================================================================================================
 # Config
@@ -161,6 +150,16 @@ class STDiT3(STDiTBase):
     CONFIG = STDiT3Config
     PRESETS = PRESETS
     OFFICIAL_NAME = "STDiT3"
+    ARCHITECTURE_FIELDS = (*STDiTBase.ARCHITECTURE_FIELDS, "qk_norm")
+    BLOCKS = "spatial_blocks"
+    UNREADABLE_DEFAULTS = {**STDiTBase.UNREADABLE_DEFAULTS, "input_sq_size": 512}  # every released config sets 512
+
+    @classmethod
+    def config_from_shapes(cls, keys, shape) -> dict:
+        """Base kwargs plus the free input size, the q/k norm switch and an unknown ``input_sq_size``."""
+        config = super().config_from_shapes(keys, shape)
+        qk_norm = f"{cls.BLOCKS}.0.attn.q_norm.weight" in keys
+        return {**config, "input_size": [None, None, None], "input_sq_size": None, "qk_norm": qk_norm}
 
     def __init__(self, config: STDiT3Config | None = None, *, device=None, dtype=None, operations=nn) -> None:
         cfg = config or STDiT3Config()

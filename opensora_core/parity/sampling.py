@@ -1,7 +1,7 @@
 """Parity handlers for the sampler cases: v1.2 RFLOW and v1.1 IDDPM driving a tiny STDiT.
 
 Each case names the official scheduler and model in ``config.json``; the handler builds
-our model with :func:`opensora_core.models.build_model`, loads ``weights.safetensors``
+our model with :func:`opensora_core.families.build_model`, loads ``weights.safetensors``
 strictly, replays the recorded random draws (``rng.*``) and compares every output, plus
 the per-step records (``trace.*`` / ``traj.*``) and schedule arrays (``sched.*``) when present.
 When a case inserts references with a mask strategy, our own
@@ -16,6 +16,8 @@ import re
 import torch
 
 from ..conditioning import apply_mask_strategy
+from ..families import build_model
+from ..model_args import MODEL_ARG_NAMES  # prepare_multi_resolution_info
 from ..sampling import (
     GeneratorNoise,
     GuidedModel,
@@ -30,7 +32,6 @@ from ..text.caption import Caption, null_caption
 from .runner import Case, Comparison, Handler
 
 TIMESTEP_ATOL = 1e-3  # timesteps are on the 0..1000 scale (NOTES.md of the rflow cases)
-MODEL_ARG_NAMES = ("height", "width", "num_frames", "ar", "fps")  # prepare_multi_resolution_info
 
 
 # ---------------------------------------------------------------------------
@@ -52,8 +53,6 @@ class _Recorder:
 
 
 def _build_model(class_name: str, kwargs: dict, case: Case) -> torch.nn.Module:
-    from ..models import build_model
-
     model = build_model(class_name, kwargs)
     model.load_state_dict(case.weights, strict=True)
     return model.eval()
@@ -230,7 +229,7 @@ def _run_iddpm(case: Case) -> list[Comparison]:
     cfg, io = case.config, case.io
     net = _build_model(cfg["class"], cfg["constructor_kwargs"], case)
     caption = Caption(io["in.y"], io["in.mask"])
-    y_null = null_caption(net.y_embedder.y_embedding, caption.batch_size)
+    y_null = null_caption(net.y_embedder.y_embedding, caption.batch_size)  # official: the model's buffer
     names = cfg["call"].get("additional_args") or [n for n in MODEL_ARG_NAMES if f"in.{n}" in io]
     args = {name: io[f"in.{name}"] for name in names}
     z, mask, checks = _iddpm_latent(case, caption.batch_size)

@@ -2,7 +2,7 @@
 
 A case is recognised from its ``config.json``: ``class`` is one of the three models, it has
 ``constructor_kwargs`` and a ``call`` of method ``forward``, and no scheduler/sampler description. The
-model is built with :func:`opensora_core.models.build_model`, loaded strictly (weights in any float
+model is built with :func:`opensora_core.families.build_model`, loaded strictly (weights in any float
 dtype are copied into float32 parameters), run in eval mode, and every ``out.*`` tensor is compared.
 
 Two call descriptions exist:
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ..models import build_model
-from ..models.layers import parse_dtype
+from ..dtypes import parse_dtype
+from ..families import build_model
 from .runner import Case, Comparison, Handler
 
 MODEL_CLASSES = ("STDiT3", "STDiT2", "STDiT")

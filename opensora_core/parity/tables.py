@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from ..conditioning import (
-    FIELDS,
-    append_generated,
-    apply_mask_strategy,
-    extension_total_frames,
-    find_nearest_point,
-    gradio_v1_1_length_plan,
-    loop_strategies,
-    parse_mask_strategy,
-    split_mask_strategy,
-)
+from ..conditioning import FIELDS, apply_mask_strategy, extension_total_frames, find_nearest_point, parse_mask_strategy
 from ..geometry import PER_FRAME
 from ..sampling import rflow_schedule, timestep_transform
 from ..text.cleaning import text_preprocessing
 from ..text.prompts import loop_prompt_text, parse_prompt_options
 from .runner import Case, Comparison, Handler
+from .strategies import append_generated, gradio_v1_1_length_plan, loop_strategies, split_mask_strategy
 
 TIMESTEP_ATOL = 1e-3
 

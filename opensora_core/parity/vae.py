@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import model_class
-from ..vae.loading import load_strict
+from ..checkpoints import load_into
+from ..vae import vae_class
 from ..vae.posterior import STAGE_AXIS, RecordedNoise
 from .runner import Case, Comparison, Handler
 
@@ -61,13 +61,13 @@ def build_case_model(case: Case):
     """The case's official class from its constructor kwargs, loaded strictly from ``weights.safetensors``."""
     config = case.config
     autoencoder = next((config[k] for k in _AUTOENCODER_CONFIG_KEYS if k in config), None)
-    cls = model_class(config["class"])
+    cls = vae_class(config["class"])
     vae = cls.from_official_config(config["constructor_kwargs"], autoencoder_config=autoencoder)
     weights = case.weights
     target = vae
     if config["class"] == "VideoAutoencoderKL" and not any(k.startswith("module.") for k in weights):
         target = vae.module  # the case stores the inner AutoencoderKL without the wrapper's prefix
-    load_strict(target, weights, str(case.path / "weights.safetensors"))
+    load_into(target, weights, source=str(case.path / "weights.safetensors"))
     return vae.eval()
 
 

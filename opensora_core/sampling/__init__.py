@@ -1,12 +1,11 @@
 """Samplers of Open-Sora: v1.2 rectified flow ("rflow") and v1.0/v1.1 IDDPM ("iddpm").
 
-Typical use (v1.2)::
+Typical use (v1.2; a family declares this pair as its ``Sampler``, see ``opensora_core.families``)::
 
-    y_null = null_caption(model.y_embedder.y_embedding, batch)        # opensora_core.text.caption
-    args = multi_resolution_args(batch, (h, w), frames, fps)         # opensora_core.model_args
-    guided = GuidedModel(model, caption, y_null, args, scale=7.0)
+    args = model.model_args(batch, h, w, frames, fps)
+    guided = GuidedModel(model, caption, model.null_caption(batch), args, scale=7.0)
     times = rflow_schedule(30, height=h, width=w, num_frames=frames)
-    z = get_sampler("rflow")(guided, z, times, mask=mask, noise=GeneratorNoise.from_seed(42), callback=cb)
+    z = sample_rflow(guided, z, times, mask=mask, noise=GeneratorNoise.from_seed(42), callback=cb)
 
 Every sampler has the signature ``(model, x, schedule, *, mask, noise, callback) -> x``;
 the schedule is a timestep tensor for "rflow" (:func:`rflow_schedule`) and a
@@ -25,11 +24,12 @@ from .core import (
     NoiseSource,
     RecordedNoise,
     SamplingInterrupted,
+    ScheduleRequest,
     StepCallback,
 )
 from .frames import FrameSets, IDDPMFrameRule, ReferenceFrames, RFlowFrameRule
 from .guidance import CaptionLike, GuidedModel
-from .iddpm import SpacedSchedule, iddpm_schedule, linear_betas, sample_iddpm, space_timesteps
+from .iddpm import DIFFUSION_STEPS, SpacedSchedule, iddpm_schedule, linear_betas, sample_iddpm, space_timesteps
 from .rflow import check_transform_frames, rflow_schedule, rflow_timesteps, sample_rflow, timestep_transform
 
 # Official scheduler names (opensora registry) -> sampler.
@@ -48,6 +48,7 @@ def get_sampler(name: str) -> Callable:
 
 __all__ = [
     "CALLBACK_KEYS",
+    "DIFFUSION_STEPS",
     "SAMPLERS",
     "CaptionLike",
     "Denoiser",
@@ -60,6 +61,7 @@ __all__ = [
     "RecordedNoise",
     "ReferenceFrames",
     "SamplingInterrupted",
+    "ScheduleRequest",
     "SpacedSchedule",
     "StepCallback",
     "check_transform_frames",

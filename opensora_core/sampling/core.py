@@ -43,6 +43,17 @@ class SamplingInterrupted(Exception):
         self.x = x
 
 
+@dataclass(frozen=True)
+class ScheduleRequest:
+    """What a family's schedule function may read: the step count and the PIXEL size of the output."""
+
+    steps: int
+    height: int
+    width: int
+    num_frames: int
+    args_dtype: torch.dtype = torch.float32  # dtype the model's size arguments have (the official code's)
+
+
 class Denoiser(Protocol):
     """A guided model as the samplers see it: ``(x, t, x_mask) -> output`` of shape (B, 2C, T, H, W)."""
 

@@ -232,9 +232,6 @@ class IDDPMObjective:
 TrainingObjective = RectifiedFlowObjective | IDDPMObjective
 
 # official class name -> the objective its release was trained with
-DEFAULT_OBJECTIVE = {"STDiT3": "rflow", "STDiT2": "iddpm", "STDiT": "iddpm"}
-
-
 def build_objective(kind: str, **options) -> TrainingObjective:
     """``"rflow"`` -> :class:`RectifiedFlowObjective`, ``"iddpm"`` -> :class:`IDDPMObjective` (with ``options``)."""
     if kind == "rflow":
@@ -245,7 +242,6 @@ def build_objective(kind: str, **options) -> TrainingObjective:
 
 
 __all__ = [
-    "DEFAULT_OBJECTIVE",
     "RF_SAMPLE_METHODS",
     "IDDPMObjective",
     "RectifiedFlowObjective",

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from ..geometry import VAE_V1_2
 from .core import Denoiser, NoiseSource, StepCallback, StepResult, run_steps
 from .frames import ReferenceFrames, RFlowFrameRule, check_frame_mask
 
 NUM_TIMESTEPS = 1000
 BASE_RESOLUTION = 512 * 512
-TRANSFORM_CHUNK_FRAMES = 17  # pixel frames per VAE chunk the transform assumes (not LatentGeometry)
-TRANSFORM_CHUNK_LATENTS = 5
+# The transform counts whole VAE v1.2 chunks (17 pixel frames -> 5 latent frames), whatever the VAE.
+TRANSFORM_CHUNK_FRAMES = VAE_V1_2.micro_frame_size
+TRANSFORM_CHUNK_LATENTS = VAE_V1_2.latent_chunk
 
 
 # ---------------------------------------------------------------------------
@@ -75,8 +77,8 @@ def check_transform_frames(num_frames: int) -> None:
     if 1 < num_frames < TRANSFORM_CHUNK_FRAMES:
         raise ValueError(
             f"num_frames={num_frames} does not work with the v1.2 timestep transform: it counts whole "
-            f"{TRANSFORM_CHUNK_FRAMES}-frame chunks, so 2..16 frames give NaN timesteps. Use 1 frame, "
-            f"{TRANSFORM_CHUNK_FRAMES} or more frames, or turn the timestep transform off"
+            f"{TRANSFORM_CHUNK_FRAMES}-frame chunks, so 2..{TRANSFORM_CHUNK_FRAMES - 1} frames give NaN timesteps. "
+            f"Use num_frames 1 (an image) or {TRANSFORM_CHUNK_FRAMES} or more (51 = 2 s at 24 fps)"
         )
 
 

@@ -1,4 +1,5 @@
-"""Video VAEs: SD-VAE (v1.0/v1.1, per frame) and the Open-Sora VAE v1.2 (4x in time).
+"""Video VAEs: SD-VAE (v1.0/v1.1, per frame), the Open-Sora VAE v1.2 (4x in time) and the Hunyuan
+causal 3D VAE of Open-Sora 2.0 (4x in time, 16 channels).
 
 Every video VAE here implements :class:`VideoVAE`, the interface the sampler
 pipeline, the nodes and the trainer use:
@@ -24,25 +25,67 @@ Both run without autograd, in the VAE's dtype and on its device (inputs are move
 ``tiling=None`` is the official, exact computation; a :class:`TilingOptions` bounds
 memory further (one frame at a time, spatial tiles with linear blending; slightly
 approximate). :func:`decode_with_fallback` retries a decode tiled when it runs out of
-memory. :func:`load_vae` detects the file and builds the right wrapper.
+memory. ``opensora_core.loading.load_vae`` detects a file and builds the right wrapper.
 
 Modules: :mod:`.autoencoder_kl` (SD-VAE), :mod:`.temporal` (VAE v1.2 temporal stage),
-:mod:`.pipeline` (the video wrappers), :mod:`.keys` (state-dict layouts),
-:mod:`.posterior`, :mod:`.tiling`, :mod:`.loading`.
+:mod:`.pipeline` (the video wrappers), :mod:`.keys` (state-dict layouts), :mod:`.shapes`
+(architecture from a state dict), :mod:`.posterior`, :mod:`.tiling`, :mod:`.hunyuan` (Open-Sora 2.0's
+``AutoencoderKLCausal3D``: the same interface, but ``tiling`` takes a :class:`HunyuanTiling`, the official
+tiling, and ``None`` means the config's own tiling), the Open-Sora-Plan VAEs :mod:`.causal_vae`
+(``CausalVAEModel``, v1.0-v1.2) and :mod:`.wfvae` (``WFVAEModel``, v1.3) with their blocks in
+:mod:`.osp_blocks` and the diffusion-side wrapper :class:`~.osp.OpenSoraPlanVAE` (:mod:`.osp`).
+
+A new VAE: add its module here and one line to ``_CLASSES`` (official class name -> our class), so
+``opensora_core.families.build_model`` builds it from its official config.
 """
 
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
 from .autoencoder_kl import AUTOENCODER_KL_PRESETS, AutoencoderKL, AutoencoderKLConfig
-from .keys import detect_vae_layout, to_diffusers_layout, to_ldm_layout
-from .loading import load_vae
+from .hunyuan import BOUNDED_TILING, HunyuanTiling, HunyuanVAE, HunyuanVAEConfig
+from .keys import to_diffusers_layout, to_ldm_layout
 from .pipeline import VideoAutoencoderKL, VideoAutoencoderPipeline, VideoVAE
 from .posterior import NoiseFn, RecordedNoise, gaussian_noise
 from .temporal import TEMPORAL_VAE_PRESETS, TemporalVAE, TemporalVAEConfig
 from .tiling import TilingOptions, decode_with_fallback
 
+# official class name -> (module relative to this package, our class)
+_CLASSES: dict[str, tuple[str, str]] = {
+    "VideoAutoencoderPipeline": (".pipeline", "VideoAutoencoderPipeline"),
+    "VideoAutoencoderKL": (".pipeline", "VideoAutoencoderKL"),
+    "diffusers.AutoencoderKL": (".autoencoder_kl", "AutoencoderKL"),
+    "AutoencoderKL": (".autoencoder_kl", "AutoencoderKL"),
+    "CausalVAEModel": (".causal_vae", "CausalVAEModel"),  # Open-Sora-Plan v1.0-v1.2 CausalVideoVAE
+    "WFVAEModel": (".wfvae", "WFVAEModel"),  # Open-Sora-Plan v1.3 WF-VAE
+    "AutoencoderKLCausal3D": (".hunyuan", "HunyuanVAE"),  # Open-Sora 2.0 Hunyuan VAE
+}
+
+
+def class_names() -> list[str]:
+    """Official class names of the VAEs in this package."""
+    return list(_CLASSES)
+
+
+def vae_class(class_name: str) -> type[nn.Module]:
+    """Our class for an official VAE class name."""
+    if class_name not in _CLASSES:
+        raise ValueError(f"unknown VAE class {class_name!r}; known: {', '.join(_CLASSES)}")
+    module, attr = _CLASSES[class_name]
+    return getattr(importlib.import_module(module, __package__), attr)
+
+
 __all__ = [
     "AUTOENCODER_KL_PRESETS",
     "AutoencoderKL",
     "AutoencoderKLConfig",
+    "BOUNDED_TILING",
+    "HunyuanTiling",
+    "HunyuanVAE",
+    "HunyuanVAEConfig",
     "NoiseFn",
     "RecordedNoise",
     "TEMPORAL_VAE_PRESETS",
@@ -53,9 +96,9 @@ __all__ = [
     "VideoAutoencoderPipeline",
     "VideoVAE",
     "decode_with_fallback",
-    "detect_vae_layout",
+    "class_names",
     "gaussian_noise",
-    "load_vae",
     "to_diffusers_layout",
     "to_ldm_layout",
+    "vae_class",
 ]

@@ -1,4 +1,5 @@
-"""SD-VAE state-dict layouts: one rename table, layout detection, conversion both ways.
+"""SD-VAE state-dict layouts: one rename table, conversion both ways (the file kinds that recognise each
+layout are declared in ``opensora_core.families``).
 
 Three layouts of the same AutoencoderKL weights are in circulation:
 
@@ -55,39 +56,6 @@ LEGACY_TABLE: tuple[tuple[str, str], ...] = (
 
 # attention projections: linear [C, C] in diffusers, 1x1 conv [C, C, 1, 1] in LDM
 _ATTENTION_WEIGHT = re.compile(r"^(encoder|decoder)\.mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$")
-
-# layout -> marker key (relative to the VAE's prefix)
-LAYOUT_MARKERS: dict[str, str] = {
-    "vae_v1_2": "temporal_vae.encoder.conv_in.conv.weight",
-    "sd_diffusers": "encoder.down_blocks.0.resnets.0.norm1.weight",
-    "sd_ldm": "encoder.down.0.block.0.norm1.weight",
-}
-
-
-# ---------------------------------------------------------------------------
-# Detection
-# ---------------------------------------------------------------------------
-
-
-def find_vae(state_dict: Mapping[str, object]) -> tuple[str, str] | None:
-    """(layout, key prefix) of the VAE in ``state_dict`` (e.g. ``("sd_ldm", "first_stage_model.")``), or None."""
-    for layout, marker in LAYOUT_MARKERS.items():  # vae_v1_2 first: it also holds an sd_diffusers VAE
-        for key in state_dict:
-            if key.endswith(marker):
-                prefix = key[: -len(marker)]
-                if prefix == "" or prefix.endswith("."):
-                    return layout, prefix
-    return None
-
-
-def detect_vae_layout(state_dict: Mapping[str, object]) -> str | None:
-    """``"vae_v1_2"``, ``"sd_diffusers"`` (incl. legacy attention names), ``"sd_ldm"`` or None.
-
-    Prefixes such as ``first_stage_model.``, ``vae.`` or ``module.`` are tolerated.
-    """
-    found = find_vae(state_dict)
-    return None if found is None else found[0]
-
 
 # ---------------------------------------------------------------------------
 # Conversion

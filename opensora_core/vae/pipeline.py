@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..geometry import PER_FRAME, LatentGeometry
+from ..geometry import PER_FRAME, VAE_V1_2, LatentGeometry
+from ..official_config import HF_BOOKKEEPING_KEYS
 from .autoencoder_kl import TORCH_OPS, AutoencoderKL, AutoencoderKLConfig, autoencoder_config_for
 from .posterior import NoiseFn, gaussian_noise, sample_posterior
 from .temporal import TemporalVAE, TemporalVAEConfig
@@ -25,12 +26,13 @@ SPATIAL_SCALING_FACTOR = 0.18215
 # released VAE v1.2 constants (opensora/models/vae/vae.py OpenSoraVAE_V1_2)
 V1_2_SHIFT = (-0.10, 0.34, 0.27, 0.98)
 V1_2_SCALE = (3.85, 2.32, 2.33, 3.06)
-V1_2_MICRO_FRAME_SIZE = 17
+V1_2_MICRO_FRAME_SIZE = VAE_V1_2.micro_frame_size  # 17 pixel frames per temporal chunk (geometry)
 OFFICIAL_MICRO_BATCH_SIZE = 4
 
 # keys of official configs that only concern downloading / training bookkeeping
 _LOADING_KEYS = {"type", "from_pretrained", "cache_dir", "local_files_only", "subfolder"}
-_HF_KEYS = {"architectures", "model_type", "torch_dtype", "transformers_version", "freeze_vae_2d"}
+# Hugging Face bookkeeping and the training switch of the official VAE v1.2 config
+_HF_KEYS = HF_BOOKKEEPING_KEYS | {"freeze_vae_2d"}
 
 
 class VideoVAE(Protocol):
@@ -148,7 +150,7 @@ class VideoAutoencoderKL(nn.Module):
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through), as the official ``get_latent_size``."""
-        return _latent_size(self.geometry, input_size)
+        return self.geometry.get_latent_size(input_size)
 
 
 # ---------------------------------------------------------------------------
@@ -258,7 +260,7 @@ class VideoAutoencoderPipeline(nn.Module):
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through), as the official ``get_latent_size``."""
-        return _latent_size(self.geometry, input_size)
+        return self.geometry.get_latent_size(input_size)
 
 
 # ---------------------------------------------------------------------------
@@ -315,11 +317,3 @@ def _frames(video: Tensor, start: int, stop: int) -> Tensor:
     return torch.stack([video[n // t, :, n % t] for n in range(start, stop)])
 
 
-def _latent_size(geometry: LatentGeometry, input_size: Sequence[int | None]) -> list[int | None]:
-    t, h, w = input_size
-    f = geometry.spatial_factor
-    return [
-        None if t is None else geometry.latent_frames(t),
-        None if h is None else h // f,
-        None if w is None else w // f,
-    ]

@@ -81,7 +81,7 @@ def t5_model(vocab_size: int):
 
 def stdit(class_name: str, max_length: int):
     """A tiny diffusion model with the official caption length (300 for v1.2, 200 for v1.1)."""
-    from opensora_core.models import build_model
+    from opensora_core.families import build_model
 
     config = {**(tiny.STDIT3 if class_name == "STDiT3" else tiny.STDIT2), "model_max_length": max_length}
     return tiny._randomised(build_model(class_name, config), seed=0)

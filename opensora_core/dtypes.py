@@ -1,0 +1,26 @@
+"""Precision names: the one table of dtype names the command line, the nodes, the trainer and the
+official configs use ("fp32", "bf16", "fp16"), and the parser for the spellings official configs write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Other spellings in official configs ("half", "float"); torch names ("float16", "torch.bfloat16") are read too.
+_ALIASES: dict[str, torch.dtype] = {"half": torch.float16, "float": torch.float32}
+
+
+def parse_dtype(value: Any) -> torch.dtype:
+    """A torch dtype from a torch.dtype or a name such as "bf16", "float16", "torch.float32"."""
+    if isinstance(value, torch.dtype):
+        return value
+    key = str(value).removeprefix("torch.")
+    dtype = DTYPES.get(key) or _ALIASES.get(key) or getattr(torch, key, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {value!r}; use {', '.join(DTYPES)}")
+    return dtype
+
+
+__all__ = ["DTYPES", "parse_dtype"]

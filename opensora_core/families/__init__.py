@@ -1,0 +1,72 @@
+"""Model families: every released system the pack runs, as typed declarations in one registry.
+
+:mod:`.registry` holds the types (:class:`Family`, :class:`FileKind`, :class:`ModelKind`, :class:`VAEKind`,
+:class:`Sampler`, :class:`Defaults`, ...) and the lookups (:func:`detect`, :func:`by_name`,
+:func:`family_of`, :func:`build_model`). Each family module builds its declarations and registers
+them when imported; importing this package imports every family module, so the registry is complete
+for anyone who imports it.
+
+A new family: add ``families/<name>.py`` that builds a :class:`Family` (and its file kinds) and calls
+:func:`register`, and import it below. See docs/architecture.md.
+"""
+
+from . import common, opensora_v1  # noqa: F401  (each registers its families when imported)
+from .registry import (
+    Conditioning,
+    Defaults,
+    Detected,
+    Family,
+    FileKind,
+    ModelKind,
+    Role,
+    Sampler,
+    TextEncoder,
+    Training,
+    VAEKind,
+    build_model,
+    by_name,
+    by_release,
+    describe,
+    detect,
+    expect,
+    families,
+    families_using,
+    family_of,
+    fix_for,
+    for_class,
+    kinds,
+    official_class,
+    register,
+    register_kind,
+    releases_text,
+)
+
+__all__ = [
+    "Conditioning",
+    "Defaults",
+    "Detected",
+    "Family",
+    "FileKind",
+    "ModelKind",
+    "Role",
+    "Sampler",
+    "TextEncoder",
+    "Training",
+    "VAEKind",
+    "build_model",
+    "by_name",
+    "by_release",
+    "describe",
+    "detect",
+    "expect",
+    "families",
+    "families_using",
+    "family_of",
+    "fix_for",
+    "for_class",
+    "kinds",
+    "official_class",
+    "register",
+    "register_kind",
+    "releases_text",
+]
