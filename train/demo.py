@@ -63,8 +63,8 @@ FILES = {
 SAMPLING = {"height": SIZE, "width": SIZE, "num_frames": 17, "fps": FPS, "steps": 30, "cfg_scale": 7.0, "seed": 0,
             "condition_frame_length": 1}  # loops continue from the last latent frame (image_head training)
 PROMPT = "a red circle moves to the right on a black background"
-# Video-to-video (workflows/demo): the source clip re-captioned with another colour; the source is kept while the
-# noise level is above this ratio and regenerated below it (the strategy's edit ratio).
+# Video-to-video (workflows/opensora_demo_video_to_video.json): the source clip re-captioned with another
+# colour; the source is kept while the noise level is above this ratio and regenerated below it (the edit ratio).
 V2V_EDIT_RATIO = 0.4
 # Workflow inputs (demo/inputs): first/last frames of one clip, and a source video for v2v.
 FIRST_FRAME = synthetic.ShapeClip("circle", "red", "black", "right", (0.25, 0.5), 0.15, 0.45 / 16)
