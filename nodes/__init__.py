@@ -8,6 +8,7 @@ without being pip-installed, so the nodes always run the core of the same checko
 prefixed ``OpenSora`` and never renamed (saved workflows refer to them).
 """
 
+from . import comfy_bridge as bridge
 from .comfy_bridge import ComfyExtension, io
 from .loaders import OpenSoraLoraLoader, OpenSoraModelLoader, OpenSoraT5Loader, OpenSoraVAELoader
 from .references import OpenSoraMaskBuilder
@@ -34,6 +35,8 @@ class OpenSoraExtension(ComfyExtension):
     """The pack as a V3 extension: the node classes ComfyUI registers."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.x calls get_node_list (not on_load) once when it loads the pack
+        bridge.watch_queued_prompts()
         return list(NODES)
 
 
