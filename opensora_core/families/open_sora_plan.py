@@ -154,9 +154,10 @@ EULER_ANCESTRAL = Sampler(
     name="euler-ancestral", schedule=release_schedule, sample=sample_euler_ancestral, denoiser=v_prediction_guidance,
     step_range=(1, NUM_TRAIN_TIMESTEPS),
 )
-# sample_t2v_v1_3.sh / sample_inpaint_v1_3.sh @v1.3.1; fps 18 is what the scripts save at (the model takes none)
+# sample_t2v_v1_3.sh / sample_inpaint_v1_3.sh @v1.3.1: 93x352x640, 100 steps, guidance 7.5; fps 18 is what the
+# scripts save at (the model takes none)
 V1_3_DEFAULTS = Defaults(steps=100, cfg_scale=7.5, num_frames=93, fps=18.0, aesthetic_score=None,
-                         condition_frame_length=None, frame_interval=1)
+                         condition_frame_length=None, frame_interval=1, size=(352, 640))
 V1_3_PROMPTING = Prompting(preprocess=False, template=OSP_V1_3_PROMPT_TEMPLATE, negative=OSP_V1_3_NEGATIVE_PROMPT)
 # train_t2v_v1_3.sh / train_inpaint_v1_3.sh: v-prediction, zero SNR, --snr_gamma 5.0, --hw_stride 32, 16 fps
 V1_3_TRAINING = Training(objective="vprediction", aspect_ratio=None, fps_per_frame_interval=False, zero_snr=True,

@@ -156,6 +156,7 @@ class Defaults:
     aesthetic_score: float | None  # appended to prompts (None: no score phrases)
     condition_frame_length: int | None  # latent frames a loop round continues from (None: no loop mode)
     frame_interval: int  # saved fps = fps / frame_interval
+    size: tuple[int, int] | None = None  # (height, width) of the official sample script; None: the resolution presets
 
 
 @dataclass(frozen=True, kw_only=True)
