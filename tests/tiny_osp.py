@@ -81,18 +81,53 @@ def _save_diffusers(folder: Path, class_name: str, kwargs: dict, state_dict: dic
     return folder
 
 
-def save_release(root: Path, seed: int = 0) -> dict[str, Path]:
-    """The four released folders under ``root``; returns name -> folder."""
+def _save_mt5(folder: Path, seed: int) -> Path:
     from transformers import ByT5Tokenizer
 
+    mt5_model(seed).save_pretrained(folder)
+    ByT5Tokenizer().save_pretrained(folder)
+    return folder
+
+
+def save_release(root: Path, seed: int = 0) -> dict[str, Path]:
+    """The four released folders under ``root``; returns name -> folder."""
     release = root / RELEASE
-    vae = wfvae(seed)
-    folders = {
+    return {
         "t2v": _save_diffusers(release / T2V_FOLDER, "OpenSoraT2V_v1_3", T2V, t2v(seed).state_dict()),
         "i2v": _save_diffusers(release / I2V_FOLDER, "OpenSoraInpaint_v1_3", I2V, i2v(seed + 1).state_dict()),
-        "vae": _save_diffusers(release / VAE_FOLDER, "WFVAEModel", WFVAE, vae.vae.state_dict()),
-        "mt5": root / MT5_FOLDER,
+        "vae": _save_diffusers(release / VAE_FOLDER, "WFVAEModel", WFVAE, wfvae(seed).vae.state_dict()),
+        "mt5": _save_mt5(root / MT5_FOLDER, seed),
     }
-    mt5_model(seed).save_pretrained(folders["mt5"])
-    ByT5Tokenizer().save_pretrained(folders["mt5"])
-    return folders
+
+
+# The names the ComfyUI loaders list, with the released folders kept as they are:
+# models/diffusion_models/Open-Sora-Plan-v1.3.0/any93x640x640/, models/vae/Open-Sora-Plan-v1.3.0/vae/,
+# models/text_encoders/mt5-xxl/ (google/mt5-xxl)
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+COMFY_T2V = f"{RELEASE}/{T2V_FOLDER}/{WEIGHTS}"
+COMFY_I2V = f"{RELEASE}/{I2V_FOLDER}/{WEIGHTS}"
+COMFY_VAE = f"{RELEASE}/{VAE_FOLDER}/{WEIGHTS}"
+COMFY_MT5 = f"{MT5_FOLDER}/"
+
+
+def write_comfy(models: Path, seed: int = 0) -> Path:
+    """The tiny release in ComfyUI's models folder under the names above; returns ``models``."""
+    models = Path(models)
+    _save_diffusers((models / "diffusion_models" / COMFY_T2V).parent, "OpenSoraT2V_v1_3", T2V, t2v(seed).state_dict())
+    _save_diffusers((models / "diffusion_models" / COMFY_I2V).parent, "OpenSoraInpaint_v1_3", I2V,
+                    i2v(seed + 1).state_dict())
+    _save_diffusers((models / "vae" / COMFY_VAE).parent, "WFVAEModel", WFVAE, wfvae(seed).vae.state_dict())
+    _save_mt5(models / "text_encoders" / MT5_FOLDER, seed)
+    return models
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the tiny Open-Sora-Plan v1.3 models into a ComfyUI models dir")
+    parser.add_argument("models", type=Path)
+    write_comfy(parser.parse_args().models)
+
+
+if __name__ == "__main__":
+    main()
