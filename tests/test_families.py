@@ -151,4 +151,6 @@ def test_open_sora_plan_declares_the_release_sampling():
         assert (d.steps, d.cfg_scale, d.num_frames, d.fps) == (100, 7.5, 93, 18.0)
         assert family.caption_length == 512 and family.text[0].kind.class_name == "MT5EncoderModel"
         assert family.prompting.negative.strip().startswith("nsfw") and "{}" in family.prompting.template
-        assert family.training.objective == "vprediction" and family.training.snr_gamma == 5.0
+    training = families.by_name("open-sora-plan-v1.3").training
+    assert training.objective == "vprediction" and training.snr_gamma == 5.0 and training.zero_snr
+    assert families.by_name("open-sora-plan-v1.3-i2v").training is None  # the inpainting trainer is not ported

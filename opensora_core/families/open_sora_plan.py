@@ -159,9 +159,18 @@ EULER_ANCESTRAL = Sampler(
 V1_3_DEFAULTS = Defaults(steps=100, cfg_scale=7.5, num_frames=93, fps=18.0, aesthetic_score=None,
                          condition_frame_length=None, frame_interval=1, size=(352, 640))
 V1_3_PROMPTING = Prompting(preprocess=False, template=OSP_V1_3_PROMPT_TEMPLATE, negative=OSP_V1_3_NEGATIVE_PROMPT)
-# train_t2v_v1_3.sh / train_inpaint_v1_3.sh: v-prediction, zero SNR, --snr_gamma 5.0, --hw_stride 32, 16 fps
+def v1_3_training_call(model, x, t, y, mask, x_mask, sizes):
+    """OpenSoraT2V_v1_3's call in train_t2v_diffusers.py: the caption mask is ``encoder_attention_mask``, the
+    latent mask all ones (no bucket padding here), no size arguments; there are no condition frames."""
+    if x_mask is not None:
+        raise ValueError("OpenSoraT2V_v1_3 trains without condition-frame masks; leave mask_ratios out")
+    return model(x, t, y, encoder_attention_mask=mask)
+
+
+# train_t2v_v1_3.sh: v-prediction, zero SNR, --snr_gamma 5.0, --hw_stride 32, 16 fps
 V1_3_TRAINING = Training(objective="vprediction", aspect_ratio=None, fps_per_frame_interval=False, zero_snr=True,
-                         snr_gamma=SNR_GAMMA_V1_3, side_multiple=OSP_V1_3_TRAINED_SIDE_MULTIPLE, fps=16.0)
+                         snr_gamma=SNR_GAMMA_V1_3, side_multiple=OSP_V1_3_TRAINED_SIDE_MULTIPLE, fps=16.0,
+                         forward=v1_3_training_call, frame_masks=False)
 _V1_3 = dict(
     system="Open-Sora-Plan",
     release="v1.3",
@@ -174,12 +183,13 @@ _V1_3 = dict(
     defaults=V1_3_DEFAULTS,
     prompting=V1_3_PROMPTING,
     check_size=check_osp_v1_3_request,  # 4n+1 frames, sides multiples of 16 (32 recommended)
-    training=V1_3_TRAINING,
 )
 
-V1_3_T2V = register(Family(name="open-sora-plan-v1.3", model=T2V_V1_3_FILE, conditioning=None, **_V1_3))
+V1_3_T2V = register(Family(name="open-sora-plan-v1.3", model=T2V_V1_3_FILE, conditioning=None,
+                           training=V1_3_TRAINING, **_V1_3))
+# the inpainting model's training (condition channels from masked videos) is not part of the trainer
 V1_3_I2V = register(Family(name="open-sora-plan-v1.3-i2v", model=I2V_V1_3_FILE, conditioning=InpaintConditioning(),
-                           **_V1_3))
+                           training=None, **_V1_3))
 
 __all__ = [
     "CAUSAL_VAE_V1_0_FILE",

@@ -169,6 +169,13 @@ class Prompting:
 
 
 
+def stdit_training_call(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                        x_mask: torch.Tensor | None, sizes: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The STDiT call of a training step: noisy latent, timesteps, caption (B, 1, L, C), its token mask (B, L),
+    the frame mask (B, T) of condition frames and the per-sample size arguments."""
+    return model(x, t, y, mask=mask, x_mask=x_mask, **sizes)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Training:
     """How the trainer treats the family's model (None on a family: not trainable here)."""
@@ -181,6 +188,9 @@ class Training:
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting (None: unweighted)
     side_multiple: int | None = None  # bucket sides are multiples of this (None: the VAE's spatial factor)
     fps: float | None = None  # clips are resampled to this frame rate (None: the source rate / frame_interval)
+    # (model, x_t, t, caption y, caption mask, frame mask or None, size args) -> the model's output
+    forward: Callable[..., torch.Tensor] = stdit_training_call
+    frame_masks: bool = True  # trains with condition-frame masks (mask_ratios); False: refused
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -387,6 +397,7 @@ __all__ = [
     "FileKind",
     "ModelKind",
     "Prompting",
+    "stdit_training_call",
     "Role",
     "Sampler",
     "TextEncoder",
