@@ -187,7 +187,9 @@ class Training:
     zero_snr: bool = False  # the training schedule is rescaled to zero terminal SNR (Lin et al. 2023)
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting (None: unweighted)
     side_multiple: int | None = None  # bucket sides are multiples of this (None: the VAE's spatial factor)
-    fps: float | None = None  # clips are resampled to this frame rate (None: the source rate / frame_interval)
+    # the frame rate the official trainer resamples clips to (None: the source rate / frame_interval); opensora-train
+    # does not resample yet (data.frame_interval picks frames)
+    fps: float | None = None
     # (model, x_t, t, caption y, caption mask, frame mask or None, size args) -> the model's output
     forward: Callable[..., torch.Tensor] = stdit_training_call
     frame_masks: bool = True  # trains with condition-frame masks (mask_ratios); False: refused
@@ -397,7 +399,6 @@ __all__ = [
     "FileKind",
     "ModelKind",
     "Prompting",
-    "stdit_training_call",
     "Role",
     "Sampler",
     "TextEncoder",
@@ -419,4 +420,5 @@ __all__ = [
     "register",
     "register_kind",
     "releases_text",
+    "stdit_training_call",
 ]
