@@ -79,6 +79,26 @@ def test_pack_imports_with_only_the_v3_schema_of_comfyui():
     assert out.stdout.split() == [str(len(BASE_NODES)), "[]"]
 
 
+def test_pack_needs_no_installed_core(tmp_path):
+    """In ComfyUI the pack is custom_nodes/<folder>, imported under that name; opensora_core is not installed
+    there, so every module (and every schema) must reach the core relatively, resources included."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('opensora_core', 'opensora_train'):\n"
+        "            raise ModuleNotFoundError(f'absolute import of {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.path[:0] = [{str(REPO / 'tests')!r}]\n"
+        "import pathlib, comfy_stub\n"
+        "with comfy_stub.installed(pathlib.Path('comfy')) as env:\n"
+        "    print(len(env.nodes))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(len(BASE_NODES))]
+
+
 def test_every_node_is_a_v3_node_registered_by_the_entrypoint(env):
     """All node classes in nodes/ are V3 nodes (define_schema + execute), and the extension lists each once."""
     io = sys.modules["comfy_api.v0_0_2.io"]
