@@ -66,6 +66,9 @@ video: 93 frames at 640x352, 100 steps, guidance 7.5, seed 1234, 18 fps.""",
 }
 
 
+SHIFT_FROM, SHIFT = 1300, 420  # text to video: the sample and save columns move left by the width the image column had
+
+
 def _source() -> dict:
     return json.loads((REPO / "workflows" / SOURCE).read_text())
 
@@ -87,6 +90,12 @@ def _drop_reference_nodes(workflow: dict) -> None:
                 socket["link"] = None
     group = next(g for g in workflow["groups"] if g["title"].startswith("2."))
     group["title"], group["bounding"] = "2. Prompt", [405, -75, 445, 475]
+    for node in workflow["nodes"]:  # close the gap the reference nodes leave
+        if node["pos"][0] >= SHIFT_FROM:
+            node["pos"] = [node["pos"][0] - SHIFT, node["pos"][1]]
+    for group in workflow["groups"]:
+        if group["bounding"][0] >= SHIFT_FROM:
+            group["bounding"] = [group["bounding"][0] - SHIFT, *group["bounding"][1:]]
 
 
 def build(task: str) -> dict:
