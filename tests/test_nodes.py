@@ -7,7 +7,6 @@ import inspect
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -65,31 +64,6 @@ def _image(seed: int, frames: int = 1) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
-def test_pack_works_when_the_core_is_not_installed():
-    """ComfyUI loads the pack from custom_nodes/ without pip-installing it: nothing may import or look up
-    ``opensora_core`` by its absolute name (schemas read the core's data files when ComfyUI lists the nodes)."""
-    code = textwrap.dedent("""
-        import pathlib, sys, tempfile
-        sys.path.insert(0, 'tests')
-        import comfy_stub
-        sys.path.insert(0, str(comfy_stub.SITE))
-
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('opensora_core', 'opensora_train'):
-                    raise ImportError('blocked ' + name)
-
-        sys.meta_path.insert(0, Block())
-        for name in [m for m in sys.modules if m.startswith('opensora')]:
-            del sys.modules[name]
-        with tempfile.TemporaryDirectory() as tmp, comfy_stub.installed(pathlib.Path(tmp)) as env:
-            print(len(env.nodes))  # every schema built (ComfyUI lists the nodes)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(len(BASE_NODES))]
-
-
 def test_pack_imports_with_only_the_v3_schema_of_comfyui():
     """ComfyUI imports the pack and calls its entry point before any node runs: that needs the pinned V3 schema
     module (comfy_api.v0_0_2) and the server's on-prompt hook (server), nothing else of ComfyUI (no comfy.*,
@@ -105,6 +79,26 @@ def test_pack_imports_with_only_the_v3_schema_of_comfyui():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(len(BASE_NODES)), "[]"]
+
+
+def test_pack_needs_no_installed_core(tmp_path):
+    """In ComfyUI the pack is custom_nodes/<folder>, imported under that name; opensora_core is not installed
+    there, so every module (and every schema) must reach the core relatively, resources included."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('opensora_core', 'opensora_train'):\n"
+        "            raise ModuleNotFoundError(f'absolute import of {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.path[:0] = [{str(REPO / 'tests')!r}]\n"
+        "import pathlib, comfy_stub\n"
+        "with comfy_stub.installed(pathlib.Path('comfy')) as env:\n"
+        "    print(len(env.nodes))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(len(BASE_NODES))]
 
 
 def test_every_node_is_a_v3_node_registered_by_the_entrypoint(env):
