@@ -19,8 +19,10 @@ log = logging.getLogger("opensora")
 
 
 class OpenSoraModelLoader(io.ComfyNode):
-    """Loads an Open-Sora diffusion transformer; the version (STDiT v1.0, STDiT2 v1.1, STDiT3 v1.2) and
-    its size are read from the file. The stock 'Load Diffusion Model' cannot load these files."""
+    """Loads an Open-Sora diffusion transformer (STDiT v1.0, STDiT2 v1.1, STDiT3 v1.2) or an Open-Sora-Plan
+    v1.3 one (OpenSoraT2V_v1_3 text to video, OpenSoraInpaint_v1_3 image to video: the released folder's
+    diffusion_pytorch_model.safetensors, read with the config.json beside it); the kind and size are read
+    from the file. The stock 'Load Diffusion Model' cannot load these files."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -30,7 +32,8 @@ class OpenSoraModelLoader(io.ComfyNode):
             inputs=[
                 w.file_choice("model_name", "diffusion_models",
                               "File in models/diffusion_models, e.g. OpenSora-STDiT-v3.safetensors "
-                              "(hpcai-tech/OpenSora-STDiT-v3 model.safetensors, renamed)."),
+                              "(hpcai-tech/OpenSora-STDiT-v3 model.safetensors, renamed), or Open-Sora-Plan's "
+                              "any93x640x640/diffusion_pytorch_model.safetensors (the folder as released)."),
                 w.choice("weight_dtype", ["bf16", "fp16", "fp32"], "bf16",
                          "Precision of the weights and the computation (official: bf16)."),
                 w.choice("attention", bridge.attention_options(), bridge.ATTENTION_DEFAULT,
@@ -80,8 +83,9 @@ class OpenSoraLoraLoader(io.ComfyNode):
 
 
 class OpenSoraVAELoader(io.ComfyNode):
-    """Loads a video VAE: the Open-Sora VAE v1.2 (for v1.2 models) or an SD-VAE in the diffusers or
-    LDM/ComfyUI key layout (for v1.0/v1.1 models); the kind is read from the file."""
+    """Loads a video VAE: the Open-Sora VAE v1.2 (for v1.2 models), an SD-VAE in the diffusers or
+    LDM/ComfyUI key layout (for v1.0/v1.1 models), or an Open-Sora-Plan VAE (the v1.3 WF-VAE, the
+    CausalVideoVAE v1.0-v1.2: the released vae/ folder's file); the kind is read from the file."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -90,7 +94,8 @@ class OpenSoraVAELoader(io.ComfyNode):
             description=cls.__doc__,
             inputs=[
                 w.file_choice("vae_name", "vae", "File in models/vae, e.g. OpenSora-VAE-v1.2.safetensors "
-                              "(hpcai-tech/OpenSora-VAE-v1.2 model.safetensors, renamed) or an SD-VAE."),
+                              "(hpcai-tech/OpenSora-VAE-v1.2 model.safetensors, renamed), an SD-VAE, or "
+                              "Open-Sora-Plan's vae/diffusion_pytorch_model.safetensors (folder as released)."),
                 w.choice("dtype", ["bf16", "fp32"], "bf16", "Precision of the VAE (official v1.2: bf16)."),
             ],
             outputs=[VAESocket.Output(display_name="vae")],
@@ -148,7 +153,8 @@ def t5_location(name: str) -> tuple[str, str | None]:
 class OpenSoraT5Loader(io.ComfyNode):
     """Loads the T5-XXL text encoder: a single file as Flux/SD3 users have it (t5xxl_fp16.safetensors,
     fp8 variants too; tokenizer from ComfyUI or a folder beside it) or a Hugging Face folder
-    (DeepFloyd/t5-v1_1-xxl). ComfyUI's own CLIPLoader (type sd3 or pixart) also works with Text Encode."""
+    (DeepFloyd/t5-v1_1-xxl; google/mt5-xxl for Open-Sora-Plan, an mT5 folder loads as MT5EncoderModel).
+    ComfyUI's own CLIPLoader (type sd3 or pixart) also works with Text Encode for Open-Sora."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:

@@ -52,7 +52,9 @@ class OpenSoraMaskBuilder(io.ComfyNode):
             inputs=[
                 io.Image.Input("image_1", tooltip="Reference 0: an image, or a video as an image batch."),
                 w.choice("preset", list(w.TASK_LABELS), "first frame (image to video)",
-                         "What the references do; 'custom' uses mask_strategy."),
+                         "What the references do; 'custom' uses mask_strategy. Open-Sora-Plan v1.3 image to "
+                         "video: first frame = i2v, first and last frame = transition, extend = continuation "
+                         "(editing has no Open-Sora-Plan equivalent)."),
                 w.text("mask_strategy", "0", STRATEGY_HELP),
                 w.choice("units", w.UNITS, "latent frames",
                          "Units of ref_start/target_start/length in mask_strategy. The v1.2 VAE packs "

@@ -79,7 +79,8 @@ class OpenSoraSampler(io.ComfyNode):
     """Generates an Open-Sora video latent: text to video, or with references (Mask Builder) image to video,
     stitching, extension and video to video. loops > 1 extends the video: each round continues from the
     last condition_frame_length latent frames of the previous one (per-round prompts: '|0|...|2|...').
-    The sampler (rectified flow for v1.2, IDDPM for v1.0/v1.1) comes from the model."""
+    The sampler (rectified flow for v1.2, IDDPM for v1.0/v1.1, Euler-ancestral v-prediction for
+    Open-Sora-Plan v1.3) comes from the model."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -107,7 +108,8 @@ class OpenSoraSampler(io.ComfyNode):
                 w.integer("align", 0, 0, 64, "v1.2: snap strategy starts to multiples of this (official "
                           "sample config: 5); 0 = off."),
                 CaptionSocket.Input("negative", optional=True, tooltip="Negative prompt; without it the model's "
-                                    "learned null caption is used, as in the official code."),
+                                    "learned null caption (Open-Sora) or the release negative prompt the Text "
+                                    "Encode adds (Open-Sora-Plan) is used, as in the official code."),
                 ReferencesSocket.Input("references", optional=True,
                                        tooltip="Open-Sora Mask Builder output (needs the VAE)."),
             ],
@@ -142,6 +144,16 @@ class OpenSoraSampler(io.ComfyNode):
         with bridge.attention_backend(model.attention):
             result = sample_video(
                 components, spec, positive.per_round(loops), references.frames if references is not None else [],
-                negatives=negative.per_round(loops) if negative is not None else None, callback=report,
+                negatives=_negatives(positive, negative, loops), callback=report,
             )
         return io.NodeOutput(latent_from_clips(result.clips, result.plan))
+
+
+def _negatives(positive: PromptCaptions, negative: PromptCaptions | None, loops: int):
+    """The connected negative prompt (as written), else the family's default negative the positive carries,
+    else None (the model's learned null caption)."""
+    if negative is not None:
+        return negative.negative_per_round(loops)
+    if positive.default_negative is not None:
+        return [positive.default_negative] * loops
+    return None

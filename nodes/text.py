@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..opensora_core.families import Family, by_release
+from ..opensora_core.families import Family, by_name
 from ..opensora_core.text.caption import Caption, pad_caption, truncate_tokens
 from ..opensora_core.text.prompts import AESTHETIC_SCORE_V1_2, loop_segments, prepare_prompt
 from ..opensora_core.text.t5 import T5TextEncoder
@@ -74,21 +74,33 @@ class ComfyClipT5:
 
 
 def encode_prompt(encoder, prompt: str, family: Family, scores: dict, clean: bool) -> PromptCaptions:
-    """Prepare (score phrases where the family takes them, official cleaning) and encode each loop segment."""
+    """Prepare (score phrases where the family takes them, the family's preprocessing and template) and encode
+    each loop segment. A family with a template also gets each segment as written (for use as a negative
+    prompt), and one with a default negative prompt gets that encoded (the Sampler's default negative)."""
     if not family.score_phrases:
         if any(v is not None for v in scores.values()):
             log.info("score phrases are not a %s feature; not added", family.title)
         scores = {}
-    segments, texts = [], []
+    prompting = family.prompting
+    segments, plain, texts = [], [], []
     for start, segment in loop_segments(prompt):
         if not segment.strip():
             log.warning("text: the prompt%s is empty; the video follows no text",
                         f" for loop rounds from {start}" if start else "")
-        text = prepare_prompt(segment, **scores, clean=clean)
-        caption = encoder.encode([text])
-        segments.append((start, Caption(caption.y.float().cpu(), caption.mask.cpu())))
+        text = prepare_prompt(segment, **scores, clean=clean, preprocess=prompting.preprocess,
+                              template=prompting.template)
+        segments.append((start, _encoded(encoder, text)))
         texts.append(text)
-    return PromptCaptions(prompt, segments, texts, family.release)
+        if prompting.template is not None:
+            as_written = prepare_prompt(segment, **scores, clean=clean, preprocess=prompting.preprocess)
+            plain.append((start, _encoded(encoder, as_written)))
+    negative = None if prompting.negative is None else _encoded(encoder, prompting.negative)
+    return PromptCaptions(prompt, segments, texts, family.release, plain=plain or None, default_negative=negative)
+
+
+def _encoded(encoder, text: str) -> Caption:
+    caption = encoder.encode([text])
+    return Caption(caption.y.float().cpu(), caption.mask.cpu())
 
 
 def _scores(aesthetic_score: float, motion_score: float, camera_motion: str) -> dict:
@@ -100,27 +112,28 @@ def _scores(aesthetic_score: float, motion_score: float, camera_motion: str) -> 
 
 
 def _release_and_length(caption_length_label: str, model: ModelHandle | None) -> tuple[Family, int]:
-    release = w.CAPTION_LENGTHS[caption_length_label]
+    name = w.CAPTION_LENGTHS[caption_length_label]
     if model is not None:
         length, _ = model.module.caption_shape
-        if release is not None and by_release(release).caption_length != length:
+        if name is not None and by_name(name).caption_length != length:
             raise ValueError(
                 f"caption_length is {caption_length_label!r} but the connected {model.describe()} takes {length} "
                 "tokens; set caption_length to 'from model'"
             )
         return model.family, length
-    if release is None:
+    if name is None:
         raise ValueError("caption_length 'from model' needs the model input connected; connect the model "
                          "(Open-Sora Model Loader) or pick the model's version in caption_length")
-    family = by_release(release)
+    family = by_name(name)
     return family, family.caption_length
 
 
 class OpenSoraTextEncode(io.ComfyNode):
     """Encodes a prompt for Open-Sora with our T5 (t5 input) or ComfyUI's T5 (clip input from
-    'Load CLIP', type sd3 or pixart). '|0|text|2|text' gives per-loop prompts for extension loops.
-    v1.2 prompts get the score phrases the model was trained with; captions are cleaned like the
-    official code."""
+    'Load CLIP', type sd3 or pixart), or for Open-Sora-Plan with mT5 (t5 input). '|0|text|2|text' gives
+    per-loop prompts for extension loops. v1.2 prompts get the score phrases the model was trained with;
+    captions are cleaned like the official code. Open-Sora-Plan prompts are wrapped in its release template
+    and the release negative prompt is encoded too (the Sampler's negative unless one is connected)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -161,5 +174,5 @@ class OpenSoraTextEncode(io.ComfyNode):
             result = encode_prompt(ComfyClipT5(clip, length), text, family, scores, clean_caption)
         else:
             raise ValueError("connect a text encoder: t5 (Open-Sora T5 Loader) or clip (Load CLIP, type sd3/pixart)")
-        log.info("caption (%s, %d tokens max): %s", family.release, length, " | ".join(result.texts))
+        log.info("caption (%s, %d tokens max): %s", family.short_label, length, " | ".join(result.texts))
         return io.NodeOutput(result)

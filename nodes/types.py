@@ -93,6 +93,12 @@ class PromptCaptions:
     segments: list[tuple[int, Caption]]
     texts: list[str]  # the text the encoder saw, per segment
     release: str  # Open-Sora release the text was prepared for (scores, caption length)
+    # The segments as written, where the family wraps prompts in a template (Open-Sora-Plan): what this prompt
+    # gives when connected as the negative (the official code does not wrap the negative prompt); None: segments
+    plain: list[tuple[int, Caption]] | None = None
+    # The family's default negative prompt, encoded (Open-Sora-Plan's release one): the Sampler's negative when
+    # none is connected; None: the model's learned null caption
+    default_negative: Caption | None = None
 
     @property
     def max_length(self) -> int:
@@ -103,6 +109,11 @@ class PromptCaptions:
 
     def per_round(self, rounds: int) -> list[Caption]:
         return [self.for_round(i) for i in range(rounds)]
+
+    def negative_per_round(self, rounds: int) -> list[Caption]:
+        """This prompt as the negative: its text as written (no template), per round."""
+        segments = self.plain if self.plain is not None else self.segments
+        return [[caption for start, caption in segments if start <= i][-1] for i in range(rounds)]
 
 
 # ---------------------------------------------------------------------------

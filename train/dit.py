@@ -1,4 +1,5 @@
-"""Training the diffusion transformer (STDiT3 with rectified flow, STDiT2 with IDDPM) on cached latents.
+"""Training the diffusion transformer (STDiT3 with rectified flow, STDiT2 with IDDPM, Open-Sora-Plan's
+OpenSoraT2V_v1_3 with v-prediction on the zero-SNR schedule) on cached latents.
 
 Data phase: metadata -> clips per epoch variant (buckets, frame windows) -> T5 outputs and VAE latents
 cached to disk (T5 and the VAE are loaded, used and freed before the DiT is built). Model phase:
@@ -93,17 +94,13 @@ class DiTTask:
         self.cfg = cfg
         self.class_name = model_class_name(cfg)
         self.family = for_class(self.class_name)
-        obj = cfg.objective
-        kind = obj.kind or self.family.training.objective
-        options = {}
-        if kind == "rflow":
-            options = dict(sample_method=obj.sample_method, loc=obj.loc, scale=obj.scale,
-                           use_timestep_transform=obj.timestep_transform, transform_scale=obj.transform_scale)
+        kind, options = _objective_options(cfg, self.family.training)
         self.objective = build_objective(kind, **options)
         self.masks = MaskGenerator(cfg.mask_ratios) if cfg.mask_ratios else None
         self.cache = CacheDir(cfg.cache_dir)
         self.model_config = self._model_config()
-        self.max_length = int(self.model_config["model_max_length"])
+        # STDiT stores its caption length; Open-Sora-Plan's transformer takes any, the family's encoder pads to 512
+        self.max_length = int(self.model_config.get("model_max_length", self.family.caption_length))
         self.t5_id = _t5_fingerprint(cfg)
         self.text_encoder = CachedTextEncoder(self.cache, self.t5_id, self.max_length)
         self.vae = None  # kept on the CPU for validation samples
@@ -224,7 +221,7 @@ class DiTTask:
             model, self.model_config = loaded.model, _jsonable(loaded.config)
         else:
             model = build_model(self.class_name, self.model_config)
-            model.initialize_weights()
+            _initialize(model)
         model.train()
         if cfg.lora.enabled:
             model.requires_grad_(False)
@@ -233,7 +230,8 @@ class DiTTask:
             log.info("LoRA rank %d on %d layers", cfg.lora.rank, len(self.lora_paths))
         else:
             model.requires_grad_(True)
-            model._apply_freeze_flags()  # the official freeze_y_embedder / only_train_temporal flags
+            if hasattr(model, "_apply_freeze_flags"):  # STDiT's official freeze_y_embedder / only_train_temporal
+                model._apply_freeze_flags()
         model.gradient_checkpointing = cfg.model.gradient_checkpointing
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("%s: %.2fM trainable of %.2fM weights", self.class_name, trainable / 1e6,
@@ -255,7 +253,7 @@ class DiTTask:
         noise = torch.randn(x0.shape, generator=rng.torch, device=rng.torch.device).to(x0.device)
         x_t = self.objective.noisy_input(x0, noise, t, frame_mask)
         rng.seed_global()  # caption dropout inside the model draws from the global RNG
-        out = model(x_t, t, batch["y"], mask=batch["mask"], x_mask=frame_mask, **sizes)
+        out = self.family.training.forward(model, x_t, t, batch["y"], batch["mask"], frame_mask, sizes)
         terms = self.objective.losses(out, x0, x_t, noise, t, frame_mask)
         return {k: v.mean() for k, v in terms.items()}
 
@@ -302,6 +300,27 @@ class DiTTask:
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
+
+
+def _objective_options(cfg: TrainConfig, training) -> tuple[str, dict]:
+    """The objective kind (config, else the family's) and its options."""
+    obj = cfg.objective
+    kind = obj.kind or training.objective
+    if kind == "rflow":
+        return kind, dict(sample_method=obj.sample_method, loc=obj.loc, scale=obj.scale,
+                          use_timestep_transform=obj.timestep_transform, transform_scale=obj.transform_scale)
+    if kind == "vprediction":
+        return kind, dict(zero_snr=training.zero_snr, snr_gamma=training.snr_gamma)
+    return kind, {}
+
+
+def _initialize(model: nn.Module) -> None:
+    """The official initialisation of a model trained from scratch (STDiT's ``initialize_weights``); a class
+    without one keeps its layers' default init, as its official constructor does."""
+    if hasattr(model, "initialize_weights"):
+        model.initialize_weights()
+    else:
+        log.info("%s: trained from its constructor's initialisation", type(model).__name__)
 
 
 def _settings(clips: list[Clip], sizes: list[dict[str, float]], carried: frozenset[str]) -> TrainedSettings | None:

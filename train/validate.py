@@ -18,7 +18,7 @@ from opensora_core.dtypes import DTYPES
 from opensora_core.families import describe, detect, families, for_class
 from opensora_core.loading import read_dit_config
 from opensora_core.models import presets
-from opensora_core.sampling.losses import RF_SAMPLE_METHODS
+from opensora_core.sampling.losses import OBJECTIVES, RF_SAMPLE_METHODS
 from opensora_core.sampling.rflow import TRANSFORM_CHUNK_FRAMES
 
 from .buckets import BucketTable
@@ -27,7 +27,7 @@ from .data import REQUIRED_COLUMNS
 from .masks import parse_mask_ratios
 from .validation import validation_texts
 
-TRAINABLE_CLASSES = tuple(f.model.class_name for f in families() if f.training is not None)  # STDiT3, STDiT2
+TRAINABLE_CLASSES = tuple(f.model.class_name for f in families() if f.training is not None)  # STDiT3, STDiT2, ...
 VAE_CLASSES = ("VideoAutoencoderPipeline", "VideoAutoencoderKL")
 
 
@@ -45,6 +45,7 @@ def validate_config(cfg: TrainConfig) -> None:
     _check_encoders_fit(cfg, class_name)
     _check_objective(cfg, class_name)
     _check_masks(cfg, class_name)
+    _check_bucket_sizes(cfg, class_name)
     _check_lora(cfg)
     _check_validation(cfg, class_name)
 
@@ -212,8 +213,12 @@ def _caption_channels(cfg: TrainConfig) -> int | None:
 
 def _check_objective(cfg: TrainConfig, class_name: str) -> None:
     obj = cfg.objective
-    kind = obj.kind or for_class(class_name).training.objective
-    _one_of("objective.kind", kind, ("rflow", "iddpm"))
+    trained = for_class(class_name).training.objective
+    kind = obj.kind or trained
+    _one_of("objective.kind", kind, tuple(OBJECTIVES))
+    if (kind == "vprediction") != (trained == "vprediction"):  # the output is v, or it is not
+        raise ConfigError("objective.kind", f"{class_name} was trained with the '{trained}' objective and its "
+                                            f"output does not fit '{kind}'; leave objective.kind empty")
     _one_of("objective.sample_method", obj.sample_method, RF_SAMPLE_METHODS)
     _finite("objective.loc", obj.loc)
     for name in ("scale", "transform_scale"):
@@ -234,7 +239,30 @@ def _check_objective(cfg: TrainConfig, class_name: str) -> None:
 
 def _check_masks(cfg: TrainConfig, class_name: str) -> None:
     if cfg.mask_ratios:
+        if not for_class(class_name).training.frame_masks:
+            raise ConfigError("mask_ratios", f"{class_name} trains without condition-frame masks; remove the section")
         parse_mask_ratios(cfg.mask_ratios)
+
+
+def _check_bucket_sizes(cfg: TrainConfig, class_name: str) -> None:
+    """Every bucket's frame count and size fit the model (Open-Sora-Plan v1.3: 4n+1 frames, sides multiples
+    of 32, the training stride ``--hw_stride 32``)."""
+    family = for_class(class_name)
+    multiple = family.training.side_multiple
+    if family.check_size is None and multiple is None:
+        return
+    table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
+    for name, resolution in table.resolutions.items():
+        for height, width in resolution.sizes.values():
+            if multiple is not None and (height % multiple or width % multiple):
+                raise ConfigError("data.resolutions", f"{name}: {height}x{width} (HxW): {class_name} trains on sides "
+                                                      f"that are multiples of {multiple}")
+            for frames in table.entries[name]:
+                try:
+                    if family.check_size is not None:
+                        family.check_size(frames, height, width)
+                except ValueError as err:
+                    raise ConfigError("data.buckets", f"{name} {frames} frames: {err}") from None
 
 
 def _check_lora(cfg: TrainConfig) -> None:

@@ -1,5 +1,9 @@
 """``opensora-generate``: prompt(s) -> MP4 (or PNG for one frame) with the same code the nodes run.
 
+Every registered family runs: Open-Sora v1.0-v1.2 (STDiT, T5) and Open-Sora-Plan v1.3 (OpenSoraT2V_v1_3 /
+OpenSoraInpaint_v1_3 folders, the WF-VAE folder, an mT5 folder); the defaults (frames, size, steps, guidance,
+prompt template, negative prompt) are the family's.
+
 Every input is checked before any weights are loaded: sizes, frame counts, the mask
 strategy against the references, reference files, and that the VAE belongs to the model
 (both read from the checkpoint headers only). Prompts may carry official per-prompt options,
@@ -45,12 +49,16 @@ log = logging.getLogger("opensora")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opensora-generate", description=__doc__.split("\n\n")[0])
     files = p.add_argument_group("model files")
-    files.add_argument("--model", help="STDiT/STDiT2/STDiT3 checkpoint (.safetensors, HF folder or .pth)")
+    files.add_argument("--model", help="diffusion transformer: STDiT/STDiT2/STDiT3 checkpoint (.safetensors, HF "
+                                       "folder or .pth) or an Open-Sora-Plan v1.3 folder (any93x640x640, "
+                                       "any93x640x640_i2v)")
     files.add_argument("--preset", help="model preset, for a file that does not store its size (e.g. a renamed "
                                         "v1.0 .pth: STDiT-XL/2-16x512x512)")
-    files.add_argument("--vae", help="VAE v1.2 (for STDiT3) or SD-VAE (for STDiT/STDiT2)")
-    files.add_argument("--text-encoder", help="T5 folder, or a single t5xxl .safetensors with --tokenizer")
-    files.add_argument("--tokenizer", help="T5 tokenizer folder (needed for a single-file T5)")
+    files.add_argument("--vae", help="VAE v1.2 (for STDiT3), SD-VAE (for STDiT/STDiT2) or the Open-Sora-Plan "
+                                     "v1.3 vae/ folder (WF-VAE)")
+    files.add_argument("--text-encoder", help="T5 (or mT5 for Open-Sora-Plan) folder, or a single .safetensors "
+                                              "with --tokenizer")
+    files.add_argument("--tokenizer", help="T5/mT5 tokenizer folder (needed for a single-file encoder)")
     files.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
                        help="merge a LoRA (opensora-train export) into the model; repeatable")
     files.add_argument("--demo", action="store_true",
@@ -63,11 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--reference", action="append", default=[], help="reference image/video (repeatable; ref_id = order)")
     what.add_argument("--mask-strategy", default="", help="loop_id,ref_id,ref_start,target_start,length[,edit_ratio];...")
     what.add_argument("--pixel-positions", action="store_true", help="frame numbers in --mask-strategy are pixel frames")
-    what.add_argument("--negative-prompt", help="instead of the model's learned null caption")
+    what.add_argument("--negative-prompt", help="text guided away from (default: Open-Sora's learned null caption; "
+                                                "Open-Sora-Plan's release negative prompt)")
+    what.add_argument("--no-prompt-template", action="store_true",
+                      help="give the prompt to the text encoder as written (Open-Sora-Plan wraps it in its release "
+                           "template 'high quality, high aesthetic, {}')")
 
     size = p.add_argument_group("size and length")
-    size.add_argument("--resolution", default="240p", help=f"preset: {', '.join(geometry.resolutions())}")
-    size.add_argument("--aspect-ratio", default="9:16", help="H:W preset, e.g. 9:16 (landscape), 1:1, 16:9 (portrait)")
+    size.add_argument("--resolution", help=f"preset: {', '.join(geometry.resolutions())} (default: "
+                                           f"{_default_sizes()})")
+    size.add_argument("--aspect-ratio", help=f"H:W preset, e.g. 9:16 (landscape), 1:1, 16:9 (portrait) (default: "
+                                             f"{DEFAULT_ASPECT_RATIO})")
     size.add_argument("--height", type=int, help="pixel height (overrides --resolution/--aspect-ratio with --width)")
     size.add_argument("--width", type=int, help="pixel width")
     size.add_argument("--num-frames", type=int, help=f"pixel frames (default: {_family_defaults('num_frames')})")
@@ -99,9 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DEFAULT_RESOLUTION, DEFAULT_ASPECT_RATIO = "240p", "9:16"  # for families without a default size
+
+
+def _default_sizes() -> str:
+    """"240p; 352x640 for Open-Sora-Plan v1.3" from the family declarations."""
+    sized = {f"{f.defaults.size[0]}x{f.defaults.size[1]} for {f.title}": None
+             for f in families() if f.defaults.size is not None}
+    return "; ".join([DEFAULT_RESOLUTION, *sized])
+
+
 def _family_defaults(field: str) -> str:
-    """"30 for v1.2, 100 for v1.1, ..." from the family declarations."""
-    return ", ".join(f"{getattr(f.defaults, field)} for {f.release}" for f in families())
+    """"30 for v1.2, 100 for v1.1, ..." from the family declarations (one entry per release)."""
+    values = {f"{getattr(f.defaults, field)} for {f.short_label}": None for f in families()}
+    return ", ".join(values)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -150,11 +175,6 @@ def collect_jobs(args: argparse.Namespace, version: str = "v1.2") -> list[Job]:
         options = parse_prompt_options(raw, version)
         refs = options.reference_path.split(";") if options.reference_path else list(args.reference)
         strategy = options.mask_strategy if options.mask_strategy is not None else args.mask_strategy
-        if any(refs) and not strategy.strip():
-            raise ValueError(
-                f"--reference given without --mask-strategy (prompt {index + 1}): the reference would not be used; "
-                "add --mask-strategy 0 (reference as the first frame) or see --help for the format"
-            )
         groups = parse_mask_strategy(strategy, PIXEL if args.pixel_positions else LATENT)
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}_{index}{out.suffix}")
         jobs.append(Job(options.text, [Path(r) for r in refs if r], groups, path))
@@ -177,8 +197,11 @@ def resolve_size(args: argparse.Namespace, family: Family) -> tuple[int, int, in
         raise ValueError("give both --height and --width, or neither (then --resolution and --aspect-ratio apply)")
     if args.height is not None:
         height, width = args.height, args.width
+    elif args.resolution is None and args.aspect_ratio is None and family.defaults.size is not None:
+        height, width = family.defaults.size
     else:
-        height, width = geometry.image_size(args.resolution, args.aspect_ratio)
+        height, width = geometry.image_size(args.resolution or DEFAULT_RESOLUTION,
+                                            args.aspect_ratio or DEFAULT_ASPECT_RATIO)
     if args.duration is not None and args.num_frames is not None:
         raise ValueError("give --num-frames or --duration, not both")
     if args.duration is not None:
@@ -205,6 +228,7 @@ def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int],
         condition_frame_edit=args.condition_frame_edit, align=args.align, aesthetic_score=aesthetic,
         motion_score=args.motion_score, camera_motion=args.camera_motion,
         negative_prompts=None if args.negative_prompt is None else [args.negative_prompt], save_fps=args.save_fps,
+        prompt_template=None if args.no_prompt_template else "auto",
     )
 
 

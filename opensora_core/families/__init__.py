@@ -10,7 +10,7 @@ A new family: add ``families/<name>.py`` that builds a :class:`Family` (and its 
 :func:`register`, and import it below. See docs/architecture.md.
 """
 
-from . import common, opensora_v1  # noqa: F401  (each registers its families when imported)
+from . import common, opensora_v1, open_sora_plan  # noqa: F401, I001  (registration order = detection order)
 from .registry import (
     Conditioning,
     Defaults,
@@ -18,6 +18,7 @@ from .registry import (
     Family,
     FileKind,
     ModelKind,
+    Prompting,
     Role,
     Sampler,
     TextEncoder,
@@ -48,6 +49,7 @@ __all__ = [
     "Family",
     "FileKind",
     "ModelKind",
+    "Prompting",
     "Role",
     "Sampler",
     "TextEncoder",

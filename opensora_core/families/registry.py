@@ -73,9 +73,10 @@ class VAEKind(FileKind):
     geometry: LatentGeometry
     short_name: str  # "the video VAE", "the SD-VAE"
     source: str  # where to get the released file ("hpcai-tech/OpenSora-VAE-v1.2, model.safetensors")
-    # (state dict without the file's prefix, micro batch, norm groups) -> (video VAE on the meta device,
-    # the module to load strictly, the state dict in that module's layout); see vae.shapes
-    build: Callable[[Mapping[str, torch.Tensor], int | None, int], tuple[nn.Module, nn.Module, Mapping]]
+    # (state dict without the file's prefix, micro batch, norm groups, the config saved with the file or None)
+    # -> (video VAE on the meta device, the module to load strictly, the state dict in that module's layout);
+    # see vae.shapes, vae.osp
+    build: Callable[[Mapping[str, torch.Tensor], int | None, int, Mapping | None], tuple[nn.Module, nn.Module, Mapping]]
     comfy_latent_format: str | None = None  # ComfyUI latent format whose RGB factors preview this latent space
 
 
@@ -122,15 +123,23 @@ class Sampler:
 
 class Conditioning(Protocol):
     """How a family puts reference frames into the latent (``conditioning.MaskStrategyConditioning`` for
-    Open-Sora v1.1/v1.2). The pipeline calls these three and nothing else."""
+    Open-Sora v1.1/v1.2, ``conditioning.InpaintConditioning`` for Open-Sora-Plan v1.3 i2v). The pipeline
+    calls these four and nothing else."""
 
-    def place(self, groups: Sequence, *, geometry: LatentGeometry, num_frames: int, reference_frames: Sequence[int],
-              loops: int, condition_frames: int, condition_edit: float, align: int | None) -> list:
-        """One sample's placements for every loop round, checked against the frame counts."""
+    def place(self, strategy, *, geometry: LatentGeometry, num_frames: int, reference_frames: Sequence[int],
+              loops: int, condition_frames: int | None, condition_edit: float, align: int | None) -> list:
+        """One sample's placements for every loop round, checked against the frame counts. ``strategy``:
+        the sample's typed groups (``conditioning.MaskGroup``, any units) or a named ``conditioning.Task``."""
+
+    def encode(self, vae: nn.Module, references: Sequence[torch.Tensor], placements: Sequence[Sequence], *,
+               height: int, width: int, num_frames: int, noise) -> list[list[torch.Tensor]]:
+        """Per sample, what :meth:`insert` takes: the references ((T, H, W, 3) frames) fitted to the output size
+        and encoded with ``vae``; ``noise`` is the posterior's ``vae.NoiseFn``."""
 
     def insert(self, z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]], placements: Sequence[Sequence],
                loop_i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The round's start latent with the references inserted, and the frame mask the sampler reads."""
+        """The round's start latent with the references inserted, and the ``mask`` the sampler reads (a frame
+        mask, or condition channels)."""
 
     def describe(self, placements: Sequence, *, loop_i: int, geometry: LatentGeometry, num_frames: int) -> str:
         """Where each reference lands in round ``loop_i``, for the log."""
@@ -145,17 +154,45 @@ class Defaults:
     num_frames: int  # pixel frames of one clip
     fps: float
     aesthetic_score: float | None  # appended to prompts (None: no score phrases)
-    condition_frame_length: int  # latent frames a loop round continues from
+    condition_frame_length: int | None  # latent frames a loop round continues from (None: no loop mode)
     frame_interval: int  # saved fps = fps / frame_interval
+    size: tuple[int, int] | None = None  # (height, width) of the official sample script; None: the resolution presets
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prompting:
+    """What the official scripts do to a prompt's text before the text encoder sees it."""
+
+    preprocess: bool = True  # Open-Sora's T5 text preprocessing (lower case, strip; cleaning unless turned off)
+    template: str | None = None  # wraps every prompt ("...{}..."); None: the text as written
+    negative: str | None = None  # the default negative prompt; None: the model's learned null caption
+
+
+
+def stdit_training_call(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                        x_mask: torch.Tensor | None, sizes: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The STDiT call of a training step: noisy latent, timesteps, caption (B, 1, L, C), its token mask (B, L),
+    the frame mask (B, T) of condition frames and the per-sample size arguments."""
+    return model(x, t, y, mask=mask, x_mask=x_mask, **sizes)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Training:
     """How the trainer treats the family's model (None on a family: not trainable here)."""
 
-    objective: str  # sampling.losses.build_objective kind ("rflow", "iddpm")
-    aspect_ratio: Literal["height/width", "width/height"]  # the ``ar`` argument the official dataset gives
+    objective: str  # sampling.losses.build_objective kind ("rflow", "iddpm", "vprediction")
+    # the ``ar`` argument the official dataset gives (None: the model takes no aspect-ratio argument)
+    aspect_ratio: Literal["height/width", "width/height"] | None
     fps_per_frame_interval: bool  # fps argument = source fps // frame_interval (else the source fps)
+    zero_snr: bool = False  # the training schedule is rescaled to zero terminal SNR (Lin et al. 2023)
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (None: unweighted)
+    side_multiple: int | None = None  # bucket sides are multiples of this (None: the VAE's spatial factor)
+    # the frame rate the official trainer resamples clips to (None: the source rate / frame_interval); opensora-train
+    # does not resample yet (data.frame_interval picks frames)
+    fps: float | None = None
+    # (model, x_t, t, caption y, caption mask, frame mask or None, size args) -> the model's output
+    forward: Callable[..., torch.Tensor] = stdit_training_call
+    frame_masks: bool = True  # trains with condition-frame masks (mask_ratios); False: refused
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +211,11 @@ class Family:
     defaults: Defaults
     score_phrases: bool = False  # prompts take " aesthetic score: X." / motion / camera phrases (text.prompts)
     prompt_syntax: str = "v1.2"  # JSON options after a prompt text (text.prompts.parse_prompt_options version)
+    prompting: Prompting = Prompting()  # Open-Sora's: preprocessing, no template, the learned null caption
+    # (num_frames, height, width) -> raises for a size the model cannot take (None: the VAE geometry's checks)
+    check_size: Callable[[int, int, int], None] | None = None
     training: Training | None = None
+    label: str | None = None  # name in choice lists (the Text Encode's caption_length); None: the release
 
     def __post_init__(self) -> None:
         if len({kind.geometry for kind in self.vae}) != 1:
@@ -191,6 +232,10 @@ class Family:
     @property
     def caption_length(self) -> int:
         return self.text[0].max_length
+
+    @property
+    def short_label(self) -> str:
+        return self.label or self.release
 
 
 # ---------------------------------------------------------------------------
@@ -268,7 +313,7 @@ def releases_text(families_: list[Family]) -> str:
         return families_[0].title
     systems = dict.fromkeys(f.system for f in families_)
     if len(systems) == 1:
-        return f"{next(iter(systems))} {'/'.join(sorted(f.release for f in families_))} models"
+        return f"{next(iter(systems))} {'/'.join(sorted({f.release for f in families_}))} models"
     return " or ".join(f.title for f in families_) + " models"
 
 
@@ -353,6 +398,7 @@ __all__ = [
     "Family",
     "FileKind",
     "ModelKind",
+    "Prompting",
     "Role",
     "Sampler",
     "TextEncoder",
@@ -374,4 +420,5 @@ __all__ = [
     "register",
     "register_kind",
     "releases_text",
+    "stdit_training_call",
 ]

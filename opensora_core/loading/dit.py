@@ -30,7 +30,7 @@ from ..families import Family, ModelKind, describe, detect, expect, families, fa
 from ..models import find_preset
 
 # Values that decide the model's keys and shapes; loading cannot go on without them.
-REQUIRED_FIELDS = ("num_heads", "input_size")
+REQUIRED_FIELDS = ("num_heads", "input_size", "num_attention_heads", "attention_head_dim")
 
 
 @dataclass

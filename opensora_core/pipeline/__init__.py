@@ -7,17 +7,18 @@ one by one (text encoding, sampling and decoding are separate nodes there):
 1. :func:`plan_generation` checks every input before any heavy work and fixes the
    per-round prompts and mask-strategy groups (:class:`GenerationPlan`);
 2. :func:`encode_prompts` turns each round's prompts into a caption;
-3. :func:`encode_references` fits reference images/videos to the output size and
-   encodes them with the VAE;
+3. :func:`encode_conditions` fits reference images/videos to the output size and
+   encodes them with the VAE as the family's conditioning wants them (Open-Sora: each reference;
+   Open-Sora-Plan: the masked video);
 4. :func:`sample_clips` runs the loop rounds: draw noise, insert references, sample;
    from the second round on, the previous clip is decoded and encoded again and its
    last ``condition_frame_length`` latent frames start the new clip (official loop mode);
 5. :func:`decode_clips` decodes every clip and joins them, dropping the frames a clip
    shares with the one before.
 
-Randomness comes from one CPU ``torch.Generator`` seeded with ``spec.seed`` (the same
-video on every device), drawn in the official order: reference encodes, then per
-round the start noise and the sampler's per-step draws.
+Randomness comes from one noise source, by default a CPU ``torch.Generator`` seeded with
+``spec.seed`` (the same video on every device), drawn in the official order: reference
+encodes, then per round the start noise and the sampler's per-step draws.
 
 Modules: :mod:`.plan` (request -> checked plan), :mod:`.stages` (the stage functions),
 :mod:`.placement` (devices), :mod:`.generate` (the chains).
@@ -44,6 +45,7 @@ from .stages import (
     decode_clips,
     decode_frames,
     decode_video,
+    encode_conditions,
     encode_prompts,
     encode_references,
     encode_video,
@@ -71,6 +73,7 @@ __all__ = [
     "decode_frames",
     "decode_video",
     "device_of",
+    "encode_conditions",
     "encode_prompts",
     "encode_references",
     "encode_video",

@@ -74,8 +74,11 @@ class GenerationSpec:
     aesthetic_score: float | None | Literal["auto"] = "auto"  # "auto": 6.5 for v1.2, none before
     motion_score: float | None = None
     camera_motion: str | None = None
-    clean_prompts: bool = True
-    negative_prompts: list[str] | None = None  # None: the model's learned null caption (official)
+    clean_prompts: bool = True  # Open-Sora's caption cleaning, where the family preprocesses prompts
+    # one per sample; None: the family's default (Open-Sora-Plan: the release negative prompt; Open-Sora: the
+    # model's learned null caption), as the official scripts
+    negative_prompts: list[str] | None = None
+    prompt_template: str | None | Literal["auto"] = "auto"  # "auto": the family's (Open-Sora-Plan), None: none
     save_fps: float | None = None  # None: fps / frame_interval of the family
 
     def __post_init__(self) -> None:
@@ -96,8 +99,9 @@ class GenerationPlan:
     fps: float  # the spec's, else the family default
     cfg_scale: float
     steps: int
-    condition_frames: int
-    round_prompts: list[list[str]]  # [round][sample] final text given to T5
+    condition_frames: int | None  # None: the family has no loop mode
+    round_prompts: list[list[str]]  # [round][sample] final text given to the text encoder
+    negative_prompts: list[str] | None  # per sample, as given to the text encoder; None: the learned null caption
     placements: list[list[PlacedGroup]]  # per sample, placed once: user groups, then one continuation per later round
     reference_frames: list[int]  # pixel frames of each user reference
     drop_frames: int  # pixel frames each later clip drops when joined
@@ -159,6 +163,9 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
     _check_prompts(spec)
     latent_size = family.geometry.latent_size(spec.num_frames, spec.height, spec.width)
     condition = _given_or(spec.condition_frame_length, family.defaults.condition_frame_length)
+    if spec.loops > 1 and condition is None:
+        raise ValueError(f"{family.model.class_name} ({family.title}) has no loop (extension) mode: loops must be 1, "
+                         f"got {spec.loops}")
     drop = extension_drop_frames(condition, spec.num_frames, family.geometry) if spec.loops > 1 else 0
     placements = _plan_placements(family, spec, list(reference_frames), condition)
     plan = GenerationPlan(
@@ -170,6 +177,7 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
         steps=_given_or(spec.steps, family.defaults.steps),
         condition_frames=condition,
         round_prompts=[_round_prompts(family, spec, i) for i in range(spec.loops)],
+        negative_prompts=_negative_prompts(family, spec),
         placements=placements,
         reference_frames=list(reference_frames),
         drop_frames=drop,
@@ -189,6 +197,8 @@ def _check_size(family: Family, spec: GenerationSpec) -> None:
     if spec.height < 2 * f or spec.width < 2 * f:
         raise ValueError(f"size {spec.height}x{spec.width} (HxW) is too small; use at least {2 * f}x{2 * f} pixels")
     family.geometry.check_output_hw(spec.height, spec.width)
+    if family.check_size is not None:
+        family.check_size(spec.num_frames, spec.height, spec.width)
     for name in ("fps", "save_fps"):
         value = getattr(spec, name)
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -256,25 +266,13 @@ def _plan_placements(family: Family, spec: GenerationSpec, reference_frames: lis
                 )
             per_sample.append([])
             continue
-        if reference_frames and _is_empty(strategy):
-            raise ValueError(
-                f"{len(reference_frames)} reference(s) given but the mask strategy is empty, so none would be used; "
-                "give a mask strategy (e.g. '0': reference 0 as the first frame) or leave the references out"
-            )
-        groups = _groups(strategy, family, spec, reference_frames)
         per_sample.append(family.conditioning.place(
-            groups, geometry=family.geometry, num_frames=spec.num_frames, reference_frames=reference_frames,
-            loops=spec.loops, condition_frames=condition, condition_edit=spec.condition_frame_edit, align=spec.align,
+            _typed(strategy, spec), geometry=family.geometry, num_frames=spec.num_frames,
+            reference_frames=reference_frames, loops=spec.loops, condition_frames=condition,
+            condition_edit=spec.condition_frame_edit, align=spec.align,
         ))
     _warn_unused_references(per_sample, len(reference_frames))
     return per_sample
-
-
-def _is_empty(strategy: Strategy) -> bool:
-    """No group at all: empty text or an empty group list (a named task always places its references)."""
-    if isinstance(strategy, Task):
-        return False
-    return not (strategy.strip() if isinstance(strategy, str) else list(strategy))
 
 
 def _warn_unused_references(per_sample: list[list[PlacedGroup]], references: int) -> None:
@@ -285,20 +283,40 @@ def _warn_unused_references(per_sample: list[list[PlacedGroup]], references: int
 
 
 
-def _groups(strategy: Strategy, family: Family, spec: GenerationSpec, reference_frames: list[int]) -> list[MaskGroup]:
+def _typed(strategy: Strategy, spec: GenerationSpec) -> list[MaskGroup] | Task:
+    """Text parsed once into groups (units from ``pixel_positions``); groups and named tasks as they are (the
+    family's conditioning resolves a task with the clip length and the references)."""
     if isinstance(strategy, str):
         return parse_mask_strategy(strategy, PIXEL if spec.pixel_positions else LATENT)
-    if isinstance(strategy, Task):
-        return strategy.groups(geometry=family.geometry, num_frames=spec.num_frames, ref_num_frames=reference_frames)
-    return list(strategy)
+    return strategy if isinstance(strategy, Task) else list(strategy)
 
 
 def _round_prompts(family: Family, spec: GenerationSpec, round_index: int) -> list[str]:
+    """Each sample's text for one round: score phrases (families trained with them), the family's
+    preprocessing and prompt template (``Family.prompting``)."""
     aesthetic = family.defaults.aesthetic_score if spec.aesthetic_score == "auto" else spec.aesthetic_score
+    phrases = {"aesthetic_score": aesthetic, "motion_score": spec.motion_score, "camera_motion": spec.camera_motion}
+    given = [name for name, value in phrases.items() if value is not None]
+    if given and not family.score_phrases:
+        raise ValueError(f"{', '.join(given)}: {family.title} was not trained with score phrases in its prompts; "
+                         "leave them out")
+    template = family.prompting.template if spec.prompt_template == "auto" else spec.prompt_template
     return [
-        prepare_prompt(loop_prompt_text(p, round_index), aesthetic, spec.motion_score, spec.camera_motion, clean=spec.clean_prompts)
+        prepare_prompt(loop_prompt_text(p, round_index), aesthetic, spec.motion_score, spec.camera_motion,
+                       clean=spec.clean_prompts, preprocess=family.prompting.preprocess, template=template)
         for p in spec.prompts
     ]
+
+
+def _negative_prompts(family: Family, spec: GenerationSpec) -> list[str] | None:
+    """One negative prompt per sample: the spec's, else the family's default (None: the model's null caption)."""
+    if spec.negative_prompts is None:
+        default = family.prompting.negative
+        return None if default is None else [default] * len(spec.prompts)
+    if len(spec.negative_prompts) != len(spec.prompts):
+        raise ValueError(f"{len(spec.negative_prompts)} negative prompt(s) for {len(spec.prompts)} prompt(s): "
+                         "give one per prompt")
+    return list(spec.negative_prompts)
 
 
 # ---------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 rounds, decode and join the clips (:func:`opensora_core.pipeline.generate` chains them; the nodes call
 them one by one).
 
-Randomness comes from one CPU ``torch.Generator`` seeded with ``spec.seed`` (the same video on every
-device), drawn in the official order: reference encodes, then per round the start noise and the
-sampler's per-step draws.
+Randomness comes from one :class:`~opensora_core.sampling.NoiseSource` (by default a CPU ``torch.Generator``
+seeded with ``spec.seed``: the same video on every device), drawn in the official order: reference
+encodes, then per round the start noise and the sampler's per-step draws. Recorded draws
+(:class:`~opensora_core.sampling.RecordedNoise`) replay a reference run.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .. import media
-from ..sampling import GeneratorNoise, ScheduleRequest
+from .. import conditioning, media
+from ..sampling import NoiseSource, ScheduleRequest
 from ..text.caption import Caption
-from ..vae import decode_with_fallback
+from ..vae import NoiseFn, decode_with_fallback
 from ..vae.posterior import gaussian_noise
 from .placement import Placement, StayPut
 from .plan import GenerationPlan
@@ -71,28 +72,42 @@ def check_caption_length(caption: Caption, model: nn.Module) -> None:
 
 
 
+_DRAW_LIKE = torch.empty(0)  # draws are float32 on the CPU (a noise source's device), as the official CPU runs
+
+
+def posterior_noise(noise: NoiseSource) -> NoiseFn:
+    """The VAE posterior's ``NoiseFn`` drawing from ``noise`` (float32, the generator's stream)."""
+    return lambda stage, shape: noise.draw(shape, _DRAW_LIKE)
+
+
+def start_noise(noise: NoiseSource, shape: Sequence[int]) -> torch.Tensor:
+    """One round's standard-normal start latent (float32 on the CPU)."""
+    return noise.draw(tuple(shape), _DRAW_LIKE)
+
+
 def encode_references(
     vae: nn.Module, references: Sequence[torch.Tensor], height: int, width: int, generator: torch.Generator
 ) -> list[torch.Tensor]:
-    """Fit each reference (T, H, W, 3) to the requested size and encode it: (C, t, h, w) float32 latents.
-
-    As ``collect_references_batch`` + ``read_from_path(..., transform_name="resize_crop")``: images are
-    resized with bicubic and videos with bilinear filtering to cover ``height`` x ``width`` (the requested
-    size, e.g. 240x426, not the decoded 240x424), centre-cropped to it, and encoded one by one; the VAE
-    floors sizes that are not multiples of 8 and samples its posterior.
-    """
-    latents = []
-    for frames in references:
-        mode = "bicubic" if frames.shape[0] == 1 else "bilinear"
-        fitted = media.resize_cover_crop(frames, height, width, mode=mode)
-        x = media.to_model_range(fitted).unsqueeze(0)  # (1, 3, T, H, W)
-        latents.append(encode_video(vae, x, generator)[0])  # (C, t, h, w)
-    return latents
+    """Open-Sora's reference encode (:func:`opensora_core.conditioning.encode_references`) with posterior
+    draws from ``generator``: (C, t, h, w) float32 latents."""
+    return conditioning.encode_references(vae, references, height, width, gaussian_noise(generator))
 
 
-def encode_video(vae: nn.Module, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def encode_conditions(vae: nn.Module, plan: GenerationPlan, references: Sequence[torch.Tensor],
+                      noise: NoiseSource) -> list[list[torch.Tensor]]:
+    """Per sample, the references as the family's conditioning inserts them (``Conditioning.encode``: Open-Sora
+    latents, Open-Sora-Plan inpainting channels); none without a conditioning."""
+    family_conditioning, spec = plan.family.conditioning, plan.spec
+    if family_conditioning is None:
+        return [[] for _ in range(plan.batch_size)]
+    return family_conditioning.encode(vae, references, plan.placements, height=spec.height, width=spec.width,
+                                      num_frames=spec.num_frames, noise=posterior_noise(noise))
+
+
+def encode_video(vae: nn.Module, video: torch.Tensor, noise: torch.Generator | NoiseSource) -> torch.Tensor:
     """Encode (B, 3, T, H, W) in about [-1, 1] as it is, sampling the posterior: (B, C, t, h, w) float32."""
-    return vae.encode(video, noise=gaussian_noise(generator)).float()
+    draw = gaussian_noise(noise) if isinstance(noise, torch.Generator) else posterior_noise(noise)
+    return vae.encode(video, noise=draw).float()
 
 
 
@@ -102,7 +117,7 @@ def sample_clip(
     caption: Caption,
     z: torch.Tensor,
     mask: torch.Tensor | None,
-    noise: GeneratorNoise,
+    noise: NoiseSource,
     *,
     negative: Caption | None = None,
     callback: Callable[[dict], None] | None = None,
@@ -141,30 +156,30 @@ def sample_clips(
     components: Components,
     plan: GenerationPlan,
     captions: Sequence[Caption],
-    references: Sequence[torch.Tensor],
-    generator: torch.Generator,
+    references: Sequence[Sequence[torch.Tensor]],
+    noise: NoiseSource,
     *,
     negatives: Sequence[Caption | None] | None = None,
     tiling=None,
     callback: Callable[[StepInfo], None] | None = None,
 ) -> list[Clip]:
-    """Run every loop round; ``captions[i]`` is round i's caption, ``references`` the encoded user references."""
+    """Run every loop round; ``captions[i]`` is round i's caption, ``references[b]`` sample b's encoded
+    references (:func:`encode_conditions`)."""
     model, vae, place = components.model, components.vae, components.placement
     spec, clips = plan.spec, []
-    refs = [list(references) for _ in range(plan.batch_size)]  # per sample
-    noise = GeneratorNoise(generator)
+    refs = [list(sample) for sample in references]  # per sample; loop rounds append the previous clip
     for round_index in range(spec.loops):
         if round_index > 0:
             previous = clips[-1]
             with place.use(vae):  # append_generated: the decoded clip, not clamped, is encoded as it is
                 video = decode_video(vae, previous.latent, spec.num_frames, tiling=tiling)  # (B, 3, T, H, W)
                 previous.frames = frames_from_video(video)
-                again = encode_video(vae, video, generator)  # (B, C, t, h, w)
+                again = encode_video(vae, video, noise)  # (B, C, t, h, w)
             for b in range(plan.batch_size):
                 refs[b].append(again[b])
         working = model.sampling_memory_bytes(plan.batch_size, plan.latent_size)  # activations of one step
         with place.use(model, working) as device:
-            z = torch.randn((plan.batch_size, model.in_channels, *plan.latent_size), generator=generator).to(device)
+            z = start_noise(noise, (plan.batch_size, model.in_channels, *plan.latent_size)).to(device)
             z, mask = _insert_references(plan, z, refs, round_index, device)
             negative = negatives[round_index] if negatives else None
             step_cb = _round_callback(callback, round_index, plan)

@@ -62,15 +62,33 @@ def append_scores(
     return prompt
 
 
+def apply_template(prompt: str, template: str | None) -> str:
+    """``template.format(prompt)`` (one ``{}`` for the prompt; Open-Sora-Plan's sample scripts), or the prompt
+    unchanged for None."""
+    if template is None:
+        return prompt
+    if template.count("{}") != 1:
+        raise ValueError(f"the prompt template must contain exactly one '{{}}' for the prompt, got {template!r}")
+    return template.format(prompt)
+
+
 def prepare_prompt(
     prompt: str,
     aesthetic: float | None = None,
     motion: float | None = None,
     camera_motion: str | None = None,
     clean: bool = True,
+    *,
+    preprocess: bool = True,
+    template: str | None = None,
 ) -> str:
-    """The text T5 tokenises for one (loop segment of a) prompt: scores appended, then cleaned twice."""
-    return text_preprocessing(append_scores(prompt, aesthetic, motion, camera_motion), clean=clean)
+    """The text the encoder tokenises for one (loop segment of a) prompt: scores appended, then Open-Sora's
+    preprocessing (cleaned twice, or lower-cased only without ``clean``) unless ``preprocess`` is off (the
+    text as written: Open-Sora-Plan), then wrapped in ``template`` (:func:`apply_template`)."""
+    text = append_scores(prompt, aesthetic, motion, camera_motion)
+    if preprocess:
+        text = text_preprocessing(text, clean=clean)
+    return apply_template(text, template)
 
 
 # ---------------------------------------------------------------------------
@@ -235,6 +253,7 @@ __all__ = [
     "PromptOptions",
     "SCORE_PHRASES",
     "append_scores",
+    "apply_template",
     "is_loop_prompt",
     "loop_prompt_text",
     "loop_segments",

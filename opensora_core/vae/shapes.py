@@ -87,14 +87,16 @@ def build_autoencoder_kl(state_dict: StateDict, micro_batch_size: int | None, gr
         return VideoAutoencoderKL(infer_autoencoder_config(state_dict, groups), micro_batch_size)
 
 
-def pipeline_for(state_dict: StateDict, micro_batch_size: int | None, groups: int):
-    """(VAE v1.2 pipeline on meta, module to load, state dict in its layout) for a VAE v1.2 file."""
+def pipeline_for(state_dict: StateDict, micro_batch_size: int | None, groups: int, config: Mapping | None = None):
+    """(VAE v1.2 pipeline on meta, module to load, state dict in its layout) for a VAE v1.2 file (the shapes
+    tell the architecture; the saved ``config`` adds nothing but ``groups``, which the loader reads)."""
     state_dict = pipeline_in_diffusers_layout(state_dict)
     model = build_pipeline(state_dict, micro_batch_size, groups)
     return model, model, state_dict
 
 
-def autoencoder_kl_for(state_dict: StateDict, micro_batch_size: int | None, groups: int):
+def autoencoder_kl_for(state_dict: StateDict, micro_batch_size: int | None, groups: int,
+                       config: Mapping | None = None):
     """(per-frame SD-VAE wrapper on meta, its inner AutoencoderKL to load, diffusers-layout state dict)."""
     state_dict = to_diffusers_layout(state_dict)
     model = build_autoencoder_kl(state_dict, micro_batch_size, groups)
