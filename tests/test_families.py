@@ -34,7 +34,8 @@ def _manifest_state(name: str, drop: tuple[str, ...] = ()) -> dict[str, torch.Te
 def test_every_family_declares_one_geometry_and_its_caption_length():
     """Each release's caption length is its T5 max length; its VAE kinds share one latent geometry."""
     lengths = {f.release: f.caption_length for f in families.families()}
-    assert lengths == {"v1.2": 300, "v1.1": 200, "v1.0": 120}
+    assert {r: lengths[r] for r in ("v1.2", "v1.1", "v1.0", "v2.0")} == {"v1.2": 300, "v1.1": 200, "v1.0": 120,
+                                                                     "v2.0": 512}
     assert all(len({kind.geometry for kind in f.vae}) == 1 for f in families.families())
 
 

@@ -350,6 +350,11 @@ class MaskStrategyConditioning:
     def place(self, groups: Sequence[MaskGroup], *, geometry: LatentGeometry, num_frames: int,
               reference_frames: Sequence[int], loops: int, condition_frames: int, condition_edit: float,
               align: int | None) -> list[PlacedGroup]:
+        if reference_frames and not groups:
+            raise ValueError(
+                f"{len(reference_frames)} reference(s) given but the mask strategy is empty, so none would be used; "
+                "give a mask strategy (e.g. '0': reference 0 as the first frame) or leave the references out"
+            )
         check_groups(groups, references=len(reference_frames), loops=loops, version=self.version)
         latent_frames = geometry.latent_frames(num_frames)
         latent = _to_latent_checked(groups, geometry, num_frames, reference_frames)
@@ -363,6 +368,11 @@ class MaskStrategyConditioning:
                placements: Sequence[Sequence[PlacedGroup]], loop_i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The round's noise with the placed reference latents inserted, and the frame mask (B, T)."""
         return insert_references(z, refs, [[p for p in sample if p.group.loop_id == loop_i] for sample in placements])
+
+    def reference_clips(self, placements: Sequence[Sequence[PlacedGroup]],
+                        reference_frames: Sequence[int]) -> list[tuple[int, slice]]:
+        """Every reference is encoded whole, in order (groups pick latent frames of the encoded clip)."""
+        return [(i, slice(None)) for i in range(len(reference_frames))]
 
     def describe(self, placements: Sequence[PlacedGroup], *, loop_i: int, geometry: LatentGeometry,
                  num_frames: int) -> str:

@@ -10,7 +10,7 @@ A new family: add ``families/<name>.py`` that builds a :class:`Family` (and its 
 :func:`register`, and import it below. See docs/architecture.md.
 """
 
-from . import common, opensora_v1  # noqa: F401  (each registers its families when imported)
+from . import common, opensora_v1, opensora_v2  # noqa: F401  (each registers its families when imported)
 from .registry import (
     Conditioning,
     Defaults,
@@ -18,9 +18,11 @@ from .registry import (
     Family,
     FileKind,
     ModelKind,
+    PromptSettings,
     Role,
     Sampler,
     TextEncoder,
+    TextFile,
     Training,
     VAEKind,
     build_model,
@@ -35,10 +37,12 @@ from .registry import (
     fix_for,
     for_class,
     kinds,
+    load_t5_text,
     official_class,
     register,
     register_kind,
     releases_text,
+    score_phrase_prompt,
 )
 
 __all__ = [
@@ -48,9 +52,11 @@ __all__ = [
     "Family",
     "FileKind",
     "ModelKind",
+    "PromptSettings",
     "Role",
     "Sampler",
     "TextEncoder",
+    "TextFile",
     "Training",
     "VAEKind",
     "build_model",
@@ -65,8 +71,10 @@ __all__ = [
     "fix_for",
     "for_class",
     "kinds",
+    "load_t5_text",
     "official_class",
     "register",
     "register_kind",
     "releases_text",
+    "score_phrase_prompt",
 ]

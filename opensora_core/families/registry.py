@@ -27,7 +27,9 @@ from torch import nn
 from .. import models, vae
 from ..checkpoints import CheckpointError
 from ..geometry import LatentGeometry
-from ..sampling import Denoiser, GuidedModel, ScheduleRequest
+from ..sampling import Denoiser, GuidedModel, ScheduleRequest, stream_noise
+from ..text import prompts
+from ..text.t5 import load_t5_encoder
 
 Role = Literal["diffusion", "vae", "text"]
 
@@ -59,6 +61,8 @@ class ModelKind(FileKind):
     # Official release file names -> the preset they were built with, for files whose shapes cannot tell
     # the size (v1.0 .pth files omit their fixed position tables).
     released_files: Mapping[str, str] = field(default_factory=dict)
+    fp8_weights: bool = False  # the class can store its Linear weights in fp8 (built with models.fp8.Fp8Operations)
+    stores_fp8: bool = False  # such files hold fp8 weights with their scales: they always load with fp8 layers
 
     @property
     def cls(self) -> type[nn.Module]:
@@ -118,6 +122,9 @@ class Sampler:
     guidance_channels: int | None = None  # prediction channels guided (None: all)
     check_frames: Callable[[int], None] | None = None  # raises for frame counts the schedule cannot take
     step_range: tuple[int, int | None] = (1, None)  # sampling steps the schedule takes (None: no upper bound)
+    # (shape, seed, the generation's CPU generator, model dtype) -> the start latent; default: float32 from the
+    # shared stream after the reference encodes (Open-Sora v1.x)
+    start_noise: Callable[..., torch.Tensor] = stream_noise
 
 
 class Conditioning(Protocol):
@@ -135,6 +142,10 @@ class Conditioning(Protocol):
     def describe(self, placements: Sequence, *, loop_i: int, geometry: LatentGeometry, num_frames: int) -> str:
         """Where each reference lands in round ``loop_i``, for the log."""
 
+    def reference_clips(self, placements: Sequence[Sequence], reference_frames: Sequence[int]) -> list[tuple[int, slice]]:
+        """The pixel clips the VAE encodes, as (reference index, frames), in the order ``insert`` receives their
+        latents (Open-Sora v1: every reference whole)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class Defaults:
@@ -147,6 +158,14 @@ class Defaults:
     aesthetic_score: float | None  # appended to prompts (None: no score phrases)
     condition_frame_length: int  # latent frames a loop round continues from
     frame_interval: int  # saved fps = fps / frame_interval
+    motion_score: float | None = None  # appended to prompts (None: no motion score unless the request gives one)
+    negative_prompt: str | None = None  # encoded for guidance (None: the model's learned null caption)
+    # Options only some families take (None: the family does not take it; a request that gives it is refused).
+    # The plan hands them, as keywords of the same names, to the component that interprets them: the sampler's
+    # denoiser (image_cfg_scale, oscillation) or the conditioning's ``place`` (condition_type).
+    image_cfg_scale: float | None = None  # guidance on the image condition
+    oscillation: bool | None = None  # guidance scales of 1 on odd steps from step 10
+    condition_type: str | None = None  # how references condition the video (t2v, i2v_head, ...)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,8 +173,44 @@ class Training:
     """How the trainer treats the family's model (None on a family: not trainable here)."""
 
     objective: str  # sampling.losses.build_objective kind ("rflow", "iddpm")
-    aspect_ratio: Literal["height/width", "width/height"]  # the ``ar`` argument the official dataset gives
-    fps_per_frame_interval: bool  # fps argument = source fps // frame_interval (else the source fps)
+    aspect_ratio: Literal["height/width", "width/height"] | None  # the ``ar`` argument the dataset gives (None: none)
+    fps_per_frame_interval: bool | None  # fps argument = source fps // frame_interval (else the source fps; None: none)
+    # (caption, fps, motion score) -> the training caption, for families whose captions carry them as text
+    caption_suffix: Callable[[str, int | None, float | None], str] | None = None
+    bucket_resolutions: tuple[str, ...] = ()  # resolution names of the official training buckets ("256px", ...)
+    fp8_base: bool = False  # the frozen base may be stored in fp8 (LoRA training)
+    block_swap: bool = False  # the model has a ``blocks`` list block swap can stream
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """What a family may add to a prompt; each value is already resolved (None: not added)."""
+
+    fps: float
+    aesthetic_score: float | None
+    motion_score: float | str | None
+    camera_motion: str | None
+    clean: bool
+
+
+def score_phrase_prompt(text: str, settings: PromptSettings) -> str:
+    """Open-Sora v1.x prompts: cleaned like the official code, score phrases appended (``text.prompts``)."""
+    return prompts.prepare_prompt(text, settings.aesthetic_score, settings.motion_score, settings.camera_motion,
+                                  clean=settings.clean)
+
+
+@dataclass(frozen=True)
+class TextFile:
+    """A text-encoder file (a single ``.safetensors`` or a Hugging Face folder) and its tokenizer folder."""
+
+    path: str
+    tokenizer: str | None = None
+
+
+def load_t5_text(files: Sequence[TextFile], *, max_length: int, dtype: torch.dtype, device) -> Any:
+    """The text encoder of a family with one T5: ``text.t5.T5TextEncoder`` (captions with a token mask)."""
+    (t5,) = files
+    return load_t5_encoder(t5.path, t5.tokenizer, max_length=max_length, dtype=dtype, device=device)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +230,10 @@ class Family:
     score_phrases: bool = False  # prompts take " aesthetic score: X." / motion / camera phrases (text.prompts)
     prompt_syntax: str = "v1.2"  # JSON options after a prompt text (text.prompts.parse_prompt_options version)
     training: Training | None = None
+    prepare_prompt: Callable[[str, PromptSettings], str] = score_phrase_prompt  # the text the encoders see
+    # (files in ``text`` order, max_length, dtype, device) -> the pipeline's text encoder (``encode(texts)``)
+    load_text: Callable[..., Any] = load_t5_text
+    size_multiple: int | None = None  # pixel height/width must be multiples of this (None: the VAE's rule only)
 
     def __post_init__(self) -> None:
         if len({kind.geometry for kind in self.vae}) != 1:
@@ -353,9 +412,11 @@ __all__ = [
     "Family",
     "FileKind",
     "ModelKind",
+    "PromptSettings",
     "Role",
     "Sampler",
     "TextEncoder",
+    "TextFile",
     "Training",
     "VAEKind",
     "build_model",
@@ -370,8 +431,10 @@ __all__ = [
     "fix_for",
     "for_class",
     "kinds",
+    "load_t5_text",
     "official_class",
     "register",
     "register_kind",
     "releases_text",
+    "score_phrase_prompt",
 ]

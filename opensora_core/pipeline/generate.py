@@ -52,8 +52,8 @@ def generate(
     with components.placement.use(_module_of(components.text_encoder)):
         captions = _encode_rounds(components, plan, plan.round_prompts)
         negatives = None
-        if spec.negative_prompts is not None:
-            negatives = _encode_rounds(components, plan, [list(spec.negative_prompts)] * spec.loops)
+        if plan.negative_prompts is not None:
+            negatives = _encode_rounds(components, plan, [plan.negative_prompts] * spec.loops)
     clips = _sample_planned(components, plan, captions, references, negatives, tiling, callback)
     with components.placement.use(components.vae):
         frames = decode_clips(components.vae, clips, tiling=tiling)
@@ -111,8 +111,9 @@ def _checked_plan(components: Components, spec: GenerationSpec, references: Sequ
 
 def _sample_planned(components, plan, captions, references, negatives, tiling, callback) -> list[Clip]:
     generator = torch.Generator().manual_seed(int(plan.spec.seed))
+    clips = [references[i][frames] for i, frames in plan.reference_clips]  # what the conditioning reads, in order
     with components.placement.use(components.vae):
-        ref_latents = encode_references(components.vae, references, plan.spec.height, plan.spec.width, generator)
+        ref_latents = encode_references(components.vae, clips, plan.spec.height, plan.spec.width, generator)
     return sample_clips(
         components, plan, captions, ref_latents, generator, negatives=negatives, tiling=tiling, callback=callback
     )
