@@ -276,20 +276,21 @@ class ConditionTypes:
 
     def reference_clips(self, placements: Sequence[Sequence[ReferenceUse]],
                         reference_frames: Sequence[int]) -> list[tuple[int, slice]]:
-        return list(dict.fromkeys(use.clip for sample in placements for use in sample))
+        """Each use of the first sample, in order, encoded on its own (as ``collect_references_batch``: i2v_loop
+        with one image encodes it twice, two posterior samples); every sample uses the same references."""
+        return [use.clip for use in placements[0]] if placements else []
 
     def insert(self, z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]],
                placements: Sequence[Sequence[ReferenceUse]], loop_i: int) -> tuple[torch.Tensor, ConditionV2]:
         """z unchanged and the condition built from each sample's encoded clips (``refs[b]`` in the order of
         :meth:`reference_clips`)."""
-        clips = self.reference_clips(placements, [])
         types = {use.cond_type for sample in placements for use in sample} or {"t2v"}
         if len(types) != 1:
             raise ValueError(f"one condition type per generation, got {sorted(types)}")
         cond_type = types.pop()
         if cond_type == "t2v":
             return z, build_condition(z, "t2v")
-        per_item = [[refs[b][clips.index(use.clip)] for use in sample] for b, sample in enumerate(placements)]
+        per_item = [list(refs[b][: len(sample)]) for b, sample in enumerate(placements)]
         return z, build_condition(z, cond_type, per_item)
 
     def describe(self, placements: Sequence[ReferenceUse], *, loop_i: int, geometry, num_frames: int) -> str:
