@@ -16,7 +16,7 @@ import torch
 
 from ..conditioning.v2 import ConditionTypes
 from ..geometry import HUNYUAN_VAE
-from ..geometry.opensora_v2 import RESOLUTIONS, SPATIAL_COMPRESSION, check_num_frames
+from ..geometry.opensora_v2 import RESOLUTIONS, SPATIAL_COMPRESSION, check_num_frames, image_size
 from ..sampling.v2 import ThreePassGuidance, sample_v2, schedule_v2, start_noise_v2
 from ..text import prompts_v2
 from ..text.clip import CLIP_MAX_LENGTH
@@ -55,6 +55,7 @@ MMDIT_FILE = ModelKind(
     fix="load it with the Open-Sora model loader (Open-Sora 2.0)",
     released_files={"Open_Sora_v2.safetensors": "OpenSora-v2-MMDiT"},
     fp8_weights=True,
+    block_swap=True,
 )
 MMDIT_FP8_FILE = ModelKind(
     name="MMDiT_fp8",
@@ -65,6 +66,7 @@ MMDIT_FP8_FILE = ModelKind(
     fix="load it with the Open-Sora model loader (Open-Sora 2.0); it runs with fp8 weights",
     fp8_weights=True,
     stores_fp8=True,
+    block_swap=True,
 )
 FLUX_FILE = FileKind(  # named so a wrong file gets a useful message; ComfyUI's own nodes run it
     name="flux",
@@ -155,12 +157,13 @@ V2_0 = register(Family(
         steps=50, cfg_scale=7.5, num_frames=129, fps=float(prompts_v2.DEFAULT_FPS), aesthetic_score=None,
         condition_frame_length=1,  # unused: 2.0 has no loop mode (the conditioning refuses loops > 1)
         frame_interval=1, motion_score=float(prompts_v2.DEFAULT_MOTION_SCORE), negative_prompt=NEGATIVE_PROMPT,
-        image_cfg_scale=3.0, oscillation=True, condition_type="t2v",
+        image_cfg_scale=3.0, oscillation=True, condition_type="t2v", resolution="256px", aspect_ratio="16:9",
     ),
     prompt_syntax="v1.2",  # JSON options after a prompt (reference_path) as the v1.2 command line reads them
     prepare_prompt=prepare_prompt_v2,
     load_text=load_text_v2,
     size_multiple=SPATIAL_COMPRESSION,  # VAE 8 x patch 2
+    image_size=image_size,  # 256px / 768px, aspect ratios as W:H ("16:9" -> 192x336)
     # For the trainer (not wired yet): the captions carry " <fps> FPS, <motion> motion score."; 4k+1 frames
     # (the geometry) in the 256px / 768px bucket tables (geometry.opensora_v2.aspect_ratio_sizes(training=True));
     # the shifted flow objective of the 2.0 trainer; fp8 base and block swap for LoRA on one GPU.

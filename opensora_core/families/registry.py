@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import models, vae
 from ..checkpoints import CheckpointError
-from ..geometry import LatentGeometry
+from ..geometry import LatentGeometry, image_size
 from ..sampling import Denoiser, GuidedModel, ScheduleRequest, stream_noise
 from ..text import prompts
 from ..text.t5 import load_t5_encoder
@@ -63,6 +63,7 @@ class ModelKind(FileKind):
     released_files: Mapping[str, str] = field(default_factory=dict)
     fp8_weights: bool = False  # the class can store its Linear weights in fp8 (built with models.fp8.Fp8Operations)
     stores_fp8: bool = False  # such files hold fp8 weights with their scales: they always load with fp8 layers
+    block_swap: bool = False  # the class has a ``blocks`` list models.block_swap can stream
 
     @property
     def cls(self) -> type[nn.Module]:
@@ -166,6 +167,8 @@ class Defaults:
     image_cfg_scale: float | None = None  # guidance on the image condition
     oscillation: bool | None = None  # guidance scales of 1 on odd steps from step 10
     condition_type: str | None = None  # how references condition the video (t2v, i2v_head, ...)
+    resolution: str = "240p"  # size preset of the command line (``Family.image_size``)
+    aspect_ratio: str = "9:16"  # aspect-ratio name of the command line, as ``Family.image_size`` reads it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,6 +237,8 @@ class Family:
     # (files in ``text`` order, max_length, dtype, device) -> the pipeline's text encoder (``encode(texts)``)
     load_text: Callable[..., Any] = load_t5_text
     size_multiple: int | None = None  # pixel height/width must be multiples of this (None: the VAE's rule only)
+    # (resolution, aspect ratio) -> (height, width): the release's size table (v1.x: "240p", "9:16" as H:W)
+    image_size: Callable[[str, str], tuple[int, int]] = image_size
 
     def __post_init__(self) -> None:
         if len({kind.geometry for kind in self.vae}) != 1:

@@ -24,7 +24,7 @@ Modules: :mod:`.plan` (request -> checked plan), :mod:`.stages` (the stage funct
 """
 
 from .generate import GenerationResult, SampleResult, generate, sample_video
-from .placement import Placement, StayPut, device_of
+from .placement import Offload, Placement, StayPut, device_of
 from .plan import (
     SEED_RANGE,
     GenerationPlan,
@@ -64,6 +64,7 @@ __all__ = [
     "GenerationSpec",
     "Placement",
     "SampleResult",
+    "Offload",
     "StayPut",
     "StepInfo",
     "TextEncoder",
