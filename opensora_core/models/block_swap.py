@@ -4,7 +4,9 @@ The first ``blocks_on_device`` blocks (in execution order) stay on ``device``; t
 ``offload_device`` (CPU RAM, pinned when CUDA is available) and are copied to ``device`` right before they
 run; after the block the device copy is dropped and the block points at its offloaded tensors again (weights
 do not change in inference, so nothing is copied back). The forward itself is unchanged: forward hooks do the
-moving. Inference only.
+moving. Frozen weights only: parameters that require gradients (LoRA adapters being trained) are not swapped
+and stay on ``device``, so their gradients land there; with activation checkpointing the recomputed forward
+copies the block in again for the backward pass (training with a frozen base).
 
     swap = BlockSwap(model.blocks, "cuda", blocks_on_device=20).attach()
     model.img_in.cuda(); ...              # or: enable_block_swap(model, "cuda", 20)
@@ -75,7 +77,10 @@ class BlockSwap:
         for block in self.blocks[: self.blocks_on_device] if move_resident else []:
             block.to(self.device)
         for block in self.swapped:
+            trainable = [p for p in block.parameters() if p.requires_grad]
             block.to(self.offload_device)
+            for p in trainable:
+                p.data = p.data.to(self.device)
             self._slots[id(block)] = self._offload_slots(block)
             self._hooks.append(block.register_forward_pre_hook(self._before))
             self._hooks.append(block.register_forward_hook(self._after))
@@ -92,7 +97,8 @@ class BlockSwap:
         slots = []
         for module in block.modules():
             for name, p in module.named_parameters(recurse=False):
-                slots.append(_Slot(module, name, True, self._offloaded(p.data)))
+                if not p.requires_grad:  # trainable parameters stay on the device
+                    slots.append(_Slot(module, name, True, self._offloaded(p.data)))
             for name, b in module.named_buffers(recurse=False):
                 slots.append(_Slot(module, name, False, self._offloaded(b)))
         for slot in slots:
