@@ -34,7 +34,7 @@ def _manifest_state(name: str, drop: tuple[str, ...] = ()) -> dict[str, torch.Te
 def test_every_family_declares_one_geometry_and_its_caption_length():
     """Each release's caption length is its T5 max length; its VAE kinds share one latent geometry."""
     lengths = {f.release: f.caption_length for f in families.families()}
-    assert lengths == {"v1.2": 300, "v1.1": 200, "v1.0": 120, "v1.3": 512}
+    assert lengths == {"v1.2": 300, "v1.1": 200, "v1.0": 120, "v1.3": 512, "v2.0": 512}
     assert all(len({kind.geometry for kind in f.vae}) == 1 for f in families.families())
 
 
@@ -150,7 +150,7 @@ def test_open_sora_plan_declares_the_release_sampling():
         d = family.defaults
         assert (d.steps, d.cfg_scale, d.num_frames, d.fps) == (100, 7.5, 93, 18.0)
         assert family.caption_length == 512 and family.text[0].kind.class_name == "MT5EncoderModel"
-        assert family.prompting.negative.strip().startswith("nsfw") and "{}" in family.prompting.template
+        assert d.negative_prompt.strip().startswith("nsfw") and "{}" in d.prompt_template
     training = families.by_name("open-sora-plan-v1.3").training
     assert training.objective == "vprediction" and training.snr_gamma == 5.0 and training.zero_snr
     assert families.by_name("open-sora-plan-v1.3-i2v").training is None  # the inpainting trainer is not ported
