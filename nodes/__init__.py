@@ -10,9 +10,16 @@ prefixed ``OpenSora`` and never renamed (saved workflows refer to them).
 
 from . import comfy_bridge as bridge
 from .comfy_bridge import ComfyExtension, io
-from .loaders import OpenSoraLoraLoader, OpenSoraModelLoader, OpenSoraT5Loader, OpenSoraVAELoader
-from .references import OpenSoraMaskBuilder
-from .sampling import OpenSoraResolution, OpenSoraSampler
+from .loaders import (
+    OpenSoraCLIPLoader,
+    OpenSoraLoraLoader,
+    OpenSoraModelLoader,
+    OpenSoraModelLoaderMemory,
+    OpenSoraT5Loader,
+    OpenSoraVAELoader,
+)
+from .references import OpenSoraConditionImages, OpenSoraMaskBuilder
+from .sampling import OpenSoraGuidance, OpenSoraResolution, OpenSoraSampler
 from .text import OpenSoraTextEncode
 from .video import OpenSoraSaveVideo, OpenSoraVAEDecode, OpenSoraVAEEncode
 
@@ -28,6 +35,10 @@ NODES: list[type[io.ComfyNode]] = [
     OpenSoraVAEDecode,
     OpenSoraVAEEncode,
     OpenSoraSaveVideo,
+    OpenSoraModelLoaderMemory,
+    OpenSoraCLIPLoader,
+    OpenSoraConditionImages,
+    OpenSoraGuidance,
 ]
 
 

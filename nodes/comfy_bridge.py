@@ -67,12 +67,21 @@ def folder_roots(folder: str) -> list[str]:
 
 def bundled_t5_tokenizer() -> str | None:
     """ComfyUI's own T5-XXL tokenizer folder (``comfy/text_encoders/t5_tokenizer``), if present."""
+    return _bundled("text_encoders", "t5_tokenizer")
+
+
+def bundled_clip_tokenizer() -> str | None:
+    """ComfyUI's own CLIP-L tokenizer folder (``comfy/sd1_tokenizer``), if present."""
+    return _bundled("sd1_tokenizer")
+
+
+def _bundled(*parts: str) -> str | None:
     try:
         import comfy  # a namespace package in ComfyUI (no __init__.py, so no __file__)
     except ImportError:
         return None
     for root in getattr(comfy, "__path__", []):
-        folder = os.path.join(root, "text_encoders", "t5_tokenizer")
+        folder = os.path.join(root, *parts)
         if os.path.isdir(folder):
             return folder
     return None
@@ -198,6 +207,18 @@ class ComfyPlacement:
             return
         mm.load_models_gpu([entry.patcher], memory_required=working_memory, force_full_load=True)
         yield entry.devices.load
+
+    @contextlib.contextmanager
+    def use_all(self, module: nn.Module, working_memory: int = 0) -> Iterator[torch.device]:
+        """Load every managed module at once (T5 and CLIP-L for one encode); ``module`` holds them all."""
+        import comfy.model_management as mm
+
+        entries = list(self._by_module.values())
+        if not entries:
+            yield device_of(module)
+            return
+        mm.load_models_gpu([e.patcher for e in entries], memory_required=working_memory, force_full_load=True)
+        yield entries[0].devices.load
 
 
 # ---------------------------------------------------------------------------

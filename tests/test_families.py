@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
@@ -34,7 +36,7 @@ def _manifest_state(name: str, drop: tuple[str, ...] = ()) -> dict[str, torch.Te
 def test_every_family_declares_one_geometry_and_its_caption_length():
     """Each release's caption length is its T5 max length; its VAE kinds share one latent geometry."""
     lengths = {f.release: f.caption_length for f in families.families()}
-    assert lengths == {"v1.2": 300, "v1.1": 200, "v1.0": 120, "v1.3": 512}
+    assert lengths == {"v1.2": 300, "v1.1": 200, "v1.0": 120, "v1.3": 512, "v2.0": 512}
     assert all(len({kind.geometry for kind in f.vae}) == 1 for f in families.families())
 
 
@@ -72,6 +74,26 @@ def test_a_new_family_plugs_in_by_registering(scratch_registry):
     assert families.detect({"toy.block.0.weight": None}).kind is kind
     assert families.by_name("toy-v1") is toy and families.by_release("t1") is toy
     assert families.releases_text(families.families_using(v12.vae)) == "Open-Sora v1.2 or Toy t1 models"
+
+
+def test_a_family_declares_its_default_size_once():
+    """Size presets with their default names, or (no presets) the sample script's size; never both."""
+    v12 = families.by_release("v1.2")
+    fields = dict(name="toy-v1", system="Toy", release="t1", model=v12.model, vae=v12.vae, vae_name=v12.vae_name,
+                  text=v12.text, sampler=v12.sampler, conditioning=None)
+    with pytest.raises(ValueError, match="not Defaults.size"):
+        families.Family(**fields, defaults=dataclasses.replace(v12.defaults, size=(240, 426)))
+    with pytest.raises(ValueError, match="declares Defaults.size"):
+        families.Family(**fields, defaults=v12.defaults, image_size=None)
+
+
+def test_score_phrases_are_taken_as_each_family_was_trained():
+    v12, v11, v20 = (families.by_release(r) for r in ("v1.2", "v1.1", "v2.0"))
+    osp = families.by_name("open-sora-plan-v1.3")
+    assert all(v12.takes_phrase(name) for name in ("aesthetic_score", "motion_score", "camera_motion"))
+    assert [v20.takes_phrase(name) for name in ("aesthetic_score", "motion_score", "camera_motion")] == [
+        False, True, False]  # 2.0 appends "<x> motion score." only
+    assert not any(f.takes_phrase("motion_score") for f in (v11, osp))
 
 
 # ---------------------------------------------------------------------------
@@ -150,7 +172,7 @@ def test_open_sora_plan_declares_the_release_sampling():
         d = family.defaults
         assert (d.steps, d.cfg_scale, d.num_frames, d.fps) == (100, 7.5, 93, 18.0)
         assert family.caption_length == 512 and family.text[0].kind.class_name == "MT5EncoderModel"
-        assert family.prompting.negative.strip().startswith("nsfw") and "{}" in family.prompting.template
+        assert d.negative_prompt.strip().startswith("nsfw") and "{}" in d.prompt_template
     training = families.by_name("open-sora-plan-v1.3").training
     assert training.objective == "vprediction" and training.snr_gamma == 5.0 and training.zero_snr
     assert families.by_name("open-sora-plan-v1.3-i2v").training is None  # the inpainting trainer is not ported

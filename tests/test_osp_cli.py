@@ -62,6 +62,12 @@ def test_the_release_size_and_frames_are_the_defaults(release):
     assert resolve_size(args, by_name("open-sora-plan-v1.3")) == (352, 640, 93)
 
 
+def test_size_presets_are_refused_for_the_release_without_them(release):
+    args = parse_args([*_files(release), "--resolution", "480p"])
+    with pytest.raises(ValueError, match="no size presets: give --height and --width"):
+        resolve_size(args, by_name("open-sora-plan-v1.3"))
+
+
 def test_the_family_template_applies_unless_turned_off(release):
     size = (352, 640, 93)
     args = parse_args(_files(release))

@@ -22,7 +22,8 @@ from opensora_core import media
 from opensora_core.conditioning import extension_drop_frames
 from opensora_core.geometry import VAE_V1_2
 
-# Open-Sora's workflows (the other systems' are tested in their own files, e.g. test_osp_workflows.py)
+# Open-Sora v1.x's workflows (the other systems' are tested in their own files: test_osp_workflows.py,
+# test_workflows_v2.py)
 WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("opensora_*.json") if not p.name.startswith("opensora_demo_"))
 TASKS = {"text_to_video", "image_to_video", "stitch_two_images", "infinite_extension", "video_to_video"}
 OFFICIAL_FILES = {
@@ -113,7 +114,7 @@ def test_comfyui_lists_and_serves_the_official_and_the_demo_workflows():
     templates from the first of them that exists only; so all of them must sit directly in one folder."""
     present = [name for name in COMFY_TEMPLATE_FOLDERS if (REPO / name).is_dir()]
     assert present == ["workflows"]
-    listed = {p.stem for name in present for p in (REPO / name).glob("opensora_*.json")}
+    listed = {p.stem for name in present for p in (REPO / name).glob("opensora_*.json")}  # v1.x (2.0: open_sora_2_*)
     tasks = {t.replace("_", " ") for t in TASKS}
     assert {n.removeprefix("opensora_").replace("_", " ") for n in listed if "_demo_" not in n} == tasks
     assert {n.removeprefix("opensora_demo_").replace("_", " ") for n in listed if "_demo_" in n} == tasks

@@ -10,7 +10,8 @@ A new family: add ``families/<name>.py`` that builds a :class:`Family` (and its 
 :func:`register`, and import it below. See docs/architecture.md.
 """
 
-from . import common, opensora_v1, open_sora_plan  # noqa: F401, I001  (registration order = detection order)
+# registration order = detection order
+from . import common, opensora_v1, open_sora_plan, opensora_v2  # noqa: F401, I001
 from .registry import (
     Conditioning,
     Defaults,
@@ -18,10 +19,11 @@ from .registry import (
     Family,
     FileKind,
     ModelKind,
-    Prompting,
+    PromptSettings,
     Role,
     Sampler,
     TextEncoder,
+    TextFile,
     Training,
     VAEKind,
     build_model,
@@ -36,10 +38,12 @@ from .registry import (
     fix_for,
     for_class,
     kinds,
+    load_t5_text,
     official_class,
     register,
     register_kind,
     releases_text,
+    score_phrase_prompt,
 )
 
 __all__ = [
@@ -49,10 +53,11 @@ __all__ = [
     "Family",
     "FileKind",
     "ModelKind",
-    "Prompting",
+    "PromptSettings",
     "Role",
     "Sampler",
     "TextEncoder",
+    "TextFile",
     "Training",
     "VAEKind",
     "build_model",
@@ -67,8 +72,10 @@ __all__ = [
     "fix_for",
     "for_class",
     "kinds",
+    "load_t5_text",
     "official_class",
     "register",
     "register_kind",
     "releases_text",
+    "score_phrase_prompt",
 ]

@@ -33,11 +33,11 @@ from .registry import (
     Family,
     FileKind,
     ModelKind,
-    Prompting,
     Sampler,
     TextEncoder,
     Training,
     VAEKind,
+    prompt_as_written,
     register,
     register_kind,
 )
@@ -155,10 +155,14 @@ EULER_ANCESTRAL = Sampler(
     step_range=(1, NUM_TRAIN_TIMESTEPS),
 )
 # sample_t2v_v1_3.sh / sample_inpaint_v1_3.sh @v1.3.1: 93x352x640, 100 steps, guidance 7.5; fps 18 is what the
-# scripts save at (the model takes none)
+# scripts save at (the model takes none); the prompt goes to mT5 as written, wrapped in the release template, and
+# guidance runs against the release negative prompt (opensora/utils/sample_utils.py); no size presets
 V1_3_DEFAULTS = Defaults(steps=100, cfg_scale=7.5, num_frames=93, fps=18.0, aesthetic_score=None,
-                         condition_frame_length=None, frame_interval=1, size=(352, 640))
-V1_3_PROMPTING = Prompting(preprocess=False, template=OSP_V1_3_PROMPT_TEMPLATE, negative=OSP_V1_3_NEGATIVE_PROMPT)
+                         condition_frame_length=None, frame_interval=1, negative_prompt=OSP_V1_3_NEGATIVE_PROMPT,
+                         prompt_template=OSP_V1_3_PROMPT_TEMPLATE, resolution=None, aspect_ratio=None,
+                         size=(352, 640))
+
+
 def v1_3_training_call(model, x, t, y, mask, x_mask, sizes):
     """OpenSoraT2V_v1_3's call in train_t2v_diffusers.py: the caption mask is ``encoder_attention_mask``, the
     latent mask all ones (no bucket padding here), no size arguments; there are no condition frames."""
@@ -181,8 +185,9 @@ _V1_3 = dict(
                       channels=T5_XXL_CHANNELS),),
     sampler=EULER_ANCESTRAL,
     defaults=V1_3_DEFAULTS,
-    prompting=V1_3_PROMPTING,
+    prepare_prompt=prompt_as_written,
     check_size=check_osp_v1_3_request,  # 4n+1 frames, sides multiples of 16 (32 recommended)
+    image_size=None,
 )
 
 V1_3_T2V = register(Family(name="open-sora-plan-v1.3", model=T2V_V1_3_FILE, conditioning=None,
@@ -202,7 +207,6 @@ __all__ = [
     "T2V_V1_3_FILE",
     "V1_3_DEFAULTS",
     "V1_3_I2V",
-    "V1_3_PROMPTING",
     "V1_3_T2V",
     "V1_3_TRAINING",
     "WFVAE_FILE",

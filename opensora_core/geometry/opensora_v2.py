@@ -99,6 +99,15 @@ def round_up_size(height: int, width: int) -> tuple[int, int]:
     return -(-int(height) // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-int(width) // SIZE_MULTIPLE) * SIZE_MULTIPLE
 
 
+def check_size(num_frames: int, height: int, width: int) -> None:
+    """The family's size check (``Family.check_size``): sides multiples of 16 px, which the official code would
+    round up to (:func:`round_up_size`); frame counts are the sampler's check (:func:`check_num_frames`)."""
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        up_h, up_w = round_up_size(height, width)
+        raise ValueError(f"Open-Sora 2.0 generates sizes in multiples of {SIZE_MULTIPLE} pixels, got {height}x{width} "
+                         f"(HxW); use {up_h}x{up_w} (the official code rounds up to it)")
+
+
 def sampling_size(resolution: str | None = None, aspect_ratio: str | None = None, height: int | None = None,
                   width: int | None = None) -> tuple[int, int]:
     """The pixel size the sampler generates: from resolution + aspect ratio, or from height + width; rounded
@@ -205,6 +214,7 @@ __all__ = [
     "RESOLUTIONS",
     "aspect_ratio_sizes",
     "check_num_frames",
+    "check_size",
     "decoded_frames",
     "image_size",
     "latent_frames",

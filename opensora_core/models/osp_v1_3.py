@@ -194,6 +194,8 @@ class OpenSoraT2V_v1_3(OfficialConstructors, nn.Module):  # noqa: N801 (official
         "interpolation_scale_t", "sparse1d", "sparse_n",
     )
     OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ()
+    # what loading.dit needs known before it builds the model (the head count and width no shape tells apart)
+    REQUIRED_FIELDS: ClassVar[tuple[str, ...]] = ("num_attention_heads", "attention_head_dim")
     # values no tensor shows, as the release sets them (factory OpenSoraT2V_v1_3_2B_122, train_t2v_v1_3.sh)
     UNREADABLE_DEFAULTS: ClassVar[dict[str, Any]] = {
         "dropout": 0.0, "sparse1d": True, "sparse_n": 4, "activation_fn": "gelu-approximate", "norm_eps": 1e-6,
@@ -270,7 +272,8 @@ class OpenSoraT2V_v1_3(OfficialConstructors, nn.Module):  # noqa: N801 (official
         return MT5_V1_3.max_length, self.config.caption_channels
 
     def null_caption(self, batch: int) -> torch.Tensor:
-        """There is none: v1.3 guides against an encoded negative prompt (the family's ``Prompting.negative``)."""
+        """There is none: v1.3 guides against an encoded negative prompt (the family's
+        ``Defaults.negative_prompt``)."""
         raise ValueError(
             f"{self.OFFICIAL_NAME} has no learned null caption: classifier-free guidance uses an encoded negative "
             "prompt; give one (the release's is the default of generate() and the Text Encode node)"

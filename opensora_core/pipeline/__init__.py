@@ -25,13 +25,16 @@ Modules: :mod:`.plan` (request -> checked plan), :mod:`.stages` (the stage funct
 """
 
 from .generate import GenerationResult, SampleResult, generate, sample_video
-from .placement import Placement, StayPut, device_of
+from .placement import Offload, Placement, StayPut, device_of
 from .plan import (
     SEED_RANGE,
     GenerationPlan,
     GenerationSpec,
+    check_device_memory,
     check_memory,
     check_vae_fits,
+    device_memory_bytes,
+    family_options,
     machine_memory_bytes,
     plan_generation,
     video_memory_bytes,
@@ -63,20 +66,24 @@ __all__ = [
     "GenerationSpec",
     "Placement",
     "SampleResult",
+    "Offload",
     "StayPut",
     "StepInfo",
     "TextEncoder",
     "check_caption_length",
+    "check_device_memory",
     "check_memory",
     "check_vae_fits",
     "decode_clips",
     "decode_frames",
     "decode_video",
+    "device_memory_bytes",
     "device_of",
     "encode_conditions",
     "encode_prompts",
     "encode_references",
     "encode_video",
+    "family_options",
     "frames_from_video",
     "generate",
     "machine_memory_bytes",

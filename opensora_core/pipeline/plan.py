@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -28,9 +28,10 @@ from ..conditioning import (
     extension_total_frames,
     parse_mask_strategy,
 )
-from ..families import Family, families
+from ..families import Family, PromptSettings, families
 from ..geometry import LatentGeometry, check_frame_count
-from ..text.prompts import loop_prompt_text, loop_segments, prepare_prompt
+from ..models.block_swap import resident_bytes
+from ..text.prompts import apply_template, loop_prompt_text, loop_segments
 
 log = logging.getLogger("opensora")
 
@@ -72,14 +73,20 @@ class GenerationSpec:
     condition_frame_edit: float = 0.0
     align: int | None = None  # snap strategy starts to multiples of this (v1.2 sample config: 5)
     aesthetic_score: float | None | Literal["auto"] = "auto"  # "auto": 6.5 for v1.2, none before
-    motion_score: float | None = None
+    motion_score: float | str | None = "auto"  # "auto": the family default (2.0: 4; v1.x: none)
     camera_motion: str | None = None
     clean_prompts: bool = True  # Open-Sora's caption cleaning, where the family preprocesses prompts
-    # one per sample; None: the family's default (Open-Sora-Plan: the release negative prompt; Open-Sora: the
-    # model's learned null caption), as the official scripts
+    # one for all samples or one per sample; None: the family's default (Defaults.negative_prompt: Open-Sora-Plan's
+    # release negative prompt, 2.0's empty prompt; v1.x: the model's learned null caption), as the official scripts
     negative_prompts: list[str] | None = None
-    prompt_template: str | None | Literal["auto"] = "auto"  # "auto": the family's (Open-Sora-Plan), None: none
+    # "auto": the family's (Defaults.prompt_template: Open-Sora-Plan's), None: none, or a template with one "{}"
+    prompt_template: str | None | Literal["auto"] = "auto"
     save_fps: float | None = None  # None: fps / frame_interval of the family
+    # Options of some families only (None: the family default; refused for a family that does not take them,
+    # see Defaults): 2.0 image guidance scale, guidance oscillation and condition type.
+    image_cfg_scale: float | None = None
+    oscillation: bool | None = None
+    condition_type: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):
@@ -101,10 +108,11 @@ class GenerationPlan:
     steps: int
     condition_frames: int | None  # None: the family has no loop mode
     round_prompts: list[list[str]]  # [round][sample] final text given to the text encoder
-    negative_prompts: list[str] | None  # per sample, as given to the text encoder; None: the learned null caption
     placements: list[list[PlacedGroup]]  # per sample, placed once: user groups, then one continuation per later round
     reference_frames: list[int]  # pixel frames of each user reference
     drop_frames: int  # pixel frames each later clip drops when joined
+    negative_prompts: list[str] | None = None  # per sample, encoded for guidance (None: the model's null caption)
+    denoiser_options: dict = field(default_factory=dict)  # family options for the sampler's denoiser
 
     @property
     def batch_size(self) -> int:
@@ -167,20 +175,23 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
         raise ValueError(f"{family.model.class_name} ({family.title}) has no loop (extension) mode: loops must be 1, "
                          f"got {spec.loops}")
     drop = extension_drop_frames(condition, spec.num_frames, family.geometry) if spec.loops > 1 else 0
-    placements = _plan_placements(family, spec, list(reference_frames), condition)
+    conditioning_options = family_options(family, spec, CONDITIONING_OPTIONS)
+    placements = _plan_placements(family, spec, list(reference_frames), condition, conditioning_options)
+    fps = _given_or(spec.fps, family.defaults.fps)
     plan = GenerationPlan(
         spec=spec,
         family=family,
         latent_size=latent_size,
-        fps=_given_or(spec.fps, family.defaults.fps),
+        fps=fps,
         cfg_scale=_given_or(spec.cfg_scale, family.defaults.cfg_scale),
         steps=_given_or(spec.steps, family.defaults.steps),
         condition_frames=condition,
-        round_prompts=[_round_prompts(family, spec, i) for i in range(spec.loops)],
-        negative_prompts=_negative_prompts(family, spec),
+        round_prompts=[_round_prompts(family, spec, i, fps) for i in range(spec.loops)],
         placements=placements,
         reference_frames=list(reference_frames),
         drop_frames=drop,
+        negative_prompts=_negative_prompts(family, spec),
+        denoiser_options=family_options(family, spec, DENOISER_OPTIONS),
     )
     check_memory(plan)
     return plan
@@ -189,6 +200,37 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
 def _given_or(value, default):
     """The request's value, else the family default; 0 is a value (checked), not "not given"."""
     return default if value is None else value
+
+
+# Request fields only some families take (``Defaults`` says which: None there = not taken), by the component that
+# receives them as keywords of the same name.
+DENOISER_OPTIONS = ("image_cfg_scale", "oscillation")  # -> family.sampler.denoiser(...)
+CONDITIONING_OPTIONS = ("condition_type",)  # -> family.conditioning.place(...)
+
+
+def family_options(family: Family, spec: GenerationSpec, names: Sequence[str]) -> dict:
+    """{name: the request's value, else the family default} for the options the family takes; a value given
+    for an option the family does not take is refused."""
+    options = {}
+    for name in names:
+        value, default = getattr(spec, name), getattr(family.defaults, name)
+        if default is None and value is not None:
+            raise ValueError(f"{name} is not an option of {family.title} ({family.model.class_name}); leave it out")
+        if default is not None:
+            options[name] = _given_or(value, default)
+    return options
+
+
+def _negative_prompts(family: Family, spec: GenerationSpec) -> list[str] | None:
+    """One negative prompt per sample: the spec's (one for all, or one per prompt), else the family's default
+    (``Defaults.negative_prompt``; None: the model's learned null caption)."""
+    if spec.negative_prompts is not None:
+        if len(spec.negative_prompts) not in (1, len(spec.prompts)):
+            raise ValueError(f"{len(spec.negative_prompts)} negative prompts for {len(spec.prompts)} prompts: give "
+                             "one, or one per prompt")
+        return list(spec.negative_prompts) * (len(spec.prompts) // len(spec.negative_prompts))
+    default = family.defaults.negative_prompt
+    return None if default is None else [default] * len(spec.prompts)
 
 
 
@@ -226,6 +268,8 @@ def _check_sampling(family: Family, spec: GenerationSpec) -> None:
         value = getattr(spec, name)
         if isinstance(value, (int, float)) and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value}")
+    if spec.image_cfg_scale is not None and not (math.isfinite(spec.image_cfg_scale) and spec.image_cfg_scale >= 0):
+        raise ValueError(f"image_cfg_scale must be a finite number >= 0 (official 3.0), got {spec.image_cfg_scale}")
 
 
 def _check_steps(family: Family, steps: int | None) -> None:
@@ -255,7 +299,7 @@ def _strategies(spec: GenerationSpec) -> list[Strategy]:
 
 
 def _plan_placements(family: Family, spec: GenerationSpec, reference_frames: list[int],
-                     condition: int) -> list[list[PlacedGroup]]:
+                     condition: int | None, options: dict) -> list[list[PlacedGroup]]:
     """Per sample: its strategy parsed (when text), checked against the frame counts and placed, once."""
     per_sample = []
     for strategy in _strategies(spec):
@@ -269,7 +313,7 @@ def _plan_placements(family: Family, spec: GenerationSpec, reference_frames: lis
         per_sample.append(family.conditioning.place(
             _typed(strategy, spec), geometry=family.geometry, num_frames=spec.num_frames,
             reference_frames=reference_frames, loops=spec.loops, condition_frames=condition,
-            condition_edit=spec.condition_frame_edit, align=spec.align,
+            condition_edit=spec.condition_frame_edit, align=spec.align, **options,
         ))
     _warn_unused_references(per_sample, len(reference_frames))
     return per_sample
@@ -291,32 +335,29 @@ def _typed(strategy: Strategy, spec: GenerationSpec) -> list[MaskGroup] | Task:
     return strategy if isinstance(strategy, Task) else list(strategy)
 
 
-def _round_prompts(family: Family, spec: GenerationSpec, round_index: int) -> list[str]:
-    """Each sample's text for one round: score phrases (families trained with them), the family's
-    preprocessing and prompt template (``Family.prompting``)."""
-    aesthetic = family.defaults.aesthetic_score if spec.aesthetic_score == "auto" else spec.aesthetic_score
-    phrases = {"aesthetic_score": aesthetic, "motion_score": spec.motion_score, "camera_motion": spec.camera_motion}
-    given = [name for name, value in phrases.items() if value is not None]
-    if given and not family.score_phrases:
-        raise ValueError(f"{', '.join(given)}: {family.title} was not trained with score phrases in its prompts; "
-                         "leave them out")
-    template = family.prompting.template if spec.prompt_template == "auto" else spec.prompt_template
-    return [
-        prepare_prompt(loop_prompt_text(p, round_index), aesthetic, spec.motion_score, spec.camera_motion,
-                       clean=spec.clean_prompts, preprocess=family.prompting.preprocess, template=template)
-        for p in spec.prompts
-    ]
+def _round_prompts(family: Family, spec: GenerationSpec, round_index: int, fps: float) -> list[str]:
+    """Round ``round_index``'s text of every prompt as the family prepares it (``Family.prepare_prompt``: score
+    phrases, cleaning, frame rate), then wrapped in the prompt template (``Defaults.prompt_template``)."""
+    settings = _prompt_settings(family, spec, fps)
+    template = family.defaults.prompt_template if spec.prompt_template == "auto" else spec.prompt_template
+    return [apply_template(family.prepare_prompt(loop_prompt_text(p, round_index), settings), template)
+            for p in spec.prompts]
 
 
-def _negative_prompts(family: Family, spec: GenerationSpec) -> list[str] | None:
-    """One negative prompt per sample: the spec's, else the family's default (None: the model's null caption)."""
-    if spec.negative_prompts is None:
-        default = family.prompting.negative
-        return None if default is None else [default] * len(spec.prompts)
-    if len(spec.negative_prompts) != len(spec.prompts):
-        raise ValueError(f"{len(spec.negative_prompts)} negative prompt(s) for {len(spec.prompts)} prompt(s): "
-                         "give one per prompt")
-    return list(spec.negative_prompts)
+def _prompt_settings(family: Family, spec: GenerationSpec, fps: float) -> PromptSettings:
+    """The request's score phrases resolved against the family defaults; a phrase the family was not trained
+    with (``Family.takes_phrase``) is refused."""
+    phrases = {
+        "aesthetic_score": family.defaults.aesthetic_score if spec.aesthetic_score == "auto" else spec.aesthetic_score,
+        "motion_score": family.defaults.motion_score if spec.motion_score == "auto" else spec.motion_score,
+        "camera_motion": spec.camera_motion,
+    }
+    refused = [name for name, value in phrases.items() if value is not None and not family.takes_phrase(name)]
+    if refused:
+        what = " or ".join(name.replace("_", " ") for name in refused)
+        raise ValueError(f"{', '.join(refused)}: {family.title} prompts take no {what} (the model was not trained "
+                         "with score phrases for them); leave them out")
+    return PromptSettings(fps=fps, clean=spec.clean_prompts, **phrases)
 
 
 # ---------------------------------------------------------------------------
@@ -360,3 +401,28 @@ def check_memory(plan: GenerationPlan, model: nn.Module | None = None) -> None:
                 f"needs about {size / 2**30:.1f} GiB but this machine has {available / 2**30:.1f} GiB; "
                 "lower height/width, num_frames or loops"
             )
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of a CUDA device; None for other devices (the CPU's RAM is :func:`check_memory`'s)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
+
+
+def check_device_memory(plan: GenerationPlan, model: nn.Module, device: torch.device | str) -> None:
+    """Refuse, before sampling, a request whose weights on ``device`` plus one step's working memory
+    (``model.sampling_memory_bytes``, a shape-based estimate) exceed the device's memory."""
+    total = device_memory_bytes(torch.device(device))
+    if total is None:
+        return
+    weights = resident_bytes(model)
+    working = model.sampling_memory_bytes(plan.batch_size, plan.latent_size)
+    if weights + working > total:
+        spec, gib = plan.spec, 2**30
+        raise ValueError(
+            f"{spec.num_frames} frames of {spec.height}x{spec.width} (batch {plan.batch_size}) cannot fit on {device}: "
+            f"about {(weights + working) / gib:.1f} GiB (weights on the device {weights / gib:.1f} GiB + one step "
+            f"{working / gib:.1f} GiB, an estimate from the shapes) of {total / gib:.1f} GiB; lower the size, the "
+            "frames or the batch, or keep fewer weights on the device (fp8 weights, block swap) where the model has them"
+        )

@@ -4,7 +4,8 @@ them one by one).
 
 Randomness comes from one :class:`~opensora_core.sampling.NoiseSource` (by default a CPU ``torch.Generator``
 seeded with ``spec.seed``: the same video on every device), drawn in the official order: reference
-encodes, then per round the start noise and the sampler's per-step draws. Recorded draws
+encodes, then per round the start noise (``Sampler.start_noise``: Open-Sora 2.0 draws it from its own
+seeded generator, as the official code) and the sampler's per-step draws. Recorded draws
 (:class:`~opensora_core.sampling.RecordedNoise`) replay a reference run.
 """
 
@@ -23,7 +24,7 @@ from ..text.caption import Caption
 from ..vae import NoiseFn, decode_with_fallback
 from ..vae.posterior import gaussian_noise
 from .placement import Placement, StayPut
-from .plan import GenerationPlan
+from .plan import GenerationPlan, check_device_memory
 
 
 class TextEncoder(Protocol):
@@ -57,16 +58,16 @@ def encode_prompts(text_encoder: TextEncoder, prompts: list[str], model: nn.Modu
 
 
 def check_caption_length(caption: Caption, model: nn.Module) -> None:
-    """Raise unless ``caption`` has the model's caption length and width (``model.caption_shape``)."""
+    """Raise unless ``caption`` has the model's caption length (None: any) and width (``model.caption_shape``)."""
     length, channels = model.caption_shape
-    if caption.max_length != length:
+    if length is not None and caption.max_length != length:
         raise ValueError(
             f"the text encoder gives {caption.max_length} tokens but {type(model).__name__} expects {length} "
             f"(model_max_length); set the T5 max length to {length}"
         )
-    if caption.y.shape[-1] != channels:
+    if caption.channels != channels:
         raise ValueError(
-            f"the caption has {caption.y.shape[-1]} channels but {type(model).__name__} expects {channels} "
+            f"the caption has {caption.channels} channels but {type(model).__name__} expects {channels} "
             f"(caption_channels); use the T5 the model was trained with (T5-XXL: 4096)"
         )
 
@@ -80,11 +81,6 @@ def posterior_noise(noise: NoiseSource) -> NoiseFn:
     return lambda stage, shape: noise.draw(shape, _DRAW_LIKE)
 
 
-def start_noise(noise: NoiseSource, shape: Sequence[int]) -> torch.Tensor:
-    """One round's standard-normal start latent (float32 on the CPU)."""
-    return noise.draw(tuple(shape), _DRAW_LIKE)
-
-
 def encode_references(
     vae: nn.Module, references: Sequence[torch.Tensor], height: int, width: int, generator: torch.Generator
 ) -> list[torch.Tensor]:
@@ -96,7 +92,7 @@ def encode_references(
 def encode_conditions(vae: nn.Module, plan: GenerationPlan, references: Sequence[torch.Tensor],
                       noise: NoiseSource) -> list[list[torch.Tensor]]:
     """Per sample, the references as the family's conditioning inserts them (``Conditioning.encode``: Open-Sora
-    latents, Open-Sora-Plan inpainting channels); none without a conditioning."""
+    latents, Open-Sora-Plan inpainting channels, Open-Sora 2.0 reference clips); none without a conditioning."""
     family_conditioning, spec = plan.family.conditioning, plan.spec
     if family_conditioning is None:
         return [[] for _ in range(plan.batch_size)]
@@ -126,18 +122,13 @@ def sample_clip(
     sampler, spec = plan.family.sampler, plan.spec
     batch, device = z.shape[0], z.device
     args = model.model_args(batch, spec.height, spec.width, spec.num_frames, plan.fps, device=device)
-    y_null = negative.y if negative is not None else model.null_caption(batch)
+    text, y_null, null_mask = caption.guidance_inputs(negative, model, device)
     denoiser = sampler.denoiser(
-        model, _on(caption, device), y_null.to(device), args, scale=plan.cfg_scale, channels=sampler.guidance_channels,
-        null_mask=None if negative is None else negative.mask.to(device),
+        model, text, y_null, args, scale=plan.cfg_scale, channels=sampler.guidance_channels, null_mask=null_mask,
+        **plan.denoiser_options,
     )
     schedule = sampler.schedule(ScheduleRequest(plan.steps, spec.height, spec.width, spec.num_frames, model.dtype))
     return sampler.sample(denoiser, z, schedule, mask=mask, noise=noise, callback=callback)
-
-
-
-def _on(caption: Caption, device: torch.device) -> Caption:
-    return Caption(caption.y.to(device), caption.mask.to(device))
 
 
 
@@ -179,7 +170,9 @@ def sample_clips(
                 refs[b].append(again[b])
         working = model.sampling_memory_bytes(plan.batch_size, plan.latent_size)  # activations of one step
         with place.use(model, working) as device:
-            z = start_noise(noise, (plan.batch_size, model.in_channels, *plan.latent_size)).to(device)
+            check_device_memory(plan, model, device)
+            shape = (plan.batch_size, plan.geometry.latent_channels, *plan.latent_size)
+            z = plan.family.sampler.start_noise(shape, spec.seed, noise, model.dtype).to(device)
             z, mask = _insert_references(plan, z, refs, round_index, device)
             negative = negatives[round_index] if negatives else None
             step_cb = _round_callback(callback, round_index, plan)

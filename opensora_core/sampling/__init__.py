@@ -26,6 +26,7 @@ from .core import (
     SamplingInterrupted,
     ScheduleRequest,
     StepCallback,
+    stream_noise,
 )
 from .frames import FrameSets, IDDPMFrameRule, ReferenceFrames, RFlowFrameRule
 from .guidance import CaptionLike, GuidedModel
@@ -73,5 +74,6 @@ __all__ = [
     "sample_iddpm",
     "sample_rflow",
     "space_timesteps",
+    "stream_noise",
     "timestep_transform",
 ]

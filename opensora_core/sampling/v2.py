@@ -39,7 +39,7 @@ from ..conditioning.v2 import ConditionV2, build_condition, replace_reference_fr
 from ..geometry.opensora_v2 import latent_shape
 from ..models.mmdit import pack, position_ids, text_ids, unpack
 from ..text.v2 import TextV2
-from .core import ScheduleRequest, StepCallback, StepResult, run_steps
+from .core import NoiseSource, ScheduleRequest, StepCallback, StepResult, run_steps
 
 OSCILLATION_START = 10  # get_oscillation_gs(force_num=10)
 SHIFT_POINTS = ((256, 1.0), (4096, 3.0))  # (tokens per latent frame, alpha) of the linear shift rule
@@ -197,15 +197,22 @@ class ThreePassGuidance:
     @classmethod
     def for_sampler(cls, model: ModelFn, caption: TextV2, y_null: torch.Tensor | None = None,
                     model_args: dict | None = None, *, scale: float, channels: int | None = None,
-                    null_mask: torch.Tensor | None = None) -> ThreePassGuidance:
+                    null_mask: torch.Tensor | None = None, image_cfg_scale: float | None = None,
+                    oscillation: bool | None = None) -> ThreePassGuidance:
         """The family ``Sampler.denoiser`` signature: ``caption`` is the :class:`TextV2` (it carries the
-        negative prompt, so ``y_null``/``null_mask`` stay None), ``scale`` the text guidance; ``model_args``
-        may set the other :class:`GuidanceV2` fields and ``patch_size`` / ``batch_passes``."""
+        negative prompt, so ``y_null``/``null_mask`` stay None), ``scale`` the text guidance,
+        ``image_cfg_scale`` the image guidance and ``oscillation`` both oscillations (None: the
+        :class:`GuidanceV2` defaults); ``model_args`` may set the other :class:`GuidanceV2` fields and
+        ``patch_size`` / ``batch_passes``."""
         if y_null is not None or null_mask is not None or channels is not None:
             raise ValueError("Open-Sora 2.0 guides against the negative prompt inside TextV2 and every velocity "
                              "channel: pass y_null=None, null_mask=None, channels=None")
         options = dict(model_args or {})
         factory = {k: options.pop(k) for k in ("patch_size", "batch_passes") if k in options}
+        if image_cfg_scale is not None:
+            options["guidance_img"] = image_cfg_scale
+        if oscillation is not None:
+            options.update(text_osci=oscillation, image_osci=oscillation)
         return cls(model, caption, GuidanceV2(guidance=scale, **options), **factory)
 
     def __call__(self, x: torch.Tensor, t: float, condition: ConditionV2, *, step: int,
@@ -251,6 +258,12 @@ class ThreePassGuidance:
         else:
             outs = [self._call(img, t, args, [p])[0] for p in which]
         return outs[0], outs[1], outs[1] if skip_u2 else outs[2]
+
+
+def start_noise_v2(shape: Sequence[int], seed: int, noise: NoiseSource, dtype: torch.dtype) -> torch.Tensor:
+    """The family ``Sampler.start_noise``: :func:`get_noise` with the generation's seed in the model dtype, on
+    the CPU (the official z: its own generator, independent of the reference encodes, which draw from ``noise``)."""
+    return get_noise(shape, seed, dtype=dtype)
 
 
 def schedule_v2(request: ScheduleRequest) -> list[float]:
@@ -317,5 +330,6 @@ __all__ = [
     "oscillation_scale",
     "sample_v2",
     "schedule_v2",
+    "start_noise_v2",
     "shift_alpha",
 ]

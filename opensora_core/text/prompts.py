@@ -78,17 +78,11 @@ def prepare_prompt(
     motion: float | None = None,
     camera_motion: str | None = None,
     clean: bool = True,
-    *,
-    preprocess: bool = True,
-    template: str | None = None,
 ) -> str:
-    """The text the encoder tokenises for one (loop segment of a) prompt: scores appended, then Open-Sora's
-    preprocessing (cleaned twice, or lower-cased only without ``clean``) unless ``preprocess`` is off (the
-    text as written: Open-Sora-Plan), then wrapped in ``template`` (:func:`apply_template`)."""
-    text = append_scores(prompt, aesthetic, motion, camera_motion)
-    if preprocess:
-        text = text_preprocessing(text, clean=clean)
-    return apply_template(text, template)
+    """The text T5 tokenises for one (loop segment of a) prompt in Open-Sora v1.x: scores appended, then cleaned
+    twice (or lower-cased only without ``clean``). A family's prompt template is applied after this
+    (:func:`apply_template`)."""
+    return text_preprocessing(append_scores(prompt, aesthetic, motion, camera_motion), clean=clean)
 
 
 # ---------------------------------------------------------------------------

@@ -7,12 +7,15 @@ built on the meta device, so the weights are never held twice while a file is lo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from .autoencoder_kl import AutoencoderKLConfig
+from .hunyuan import PRESETS as HUNYUAN_PRESETS
+from .hunyuan import HunyuanVAE, HunyuanVAEConfig
 from .keys import to_diffusers_layout
 from .pipeline import V1_2_MICRO_FRAME_SIZE, VideoAutoencoderKL, VideoAutoencoderPipeline
 from .temporal import TemporalVAEConfig
@@ -103,6 +106,34 @@ def autoencoder_kl_for(state_dict: StateDict, micro_batch_size: int | None, grou
     return model, model.module, state_dict
 
 
+def infer_hunyuan_config(state_dict: StateDict, norm_num_groups: int = 32) -> HunyuanVAEConfig:
+    """``AutoencoderKLCausal3D`` config of a Hunyuan VAE state dict: widths, levels, blocks, channels and the
+    mid-block attention from the shapes; the rest (compression ratios, latent scale, tiling) as released."""
+    levels = _count(state_dict, "encoder.down_blocks.")
+    if not levels:
+        raise ValueError("not a Hunyuan VAE state dict: no encoder.down_blocks.* keys")
+    widths = tuple(_shape(state_dict, f"encoder.down_blocks.{i}.resnets.0.conv1.conv.weight")[0] for i in range(levels))
+    return dataclasses.replace(
+        HUNYUAN_PRESETS["hunyuan-vae"],
+        in_channels=_shape(state_dict, "encoder.conv_in.conv.weight")[1],
+        out_channels=_shape(state_dict, "decoder.conv_out.conv.weight")[0],
+        latent_channels=_shape(state_dict, "post_quant_conv.weight")[0],
+        layers_per_block=_count(state_dict, "encoder.down_blocks.0.resnets."),
+        block_out_channels=widths,
+        norm_num_groups=norm_num_groups,
+        mid_block_add_attention=any(k.startswith("encoder.mid_block.attentions.") for k in state_dict),
+    )
+
+
+def hunyuan_for(state_dict: StateDict, micro_batch_size: int | None, groups: int, config: Mapping | None = None):
+    """(Hunyuan VAE on meta, the same module to load, the state dict as it is) for a ``hunyuan_vae`` file
+    (the whole clip is one chunk: ``micro_batch_size`` does not apply; the shapes tell the config, so a saved
+    ``config.json`` is not read)."""
+    with torch.device("meta"):
+        model = HunyuanVAE(infer_hunyuan_config(state_dict, groups))
+    return model, model, state_dict
+
+
 def _shape(state_dict: StateDict, key: str) -> tuple[int, ...]:
     if key not in state_dict:
         raise ValueError(f"VAE state dict has no {key!r}: the file is incomplete or not this kind of VAE")
@@ -120,7 +151,9 @@ __all__ = [
     "autoencoder_kl_for",
     "build_autoencoder_kl",
     "build_pipeline",
+    "hunyuan_for",
     "infer_autoencoder_config",
+    "infer_hunyuan_config",
     "infer_temporal_config",
     "pipeline_for",
     "pipeline_in_diffusers_layout",

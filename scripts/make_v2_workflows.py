@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Write workflows/open_sora_2_*.json: the Open-Sora 2.0 example workflows on the official file names.
+
+* ``text_to_video``: 256px 16:9 (336x192), 129 frames, 50 steps, guidance 7.5 / image 3.0 (the released
+  256px.py settings), T5 + CLIP-L, tiled Hunyuan decode.
+* ``image_to_video``: the same with a start image (condition type i2v_head) and the 2.0 Guidance node.
+* ``low_memory_loop``: 768px 16:9 (1024x576) for a 24 GB card: fp8 weights, 20 of 57 blocks on the GPU
+  (block swap), a first and a last image (i2v_loop), tiled decode.
+
+The graphs are described below (nodes, widget values, links) and written in ComfyUI's UI format; only the
+socket inputs are listed per node (widgets are filled by position, as ComfyUI's frontend loads them). Run it
+again after changing a node's inputs; a test checks that the committed files equal its output.
+
+    python scripts/make_v2_workflows.py [--output workflows]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Socket inputs (in schema order) and outputs of the node types used, as the UI format lists them.
+SOCKETS = {
+    "OpenSoraModelLoader": ([], [("model", "OPENSORA_MODEL")]),
+    "OpenSoraModelLoaderMemory": ([], [("model", "OPENSORA_MODEL")]),
+    "OpenSoraVAELoader": ([], [("vae", "OPENSORA_VAE")]),
+    "OpenSoraT5Loader": ([], [("t5", "OPENSORA_T5")]),
+    "OpenSoraCLIPLoader": ([], [("clip_l", "OPENSORA_CLIP")]),
+    "OpenSoraTextEncode": ([("t5", "OPENSORA_T5"), ("clip", "CLIP"), ("model", "OPENSORA_MODEL"),
+                            ("clip_l", "OPENSORA_CLIP")], [("caption", "OPENSORA_CAPTION")]),
+    "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "OpenSoraConditionImages": ([("image_1", "IMAGE"), ("image_2", "IMAGE")], [("references", "OPENSORA_REFERENCES")]),
+    "OpenSoraGuidance": ([], [("guidance", "OPENSORA_GUIDANCE")]),
+    "OpenSoraSampler": ([("model", "OPENSORA_MODEL"), ("vae", "OPENSORA_VAE"), ("positive", "OPENSORA_CAPTION"),
+                         ("negative", "OPENSORA_CAPTION"), ("references", "OPENSORA_REFERENCES"),
+                         ("guidance", "OPENSORA_GUIDANCE")], [("latent", "LATENT")]),
+    "OpenSoraVAEDecode": ([("vae", "OPENSORA_VAE"), ("samples", "LATENT")], [("images", "IMAGE"), ("fps", "FLOAT")]),
+    "OpenSoraSaveVideo": ([("images", "IMAGE"), ("fps", "FLOAT")], []),
+    "MarkdownNote": ([], []),
+}
+
+PROMPT = "a lighthouse on a rocky coast at sunset, waves crashing against the rocks, clouds drifting across the sky"
+TILED = ["on", 512, 128]  # the Hunyuan VAE's own tiling: 256-px tiles officially; 512 px here (fewer seams)
+
+
+def _text_encode(text: str) -> list:
+    return [text, "from model", -1, -1, "none", True]  # no aesthetic score (2.0 has none); -1 motion = official 4
+
+
+def _sampler(width: int, height: int) -> list:
+    return [width, height, 129, 24, 50, 7.5, 42, "fixed", 1, 0, 0, 0]  # 256px.py: 129 frames, 50 steps, cfg 7.5
+
+
+def graph(task: str) -> tuple[list[tuple], list[tuple]]:
+    """(nodes: (id, type, widget values, title), links: (from id, from slot, to id, to input name))."""
+    low = task == "low_memory_loop"
+    loader = (1, "OpenSoraModelLoaderMemory", ["Open_Sora_v2.safetensors", "bf16", "sdpa", "fp8 e4m3fn", 20], None) \
+        if low else (1, "OpenSoraModelLoader", ["Open_Sora_v2.safetensors", "bf16", "sdpa"], None)
+    nodes = [
+        loader,
+        (2, "OpenSoraVAELoader", ["hunyuan_vae.safetensors", "bf16"], None),
+        (3, "OpenSoraT5Loader", ["t5xxl_fp16.safetensors", "bf16"], None),
+        (4, "OpenSoraCLIPLoader", ["clip_l.safetensors", "bf16"], None),
+        (5, "OpenSoraTextEncode", _text_encode(PROMPT), "Open-Sora Text Encode (prompt)"),
+        (6, "OpenSoraSampler", _sampler(1024, 576) if low else _sampler(336, 192), None),
+        (7, "OpenSoraVAEDecode", TILED, None),
+        (8, "OpenSoraSaveVideo", [24, f"OpenSora2/{task}", 18], None),
+        (9, "MarkdownNote", [NOTE.format(task=task.replace("_", " "), extra=EXTRA[task])], None),
+    ]
+    links = [(3, 0, 5, "t5"), (1, 0, 5, "model"), (4, 0, 5, "clip_l"), (1, 0, 6, "model"), (2, 0, 6, "vae"),
+             (5, 0, 6, "positive"), (2, 0, 7, "vae"), (6, 0, 7, "samples"), (7, 0, 8, "images"), (7, 1, 8, "fps")]
+    if task == "text_to_video":
+        return nodes, links
+    nodes += [(10, "LoadImage", ["opensora_first_frame.png", "image"], "First frame"),
+              (11, "OpenSoraConditionImages", ["i2v_loop" if low else "i2v_head"], None),
+              (12, "OpenSoraGuidance", [3.0, True], None)]
+    links += [(10, 0, 11, "image_1"), (11, 0, 6, "references"), (12, 0, 6, "guidance")]
+    if low:
+        nodes.append((13, "LoadImage", ["opensora_last_frame.png", "image"], "Last frame"))
+        links.append((13, 0, 11, "image_2"))
+    return nodes, links
+
+
+NOTE = """## Open-Sora 2.0: {task}
+
+| ComfyUI folder | file name | download |
+| --- | --- | --- |
+| `models/diffusion_models` | `Open_Sora_v2.safetensors` (11B MMDiT, 22 GB in bf16) | [hpcai-tech/Open-Sora-v2](https://huggingface.co/hpcai-tech/Open-Sora-v2) |
+| `models/vae` | `hunyuan_vae.safetensors` (Hunyuan video VAE) | the same repository |
+| `models/text_encoders` | `t5xxl_fp16.safetensors` (T5-XXL, as for Flux) | [comfyanonymous/flux_text_encoders](https://huggingface.co/comfyanonymous/flux_text_encoders) |
+| `models/text_encoders` | `clip_l.safetensors` (CLIP-L, as for Flux) | the same repository |
+
+The tokenizers come with ComfyUI (`comfy/text_encoders/t5_tokenizer`, `comfy/sd1_tokenizer`).
+Sizes: 256px = 336x192 (16:9), 192x336 (9:16), 256x256 (1:1); 768px = 1024x576, 576x1024, 768x768.
+Frames: 4k+1, at most 129. The prompt gets " 24 FPS. 4 motion score." appended (motion_score -1 = 4).
+{extra}"""
+
+EXTRA = {
+    "text_to_video": "Memory: about 24 GB at 256px in bf16; see the README for fp8 and block swap.",
+    "image_to_video": "The start image becomes latent frame 0 (condition type i2v_head); the 2.0 Guidance node "
+                      "sets the image guidance (official 3.0) and the oscillation.",
+    "low_memory_loop": "768px on a 24 GB card: fp8 weights and 20 of 57 blocks on the GPU (estimate 18.6 GiB); "
+                       "fewer blocks = less memory, slower steps. The first image starts the video and the last "
+                       "one ends it (i2v_loop; one image: the same for both).",
+}
+
+
+def ui_workflow(task: str) -> dict:
+    nodes, links = graph(task)
+    by_id = {n[0]: n for n in nodes}
+    ui_links, ui_nodes = [], []
+    inputs = {nid: [dict(name=name, type=kind, link=None) for name, kind in SOCKETS[by_id[nid][1]][0]] for nid in by_id}
+    outputs = {nid: [dict(name=name, type=kind, links=[]) for name, kind in SOCKETS[by_id[nid][1]][1]] for nid in by_id}
+    for link_id, (src, slot, dst, name) in enumerate(links, start=1):
+        target = next(i for i, entry in enumerate(inputs[dst]) if entry["name"] == name)
+        kind = outputs[src][slot]["type"]
+        ui_links.append([link_id, src, slot, dst, target, kind])
+        inputs[dst][target]["link"] = link_id
+        outputs[src][slot]["links"].append(link_id)
+    for order, (nid, node_type, values, title) in enumerate(sorted(nodes)):
+        column = 0 if nid <= 4 or node_type == "MarkdownNote" else 1 if nid in (5, 10, 11, 12, 13) else 2
+        node = dict(id=nid, type=node_type, pos=[-620 if node_type == "MarkdownNote" else 440 * column, 160 * order],
+                    size=[400, 140], flags={}, order=order, mode=0, inputs=inputs[nid],
+                    outputs=[{**o, "links": o["links"] or None} for o in outputs[nid]],
+                    properties={"Node name for S&R": node_type}, widgets_values=values)
+        if title:
+            node["title"] = title
+        ui_nodes.append(node)
+    return dict(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"open_sora_2_{task}")), revision=0, last_node_id=max(by_id),
+                last_link_id=len(ui_links), nodes=ui_nodes, links=ui_links, groups=[], config={},
+                extra={}, version=0.4)
+
+
+TASKS = ("text_to_video", "image_to_video", "low_memory_loop")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(REPO / "workflows"))
+    args = parser.parse_args(argv)
+    for task in TASKS:
+        path = Path(args.output) / f"open_sora_2_{task}.json"
+        path.write_text(json.dumps(ui_workflow(task), indent=1) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
