@@ -189,7 +189,7 @@ def prepare_model(model: nn.Module, config: LoRAConfig, device: torch.device | s
         if not config.gradient_checkpointing:
             raise ValueError("block swap in training needs gradient_checkpointing (the backward pass "
                              "recomputes each block, which copies it in again)")
-        enable_block_swap(model, device, config.blocks_on_device)
+        enable_block_swap(model, device, config.blocks_on_device, keep_trainable=True)
     for m in adapters(model).values():
         m.lora_A.to(device), m.lora_B.to(device)
     return paths

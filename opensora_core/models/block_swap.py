@@ -4,9 +4,9 @@ The first ``blocks_on_device`` blocks (in execution order) stay on ``device``; t
 ``offload_device`` (CPU RAM, pinned when CUDA is available) and are copied to ``device`` right before they
 run; after the block the device copy is dropped and the block points at its offloaded tensors again (weights
 do not change in inference, so nothing is copied back). The forward itself is unchanged: forward hooks do the
-moving. Frozen weights only: parameters that require gradients (LoRA adapters being trained) are not swapped
-and stay on ``device``, so their gradients land there; with activation checkpointing the recomputed forward
-copies the block in again for the backward pass (training with a frozen base).
+moving. For training a frozen base (``keep_trainable=True``) the parameters that require gradients (LoRA
+adapters) are not swapped and stay on ``device``, so their gradients land there; with activation checkpointing
+the recomputed forward copies the block in again for the backward pass.
 
     swap = BlockSwap(model.blocks, "cuda", blocks_on_device=20).attach()
     model.img_in.cuda(); ...              # or: enable_block_swap(model, "cuda", 20)
@@ -51,6 +51,7 @@ class BlockSwap:
     blocks_on_device: int
     offload_device: torch.device | str = "cpu"
     pin_memory: bool | None = None  # None: pin when CUDA is available
+    keep_trainable: bool = False  # parameters that require gradients stay on the device (not swapped)
     copies: int = field(default=0, init=False)  # blocks copied to the device so far (for tests/benchmarks)
     _slots: dict[int, list[_Slot]] = field(default_factory=dict, init=False, repr=False)
     _hooks: list = field(default_factory=list, init=False, repr=False)
@@ -77,7 +78,7 @@ class BlockSwap:
         for block in self.blocks[: self.blocks_on_device] if move_resident else []:
             block.to(self.device)
         for block in self.swapped:
-            trainable = [p for p in block.parameters() if p.requires_grad]
+            trainable = [p for p in block.parameters() if p.requires_grad and self.keep_trainable]
             block.to(self.offload_device)
             for p in trainable:
                 p.data = p.data.to(self.device)
@@ -97,7 +98,7 @@ class BlockSwap:
         slots = []
         for module in block.modules():
             for name, p in module.named_parameters(recurse=False):
-                if not p.requires_grad:  # trainable parameters stay on the device
+                if not (p.requires_grad and self.keep_trainable):  # trainable ones may stay on the device
                     slots.append(_Slot(module, name, True, self._offloaded(p.data)))
             for name, b in module.named_buffers(recurse=False):
                 slots.append(_Slot(module, name, False, self._offloaded(b)))
@@ -123,18 +124,20 @@ _ATTACHED: weakref.WeakKeyDictionary[nn.Module, BlockSwap] = weakref.WeakKeyDict
 
 
 def enable_block_swap(model: nn.Module, device: torch.device | str, blocks_on_device: int,
-                      offload_device: torch.device | str = "cpu", *, move: bool = True) -> BlockSwap:
+                      offload_device: torch.device | str = "cpu", *, move: bool = True,
+                      keep_trainable: bool = False) -> BlockSwap:
     """Block swap for a model with a ``blocks`` list (the MMDiT): every non-block module goes to ``device``,
     the first ``blocks_on_device`` blocks too, the rest are swapped in per call.
 
     ``move=False`` leaves the non-block modules and the resident blocks where they are (a memory manager such
     as ComfyUI's loads them when the model runs); only the swapped blocks are offloaded then.
+    ``keep_trainable``: parameters that require gradients are not swapped (training adapters on a frozen base).
     """
     if model in _ATTACHED:
         raise RuntimeError("block swap is already enabled on this model; call disable_block_swap(model) first")
     blocks = list(model.blocks)
     if not move:
-        swap = BlockSwap(blocks, device, blocks_on_device, offload_device)
+        swap = BlockSwap(blocks, device, blocks_on_device, offload_device, keep_trainable=keep_trainable)
         _ATTACHED[model] = swap.attach(move_resident=False)
         return swap
     in_blocks = {id(t) for block in blocks for t in [*block.parameters(), *block.buffers()]}
@@ -145,7 +148,7 @@ def enable_block_swap(model: nn.Module, device: torch.device | str, blocks_on_de
         for name, b in module.named_buffers(recurse=False):
             if id(b) not in in_blocks:
                 module._buffers[name] = b.to(device)
-    swap = BlockSwap(blocks, device, blocks_on_device, offload_device).attach()
+    swap = BlockSwap(blocks, device, blocks_on_device, offload_device, keep_trainable=keep_trainable).attach()
     _ATTACHED[model] = swap
     return swap
 
