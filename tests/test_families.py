@@ -176,3 +176,17 @@ def test_open_sora_plan_declares_the_release_sampling():
     training = families.by_name("open-sora-plan-v1.3").training
     assert training.objective == "vprediction" and training.snr_gamma == 5.0 and training.zero_snr
     assert families.by_name("open-sora-plan-v1.3-i2v").training is None  # the inpainting trainer is not ported
+
+
+def test_every_family_with_a_causal_vae_refuses_its_frame_counts_through_the_sampler():
+    """The Sampler node checks frame counts when a prompt is queued through ``Sampler.check_frames``: a family
+    whose VAE takes only 1 + k * time_factor frames must refuse the others there, naming the nearest counts."""
+    for family in families.families():
+        geometry = family.geometry
+        if not geometry.causal:
+            continue
+        bad = 1 + 2 * geometry.time_factor + 1
+        assert family.sampler.check_frames is not None, family.title
+        family.sampler.check_frames(bad - 1)
+        with pytest.raises(ValueError, match=f"num_frames={bad}.*use {bad - 1} or"):
+            family.sampler.check_frames(bad)

@@ -153,6 +153,7 @@ MT5_FILE = FileKind(
 EULER_ANCESTRAL = Sampler(
     name="euler-ancestral", schedule=release_schedule, sample=sample_euler_ancestral, denoiser=v_prediction_guidance,
     step_range=(1, NUM_TRAIN_TIMESTEPS),
+    check_frames=OSP_WF_VAE.check_num_frames,  # 4n+1 (the causal VAEs' rule; also checked by check_size)
 )
 # sample_t2v_v1_3.sh / sample_inpaint_v1_3.sh @v1.3.1: 93x352x640, 100 steps, guidance 7.5; fps 18 is what the
 # scripts save at (the model takes none); the prompt goes to mT5 as written, wrapped in the release template, and
