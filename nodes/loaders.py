@@ -11,6 +11,7 @@ from ..opensora_core.loading import load_dit, load_vae
 from ..opensora_core.lora import merge_lora
 from ..opensora_core.text.t5 import TOKENIZER_CONFIG, load_t5_encoder
 from . import comfy_bridge as bridge
+from . import preview
 from . import widgets as w
 from .comfy_bridge import io
 from .types import ModelSocket, T5Handle, T5Socket, VAEHandle, VAESocket, ModelHandle
@@ -101,7 +102,9 @@ class OpenSoraVAELoader(io.ComfyNode):
         path = bridge.model_path("vae", vae_name)
         vae = load_vae(path, dtype=w.torch_dtype(dtype), device=bridge.devices("vae").offload)
         log.info("loaded %s from %s (%s)", type(vae).__name__, vae_name, dtype)
-        return io.NodeOutput(VAEHandle(vae, path, bridge.manage(vae, "vae")))
+        handle = VAEHandle(vae, path, bridge.manage(vae, "vae"))
+        preview.activate(vae.geometry, preview.rgb_map(handle))  # live previews of this latent space
+        return io.NodeOutput(handle)
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..opensora_core import geometry
 from ..opensora_core.pipeline import Components, GenerationSpec, sample_video
 from . import comfy_bridge as bridge
+from . import preview
 from . import widgets as w
 from .comfy_bridge import io
 from .types import (
@@ -119,8 +120,7 @@ class OpenSoraSampler(io.ComfyNode):
         )
         placement = bridge.ComfyPlacement([model.managed, vae.managed])
         components = Components(model.module, vae.module, placement=placement)
-        previews = bridge.latent_rgb_factors(model.family.vae[0].comfy_latent_format)
-        report = bridge.step_reporter(steps * loops, previews)
+        report = bridge.step_reporter(steps * loops, preview.rgb_map(vae))
         with bridge.attention_backend(model.attention):
             result = sample_video(
                 components, spec, positive.per_round(loops), references.frames if references is not None else [],

@@ -91,6 +91,15 @@ def encode_prompt(encoder, prompt: str, family: Family, scores: dict, clean: boo
     return PromptCaptions(prompt, segments, texts, family.release)
 
 
+def conditioning_of(captions: PromptCaptions) -> list:
+    """ComfyUI CONDITIONING of the first round's caption: T5 features (1, L, C) padded to the caption length
+    with the token mask as ``attention_mask`` (1, L), as LTXV/Mochi encoders give them."""
+    caption = captions.for_round(0)
+    if len(captions.segments) > 1:
+        log.info("conditioning: the prompt switches at loop rounds; the CONDITIONING holds round 0's text")
+    return [[caption.y[:, 0], {"attention_mask": caption.mask}]]
+
+
 def _scores(aesthetic_score: float, motion_score: float, camera_motion: str) -> dict:
     return {
         "aesthetic": aesthetic_score if aesthetic_score >= 0 else None,
@@ -145,7 +154,9 @@ class OpenSoraTextEncode(io.ComfyNode):
                 ModelSocket.Input("model", optional=True,
                                   tooltip="The diffusion model: gives the caption length and version."),
             ],
-            outputs=[CaptionSocket.Output(display_name="caption")],
+            outputs=[CaptionSocket.Output(display_name="caption", tooltip="For the Open-Sora Sampler."),
+                     io.Conditioning.Output(display_name="conditioning", tooltip="For KSampler with the native MODEL "
+                                            "(the first loop round's prompt; loops need the Open-Sora Sampler).")],
         )
 
     @classmethod
@@ -162,4 +173,4 @@ class OpenSoraTextEncode(io.ComfyNode):
         else:
             raise ValueError("connect a text encoder: t5 (Open-Sora T5 Loader) or clip (Load CLIP, type sd3/pixart)")
         log.info("caption (%s, %d tokens max): %s", family.release, length, " | ".join(result.texts))
-        return io.NodeOutput(result)
+        return io.NodeOutput(result, conditioning_of(result))

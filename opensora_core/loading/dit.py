@@ -124,12 +124,17 @@ def load_dit(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     config_overrides: dict | None = None,
+    operations=nn,
 ) -> LoadedModel:
-    """Read, detect, build and strictly load a diffusion transformer of any registered family."""
+    """Read, detect, build and strictly load a diffusion transformer of any registered family.
+
+    ``operations`` builds the Linear/Conv3d layers (default :mod:`torch.nn`; a ComfyUI ``comfy.ops`` class
+    for the native MODEL, whose layers cast their weights where used when partially loaded).
+    """
     ckpt = read_checkpoint(path, device="cpu")
     kind, config = read_dit_config(ckpt, class_name=class_name, preset=preset, overrides=config_overrides)
     with torch.device(device):
-        model = kind.cls.from_official_config(config).to(dtype=dtype)
+        model = kind.cls.from_official_config(config, operations=operations).to(dtype=dtype)
     load_dit_weights(model, ckpt.state_dict, source=str(ckpt.path))
     model.eval().requires_grad_(False)
     return LoadedModel(model, kind.class_name, config, find_preset(kind.class_name, config), ckpt.path)

@@ -32,6 +32,7 @@ from .plan import (
     check_memory,
     check_vae_fits,
     machine_memory_bytes,
+    place_references,
     plan_generation,
     video_memory_bytes,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "frames_from_video",
     "generate",
     "machine_memory_bytes",
+    "place_references",
     "plan_generation",
     "sample_clip",
     "sample_clips",
