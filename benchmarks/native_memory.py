@@ -11,7 +11,7 @@ peak is reached inside one block, depth adds weights only) for official sizes, e
 * activations: peak RSS during the forward minus that (``MALLOC_MMAP_THRESHOLD_`` = 128 KiB so freed
   blocks go back to the OS and the high-water follows the live tensors; see ``vae_memory.py``).
 
-It prints measured / estimated per size and the bound checked: the estimate is within 0.75x..1.5x of the
+It prints measured / estimated per size and the bound checked: the estimate is 1x..1.5x of the
 measurement at every size (CPU kernels; CUDA's SDPA also materialises no attention scores).
 
     python benchmarks/native_memory.py            # 144p / 240p / 360p, 51 frames (a few minutes on a CPU)
@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"144p": (144, 256, 51), "240p": (240, 426, 51), "360p": (360, 640, 51)}
 QUICK = {"tiny": (64, 64, 17)}
-BOUND = (0.75, 1.5)
+BOUND = (1.0, 1.5)  # never below the measurement (ComfyUI reserves from it), at most 1.5x above
 
 
 def _rss_bytes() -> int:

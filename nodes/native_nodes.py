@@ -145,7 +145,7 @@ class OpenSoraSigmas(io.ComfyNode):
         return io.NodeOutput(sigmas)
 
 
-def _latent_family(vae: VAEHandle) -> list[Family]:
+def _latent_families(vae: VAEHandle) -> list[Family]:
     return families_with_geometry(vae.geometry)
 
 
@@ -170,7 +170,7 @@ class OpenSoraEmptyLatentVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae: VAEHandle, width, height, num_frames, batch_size) -> io.NodeOutput:
-        for family in _latent_family(vae):
+        for family in _latent_families(vae):
             _check_video(family, width, height, num_frames)
         t, h, w_ = vae.geometry.latent_size(num_frames, height, width)
         samples = torch.zeros(batch_size, vae.module.latent_channels, t, h, w_)  # (B, C, t, h, w)
@@ -178,7 +178,7 @@ class OpenSoraEmptyLatentVideo(io.ComfyNode):
 
 
 def _info(vae: VAEHandle, latent_frames: int, num_frames: int, height: int, width: int) -> LatentInfo:
-    family = _latent_family(vae)[0]
+    family = _latent_families(vae)[0]
     fps = family.defaults.fps / family.defaults.frame_interval  # the family's save rate (v1.2: 24)
     return LatentInfo([latent_frames], [num_frames], [0], fps, height=height, width=width)
 
@@ -239,7 +239,7 @@ class OpenSoraReferenceLatent(io.ComfyNode):
 
 
 def _conditioned_family(vae: VAEHandle) -> Family:
-    found = [f for f in _latent_family(vae) if f.conditioning is not None]
+    found = [f for f in _latent_families(vae) if f.conditioning is not None]
     if not found:
         raise ValueError("vae: models of this latent space take no reference frames")
     return found[0]  # one per latent space (v1.2: the video VAE; v1.1: the SD-VAE; v1.0 takes none)

@@ -16,7 +16,10 @@ from ..official_config import config_from_official
 from ..text.caption import null_caption
 from .captions import Captions, caption_mask, packed_captions
 
-SAMPLING_LIVE_COPIES = 3  # copies of the widest activation alive at once (input, MLP hidden, output): an estimate
+# Copies of the widest activation (hidden x (1 + mlp_ratio) per token) alive at once in a no-grad forward.
+# Measured peak / (tokens x width x element size) on the CPU in float32 at the STDiT3-XL/2 width, 51 frames:
+# 1.82 (144p), 1.55 (240p), 1.47 (360p); 2 keeps the estimate 1.1..1.4x above them (benchmarks/native_memory.py).
+SAMPLING_LIVE_COPIES = 2
 
 
 class STDiTBase(nn.Module):
