@@ -276,6 +276,15 @@ def step_reporter(total: int, preview=None) -> Callable[[dict], None]:
     return report
 
 
+def previews_enabled() -> bool:
+    """False when ComfyUI runs with ``--preview-method none`` (then no preview map is fitted either)."""
+    try:
+        from comfy.cli_args import LatentPreviewMethod, args
+    except ImportError:
+        return False
+    return args.preview_method != LatentPreviewMethod.NoPreviews
+
+
 def _previewer(preview):
     if preview is None:
         return None

@@ -35,16 +35,20 @@ def file_key(path: str, dtype: str) -> str:
     return f"{os.path.abspath(path)}|{info.st_size}|{info.st_mtime_ns}|{dtype}"
 
 
-def rgb_map(vae) -> LatentRGB:
-    """The map of a loaded VAE (``types.VAEHandle``): from memory, the cache file, or fitted now."""
+def rgb_map(vae) -> LatentRGB | None:
+    """The map of a loaded VAE (``types.VAEHandle``): from memory, the cache file, or fitted now; None when
+    ComfyUI's previews are off (``--preview-method none``)."""
+    if not bridge.previews_enabled():
+        return None
     key = file_key(vae.source, str(next(vae.module.parameters()).dtype))
     if key not in _FITTED:
         _FITTED[key] = _read_cache().get(key) or _fit(vae, key)
     return _FITTED[key]
 
 
-def activate(geometry: LatentGeometry, rgb: LatentRGB) -> None:
-    _ACTIVE[geometry] = rgb
+def activate(geometry: LatentGeometry, rgb: LatentRGB | None) -> None:
+    if rgb is not None:
+        _ACTIVE[geometry] = rgb
 
 
 def active(geometry: LatentGeometry) -> LatentRGB | None:
@@ -52,6 +56,8 @@ def active(geometry: LatentGeometry) -> LatentRGB | None:
 
 
 def _fit(vae, key: str) -> LatentRGB:
+    log.info("fitting the live-preview colours of %s (once per file; about a second on a GPU, minutes on a CPU)",
+             os.path.basename(vae.source))
     start = time.perf_counter()
     with bridge.ComfyPlacement([vae.managed]).use(vae.module):
         rgb = fit_latent_rgb(vae.module)

@@ -153,6 +153,17 @@ def test_native_sampling_previews_with_the_vaes_fitted_map(env, v12):
     assert env.previews == [(1, 4, 5, 4, 6)] * 2
 
 
+def test_with_previews_off_no_colour_map_is_fitted(v12, monkeypatch):
+    """``--preview-method none``: the VAE's map is neither fitted nor read (a fit costs minutes on a CPU)."""
+    preview = _module("preview")
+    from comfy import cli_args
+
+    monkeypatch.setattr(cli_args.args, "preview_method", cli_args.LatentPreviewMethod.NoPreviews)
+    monkeypatch.setattr(preview, "_FITTED", {})
+    monkeypatch.setattr(preview, "_fit", lambda vae, key: pytest.fail("fitted with previews off"))
+    assert preview.rgb_map(v12["vae"]) is None
+
+
 def test_references_become_a_latent_with_a_per_frame_noise_mask(env, v12):
     image = torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(1))
     (refs,) = env.run("OpenSoraMaskBuilder", image, "custom", "0;0,0,0,-1,1,0.5", "latent frames", 17, 0.0)
