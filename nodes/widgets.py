@@ -9,6 +9,7 @@ import torch
 
 from ..opensora_core.dtypes import DTYPES
 from ..opensora_core.families import families
+from ..opensora_core.text import prompts
 from . import comfy_bridge as bridge
 from .comfy_bridge import io
 
@@ -72,7 +73,7 @@ def torch_dtype(name: str) -> torch.dtype:
 CAPTION_LENGTHS = {"from model": None} | {f"{f.release} ({f.caption_length} tokens)": f.release for f in families()}
 
 # v1.2 camera-motion phrases (the official Gradio app's choices)
-CAMERA_MOTIONS = ["none", "pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out", "static"]
+CAMERA_MOTIONS = ["none", *prompts.CAMERA_MOTIONS]
 
 DEFAULT_PROMPT = (
     "a beautiful waterfall in a lush green forest, sunlight filtering through the leaves, "

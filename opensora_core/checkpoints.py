@@ -51,6 +51,9 @@ NESTED_KEYS = ("ema", "state_dict", "model", "module")
 
 METADATA_CLASS = "opensora.class"
 METADATA_CONFIG = "opensora.config"
+# written by opensora-train into its DiT exports: JSON {height, width, num_frames, fps, score_phrases}, what the
+# model was trained at and which score phrases ("aesthetic score:", ...) its training captions carried
+METADATA_TRAIN_SETTINGS = "opensora.train_settings"
 
 
 class CheckpointError(ValueError):
@@ -175,6 +178,17 @@ class Checkpoint:
     config: dict | None = None  # official constructor kwargs (HF config.json or our metadata)
     class_name: str | None = None  # official class name if the file says so
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def trained_score_phrases(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The score phrases a fine-tuned model's captions carried (from a safetensors export's header only);
+    None when the file does not say (released checkpoints, folders, pickles)."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return None
+    with open_safetensors(path) as handle:
+        raw = (handle.metadata() or {}).get(METADATA_TRAIN_SETTINGS)
+    return tuple(json.loads(raw).get("score_phrases", ())) if raw else None
 
 
 def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Checkpoint:

@@ -7,11 +7,14 @@ No torchvision: resizing uses ``torch.nn.functional.interpolate``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -86,6 +89,30 @@ def read_frames(path: str | os.PathLike, *, max_frames: int | None = None, start
     return torch.stack(frames), fps
 
 
+def iter_frames(path: str | os.PathLike, *, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode frames ``start .. stop - 1`` one at a time as (index, (H, W, 3) uint8 numpy array).
+
+    One pass from the first frame (frames before ``start`` are decoded, not converted); nothing
+    is held, so long videos stream through in constant memory.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"video file not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
+                if stop is not None and index >= stop:
+                    break
+                if index >= start:
+                    yield index, frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as err:
+        raise MediaError(f"{path}: unreadable video/image ({err})") from None
+
+
 def _video_stream(container, path: Path):
     if not container.streams.video:
         raise MediaError(f"{path}: has no video stream")
@@ -121,31 +148,95 @@ def write_video(
 
 def _encode(frames: torch.Tensor, filename: str, fps: float, crf: int, metadata: dict[str, str],
             lossless: bool = False) -> None:
-    import av
+    single_png = frames.shape[0] == 1 and filename.lower().endswith(".png")
+    with _Encoder(filename, fps, frames.shape[1], frames.shape[2], crf=crf, lossless=lossless, metadata=metadata,
+                  png=single_png) as encoder:
+        for array in frames.numpy():
+            encoder.write(array)
 
-    options = {"movflags": "use_metadata_tags"} if metadata and filename.lower().endswith((".mp4", ".mov")) else {}
-    with av.open(filename, mode="w", options=options) as container:
+
+class _Encoder:
+    """One open output file: frames are pushed one at a time (PNG for a single image, else H.264)."""
+
+    def __init__(self, filename: str, fps: float, height: int, width: int, *, crf: int = 18, lossless: bool = False,
+                 metadata: dict[str, str] | None = None, png: bool = False) -> None:
+        import av
+
+        metadata = metadata or {}
+        options = {"movflags": "use_metadata_tags"} if metadata and filename.lower().endswith((".mp4", ".mov")) else {}
+        self.container = av.open(filename, mode="w", options=options)
         for key, value in metadata.items():
-            container.metadata[key] = value
-        if frames.shape[0] == 1 and filename.lower().endswith(".png"):
-            stream = container.add_stream("png")
-            stream.pix_fmt = "rgb24"
+            self.container.metadata[key] = value
+        if png:
+            self.stream = self.container.add_stream("png")
+            self.stream.pix_fmt = "rgb24"
         elif lossless:
-            stream = container.add_stream("libx264rgb", rate=Fraction(fps).limit_denominator(1001))
-            stream.pix_fmt = "rgb24"
-            stream.options = {"crf": "0"}
+            self.stream = self.container.add_stream("libx264rgb", rate=Fraction(fps).limit_denominator(1001))
+            self.stream.pix_fmt = "rgb24"
+            self.stream.options = {"crf": "0"}
         else:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-        stream.height, stream.width = frames.shape[1:3]
-        for index, array in enumerate(frames.numpy()):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-            frame.pts = index  # explicit timestamps in 1/fps units (x264's rate control reads them)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"crf": str(crf)}
+        self.stream.height, self.stream.width = height, width
+        self.count = 0
+
+    def write(self, array) -> None:
+        """One (H, W, 3) uint8 numpy frame."""
+        import av
+
+        frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+        frame.pts = self.count  # explicit timestamps in 1/fps units (x264's rate control reads them)
+        self.count += 1
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def __enter__(self) -> _Encoder:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            if kind is None:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
+class VideoWriter:
+    """Write a video frame by frame (H.264 MP4, atomically), for clips too long to hold in memory::
+
+        with VideoWriter(path, fps=24, height=720, width=1280) as writer:
+            for frame in frames:          # (H, W, 3) uint8 numpy arrays
+                writer.write(frame)
+
+    The file appears under its name only when the ``with`` block ends without an error.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, height: int, width: int, *, crf: int = 18) -> None:
+        if height % 2 or width % 2:
+            raise MediaError(f"{path}: H.264 needs even sizes, got {height}x{width}; crop one pixel row/column")
+        self.path, self.fps, self.size, self.crf = Path(path), fps, (height, width), crf
+        self._stack = contextlib.ExitStack()
+        self._encoder: _Encoder | None = None
+
+    def __enter__(self) -> VideoWriter:
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        self._encoder = self._stack.enter_context(_Encoder(str(tmp), self.fps, *self.size, crf=self.crf))
+        return self
+
+    def write(self, frame) -> None:
+        """One (H, W, 3) uint8 numpy frame of the writer's size."""
+        if tuple(frame.shape) != (*self.size, 3):
+            raise MediaError(f"{self.path}: frame shaped {tuple(frame.shape)}, expected {(*self.size, 3)}")
+        self._encoder.write(frame)
+
+    @property
+    def frames_written(self) -> int:
+        return 0 if self._encoder is None else self._encoder.count
+
+    def __exit__(self, kind, error, trace) -> bool:
+        return self._stack.__exit__(kind, error, trace)
 
 
 def save_output(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Path:

@@ -139,7 +139,9 @@ def test_truncation_is_logged(tiny, caplog):
 
 
 def test_official_max_lengths():
-    assert {name: p.max_length for name, p in T5_PRESETS.items()} == {"v1.0": 120, "v1.1": 200, "v1.2": 300}
+    assert {name: p.max_length for name, p in T5_PRESETS.items()} == {
+        "v1.0": 120, "v1.1": 200, "v1.2": 300, "osp-v1.3": 512, "v2.0": 512,
+    }
 
 
 def test_fp16_warns(tiny, caplog):

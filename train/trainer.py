@@ -31,7 +31,9 @@ from opensora_core.checkpoints import CheckpointError, check_finite
 from .checkpointing import (
     Progress,
     TrainingStopped,
+    checkpoint_root,
     latest_checkpoint,
+    list_checkpoints,
     load_state_or_older,
     resolve_resume,
     save_training_state,
@@ -63,6 +65,7 @@ class TrainResult:
     final_step: int
     losses: dict[int, float] = field(default_factory=dict)  # step -> loss averaged over processes (this run)
     exports: list[Path] = field(default_factory=list)
+    already_finished: bool = False  # resumed at or past run.max_steps: nothing was trained or exported
 
 
 # ---------------------------------------------------------------------------
@@ -88,6 +91,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     loop = Loop(cfg, accelerator, task, model, optimizer, scheduler, loader, data.sampler)
     loop.register_state()
     loop.resume()  # resume
+    if loop.progress.step >= cfg.run.max_steps:
+        log.warning("the run in %s had already finished at step %d (run.max_steps = %d): nothing to do; raise "
+                    "run.max_steps to continue, or start over with --fresh", cfg.output_dir, loop.progress.step,
+                    cfg.run.max_steps)
+        accelerator.end_training()
+        return TrainResult(cfg.output_dir, loop.progress.step, already_finished=True)
     loop.run()  # loop
     exports = loop.export()  # export
     accelerator.end_training()
@@ -109,8 +118,6 @@ def make_accelerator(cfg: TrainConfig):
     if cfg.ema.enabled and accelerator.distributed_type in SHARDED and cfg.run.task == "dit":
         raise ValueError("ema.enabled: EMA keeps whole weights and is not supported with FSDP/DeepSpeed sharding; "
                          "set ema.enabled = false or train with DDP")
-    if cfg.run.tensorboard:
-        accelerator.init_trackers("opensora")
     return accelerator
 
 
@@ -181,9 +188,7 @@ class Loop:
         self._pending: list[dict[str, torch.Tensor]] = []  # loss terms of the micro-steps of this step
         self._last_saved: int | None = None
         self._step_started = 0.0
-        self.tracker = None
-        if cfg.run.tensorboard and accelerator.is_main_process:
-            self.tracker = accelerator.get_tracker("tensorboard", unwrap=True)
+        self.tracker = None  # TensorBoard, opened when training starts (no empty runs for finished ones)
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -197,9 +202,19 @@ class Loop:
         if self.cfg.lora.enabled and self.accelerator.distributed_type in WHOLE_MODEL:
             install_trainable_only_hooks(self.accelerator)
 
+    def start_tracking(self) -> None:
+        if self.cfg.run.tensorboard:
+            self.accelerator.init_trackers("opensora")
+            if self.accelerator.is_main_process:
+                self.tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
+
     def resume(self) -> None:
         path = resolve_resume(self.cfg.checkpoint.resume, self.cfg.output_dir)
         if path is None:
+            earlier = list_checkpoints(self.cfg.output_dir)
+            if earlier and self.accelerator.is_main_process:
+                log.warning("starting fresh although %s holds states up to %s (pass --resume to continue from it)",
+                            checkpoint_root(self.cfg.output_dir), earlier[-1].name)
             if self.accelerator.is_main_process:
                 (self.cfg.output_dir / LOSS_LOG).unlink(missing_ok=True)
             return
@@ -215,6 +230,9 @@ class Loop:
 
     def run(self) -> None:
         cfg, progress = self.cfg, self.progress
+        self.start_tracking()
+        if cfg.validation.every and cfg.validation.at_start and progress.step == 0:
+            self.validate()  # a baseline sample before any training
         bar = _progress_bar(cfg, self.accelerator, progress.step)
         self.model.train()
         while progress.step < cfg.run.max_steps:
@@ -356,9 +374,18 @@ class Loop:
         with self.ema.applied(self.unwrapped) if use_ema else contextlib.nullcontext():
             state = self.accelerator.get_state_dict(self.model)
             if self.accelerator.is_main_process:
+                for old in existing_exports(self.cfg):
+                    log.warning("replacing %s with the export of step %d", old, self.progress.step)
                 exports = self.task.export(self.unwrapped, self.progress.step, state)
         self.accelerator.wait_for_everyone()
         return exports
+
+
+def existing_exports(cfg: TrainConfig) -> list[Path]:
+    """Files of this run already in ``<output_dir>/export`` (``<run>.safetensors``, ``<run>-lora...``)."""
+    folder = cfg.output_dir / "export"
+    name = cfg.output_dir.resolve().name
+    return sorted(p for p in folder.glob(f"{name}*.safetensors")) if folder.is_dir() else []
 
 
 def install_trainable_only_hooks(accelerator) -> None:
@@ -395,11 +422,13 @@ def _progress_bar(cfg: TrainConfig, accelerator, initial: int):
 
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop logged steps after ``last_step`` (they are repeated after a resume) and lines that are not whole
-    records (a run killed while writing leaves half a line), with a warning."""
+    records (a run killed while writing leaves half a line), with a warning; the file is rewritten only if
+    something was dropped."""
     if not path.is_file():
         return
+    logged = path.read_text(errors="replace").splitlines()
     kept = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    for number, line in enumerate(logged, start=1):
         try:
             step = json.loads(line)["step"]
         except (json.JSONDecodeError, KeyError, TypeError):
@@ -408,7 +437,8 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
             continue
         if step <= last_step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+    if len(kept) < len(logged):
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -418,4 +448,5 @@ def _append_jsonl(path: Path, record: dict) -> None:
                                  for k, v in record.items()}) + "\n")
 
 
-__all__ = ["TrainResult", "make_task", "build_optimizer", "make_accelerator", "train", "warmup_scheduler"]
+__all__ = ["TrainResult", "build_optimizer", "existing_exports", "make_accelerator", "make_task", "train",
+           "warmup_scheduler"]

@@ -70,18 +70,11 @@ def _check_run(cfg: TrainConfig) -> None:
 
 def _check_data(cfg: TrainConfig) -> None:
     data = cfg.data
-    _existing_file("data.csv", data.csv, "run `opensora-train prepare <folder> --output meta.csv` first")
-    try:
-        with Path(data.csv).open(newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ConfigError("data.csv", f"{data.csv} cannot be read as a UTF-8 CSV ({err}); build it with "
-                                      "`opensora-train prepare`") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise ConfigError("data.csv", f"{data.csv} lacks column(s) {', '.join(missing)}; build it with "
-                                      "`opensora-train prepare`")
-    _check_data_files(data.csv)
+    from .datasets import dataset_specs
+
+    for i, spec in enumerate(dataset_specs(data)):
+        key = "data.csv" if data.csv and i == 0 else f"data.datasets[{i - bool(data.csv)}].csv"
+        _check_data_csv(key, spec.csv)
     BucketTable(data.buckets, data.resolutions)  # raises ConfigError naming the bucket key
     _at_least("data.frame_interval", data.frame_interval, 1)
     _at_least("data.num_workers", data.num_workers, 0)
@@ -111,22 +104,37 @@ def _check_optimizer(cfg: TrainConfig) -> None:
         raise ConfigError("ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
 
 
-def _check_data_files(csv_path: str) -> None:
+def _check_data_csv(key: str, csv_path: str) -> None:
+    """One metadata CSV: it exists, reads as UTF-8, has the required columns and its rows name files."""
+    _existing_file(key, csv_path, "run `opensora-train prepare <folder> --output meta.csv` first")
+    try:
+        with Path(csv_path).open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(key, f"{csv_path} cannot be read as a UTF-8 CSV ({err}); build it with "
+                               "`opensora-train prepare`") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ConfigError(key, f"{csv_path} lacks column(s) {', '.join(missing)}; build it with "
+                               "`opensora-train prepare`")
+    _check_data_files(key, csv_path)
+
+
+def _check_data_files(key: str, csv_path: str) -> None:
     """Every row parses and names an existing file (the clips are decoded only while training)."""
     from .data import read_metadata
 
     try:
         entries = read_metadata(csv_path)
     except (ValueError, csv.Error) as err:
-        raise ConfigError("data.csv", str(err)) from None
+        raise ConfigError(key, str(err)) from None
     if not entries:
-        raise ConfigError("data.csv", f"{csv_path} has no rows; build it with `opensora-train prepare`")
+        raise ConfigError(key, f"{csv_path} has no rows; build it with `opensora-train prepare`")
     absent = [e for e in entries if not e.path.is_file()]
     if absent:
         first = absent[0]
-        raise ConfigError("data.csv", f"{len(absent)} of {len(entries)} files it lists are missing, e.g. row "
-                                      f"{first.row + 2}: {first.path}; fix the paths or run `opensora-train prepare` "
-                                      "again")
+        raise ConfigError(key, f"{len(absent)} of {len(entries)} files it lists are missing, e.g. row "
+                               f"{first.row + 2}: {first.path}; fix the paths or run `opensora-train prepare` again")
 
 
 def _check_checkpointing(cfg: TrainConfig) -> None:
@@ -248,10 +256,12 @@ def _check_lora(cfg: TrainConfig) -> None:
 def _check_validation(cfg: TrainConfig, class_name: str) -> None:
     val = cfg.validation
     _at_least("validation.every", val.every, 0)
+    _one_of("validation.score_phrases", val.score_phrases, ("auto", "always", "never"))
     if val.every == 0:
         return
-    if not val.prompts or not all(isinstance(p, str) and p for p in val.prompts):
-        raise ConfigError("validation.prompts", "give at least one prompt (or set validation.every = 0)")
+    if not (val.prompts or val.prompt_file) or not all(isinstance(p, str) and p for p in val.prompts):
+        raise ConfigError("validation.prompts", "give at least one prompt or a prompt_file (or set "
+                                                "validation.every = 0)")
     if len(val.reference_images) > len(val.prompts):
         raise ConfigError("validation.reference_images", "at most one reference image per prompt")
     for i, ref in enumerate(val.reference_images):

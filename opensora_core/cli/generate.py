@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .. import geometry, media
-from ..checkpoints import CheckpointError, read_checkpoint
+from ..checkpoints import CheckpointError, read_checkpoint, trained_score_phrases
 from ..conditioning import LATENT, PIXEL, MaskGroup, parse_mask_strategy
 from ..demo import load_demo
 from ..dtypes import DTYPES
@@ -30,7 +30,7 @@ from ..families import Family, describe, detect, families
 from ..loading import load_dit, load_vae, model_family
 from ..lora import merge_lora
 from ..pipeline import SEED_RANGE, Components, GenerationSpec, check_vae_fits, generate, plan_generation
-from ..text.prompts import parse_prompt_options
+from ..text.prompts import AESTHETIC_PHRASE, parse_prompt_options
 from ..text.t5 import load_t5_encoder
 from ..vae import TilingOptions
 
@@ -190,9 +190,14 @@ def resolve_size(args: argparse.Namespace, family: Family) -> tuple[int, int, in
     return height, width, frames
 
 
-def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int]) -> GenerationSpec:
+def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int],
+              trained_phrases: tuple[str, ...] | None = None) -> GenerationSpec:
+    """``trained_phrases``: the score phrases the model's training captions carried, when its file says
+    (a fine-tune by opensora-train); the default aesthetic phrase is then appended only if they did."""
     height, width, frames = size
     aesthetic = None if args.no_aesthetic_score else (args.aesthetic_score if args.aesthetic_score is not None else "auto")
+    if aesthetic == "auto" and trained_phrases is not None and AESTHETIC_PHRASE not in trained_phrases:
+        aesthetic = None
     return GenerationSpec(
         prompts=[job.prompt], height=height, width=width, num_frames=frames, fps=args.fps, steps=args.steps,
         cfg_scale=args.cfg_scale, seed=args.seed, mask_strategy=job.mask_strategy,
@@ -333,7 +338,11 @@ def run(args: argparse.Namespace) -> list[Path]:
     size = resolve_size(args, family)
     if Path(args.output).suffix.lower() == ".png" and size[2] > 1:
         raise ValueError(f"--output {args.output}: a PNG holds one frame, not {size[2]}; end the name in .mp4")
-    specs = [make_spec(args, job, size) for job in jobs]
+    phrases = trained_score_phrases(args.model)
+    if phrases is not None and AESTHETIC_PHRASE not in phrases and args.aesthetic_score is None:
+        log.info("%s was fine-tuned on captions without an aesthetic score: none is appended "
+                 "(--aesthetic-score adds one)", args.model)
+    specs = [make_spec(args, job, size, phrases) for job in jobs]
     for job, spec in zip(jobs, specs, strict=True):
         plan_generation(family, spec, [media.probe(r).num_frames for r in job.references])
     components = load_components(args, device)

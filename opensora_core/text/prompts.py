@@ -32,10 +32,14 @@ log = logging.getLogger("opensora")
 
 AESTHETIC_SCORE_V1_2 = 6.5  # `aes` of configs/opensora-v1-2/inference/sample.py
 
-# phrase -> how its value is printed (official format strings)
-_AESTHETIC = "aesthetic score:"
-_MOTION = "motion score:"
-_CAMERA = "camera motion:"
+# The camera-motion phrases v1.2 captions carry (tools/datasets/datautil.py CMOTION_TEXT; the Gradio app's choices)
+CAMERA_MOTIONS = ("pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out", "static")
+
+# the phrases v1.2 prompts are conditioned on; each is followed by its value (official format strings)
+AESTHETIC_PHRASE = "aesthetic score:"
+MOTION_PHRASE = "motion score:"
+CAMERA_PHRASE = "camera motion:"
+SCORE_PHRASES = (AESTHETIC_PHRASE, MOTION_PHRASE, CAMERA_PHRASE)
 
 
 def append_scores(
@@ -49,12 +53,12 @@ def append_scores(
     Each phrase is added only when given and not already written in the prompt;
     numbers are printed with one decimal (``6.5`` -> ``" aesthetic score: 6.5."``).
     """
-    if aesthetic is not None and _AESTHETIC not in prompt:
-        prompt = f"{prompt} {_AESTHETIC} {aesthetic:.1f}."
-    if motion is not None and _MOTION not in prompt:
-        prompt = f"{prompt} {_MOTION} {motion:.1f}."
-    if camera_motion is not None and _CAMERA not in prompt:
-        prompt = f"{prompt} {_CAMERA} {camera_motion}."
+    if aesthetic is not None and AESTHETIC_PHRASE not in prompt:
+        prompt = f"{prompt} {AESTHETIC_PHRASE} {aesthetic:.1f}."
+    if motion is not None and MOTION_PHRASE not in prompt:
+        prompt = f"{prompt} {MOTION_PHRASE} {motion:.1f}."
+    if camera_motion is not None and CAMERA_PHRASE not in prompt:
+        prompt = f"{prompt} {CAMERA_PHRASE} {camera_motion}."
     return prompt
 
 
@@ -222,9 +226,14 @@ def loop_prompt_text(prompt: str, loop_index: int) -> str:
 
 
 __all__ = [
+    "AESTHETIC_PHRASE",
     "AESTHETIC_SCORE_V1_2",
+    "CAMERA_MOTIONS",
+    "CAMERA_PHRASE",
+    "MOTION_PHRASE",
     "PROMPT_JSON_KEYS",
     "PromptOptions",
+    "SCORE_PHRASES",
     "append_scores",
     "is_loop_prompt",
     "loop_prompt_text",
