@@ -174,7 +174,7 @@ class STDiTAdapter:
         clip its frames decode to) and the family's fps, with a warning: the shift is then 1."""
         found = (options or {}).get(SETTINGS_KEY)
         if found is not None:
-            return VideoSettings(**found)
+            return self.check_latent(VideoSettings(**found), x)
         t, h, w = x.shape[-3:]
         factor = self.geometry.spatial_factor
         guess = VideoSettings(h * factor, w * factor, self.geometry.pixel_frame_range(t)[1], self.family.defaults.fps)
@@ -185,6 +185,18 @@ class STDiTAdapter:
         log.warning("no Open-Sora Sampling Settings on this model: sampling as %s with shift 1; add the settings "
                     "node (between the loader and the sampler) for the official schedule", guess)
         return guess
+
+    def check_latent(self, settings: VideoSettings, x: torch.Tensor) -> VideoSettings:
+        """Refuse a latent whose (t, h, w) is not the settings' video: the model would be conditioned on one
+        size and sample another (e.g. another pack's empty latent: 13 latent frames for 51, v1.2 needs 15)."""
+        expected = self.geometry.latent_size(settings.num_frames, settings.height, settings.width)
+        if tuple(x.shape[-3:]) != tuple(expected):
+            raise ValueError(
+                f"latent: its (frames, height, width) is {tuple(x.shape[-3:])} but Open-Sora Sampling Settings "
+                f"({settings.width}x{settings.height}, {settings.num_frames} frames) needs {tuple(expected)}; give "
+                "Open-Sora Empty Latent Video the same width, height and num_frames as the settings node"
+            )
+        return settings
 
     # -- model options ----------------------------------------------------------------------------------
 

@@ -142,6 +142,14 @@ def test_ksampler_on_the_native_model_matches_our_sampler(env, v12):
     assert images.shape == (17, 32, 48, 3) and fps == 24.0
 
 
+def test_a_latent_of_another_size_than_the_settings_is_refused(env, v12):
+    """Settings for 17 frames, an empty latent for 1 frame: refused before the model samples the wrong video."""
+    (latent,) = env.run("OpenSoraEmptyLatentVideo", v12["vae"], width=48, height=32, num_frames=1, batch_size=1)
+    with pytest.raises(ValueError, match="Sampling Settings"):
+        env.core["KSampler"].sample(v12["settings"], SEED, 2, 7.0, "euler", "simple", v12["positive"],
+                                    v12["negative"], latent, 1.0)
+
+
 def test_native_sampling_previews_with_the_vaes_fitted_map(env, v12):
     preview = _module("preview")
     (latent,) = env.run("OpenSoraEmptyLatentVideo", v12["vae"], **SIZE, batch_size=1)
