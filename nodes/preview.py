@@ -56,7 +56,7 @@ def active(geometry: LatentGeometry) -> LatentRGB | None:
 
 
 def _fit(vae, key: str) -> LatentRGB:
-    log.info("fitting the live-preview colours of %s (once per file; about a second on a GPU, minutes on a CPU)",
+    log.info("fitting the live-preview colours of %s (once per file; the released VAE v1.2 takes minutes on a CPU)",
              os.path.basename(vae.source))
     start = time.perf_counter()
     with bridge.ComfyPlacement([vae.managed]).use(vae.module):
