@@ -50,6 +50,8 @@ class OpenSoraExtension(ComfyExtension):
     """The pack as a V3 extension: the node classes ComfyUI registers."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.x calls get_node_list (not on_load) once when it loads the pack
+        bridge.watch_queued_prompts()
         return list(NODES) + native_nodes()
 
 

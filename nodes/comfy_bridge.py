@@ -18,6 +18,7 @@ afterwards until ComfyUI needs the memory, as ComfyUI's own models do.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -210,6 +211,51 @@ class ComfyPlacement:
             return
         mm.load_models_gpu([entry.patcher], memory_required=working_memory, force_full_load=True)
         yield entry.devices.load
+
+
+# ---------------------------------------------------------------------------
+# Queue-time checks that need another node's widget
+# ---------------------------------------------------------------------------
+
+# The prompt (API format) of the request being queued. ComfyUI's POST /prompt calls the on-prompt handlers and
+# then validates that prompt in the same request task, so a context variable holds it for exactly that request.
+_QUEUED_PROMPT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("opensora_queued_prompt", default=None)
+
+
+def _remember_prompt(json_data):
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    _QUEUED_PROMPT.set(prompt if isinstance(prompt, dict) else None)
+    return json_data
+
+
+def watch_queued_prompts() -> None:
+    """Let ``validate_inputs`` see the whole queued prompt (e.g. the model file a Sampler's ``model`` link
+    comes from). Registered once, through ComfyUI's ``PromptServer.add_on_prompt_handler``."""
+    try:
+        from server import PromptServer
+    except ImportError:  # pragma: no cover - every ComfyUI has it; the checks then run when the node does
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None and _remember_prompt not in server.on_prompt_handlers:
+        server.add_on_prompt_handler(_remember_prompt)
+
+
+def queued_source(node_id: str | None, input_name: str, through: dict[str, str]) -> dict | None:
+    """The queued prompt's node feeding ``input_name`` of ``node_id``, followed upstream through the node
+    types in ``through`` (type -> the input they pass on); None when unknown (no prompt seen, not linked)."""
+    prompt = _QUEUED_PROMPT.get()
+    if prompt is None or node_id is None:
+        return None
+    entry, name = prompt.get(str(node_id)), input_name
+    for _ in range(len(prompt)):  # a cycle cannot loop forever
+        link = entry.get("inputs", {}).get(name) if isinstance(entry, dict) else None
+        if not (isinstance(link, list) and len(link) == 2):
+            return None
+        entry = prompt.get(str(link[0]))
+        if not isinstance(entry, dict) or entry.get("class_type") not in through:
+            return entry if isinstance(entry, dict) else None
+        name = through[entry["class_type"]]
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from . import widgets as w
 from .comfy_bridge import io
 from .native_adapters import NULL_KEY, SETTINGS_KEY, VideoSettings
 from .native_model import family_of_patcher, load_native
-from .sampling import check_pixel_size
+from .sampling import check_frames_at_queue, check_pixel_size
 from .types import LATENT_INFO, LatentInfo, References, ReferencesSocket, VAEHandle, VAESocket
 
 log = logging.getLogger("opensora")
@@ -30,6 +30,8 @@ log = logging.getLogger("opensora")
 CATEGORY = f"{w.CATEGORY}/native"
 SHIFTS = {"exact": torch.float32, "official bf16 rounding": torch.bfloat16}
 WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Nodes the settings node's model link may pass through from the native loader (node type -> the input passed on)
+NATIVE_MODEL_PASS_THROUGH = {"LoraLoaderModelOnly": "model", "OpenSoraSamplingSettings": "model"}
 
 
 def _size_inputs(frames_tooltip: str) -> list:
@@ -85,11 +87,17 @@ class OpenSoraSamplingSettings(io.ComfyNode):
                          "to bf16 as official bf16 inference does (2.4187 -> 2.4219 at 240p, 51 frames)."),
             ],
             outputs=[io.Model.Output(display_name="model")],
+            hidden=[io.Hidden.unique_id],  # validate_inputs finds its model link in the queued prompt
         )
 
     @classmethod
-    def validate_inputs(cls, width, height) -> bool | str:
-        return check_pixel_size(width, height)
+    def validate_inputs(cls, width, height, num_frames) -> bool | str:
+        """Queue time: the pixel size, and the frame count for the model file the queued prompt loads."""
+        found = check_pixel_size(width, height)
+        if found is not True:
+            return found
+        return check_frames_at_queue(cls.hidden.unique_id, num_frames, "OpenSoraNativeModelLoader",
+                                     NATIVE_MODEL_PASS_THROUGH)
 
     @classmethod
     def execute(cls, model, width, height, num_frames, fps, shift) -> io.NodeOutput:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..opensora_core import geometry
+from ..opensora_core.loading import model_family
 from ..opensora_core.pipeline import Components, GenerationSpec, sample_video
 from . import comfy_bridge as bridge
 from . import preview
@@ -50,15 +51,42 @@ class OpenSoraResolution(io.ComfyNode):
         return io.NodeOutput(width, height, frames)
 
 
+# Nodes a Sampler's model link may pass through on its way from the loader (node id -> the input passed on)
+MODEL_PASS_THROUGH = {"OpenSoraLoraLoader": "model"}
+
+
 def check_pixel_size(width, height) -> bool | str:
-    """Queue time: sizes no Open-Sora VAE gives exactly (every one has 8 pixels per latent); linked sizes
-    (None here) are checked when the node runs."""
+    """Queue time: sizes no Open-Sora VAE gives exactly (every one has 8 pixels per latent, official preset
+    sizes such as 426 excepted); linked sizes (None here) are checked when the node runs."""
     if width is None or height is None:
         return True
     try:
         geometry.LatentGeometry().check_output_hw(height, width)
     except ValueError as err:
         return str(err)
+    return True
+
+
+def check_frames_at_queue(node_id: str | None, num_frames, loader: str = "OpenSoraModelLoader",
+                          through: dict[str, str] = MODEL_PASS_THROUGH) -> bool | str:
+    """Queue time: frame counts the model's sampler cannot take (v1.2: 2..16), when the queued prompt shows
+    which file the model comes from (a ``loader`` node upstream, reached through the node types in
+    ``through``); otherwise the check runs with the node."""
+    if num_frames is None:
+        return True
+    source = bridge.queued_source(node_id, "model", through)
+    if source is None or source.get("class_type") != loader:
+        return True
+    name = source.get("inputs", {}).get("model_name")
+    try:
+        family = model_family(bridge.model_path("diffusion_models", name))
+    except (OSError, ValueError):  # missing or damaged file: the loader reports it
+        return True
+    try:
+        if family.sampler.check_frames is not None:
+            family.sampler.check_frames(num_frames)
+    except ValueError as err:
+        return f"{err} ({family.title}, {name})"
     return True
 
 
@@ -77,10 +105,11 @@ class OpenSoraSampler(io.ComfyNode):
                 ModelSocket.Input("model"),
                 VAESocket.Input("vae", tooltip="Encodes references and joins loop rounds; must match the model."),
                 CaptionSocket.Input("positive", tooltip="Open-Sora Text Encode output."),
-                w.integer("width", 640, 16, 4096, "Output width in pixels: a multiple of 8, or an official preset "
-                          "size (Resolution node; 240p 9:16 = 426 decodes to 424).", step=2),
-                w.integer("height", 360, 16, 4096, "Output height in pixels: a multiple of 8, or an official preset "
-                          "size (Resolution node).", step=2),
+                w.integer("width", 640, 16, 4096, "Output width in pixels, in steps of 8 (every VAE has 8 pixels per "
+                          "latent); an official preset size may come from the Resolution node (240p 9:16 = 426, "
+                          "decoded to 424).", step=8),
+                w.integer("height", 360, 16, 4096, "Output height in pixels, in steps of 8; official preset sizes "
+                          "come from the Resolution node.", step=8),
                 w.integer("num_frames", 51, 1, 4096, "Frames per clip (v1.2: 1, or 17 and more; 51 = 2 s)."),
                 w.number("fps", 24.0, 1.0, 120.0, "Frame rate the model is conditioned on.", step=1.0),
                 w.integer("steps", 30, 1, 1000, "Sampling steps (official: 30 for v1.2, 100 for v1.1)."),
@@ -99,13 +128,16 @@ class OpenSoraSampler(io.ComfyNode):
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Video latent (B, C, T, H, W) with the clip "
                                       "bookkeeping the Open-Sora VAE Decode needs.")],
+            hidden=[io.Hidden.unique_id],  # validate_inputs finds its model link in the queued prompt
         )
 
     @classmethod
-    def validate_inputs(cls, width, height) -> bool | str:
-        """Queue time: the pixel size (the family-specific checks, e.g. v1.2 frame counts, need the model,
-        which arrives through a link and is known only when the node runs)."""
-        return check_pixel_size(width, height)
+    def validate_inputs(cls, num_frames) -> bool | str:
+        """Queue time: the frame count, for the model file the queued prompt loads. ComfyUI reports a failure
+        on every input named here, so only num_frames is; sizes are entered in steps of 8 (the widgets) and
+        any other size (a linked value, an edited API prompt) is refused when the node runs, with the nearest
+        valid sizes."""
+        return check_frames_at_queue(cls.hidden.unique_id, num_frames)
 
     @classmethod
     def execute(cls, model: ModelHandle, vae: VAEHandle, positive: PromptCaptions, width, height, num_frames, fps,

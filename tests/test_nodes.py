@@ -7,6 +7,7 @@ import inspect
 import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -68,14 +69,41 @@ def _image(seed: int, frames: int = 1) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
+def test_pack_works_when_the_core_is_not_installed():
+    """ComfyUI loads the pack from custom_nodes/ without pip-installing it: nothing may import or look up
+    ``opensora_core`` by its absolute name (schemas read the core's data files when ComfyUI lists the nodes)."""
+    code = textwrap.dedent("""
+        import pathlib, sys, tempfile
+        sys.path.insert(0, 'tests')
+        import comfy_stub
+        sys.path.insert(0, str(comfy_stub.SITE))
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('opensora_core', 'opensora_train'):
+                    raise ImportError('blocked ' + name)
+
+        sys.meta_path.insert(0, Block())
+        for name in [m for m in sys.modules if m.startswith('opensora')]:
+            del sys.modules[name]
+        with tempfile.TemporaryDirectory() as tmp, comfy_stub.installed(pathlib.Path(tmp)) as env:
+            print(len(env.nodes))  # every schema built (ComfyUI lists the nodes)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(len(BASE_NODES | NATIVE_NODES))]
+
+
 def test_pack_imports_with_only_the_v3_schema_of_comfyui():
     """ComfyUI imports the pack and calls its entry point before any node runs: that needs the pinned V3 schema
-    module (comfy_api.v0_0_2) and nothing else of ComfyUI (no comfy.*, folder_paths, latent_preview, nodes); the
-    node list then probes ComfyUI's internals for the native nodes (the stand-in has them)."""
+    module (comfy_api.v0_0_2) and the server's on-prompt hook (server), nothing else of ComfyUI (no comfy.*,
+    folder_paths, latent_preview, nodes); the node list then probes ComfyUI's internals for the native nodes (the
+    stand-in has them)."""
     code = (
         "import asyncio, sys; sys.path.insert(0, 'tests'); import comfy_stub;"
         "sys.path.insert(0, str(comfy_stub.SITE)); pack = comfy_stub.load_pack(); extension = pack.comfy_entrypoint();"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in %r and not m.startswith('comfy_api') or m == 'nodes');"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in %r and not m.startswith(('comfy_api', 'server'))"
+        " or m == 'nodes');"
         "listed = asyncio.run(extension.get_node_list());"
         "print(len(listed), bad)" % sorted(COMFY_ROOTS)
     )
@@ -383,11 +411,37 @@ def test_custom_preset_with_an_empty_strategy_is_refused(env):
     assert references.task is not None
 
 
-def test_sampler_refuses_sizes_no_vae_gives_at_queue_time(env):
-    validate = env.nodes["OpenSoraSampler"].validate_inputs
-    assert "width 70 is not a multiple of 8" in validate(width=70, height=64)
-    assert validate(width=426, height=240) is True  # the official 240p 9:16 size (decodes to 424)
-    assert validate(width=None, height=64) is True  # linked: checked when the node runs
+def test_sampler_sizes_step_by_8_and_other_sizes_are_refused_with_the_nearest(env, v12):
+    inputs = env.nodes["OpenSoraSampler"].INPUT_TYPES()["required"]
+    assert inputs["width"][1]["step"] == inputs["height"][1]["step"] == 8  # the UI enters only valid sizes
+    model, vae, t5 = v12
+    with pytest.raises(ValueError, match="width 70 is not a multiple of 8.*(64|72)"):
+        _sample(env, model, vae, _encode(env, t5, model), width=70, height=64)
+
+
+def _queue_sampler(env, num_frames: int, model_file: str, *, lora: bool = False):
+    """Queue a loader -> (LoRA loader) -> sampler prompt as POST /prompt does (on-prompt handlers first), then run
+    the sampler's queue-time check on a clone that knows its node id, as ComfyUI's validation does."""
+    prompt = {"1": {"class_type": "OpenSoraModelLoader", "inputs": {"model_name": model_file}},
+              "3": {"class_type": "OpenSoraSampler", "inputs": {"model": ["2" if lora else "1", 0]}}}
+    if lora:
+        prompt["2"] = {"class_type": "OpenSoraLoraLoader", "inputs": {"model": ["1", 0]}}
+    sys.modules["server"].PromptServer.instance.trigger_on_prompt({"prompt": prompt})
+    clone = env.nodes["OpenSoraSampler"].PREPARE_CLASS_CLONE({"UNIQUE_ID": "3"})
+    return clone.validate_inputs(num_frames=num_frames)
+
+
+def test_sampler_refuses_frame_counts_its_model_cannot_take_at_queue_time(env):
+    """v1.2's timestep transform takes 1 or >= 17 frames: refused when queued, for the file the loader names
+    (also through a LoRA loader), reported once (on num_frames); v1.1 (IDDPM) takes any count."""
+    assert list(inspect.signature(env.nodes["OpenSoraSampler"].validate_inputs).parameters) == ["num_frames"]
+    v12, v11 = "OpenSora-STDiT-v3.safetensors", "OpenSora-STDiT-v2-stage3.safetensors"
+    refused = _queue_sampler(env, 9, v12)
+    assert "num_frames=9" in refused and "Open-Sora v1.2" in refused and "17" in refused
+    assert "num_frames=9" in _queue_sampler(env, 9, v12, lora=True)
+    assert _queue_sampler(env, 17, v12) is True and _queue_sampler(env, 1, v12) is True
+    assert _queue_sampler(env, 9, v11) is True
+    assert _queue_sampler(env, 9, "missing.safetensors") is True  # the loader reports a missing file
 
 
 def test_empty_prompt_is_warned_about(env, v12, caplog):

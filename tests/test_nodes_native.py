@@ -63,6 +63,28 @@ def test_settings_put_the_video_and_the_exact_shift_into_the_model(v12):
     assert v12["native"].get_model_object("model_sampling").shift == 1.0  # the loaded model is left as it was
 
 
+def _queue_settings(env, num_frames: int, model_file: str, *, lora: bool = False):
+    """Queue native loader -> (LoraLoaderModelOnly) -> settings as POST /prompt does, then run the settings
+    node's queue-time check on a clone that knows its node id, as ComfyUI's validation does."""
+    prompt = {"1": {"class_type": "OpenSoraNativeModelLoader", "inputs": {"model_name": model_file}},
+              "3": {"class_type": "OpenSoraSamplingSettings", "inputs": {"model": ["2" if lora else "1", 0]}}}
+    if lora:
+        prompt["2"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0]}}
+    sys.modules["server"].PromptServer.instance.trigger_on_prompt({"prompt": prompt})
+    clone = env.nodes["OpenSoraSamplingSettings"].PREPARE_CLASS_CLONE({"UNIQUE_ID": "3"})
+    return clone.validate_inputs(width=48, height=32, num_frames=num_frames)
+
+
+def test_settings_refuse_frame_counts_the_model_cannot_take_at_queue_time(env):
+    """v1.2 takes 1 or >= 17 frames: refused when queued for the file the native loader names (also through
+    LoraLoaderModelOnly); v1.1 takes any count."""
+    v12, v11 = "OpenSora-STDiT-v3.safetensors", "OpenSora-STDiT-v2-stage3.safetensors"
+    refused = _queue_settings(env, 9, v12)
+    assert "num_frames=9" in refused and "Open-Sora v1.2" in refused
+    assert "num_frames=9" in _queue_settings(env, 9, v12, lora=True)
+    assert _queue_settings(env, 17, v12) is True and _queue_settings(env, 9, v11) is True
+
+
 def test_sigmas_are_the_open_sora_timesteps_over_1000(env, v12):
     """Open-Sora's shifted timesteps t_i (0..1000) are sigma * 1000 for the flow model."""
     (sigmas,) = env.run("OpenSoraSigmas", v12["settings"], 7)

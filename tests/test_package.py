@@ -111,28 +111,6 @@ def test_pack_root_imports_as_a_lone_module():
     assert not hasattr(module, "comfy_entrypoint") and not hasattr(module, "NODE_CLASS_MAPPINGS")
 
 
-BLOCK_INSTALLED_CORE = """
-import importlib.abc, pathlib, sys, tempfile
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("opensora_core", "opensora_train"):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
-sys.meta_path.insert(0, Block())
-import comfy_stub
-with comfy_stub.installed(pathlib.Path(tempfile.mkdtemp())) as env:
-    print(len([cls.GET_SCHEMA() for cls in env.nodes.values()]))
-"""
-
-
-def test_the_pack_registers_its_nodes_without_an_installed_core():
-    """ComfyUI imports the checkout as a package; nothing may reach the core by its installed name
-    (``opensora_core`` imports, ``resources.files("opensora_core")``): every node's schema is built with it blocked."""
-    run = subprocess.run([sys.executable, "-c", BLOCK_INSTALLED_CORE], cwd=REPO / "tests", capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert int(run.stdout.split()[-1]) > 10
-
-
 # What the Comfy Registry / ComfyUI's comfy_config (v0.3.64) accepts as OS and accelerator classifiers.
 REGISTRY_OS_PREFIXES = ("Microsoft", "POSIX", "MacOS", "OS Independent")
 REGISTRY_ACCELERATORS = {"GPU :: NVIDIA CUDA", "GPU :: AMD ROCm", "GPU :: Intel Arc", "NPU :: Huawei Ascend",

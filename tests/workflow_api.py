@@ -21,6 +21,7 @@ results collected.
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass
 
 FRONTEND_ONLY = ("Note", "MarkdownNote")
@@ -219,9 +220,10 @@ def _order(prompt: dict) -> list[str]:
     return order
 
 
-def _validate(cls, constants: dict) -> None:
-    if is_v3(cls):  # ComfyUI calls validate_inputs only when the class overrides it
-        check = cls.validate_inputs if _overrides_validate_inputs(cls) else None
+def _validate(cls, constants: dict, node_id: str) -> None:
+    if is_v3(cls):  # ComfyUI calls validate_inputs only when the class overrides it, on a clone with hidden values
+        clone = cls.PREPARE_CLASS_CLONE({"UNIQUE_ID": node_id})
+        check = clone.validate_inputs if _overrides_validate_inputs(cls) else None
     else:
         check = getattr(cls, "VALIDATE_INPUTS", None)
     if check is None:
@@ -254,13 +256,22 @@ def _call(cls, kwargs: dict, prompt: dict, extra_pnginfo: dict | None) -> tuple[
     return tuple(result), None
 
 
+def _trigger_on_prompt(prompt: dict) -> None:
+    """POST /prompt hands the request to the server's on-prompt handlers before validating it."""
+    server = sys.modules.get("server")
+    if server is not None and server.PromptServer.instance is not None:
+        server.PromptServer.instance.trigger_on_prompt({"prompt": prompt})
+
+
 def execute(prompt: dict, defs: dict[str, type], extra_pnginfo: dict | None = None) -> Run:
     """Run an API prompt: constants validated first (as the server does), then every node in order."""
+    _trigger_on_prompt(prompt)
     problems = check_values(prompt, defs)
     if problems:
         raise WorkflowError("; ".join(problems))
-    for entry in prompt.values():
-        _validate(defs[entry["class_type"]], {k: v for k, v in entry["inputs"].items() if not isinstance(v, list)})
+    for node_id, entry in prompt.items():
+        constants = {k: v for k, v in entry["inputs"].items() if not isinstance(v, list)}
+        _validate(defs[entry["class_type"]], constants, node_id)
     run = Run({}, {})
     for node_id in _order(prompt):
         entry = prompt[node_id]

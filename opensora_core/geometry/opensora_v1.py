@@ -19,7 +19,7 @@ IMG_FPS = 120  # fps the official code passes to the model for single images
 
 @lru_cache(maxsize=1)
 def _tables() -> dict:
-    core = __package__.rpartition(".")[0]  # opensora_core, under the pack's name when ComfyUI imports it
+    core = __package__.rpartition(".")[0]  # the core package by its import name (the pack loads it relatively)
     text = resources.files(core).joinpath("data/aspect_ratios.json").read_text()
     return json.loads(text)
 

@@ -23,7 +23,7 @@ from types import ModuleType
 REPO = Path(__file__).resolve().parents[2]
 SITE = Path(__file__).resolve().parent / "site"
 PACK_NAME = "opensora_comfy_pack"  # ComfyUI uses the folder path as the module name; any name works
-STUB_MODULES = ("folder_paths", "comfy", "comfy_api", "latent_preview")
+STUB_MODULES = ("folder_paths", "comfy", "comfy_api", "latent_preview", "server")
 
 
 @dataclass
