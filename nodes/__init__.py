@@ -8,6 +8,8 @@ without being pip-installed, so the nodes always run the core of the same checko
 prefixed ``OpenSora`` and never renamed (saved workflows refer to them).
 """
 
+import logging
+
 from . import comfy_bridge as bridge
 from .comfy_bridge import ComfyExtension, io
 from .loaders import (
@@ -20,8 +22,11 @@ from .loaders import (
 )
 from .references import OpenSoraConditionImages, OpenSoraMaskBuilder
 from .sampling import OpenSoraGuidance, OpenSoraResolution, OpenSoraSampler
+from .native_nodes import NATIVE_NODES
 from .text import OpenSoraTextEncode
 from .video import OpenSoraSaveVideo, OpenSoraVAEDecode, OpenSoraVAEEncode
+
+log = logging.getLogger("opensora")
 
 NODES: list[type[io.ComfyNode]] = [
     OpenSoraModelLoader,
@@ -42,13 +47,23 @@ NODES: list[type[io.ComfyNode]] = [
 ]
 
 
+def native_nodes() -> list[type[io.ComfyNode]]:
+    """The native MODEL nodes, when ComfyUI's internal API is as they expect (probed); else none, logged."""
+    try:
+        bridge.native_api()
+    except bridge.NativeUnavailable as err:
+        log.warning("Open-Sora: the native MODEL nodes are not registered (%s); the other Open-Sora nodes work", err)
+        return []
+    return list(NATIVE_NODES)
+
+
 class OpenSoraExtension(ComfyExtension):
     """The pack as a V3 extension: the node classes ComfyUI registers."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # ComfyUI 0.3.x calls get_node_list (not on_load) once when it loads the pack
         bridge.watch_queued_prompts()
-        return list(NODES)
+        return list(NODES) + native_nodes()
 
 
 def comfy_entrypoint() -> OpenSoraExtension:

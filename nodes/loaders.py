@@ -13,6 +13,7 @@ from ..opensora_core.models.block_swap import enable_block_swap
 from ..opensora_core.text.clip import TOKENIZER_FILES, load_clip_encoder
 from ..opensora_core.text.t5 import TOKENIZER_CONFIG, load_t5_encoder
 from . import comfy_bridge as bridge
+from . import preview
 from . import widgets as w
 from .comfy_bridge import io
 from .types import ClipHandle, ClipSocket, ModelHandle, ModelSocket, T5Handle, T5Socket, VAEHandle, VAESocket
@@ -156,7 +157,9 @@ class OpenSoraVAELoader(io.ComfyNode):
         path = bridge.model_path("vae", vae_name)
         vae = load_vae(path, dtype=w.torch_dtype(dtype), device=bridge.devices("vae").offload)
         log.info("loaded %s from %s (%s)", type(vae).__name__, vae_name, dtype)
-        return io.NodeOutput(VAEHandle(vae, path, bridge.manage(vae, "vae")))
+        handle = VAEHandle(vae, path, bridge.manage(vae, "vae"))
+        preview.activate(vae.geometry, preview.rgb_map(handle))  # live previews of this latent space
+        return io.NodeOutput(handle)
 
 
 # ---------------------------------------------------------------------------

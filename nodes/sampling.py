@@ -6,6 +6,7 @@ from ..opensora_core import geometry
 from ..opensora_core.loading import model_family
 from ..opensora_core.pipeline import Components, GenerationSpec, sample_video
 from . import comfy_bridge as bridge
+from . import preview
 from . import widgets as w
 from .comfy_bridge import io
 from .types import (
@@ -56,13 +57,27 @@ class OpenSoraResolution(io.ComfyNode):
 MODEL_PASS_THROUGH = {"OpenSoraLoraLoader": "model"}
 
 
-def check_frames_at_queue(node_id: str | None, num_frames) -> bool | str:
+def check_pixel_size(width, height) -> bool | str:
+    """Queue time: sizes no Open-Sora VAE gives exactly (every one has 8 pixels per latent, official preset
+    sizes such as 426 excepted); linked sizes (None here) are checked when the node runs."""
+    if width is None or height is None:
+        return True
+    try:
+        geometry.LatentGeometry().check_output_hw(height, width)
+    except ValueError as err:
+        return str(err)
+    return True
+
+
+def check_frames_at_queue(node_id: str | None, num_frames, loader: str = "OpenSoraModelLoader",
+                          through: dict[str, str] = MODEL_PASS_THROUGH) -> bool | str:
     """Queue time: frame counts the model's sampler cannot take (v1.2: 2..16), when the queued prompt shows
-    which file the model comes from (a Model Loader upstream); otherwise the check runs with the node."""
+    which file the model comes from (a ``loader`` node upstream, reached through the node types in
+    ``through``); otherwise the check runs with the node."""
     if num_frames is None:
         return True
-    source = bridge.queued_source(node_id, "model", MODEL_PASS_THROUGH)
-    if source is None or source.get("class_type") != "OpenSoraModelLoader":
+    source = bridge.queued_source(node_id, "model", through)
+    if source is None or source.get("class_type") != loader:
         return True
     name = source.get("inputs", {}).get("model_name")
     try:
@@ -147,8 +162,7 @@ class OpenSoraSampler(io.ComfyNode):
         )
         placement = bridge.ComfyPlacement([model.managed, vae.managed])
         components = Components(model.module, vae.module, placement=placement)
-        previews = bridge.latent_rgb_factors(model.family.vae[0].comfy_latent_format)
-        report = bridge.step_reporter(steps * loops, previews)
+        report = bridge.step_reporter(steps * loops, preview.rgb_map(vae))
         with bridge.attention_backend(model.attention):
             result = sample_video(
                 components, spec, positive.per_round(loops), references.frames if references is not None else [],

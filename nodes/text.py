@@ -131,6 +131,18 @@ def _on_cpu(caption):
     })
 
 
+def conditioning_of(captions: PromptCaptions) -> list:
+    """ComfyUI CONDITIONING of the first round's caption: T5 features (1, L, C) padded to the caption length
+    with the token mask as ``attention_mask`` (1, L), as LTXV/Mochi encoders give them (2.0: T5 states and
+    ``pooled_output``). The native MODEL nodes take the v1.1/v1.2 ones."""
+    caption = captions.for_round(0)
+    if len(captions.segments) > 1:
+        log.info("conditioning: the prompt switches at loop rounds; the CONDITIONING holds round 0's text")
+    if hasattr(caption, "y_vec"):  # Open-Sora 2.0: T5 states and the pooled CLIP-L vector, as Flux encoders give
+        return [[caption.txt, {"pooled_output": caption.y_vec}]]
+    return [[caption.y[:, 0], {"attention_mask": caption.mask}]]
+
+
 def _scores(aesthetic_score: float, motion_score: float, camera_motion: str) -> dict:
     return {
         "aesthetic": aesthetic_score if aesthetic_score >= 0 else None,
@@ -208,7 +220,9 @@ class OpenSoraTextEncode(io.ComfyNode):
                 ClipSocket.Input("clip_l", optional=True, tooltip="Open-Sora 2.0: CLIP-L (Open-Sora CLIP Loader), "
                                  "with the T5 on t5."),
             ],
-            outputs=[CaptionSocket.Output(display_name="caption")],
+            outputs=[CaptionSocket.Output(display_name="caption", tooltip="For the Open-Sora Sampler."),
+                     io.Conditioning.Output(display_name="conditioning", tooltip="For KSampler with the native MODEL "
+                                            "(the first loop round's prompt; loops need the Open-Sora Sampler).")],
         )
 
     @classmethod
@@ -224,4 +238,4 @@ class OpenSoraTextEncode(io.ComfyNode):
             with bridge.ComfyPlacement(managed).use_all(module):
                 result = encode_prompt(encoder, text, family, scores, clean_caption)
         log.info("caption (%s, %d tokens max): %s", family.short_label, length, " | ".join(result.texts))
-        return io.NodeOutput(result)
+        return io.NodeOutput(result, conditioning_of(result))

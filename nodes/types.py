@@ -206,15 +206,24 @@ class LatentInfo:
     drop_frames: list[int]
     fps: float  # frames per second to save at
     family: str = ""  # official class name of the model that made it ("" if unknown)
+    height: int | None = None  # requested pixel size (426 for 240p 9:16, decoded as 424), when a node knows it
+    width: int | None = None
 
     def as_dict(self) -> dict:
+        size = {} if self.height is None else {"height": int(self.height), "width": int(self.width)}
         return {
             "clip_latent_frames": list(self.clip_latent_frames),
             "clip_num_frames": list(self.clip_num_frames),
             "drop_frames": list(self.drop_frames),
             "fps": float(self.fps),
             "family": self.family,
-        }
+        } | size
+
+    @classmethod
+    def of(cls, latent: dict) -> LatentInfo | None:
+        """The bookkeeping of a LATENT, or None for a LATENT from another node."""
+        raw = latent.get(LATENT_INFO)
+        return None if raw is None else cls(**raw)
 
 
 def latent_from_clips(clips: list[Clip], plan: GenerationPlan) -> dict:

@@ -8,6 +8,7 @@ import torch
 import tiny
 from opensora_core import pipeline
 from opensora_core.families import for_class
+from opensora_core.models.base import SAMPLING_LIVE_COPIES
 from opensora_core.pipeline import Components, GenerationSpec, generate
 from opensora_core.sampling import SamplingInterrupted
 
@@ -206,7 +207,7 @@ def test_sample_video_checks_captions_before_sampling(v12):
 def test_sampling_memory_estimate_grows_with_tokens_and_precision(v12):
     """2 passes (prompt, null caption) x tokens x hidden x (1 + mlp_ratio) x bytes x live copies."""
     model = v12.model  # hidden 64, mlp_ratio 4, patch (1, 2, 2), float32
-    assert model.sampling_memory_bytes(1, (5, 4, 6)) == 2 * (5 * 2 * 3) * 64 * 5 * 4 * 3
+    assert model.sampling_memory_bytes(1, (5, 4, 6)) == 2 * (5 * 2 * 3) * 64 * 5 * 4 * SAMPLING_LIVE_COPIES
     assert model.sampling_memory_bytes(2, (5, 4, 6)) == 2 * model.sampling_memory_bytes(1, (5, 4, 6))
 
 

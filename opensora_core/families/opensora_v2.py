@@ -90,7 +90,6 @@ HUNYUAN_VAE_FILE = VAEKind(
     short_name="the Hunyuan video VAE",
     source="hpcai-tech/Open-Sora-v2, hunyuan_vae.safetensors",
     build=hunyuan_for,
-    comfy_latent_format="HunyuanVideo",  # the same latent space (scale 0.476986): ComfyUI's RGB factors preview it
 )
 CLIP_L_FILE = FileKind(
     name="clip_l",

@@ -82,7 +82,6 @@ class VAEKind(FileKind):
     # -> (video VAE on the meta device, the module to load strictly, the state dict in that module's layout);
     # see vae.shapes, vae.osp
     build: Callable[[Mapping[str, torch.Tensor], int | None, int, Mapping | None], tuple[nn.Module, nn.Module, Mapping]]
-    comfy_latent_format: str | None = None  # ComfyUI latent format whose RGB factors preview this latent space
 
 
 @dataclass(frozen=True)
@@ -381,6 +380,11 @@ def families_using(vae: Iterable[FileKind]) -> list[Family]:
     """Families one of whose VAE kinds is among ``vae``."""
     names = {kind.name for kind in vae}
     return [f for f in _FAMILIES.values() if any(kind.name in names for kind in f.vae)]
+
+
+def families_with_geometry(geometry: LatentGeometry) -> list[Family]:
+    """Families whose VAE makes latents of ``geometry`` (the latent space a LATENT belongs to)."""
+    return [f for f in _FAMILIES.values() if f.geometry == geometry]
 
 
 def releases_text(families_: list[Family]) -> str:

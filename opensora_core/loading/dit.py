@@ -140,6 +140,7 @@ def load_dit(
     device: str | torch.device = "cpu",
     config_overrides: dict | None = None,
     fp8: bool = False,
+    operations=nn,
 ) -> LoadedModel:
     """Read, detect, build and strictly load a diffusion transformer of any registered family.
 
@@ -148,6 +149,8 @@ def load_dit(
     quantised while it loads. A file of fp8 weights with their scales (a kind with ``stores_fp8``) always
     loads that way. A model whose every entry is in the file is built on the meta device and takes the
     file's tensors, so the weights are held once and never in float32 on the way.
+    ``operations`` builds the Linear/Conv layers of a high-precision model (default :mod:`torch.nn`; a ComfyUI
+    ``comfy.ops`` class for the native MODEL, whose layers cast their weights where used when partially loaded).
     """
     ckpt = read_checkpoint(path, device="cpu")
     kind, config = read_dit_config(ckpt, class_name=class_name, preset=preset, overrides=config_overrides)
@@ -157,7 +160,9 @@ def load_dit(
     fp8 = fp8 or kind.stores_fp8
     if fp8 and not kind.fp8_weights:
         raise CheckpointError(f"{source}: fp8 weights are not available for {describe(kind)}; load it in bf16/fp16")
-    model = _build(kind, config, dtype=dtype, device=device, fp8=fp8)
+    if fp8 and operations is not nn:
+        raise ValueError("fp8 weights bring their own layers: load with operations=torch.nn, or without fp8")
+    model = _build(kind, config, dtype=dtype, device=device, fp8=fp8, operations=operations)
     if fp8:
         load_streaming(model, ckpt.state_dict, source=source)
     else:
@@ -167,7 +172,7 @@ def load_dit(
     return LoadedModel(model, kind.class_name, config, find_preset(kind.class_name, config), ckpt.path)
 
 
-def _build(kind: ModelKind, config: dict, *, dtype: torch.dtype, device, fp8: bool) -> nn.Module:
+def _build(kind: ModelKind, config: dict, *, dtype: torch.dtype, device, fp8: bool, operations=nn) -> nn.Module:
     """The model to load into: fp8 layers on ``device``; on the meta device when the file gives every entry
     (no optional keys, no tables the model computes); else built on ``device`` and cast."""
     if fp8:
@@ -175,11 +180,11 @@ def _build(kind: ModelKind, config: dict, *, dtype: torch.dtype, device, fp8: bo
             return kind.cls.from_official_config(config, dtype=dtype, operations=Fp8Operations)
     if not kind.cls.OPTIONAL_KEYS:
         with torch.device("meta"):
-            model = kind.cls.from_official_config(config, dtype=dtype)
+            model = kind.cls.from_official_config(config, dtype=dtype, operations=operations)
         if len(model_state_entries(model)) == len([*model.parameters(), *model.buffers()]):
             return model
     with torch.device(device):
-        return kind.cls.from_official_config(config).to(dtype=dtype)
+        return kind.cls.from_official_config(config, operations=operations).to(dtype=dtype)
 
 
 def load_dit_weights(model: nn.Module, state_dict: StateDict, *, source: str = "checkpoint") -> None:

@@ -15,7 +15,10 @@ from ..official_config import OfficialConstructors
 from ..text.caption import null_caption
 from .captions import Captions, caption_mask, packed_captions
 
-SAMPLING_LIVE_COPIES = 3  # copies of the widest activation alive at once (input, MLP hidden, output): an estimate
+# Copies of the widest activation (hidden x (1 + mlp_ratio) per token) alive at once in a no-grad forward.
+# Measured peak / (tokens x width x element size) on the CPU in float32 at the STDiT3-XL/2 width, 51 frames:
+# 1.82 (144p), 1.55 (240p), 1.47 (360p); 2 keeps the estimate 1.1..1.4x above them (benchmarks/native_memory.py).
+SAMPLING_LIVE_COPIES = 2
 
 
 class STDiTBase(OfficialConstructors, nn.Module):
@@ -98,16 +101,19 @@ class STDiTBase(OfficialConstructors, nn.Module):
         """Video tokens per sample for a latent of ``latent_size`` (t, h, w): the patch grid, padded up."""
         return math.prod(self.x_embedder.grid(latent_size))
 
-    def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int]) -> int:
-        """Rough activation memory of one guided denoising step in bytes, for a memory manager to make room.
-
-        The prompt and null-caption passes run as one batch of 2 x ``batch_size`` over every latent token;
-        the widest activation is the MLP's (hidden x mlp_ratio) next to the block input, and attention runs
-        through SDPA without materialising the scores. An estimate from the shapes, not calibrated on a GPU.
-        """
+    def forward_memory_bytes(self, samples: int, latent_size: tuple[int, int, int]) -> int:
+        """Activation memory of one no-grad forward over ``samples`` latents of ``latent_size`` (t, h, w), in
+        bytes: the widest activation (the MLP's hidden x mlp_ratio) next to the block input, times
+        ``SAMPLING_LIVE_COPIES``, per video token; attention runs through SDPA without materialising the
+        scores. Measured against the peak of live tensors in ``benchmarks/native_memory.py``."""
         width = self.config.hidden_size * (1 + self.config.mlp_ratio)
         element = torch.empty((), dtype=self.dtype).element_size()
-        return int(2 * batch_size * self.token_count(latent_size) * width * element * SAMPLING_LIVE_COPIES)
+        return int(samples * self.token_count(latent_size) * width * element * SAMPLING_LIVE_COPIES)
+
+    def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int]) -> int:
+        """Activation memory of one guided denoising step in bytes, for a memory manager to make room: the
+        prompt and null-caption passes run as one batch of 2 x ``batch_size`` (:meth:`forward_memory_bytes`)."""
+        return self.forward_memory_bytes(2 * batch_size, latent_size)
 
     def encode_text(self, y: torch.Tensor, mask: torch.Tensor | None, batch: int) -> Captions:
         """Caption features (B, 1, L, C_cap) + token mask -> projected valid tokens per sample.

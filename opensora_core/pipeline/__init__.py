@@ -36,6 +36,7 @@ from .plan import (
     device_memory_bytes,
     family_options,
     machine_memory_bytes,
+    place_references,
     plan_generation,
     video_memory_bytes,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "frames_from_video",
     "generate",
     "machine_memory_bytes",
+    "place_references",
     "plan_generation",
     "sample_clip",
     "sample_clips",

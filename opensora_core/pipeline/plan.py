@@ -197,6 +197,21 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
     return plan
 
 
+def place_references(family: Family, strategy: Strategy, *, height: int, width: int, num_frames: int,
+                     reference_frames: Sequence[int]) -> list[PlacedGroup]:
+    """One clip's reference placements (no loop rounds), checked as :func:`plan_generation` checks them; for
+    a sampler outside the pipeline (ComfyUI's, on the native MODEL), which needs only the latent and its mask."""
+    spec = GenerationSpec(prompts=["(references only)"], height=height, width=width, num_frames=num_frames,
+                          mask_strategy=strategy)
+    _check_size(family, spec)
+    check_frame_count(num_frames)
+    if family.sampler.check_frames is not None:
+        family.sampler.check_frames(num_frames)
+    condition = family.defaults.condition_frame_length
+    options = family_options(family, spec, CONDITIONING_OPTIONS)
+    return _plan_placements(family, spec, list(reference_frames), condition, options)[0]
+
+
 def _given_or(value, default):
     """The request's value, else the family default; 0 is a value (checked), not "not given"."""
     return default if value is None else value

@@ -31,7 +31,14 @@ from .core import (
 from .frames import FrameSets, IDDPMFrameRule, ReferenceFrames, RFlowFrameRule
 from .guidance import CaptionLike, GuidedModel
 from .iddpm import DIFFUSION_STEPS, SpacedSchedule, iddpm_schedule, linear_betas, sample_iddpm, space_timesteps
-from .rflow import check_transform_frames, rflow_schedule, rflow_timesteps, sample_rflow, timestep_transform
+from .rflow import (
+    check_transform_frames,
+    rflow_schedule,
+    rflow_timesteps,
+    sample_rflow,
+    timestep_transform,
+    transform_shift,
+)
 
 # Official scheduler names (opensora registry) -> sampler.
 SAMPLERS: dict[str, Callable] = {
@@ -76,4 +83,5 @@ __all__ = [
     "space_timesteps",
     "stream_noise",
     "timestep_transform",
+    "transform_shift",
 ]
