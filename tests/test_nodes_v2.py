@@ -36,8 +36,8 @@ def v2(env):
 
 
 def _encode(env, model, t5, clip_l, text="a cat", motion=-1.0):
-    (caption,) = env.run("OpenSoraTextEncode", text, "from model", aesthetic_score=6.5, motion_score=motion,
-                         camera_motion="none", clean_caption=True, t5=t5, model=model, clip_l=clip_l)
+    caption, _ = env.run("OpenSoraTextEncode", text, "from model", aesthetic_score=6.5, motion_score=motion,
+                        camera_motion="none", clean_caption=True, t5=t5, model=model, clip_l=clip_l)
     return caption
 
 

@@ -34,7 +34,7 @@ def osp(env):
 
 
 def _encode(env, mt5, model, text="a red ball rolls", length="from model"):
-    (caption,) = env.run("OpenSoraTextEncode", text, length, 6.5, -1.0, "none", True, t5=mt5, model=model)
+    caption, _ = env.run("OpenSoraTextEncode", text, length, 6.5, -1.0, "none", True, t5=mt5, model=model)
     return caption
 
 
