@@ -122,10 +122,15 @@ def ui_workflow(task: str) -> dict:
         ui_links.append([link_id, src, slot, dst, target, kind])
         inputs[dst][target]["link"] = link_id
         outputs[src][slot]["links"].append(link_id)
+    tops = {}  # column -> next free y
     for order, (nid, node_type, values, title) in enumerate(sorted(nodes)):
-        column = 0 if nid <= 4 or node_type == "MarkdownNote" else 1 if nid in (5, 10, 11, 12, 13) else 2
-        node = dict(id=nid, type=node_type, pos=[-620 if node_type == "MarkdownNote" else 440 * column, 160 * order],
-                    size=[400, 140], flags={}, order=order, mode=0, inputs=inputs[nid],
+        column = -1 if node_type == "MarkdownNote" else 0 if nid <= 4 else 1 if nid in (5, 10, 11, 12, 13) else 2
+        height = 520 if node_type in ("MarkdownNote", "LoadImage", "OpenSoraSaveVideo") else \
+            40 + 26 * (len(values) + len(inputs[nid]) + len(outputs[nid]))
+        y = tops.get(column, 0)
+        tops[column] = y + height + 40
+        node = dict(id=nid, type=node_type, pos=[-620 if column < 0 else 460 * column, y],
+                    size=[560 if column < 0 else 420, height], flags={}, order=order, mode=0, inputs=inputs[nid],
                     outputs=[{**o, "links": o["links"] or None} for o in outputs[nid]],
                     properties={"Node name for S&R": node_type}, widgets_values=values)
         if title:
