@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import inplace
 from .positions import FREQUENCY_EMBEDDING_SIZE, apply_rope, timestep_sinusoid
-from .tensors import cast_to, layer_norm, tile_rows
+from .tensors import cast_to, gemm_rows, layer_norm, tile_rows
 
 RMS_NORM_EPS = 1e-6
 
@@ -71,6 +71,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
 class Attention(nn.Module):
     """Self-attention over the L axis of (B, G, L, C) tokens: fused qkv, optional q/k RMS norm and RoPE.
 
+    ``x`` may be a transposed view (a temporal block's (B, S, T, C) view of (B, T, S, C) tokens): it is
+    copied once so that the projection runs as one 2-D GEMM (:func:`.tensors.gemm_rows`).
+
     Follows opensora/models/layers/blocks.py ``Attention`` (qkv output read as [3, heads, head_dim]).
     ``rope_before_norm`` reproduces v1.1, which rotated q/k before the RMS norm.
     """
@@ -96,7 +99,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, G, L, C = x.shape
-        qkv = self.qkv(x).reshape(B * G, L, 3, self.num_heads, self.head_dim)  # (BG, L, 3, H, D)
+        qkv = self.qkv(gemm_rows(x)).reshape(B * G, L, 3, self.num_heads, self.head_dim)  # (BG, L, 3, H, D)
         if inplace.can_overwrite(qkv):
             gains, eps = None, RMS_NORM_EPS
             if self.q_norm is not None:
@@ -109,7 +112,7 @@ class Attention(nn.Module):
             q, k = self._norm_and_rotate(q, k, rope)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (BG, H, L, D)
         out = out.transpose(1, 2).reshape(B, G, L, C)  # (B, G, L, C)
-        return self.proj(out)
+        return self.proj(gemm_rows(out))
 
     def _norm_and_rotate(self, q, k, rope):
         """q, k (BG, L, H, D) -> RMS-normed and rotated copies (autograd path, official op order)."""

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.tensors import gemm_rows
 from .keys import to_diffusers_layout
 
 log = logging.getLogger("opensora")
@@ -203,10 +204,10 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        tokens = self.group_norm(x).flatten(2).transpose(1, 2)  # (N, HW, C)
+        tokens = gemm_rows(self.group_norm(x).flatten(2).transpose(1, 2))  # (N, HW, C), one copy for 3 GEMMs
         q, k, v = (proj(tokens).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # (N, 1, HW, C)
         out = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (N, HW, C)
-        out = self.to_out[0](out).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
+        out = self.to_out[0](gemm_rows(out)).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
         return x + out
 
 
