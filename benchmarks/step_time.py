@@ -7,7 +7,8 @@ model); input 51 frames at 240p (latent 15x30x53, pixel 240x426), 300 caption to
 
 ``--dtype`` sets the weights' dtype (bf16 / fp16 / fp32); ``--autocast`` keeps fp32 weights and runs under
 CPU autocast to ``--dtype``. ``--compile`` runs the model through ``torch.compile``. ``--out-of-place``
-turns the in-place inference fast path off (``opensora_core.models.inplace``), to see what it saves.
+turns the in-place inference fast path off (``opensora_core.models.inplace``), ``--no-fused`` the fused
+CPU Linear (``opensora_core.models.fused``), to see what each saves.
 
 Prints, per timed step: wall and process-CPU seconds, the resident-memory peak of the step and its working
 memory (peak minus the RSS before it), and the matmul rate (2048x2048, same dtype) measured around it;
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import DTYPES, Timing, autocast_or_null, load_line, peak_memory  # noqa: E402
 
-from opensora_core.models import inplace  # noqa: E402
+from opensora_core.models import fused, inplace  # noqa: E402
 from opensora_core.models.stdit3 import STDiT3, STDiT3Config  # noqa: E402
 
 LATENT = (15, 30, 53)  # 51 frames at 240p 9:16 through the v1.2 VAE
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after the warm-up")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out-of-place", action="store_true", help="without the in-place inference fast path")
+    parser.add_argument("--no-fused", action="store_true", help="without the fused CPU Linear (models/fused.py)")
     args = parser.parse_args()
     if args.autocast and args.dtype == "fp32":
         parser.error("--autocast needs --dtype bf16 or fp16")
@@ -154,6 +156,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.out_of_place:
         inplace.can_overwrite = lambda *tensors: False  # this process only: every op takes its out-of-place branch
+    fused.ENABLED = not args.no_fused
 
     dtype = DTYPES[args.dtype]
     model = build_model(torch.float32 if args.autocast else dtype)
@@ -168,6 +171,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     mode = f"{args.dtype} {'autocast (fp32 weights)' if args.autocast else 'weights'}"
     print(f"{mode}, threads {threads}, in-place fast path {'off' if args.out_of_place else 'on'}, "
+          f"fused Linear {'off' if args.no_fused else 'on'}, "
           f"compile {'on' if args.compile else 'off'}; {load_before} before, {load_line()} after")
     report(results, flops, threads)
 
