@@ -19,6 +19,7 @@ Installed for real: einops, transformers, rotary-embedding-torch and, for the VA
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 from pathlib import Path
@@ -145,6 +146,7 @@ def _load_checkpoint(*args, **kwargs):
 def _module(name: str, **attributes) -> types.ModuleType:
     module = types.ModuleType(name)
     module.__path__ = []
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)  # probed by find_spec
     module.__dict__.update(attributes)
     sys.modules[name] = module
     return module

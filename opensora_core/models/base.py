@@ -16,7 +16,10 @@ from ..official_config import config_from_official
 from ..text.caption import null_caption
 from .captions import Captions, caption_mask, packed_captions
 
-SAMPLING_LIVE_COPIES = 3  # copies of the widest activation alive at once (input, MLP hidden, output): an estimate
+# Token-wide tensors alive at a block's widest moment besides the MLP hidden layer (residual stream, its
+# modulated norm, the MLP output), and the attention's own (q, k, v, output, projection: 4 beyond the 3).
+SAMPLING_LIVE_WIDTHS = 3
+ATTENTION_WIDTHS = 4
 
 
 class STDiTBase(nn.Module):
@@ -111,15 +114,22 @@ class STDiTBase(nn.Module):
         return math.prod(self.x_embedder.grid(latent_size))
 
     def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int]) -> int:
-        """Rough activation memory of one guided denoising step in bytes, for a memory manager to make room.
+        """Peak activation memory of one guided denoising step in bytes, for a memory manager to make room.
 
-        The prompt and null-caption passes run as one batch of 2 x ``batch_size`` over every latent token;
-        the widest activation is the MLP's (hidden x mlp_ratio) next to the block input, and attention runs
-        through SDPA without materialising the scores. An estimate from the shapes, not calibrated on a GPU.
+        The prompt and null-caption passes run as one batch of 2 x ``batch_size`` over every latent token.
+        Without autograd (sampling) the blocks update the residual stream in place, so the widest moments
+        hold ``3 + max(mlp_ratio, 4)`` token-wide tensors: the stream, its modulated norm, the MLP hidden
+        layer and its output; or the q, k, v, attention output and projection (SDPA keeps no score matrix).
+        Beside them: the caption features cast to the model dtype (held through the forward); the output
+        comes after the blocks have freed theirs. Calibrated for STDiT3 against measured peaks
+        (``benchmarks/memory_calibration.py``; ``tests/test_memory_estimate.py``).
         """
-        width = self.config.hidden_size * (1 + self.config.mlp_ratio)
+        tokens = 2 * batch_size * self.token_count(latent_size)
         element = torch.empty((), dtype=self.dtype).element_size()
-        return int(2 * batch_size * self.token_count(latent_size) * width * element * SAMPLING_LIVE_COPIES)
+        widths = SAMPLING_LIVE_WIDTHS + max(self.config.mlp_ratio, ATTENTION_WIDTHS)
+        activations = tokens * self.config.hidden_size * widths * element
+        captions = 2 * batch_size * math.prod(self.caption_shape) * element
+        return int(activations + captions)
 
     def encode_text(self, y: torch.Tensor, mask: torch.Tensor | None, batch: int) -> Captions:
         """Caption features (B, 1, L, C_cap) + token mask -> projected valid tokens per sample.
