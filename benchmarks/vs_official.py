@@ -205,6 +205,7 @@ def main() -> None:
         return
     if args.worker:
         torch.set_num_threads(args.threads)
+        torch.set_flush_denormal(True)  # random weights can drive values subnormal, which is slow on x86
         print(json.dumps((step_worker if args.worker == "step" else vae_worker)(args)))
         return
     print(f"official checkout {args.official}; {args.threads} torch thread(s) per process; malloc "
