@@ -1,41 +1,42 @@
-"""ComfyUI nodes: thin adapters over ``opensora_core`` (classic V1 node classes).
+"""ComfyUI nodes: thin adapters over ``opensora_core``, declared with ComfyUI's V3 node schema.
 
-Imported only relatively from the pack's root ``__init__.py``: ComfyUI owns the top-level
-module name ``nodes``. The core is imported relatively too (``..opensora_core``): the pack is
-used from its checkout in ``custom_nodes/`` without being pip-installed, so the nodes always
-run the core of the same checkout. Node ids are prefixed ``OpenSora`` and never renamed.
+ComfyUI calls the pack's ``comfy_entrypoint`` (re-exported by the root ``__init__.py``) and registers
+every class :meth:`OpenSoraExtension.get_node_list` returns under its schema's ``node_id``. Imported
+only relatively from the pack's root: ComfyUI owns the top-level module name ``nodes``. The core is
+imported relatively too (``..opensora_core``): the pack is used from its checkout in ``custom_nodes/``
+without being pip-installed, so the nodes always run the core of the same checkout. Node ids are
+prefixed ``OpenSora`` and never renamed (saved workflows refer to them).
 """
 
+from .comfy_bridge import ComfyExtension, io
 from .loaders import OpenSoraLoraLoader, OpenSoraModelLoader, OpenSoraT5Loader, OpenSoraVAELoader
 from .references import OpenSoraMaskBuilder
 from .sampling import OpenSoraResolution, OpenSoraSampler
 from .text import OpenSoraTextEncode
 from .video import OpenSoraSaveVideo, OpenSoraVAEDecode, OpenSoraVAEEncode
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {
-    "OpenSoraModelLoader": OpenSoraModelLoader,
-    "OpenSoraLoraLoader": OpenSoraLoraLoader,
-    "OpenSoraVAELoader": OpenSoraVAELoader,
-    "OpenSoraT5Loader": OpenSoraT5Loader,
-    "OpenSoraTextEncode": OpenSoraTextEncode,
-    "OpenSoraMaskBuilder": OpenSoraMaskBuilder,
-    "OpenSoraResolution": OpenSoraResolution,
-    "OpenSoraSampler": OpenSoraSampler,
-    "OpenSoraVAEDecode": OpenSoraVAEDecode,
-    "OpenSoraVAEEncode": OpenSoraVAEEncode,
-    "OpenSoraSaveVideo": OpenSoraSaveVideo,
-}
+NODES: list[type[io.ComfyNode]] = [
+    OpenSoraModelLoader,
+    OpenSoraLoraLoader,
+    OpenSoraVAELoader,
+    OpenSoraT5Loader,
+    OpenSoraTextEncode,
+    OpenSoraMaskBuilder,
+    OpenSoraResolution,
+    OpenSoraSampler,
+    OpenSoraVAEDecode,
+    OpenSoraVAEEncode,
+    OpenSoraSaveVideo,
+]
 
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
-    "OpenSoraModelLoader": "Open-Sora Model Loader",
-    "OpenSoraLoraLoader": "Open-Sora LoRA Loader",
-    "OpenSoraVAELoader": "Open-Sora VAE Loader",
-    "OpenSoraT5Loader": "Open-Sora T5 Loader",
-    "OpenSoraTextEncode": "Open-Sora Text Encode",
-    "OpenSoraMaskBuilder": "Open-Sora Mask Builder (references)",
-    "OpenSoraResolution": "Open-Sora Resolution & Duration",
-    "OpenSoraSampler": "Open-Sora Sampler",
-    "OpenSoraVAEDecode": "Open-Sora VAE Decode",
-    "OpenSoraVAEEncode": "Open-Sora VAE Encode",
-    "OpenSoraSaveVideo": "Open-Sora Save Video (MP4)",
-}
+
+class OpenSoraExtension(ComfyExtension):
+    """The pack as a V3 extension: the node classes ComfyUI registers."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+def comfy_entrypoint() -> OpenSoraExtension:
+    """What ComfyUI calls after importing the pack (nodes.py ``load_custom_node``)."""
+    return OpenSoraExtension()

@@ -1,7 +1,10 @@
-"""The one module that talks to ComfyUI: model folders, devices and memory, progress, interruption, outputs.
+"""The one module that talks to ComfyUI: the V3 node schema, model folders, devices and memory, progress,
+interruption, outputs.
 
-Every ComfyUI import (``folder_paths``, ``comfy.*``, ``latent_preview``) happens inside a
-function, so the pack imports without ComfyUI and the tests can put a stand-in in its place.
+The V3 schema (``comfy_api.v0_0_2``: ``io``, ``ComfyExtension``) is the only ComfyUI import at module
+level: node classes subclass ``io.ComfyNode`` when they are defined. The version is pinned here, so a
+move to a newer schema version is this one line. Every other ComfyUI import (``folder_paths``,
+``comfy.*``, ``latent_preview``) happens inside a function, so the tests can put a stand-in in its place.
 When ComfyUI's internal API moves, this is the file to change.
 
 Memory: each loaded module (diffusion model, VAE, T5) is wrapped in a
@@ -24,6 +27,14 @@ import torch
 from torch import nn
 
 from ..opensora_core.pipeline import device_of
+
+try:  # the V3 node schema, pinned to a versioned module (not "latest")
+    from comfy_api.v0_0_2 import ComfyExtension, io
+except ImportError as err:  # pragma: no cover - depends on the ComfyUI that imports us
+    raise ImportError(
+        "the Open-Sora nodes are declared with ComfyUI's V3 node schema (comfy_api.v0_0_2), which this ComfyUI "
+        f"does not have ({err}); update ComfyUI to 0.3.64 or newer"
+    ) from err
 
 log = logging.getLogger("opensora")
 

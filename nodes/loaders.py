@@ -12,96 +12,96 @@ from ..opensora_core.lora import merge_lora
 from ..opensora_core.text.t5 import TOKENIZER_CONFIG, load_t5_encoder
 from . import comfy_bridge as bridge
 from . import widgets as w
-from .types import MODEL, T5, VAE, ModelHandle, T5Handle, VAEHandle
+from .comfy_bridge import io
+from .types import ModelSocket, T5Handle, T5Socket, VAEHandle, VAESocket, ModelHandle
 
 log = logging.getLogger("opensora")
 
 
-class OpenSoraModelLoader:
+class OpenSoraModelLoader(io.ComfyNode):
     """Loads an Open-Sora diffusion transformer; the version (STDiT v1.0, STDiT2 v1.1, STDiT3 v1.2) and
     its size are read from the file. The stock 'Load Diffusion Model' cannot load these files."""
 
-    DESCRIPTION = __doc__
-    CATEGORY = f"{w.CATEGORY}/loaders"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The Open-Sora diffusion model, for the Text Encode (caption length) and the Sampler.",)
-    FUNCTION = "load"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraModelLoader", display_name="Open-Sora Model Loader", category=f"{w.CATEGORY}/loaders",
+            description=cls.__doc__,
+            inputs=[
+                w.file_choice("model_name", "diffusion_models",
+                              "File in models/diffusion_models, e.g. OpenSora-STDiT-v3.safetensors "
+                              "(hpcai-tech/OpenSora-STDiT-v3 model.safetensors, renamed)."),
+                w.choice("weight_dtype", ["bf16", "fp16", "fp32"], "bf16",
+                         "Precision of the weights and the computation (official: bf16)."),
+                w.choice("attention", bridge.attention_options(), bridge.ATTENTION_DEFAULT,
+                         "Scaled-dot-product attention kernel: 'sdpa' lets PyTorch choose; "
+                         "'sdpa_math' is the exact reference kernel (slow)."),
+            ],
+            outputs=[ModelSocket.Output(display_name="model", tooltip="The Open-Sora diffusion model, for the Text "
+                                        "Encode (caption length) and the Sampler.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (bridge.model_files("diffusion_models"), {
-                "tooltip": "File in models/diffusion_models, e.g. OpenSora-STDiT-v3.safetensors "
-                           "(hpcai-tech/OpenSora-STDiT-v3 model.safetensors, renamed)."}),
-            "weight_dtype": w.choice(["bf16", "fp16", "fp32"], "bf16",
-                                     "Precision of the weights and the computation (official: bf16)."),
-            "attention": w.choice(bridge.attention_options(), bridge.ATTENTION_DEFAULT,
-                                  "Scaled-dot-product attention kernel: 'sdpa' lets PyTorch choose; "
-                                  "'sdpa_math' is the exact reference kernel (slow)."),
-        }}
-
-    def load(self, model_name, weight_dtype, attention):
+    def execute(cls, model_name, weight_dtype, attention) -> io.NodeOutput:
         path = bridge.model_path("diffusion_models", model_name)
         where = bridge.devices("diffusion")
         loaded = load_dit(path, dtype=w.torch_dtype(weight_dtype), device=where.offload)
         handle = ModelHandle(loaded.model, loaded.family, loaded.preset, path, attention,
                              bridge.manage(loaded.model, "diffusion"))
         log.info("loaded %s from %s (%s)", handle.describe(), model_name, weight_dtype)
-        return (handle,)
+        return io.NodeOutput(handle)
 
 
-class OpenSoraLoraLoader:
+class OpenSoraLoraLoader(io.ComfyNode):
     """Applies a LoRA trained by opensora-train (or any diffusion_model.<key>.lora_A/lora_B file of the
     same model) to a copy of the model; the loaded model itself is left unchanged."""
 
-    DESCRIPTION = __doc__
-    CATEGORY = f"{w.CATEGORY}/loaders"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
-    FUNCTION = "apply"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraLoraLoader", display_name="Open-Sora LoRA Loader", category=f"{w.CATEGORY}/loaders",
+            description=cls.__doc__,
+            inputs=[
+                ModelSocket.Input("model"),
+                w.file_choice("lora_name", "loras", "File in models/loras (opensora-train export *-lora.safetensors)."),
+                w.number("strength", 1.0, -4.0, 4.0, "Scale of the LoRA update (1 = as trained).", step=0.05),
+            ],
+            outputs=[ModelSocket.Output(display_name="model")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (MODEL,),
-            "lora_name": (bridge.model_files("loras"), {"tooltip": "File in models/loras (opensora-train export *-lora.safetensors)."}),
-            "strength": w.number(1.0, -4.0, 4.0, "Scale of the LoRA update (1 = as trained).", step=0.05),
-        }}
-
-    def apply(self, model, lora_name, strength):
+    def execute(cls, model, lora_name, strength) -> io.NodeOutput:
         path = bridge.model_path("loras", lora_name)
         module = copy.deepcopy(model.module)  # merging works in place: never touch the cached model
         merged = merge_lora(module, path, strength)
         log.info("merged LoRA %s (%d layers, strength %g) into %s", lora_name, len(merged), strength, model.describe())
-        return (dataclasses.replace(model, module=module, source=f"{model.source} + {lora_name}",
-                                    managed=bridge.manage(module, "diffusion")),)
+        return io.NodeOutput(dataclasses.replace(model, module=module, source=f"{model.source} + {lora_name}",
+                                                 managed=bridge.manage(module, "diffusion")))
 
 
-class OpenSoraVAELoader:
+class OpenSoraVAELoader(io.ComfyNode):
     """Loads a video VAE: the Open-Sora VAE v1.2 (for v1.2 models) or an SD-VAE in the diffusers or
     LDM/ComfyUI key layout (for v1.0/v1.1 models); the kind is read from the file."""
 
-    DESCRIPTION = __doc__
-    CATEGORY = f"{w.CATEGORY}/loaders"
-    RETURN_TYPES = (VAE,)
-    RETURN_NAMES = ("vae",)
-    FUNCTION = "load"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraVAELoader", display_name="Open-Sora VAE Loader", category=f"{w.CATEGORY}/loaders",
+            description=cls.__doc__,
+            inputs=[
+                w.file_choice("vae_name", "vae", "File in models/vae, e.g. OpenSora-VAE-v1.2.safetensors "
+                              "(hpcai-tech/OpenSora-VAE-v1.2 model.safetensors, renamed) or an SD-VAE."),
+                w.choice("dtype", ["bf16", "fp32"], "bf16", "Precision of the VAE (official v1.2: bf16)."),
+            ],
+            outputs=[VAESocket.Output(display_name="vae")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "vae_name": (bridge.model_files("vae"), {
-                "tooltip": "File in models/vae, e.g. OpenSora-VAE-v1.2.safetensors "
-                           "(hpcai-tech/OpenSora-VAE-v1.2 model.safetensors, renamed) or an SD-VAE."}),
-            "dtype": w.choice(["bf16", "fp32"], "bf16", "Precision of the VAE (official v1.2: bf16)."),
-        }}
-
-    def load(self, vae_name, dtype):
+    def execute(cls, vae_name, dtype) -> io.NodeOutput:
         path = bridge.model_path("vae", vae_name)
         vae = load_vae(path, dtype=w.torch_dtype(dtype), device=bridge.devices("vae").offload)
         log.info("loaded %s from %s (%s)", type(vae).__name__, vae_name, dtype)
-        return (VAEHandle(vae, path, bridge.manage(vae, "vae")),)
+        return io.NodeOutput(VAEHandle(vae, path, bridge.manage(vae, "vae")))
 
 
 # ---------------------------------------------------------------------------
@@ -145,28 +145,28 @@ def t5_location(name: str) -> tuple[str, str | None]:
     )
 
 
-class OpenSoraT5Loader:
+class OpenSoraT5Loader(io.ComfyNode):
     """Loads the T5-XXL text encoder: a single file as Flux/SD3 users have it (t5xxl_fp16.safetensors,
     fp8 variants too; tokenizer from ComfyUI or a folder beside it) or a Hugging Face folder
     (DeepFloyd/t5-v1_1-xxl). ComfyUI's own CLIPLoader (type sd3 or pixart) also works with Text Encode."""
 
-    DESCRIPTION = __doc__
-    CATEGORY = f"{w.CATEGORY}/loaders"
-    RETURN_TYPES = (T5,)
-    RETURN_NAMES = ("t5",)
-    FUNCTION = "load"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraT5Loader", display_name="Open-Sora T5 Loader", category=f"{w.CATEGORY}/loaders",
+            description=cls.__doc__,
+            inputs=[
+                io.Combo.Input("t5_name", options=t5_choices(), tooltip="models/text_encoders: t5xxl_fp16.safetensors "
+                               "or a Hugging Face folder (shown as 'name/')."),
+                w.choice("dtype", ["bf16", "fp32"], "bf16",
+                         "Precision of T5 (official: fp32; bf16 halves the memory; fp16 overflows in T5 v1.1)."),
+            ],
+            outputs=[T5Socket.Output(display_name="t5")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "t5_name": (t5_choices(), {
-                "tooltip": "models/text_encoders: t5xxl_fp16.safetensors or a Hugging Face folder (shown as 'name/')."}),
-            "dtype": w.choice(["bf16", "fp32"], "bf16",
-                              "Precision of T5 (official: fp32; bf16 halves the memory; fp16 overflows in T5 v1.1)."),
-        }}
-
-    def load(self, t5_name, dtype):
+    def execute(cls, t5_name, dtype) -> io.NodeOutput:
         path, tokenizer = t5_location(t5_name)
         encoder = load_t5_encoder(path, tokenizer, dtype=w.torch_dtype(dtype), device=bridge.devices("text").offload)
         log.info("loaded T5 (%d channels) from %s (%s)", encoder.output_dim, t5_name, dtype)
-        return (T5Handle(encoder, path, bridge.manage(encoder.model, "text")),)
+        return io.NodeOutput(T5Handle(encoder, path, bridge.manage(encoder.model, "text")))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..opensora_core.conditioning import LATENT, PIXEL, MaskGroup, check_groups, parse_mask_strategy
 from ..opensora_core.geometry import V1_2_MICRO_FRAMES
 from . import widgets as w
-from .types import REFERENCES, References
+from .comfy_bridge import io
+from .types import References, ReferencesSocket, image_frames
 
 INPUT = "mask_strategy"  # the input every strategy error is reported on
 
@@ -25,39 +26,47 @@ def parse_strategy(text: str, units: str, references: int) -> list[MaskGroup]:
     return groups
 
 
-class OpenSoraMaskBuilder:
+def parse_custom_strategy(text: str, units: str, references: int) -> list[MaskGroup]:
+    """The 'custom' preset's strategy: as :func:`parse_strategy`, and an empty one is refused (the
+    references would not be used). Not at queue time: an empty text is fine with the other presets."""
+    if not text.strip():
+        raise ValueError(
+            f"{INPUT}: empty, so image_1 would not be used; write a strategy such as '0' (image_1 as the "
+            "first frame) or pick a preset"
+        )
+    return parse_strategy(text, units, references)
+
+
+class OpenSoraMaskBuilder(io.ComfyNode):
     """Reference frames for the Sampler: image_1..image_4 (an image is one frame, an image batch a video)
     and where they land, as a preset or as Open-Sora mask-strategy tuples in pixel or latent frames.
     Everything is checked again against the real frame counts when the Sampler runs, before sampling."""
 
-    DESCRIPTION = __doc__
-    CATEGORY = f"{w.CATEGORY}/conditioning"
-    RETURN_TYPES = (REFERENCES,)
-    RETURN_NAMES = ("references",)
-    FUNCTION = "build"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        optional = [io.Image.Input(f"image_{i}", optional=True, tooltip=f"Reference {i - 1} (ref_id {i - 1}).")
+                    for i in range(2, w.MAX_REFERENCES + 1)]
+        return io.Schema(
+            node_id="OpenSoraMaskBuilder", display_name="Open-Sora Mask Builder (references)",
+            category=f"{w.CATEGORY}/conditioning", description=cls.__doc__,
+            inputs=[
+                io.Image.Input("image_1", tooltip="Reference 0: an image, or a video as an image batch."),
+                w.choice("preset", list(w.TASK_LABELS), "first frame (image to video)",
+                         "What the references do; 'custom' uses mask_strategy."),
+                w.text("mask_strategy", "0", STRATEGY_HELP),
+                w.choice("units", w.UNITS, "latent frames",
+                         "Units of ref_start/target_start/length in mask_strategy. The v1.2 VAE packs "
+                         "17 pixel frames into 5 latent frames; pixel frames are converted."),
+                w.integer("frames", V1_2_MICRO_FRAMES, 1, 4096, "Preset 'extend from last frames': pixel frames of "
+                          "image_1's end that start the new video."),
+                w.number("edit_ratio", 0.4, 0.0, 1.0, "Preset 'edit whole video': 0 keeps the video, 1 ignores it."),
+                *optional,
+            ],
+            outputs=[ReferencesSocket.Output(display_name="references")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        optional = {f"image_{i}": ("IMAGE", {"tooltip": f"Reference {i - 1} (ref_id {i - 1})."})
-                    for i in range(2, w.MAX_REFERENCES + 1)}
-        return {
-            "required": {
-                "image_1": ("IMAGE", {"tooltip": "Reference 0: an image, or a video as an image batch."}),
-                "preset": w.choice(list(w.TASK_LABELS), "first frame (image to video)",
-                                   "What the references do; 'custom' uses mask_strategy."),
-                "mask_strategy": w.text("0", STRATEGY_HELP),
-                "units": w.choice(w.UNITS, "latent frames",
-                                  "Units of ref_start/target_start/length in mask_strategy. The v1.2 VAE packs "
-                                  "17 pixel frames into 5 latent frames; pixel frames are converted."),
-                "frames": w.integer(V1_2_MICRO_FRAMES, 1, 4096, "Preset 'extend from last frames': pixel frames of image_1's "
-                                    "end that start the new video."),
-                "edit_ratio": w.number(0.4, 0.0, 1.0, "Preset 'edit whole video': 0 keeps the video, 1 ignores it."),
-            },
-            "optional": optional,
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, mask_strategy):
+    def validate_inputs(cls, mask_strategy) -> bool | str:
         """Queue-time check of the strategy text. ComfyUI reports a failure on every input named here, so
         only mask_strategy is (preset and units are combos ComfyUI checks itself); the frame units are not
         known here, so the text is read as latent frames (the units only change the wording)."""
@@ -67,7 +76,8 @@ class OpenSoraMaskBuilder:
             return str(err)
         return True
 
-    def build(self, image_1, preset, mask_strategy, units, frames, edit_ratio, **more):
+    @classmethod
+    def execute(cls, image_1, preset, mask_strategy, units, frames, edit_ratio, **more) -> io.NodeOutput:
         images = [image_1] + [more.get(f"image_{i}") for i in range(2, w.MAX_REFERENCES + 1)]
         while images[-1] is None:
             images.pop()
@@ -75,6 +85,6 @@ class OpenSoraMaskBuilder:
             gap = 1 + images.index(None)
             raise ValueError(f"image_{gap} is empty but a later image is connected; connect references in order")
         task = w.TASK_LABELS[preset]
-        groups = parse_strategy(mask_strategy, units, len(images)) if task is None else []
-        frames_list = [image[..., :3].float().cpu() for image in images]  # (T, H, W, 3) each
-        return (References(frames_list, groups, task, frames, edit_ratio),)
+        groups = parse_custom_strategy(mask_strategy, units, len(images)) if task is None else []
+        frames_list = [image_frames(f"image_{i}", image) for i, image in enumerate(images, start=1)]  # (T, H, W, 3)
+        return io.NodeOutput(References(frames_list, groups, task, frames, edit_ratio))

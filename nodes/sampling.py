@@ -6,82 +6,110 @@ from ..opensora_core import geometry
 from ..opensora_core.pipeline import Components, GenerationSpec, sample_video
 from . import comfy_bridge as bridge
 from . import widgets as w
-from .types import CAPTION, MODEL, REFERENCES, VAE, ModelHandle, PromptCaptions, References, VAEHandle, latent_from_clips
+from .comfy_bridge import io
+from .types import (
+    CaptionSocket,
+    ModelHandle,
+    ModelSocket,
+    PromptCaptions,
+    References,
+    ReferencesSocket,
+    VAEHandle,
+    VAESocket,
+    latent_from_clips,
+)
 
 IMAGE_DURATION = "image (1 frame)"
 
 
-class OpenSoraResolution:
+class OpenSoraResolution(io.ComfyNode):
     """Official Open-Sora sizes and lengths: a resolution and aspect ratio give width and height
     (e.g. 360p 9:16 = 640x360), a duration gives the frame count (2s = 51 frames)."""
 
-    DESCRIPTION = __doc__
-    CATEGORY = f"{w.CATEGORY}/sampling"
-    RETURN_TYPES = ("INT", "INT", "INT")
-    RETURN_NAMES = ("width", "height", "num_frames")
-    FUNCTION = "size"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraResolution", display_name="Open-Sora Resolution & Duration",
+            category=f"{w.CATEGORY}/sampling", description=cls.__doc__,
+            inputs=[
+                w.choice("resolution", geometry.resolutions(), "360p", "Official resolution names (pixel count)."),
+                w.choice("aspect_ratio", list(geometry.named_aspect_ratios()), "9:16",
+                         "Open-Sora writes ratios as HEIGHT:WIDTH: 9:16 is landscape (360p: 640x360), 16:9 portrait."),
+                w.choice("duration", [IMAGE_DURATION, *geometry.named_durations()], "2s",
+                         "Frames at 24 fps: 2s = 51, 4s = 102, 8s = 204, 16s = 408."),
+            ],
+            outputs=[io.Int.Output(display_name="width"), io.Int.Output(display_name="height"),
+                     io.Int.Output(display_name="num_frames")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "resolution": w.choice(geometry.resolutions(), "360p", "Official resolution names (pixel count)."),
-            "aspect_ratio": w.choice(list(geometry.named_aspect_ratios()), "9:16",
-                                     "Open-Sora writes ratios as HEIGHT:WIDTH: 9:16 is landscape (360p: 640x360), "
-                                     "16:9 portrait."),
-            "duration": w.choice([IMAGE_DURATION, *geometry.named_durations()], "2s",
-                                 "Frames at 24 fps: 2s = 51, 4s = 102, 8s = 204, 16s = 408."),
-        }}
-
-    def size(self, resolution, aspect_ratio, duration):
+    def execute(cls, resolution, aspect_ratio, duration) -> io.NodeOutput:
         height, width = geometry.image_size(resolution, aspect_ratio)
         frames = 1 if duration == IMAGE_DURATION else geometry.num_frames_from_duration(duration)
-        return (width, height, frames)
+        return io.NodeOutput(width, height, frames)
 
 
-class OpenSoraSampler:
+def check_pixel_size(width, height) -> bool | str:
+    """Queue time: sizes no Open-Sora VAE gives exactly (every one has 8 pixels per latent); linked sizes
+    (None here) are checked when the node runs."""
+    if width is None or height is None:
+        return True
+    try:
+        geometry.LatentGeometry().check_output_hw(height, width)
+    except ValueError as err:
+        return str(err)
+    return True
+
+
+class OpenSoraSampler(io.ComfyNode):
     """Generates an Open-Sora video latent: text to video, or with references (Mask Builder) image to video,
     stitching, extension and video to video. loops > 1 extends the video: each round continues from the
     last condition_frame_length latent frames of the previous one (per-round prompts: '|0|...|2|...').
     The sampler (rectified flow for v1.2, IDDPM for v1.0/v1.1) comes from the model."""
 
-    DESCRIPTION = __doc__
-    CATEGORY = f"{w.CATEGORY}/sampling"
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("Video latent (B, C, T, H, W) with the clip bookkeeping the Open-Sora VAE Decode needs.",)
-    FUNCTION = "sample"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraSampler", display_name="Open-Sora Sampler", category=f"{w.CATEGORY}/sampling",
+            description=cls.__doc__,
+            inputs=[
+                ModelSocket.Input("model"),
+                VAESocket.Input("vae", tooltip="Encodes references and joins loop rounds; must match the model."),
+                CaptionSocket.Input("positive", tooltip="Open-Sora Text Encode output."),
+                w.integer("width", 640, 16, 4096, "Output width in pixels: a multiple of 8, or an official preset "
+                          "size (Resolution node; 240p 9:16 = 426 decodes to 424).", step=2),
+                w.integer("height", 360, 16, 4096, "Output height in pixels: a multiple of 8, or an official preset "
+                          "size (Resolution node).", step=2),
+                w.integer("num_frames", 51, 1, 4096, "Frames per clip (v1.2: 1, or 17 and more; 51 = 2 s)."),
+                w.number("fps", 24.0, 1.0, 120.0, "Frame rate the model is conditioned on.", step=1.0),
+                w.integer("steps", 30, 1, 1000, "Sampling steps (official: 30 for v1.2, 100 for v1.1)."),
+                w.number("cfg", 7.0, 0.0, 30.0, "Classifier-free guidance scale (official 7.0).", step=0.1),
+                w.seed(),
+                w.integer("loops", 1, 1, 256, "Extension rounds; each adds num_frames minus the frames it continues from."),
+                w.integer("condition_frame_length", 0, 0, 256, "Latent frames each round continues from "
+                          "(0 = model default: 5 for v1.2, 4 for v1.1)."),
+                w.number("condition_frame_edit", 0.0, 0.0, 1.0, "Edit ratio of those frames (0 = keep them)."),
+                w.integer("align", 0, 0, 64, "v1.2: snap strategy starts to multiples of this (official "
+                          "sample config: 5); 0 = off."),
+                CaptionSocket.Input("negative", optional=True, tooltip="Negative prompt; without it the model's "
+                                    "learned null caption is used, as in the official code."),
+                ReferencesSocket.Input("references", optional=True,
+                                       tooltip="Open-Sora Mask Builder output (needs the VAE)."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="Video latent (B, C, T, H, W) with the clip "
+                                      "bookkeeping the Open-Sora VAE Decode needs.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": (MODEL,),
-                "vae": (VAE, {"tooltip": "Encodes references and joins loop rounds; must match the model."}),
-                "positive": (CAPTION, {"tooltip": "Open-Sora Text Encode output."}),
-                "width": w.integer(640, 16, 4096, "Output width in pixels (decoded to a multiple of 8).", step=2),
-                "height": w.integer(360, 16, 4096, "Output height in pixels (decoded to a multiple of 8).", step=2),
-                "num_frames": w.integer(51, 1, 4096, "Frames per clip (v1.2: 1, or 17 and more; 51 = 2 s)."),
-                "fps": w.number(24.0, 1.0, 120.0, "Frame rate the model is conditioned on.", step=1.0),
-                "steps": w.integer(30, 1, 1000, "Sampling steps (official: 30 for v1.2, 100 for v1.1)."),
-                "cfg": w.number(7.0, 0.0, 30.0, "Classifier-free guidance scale (official 7.0).", step=0.1),
-                "seed": w.seed(),
-                "loops": w.integer(1, 1, 256, "Extension rounds; each adds num_frames minus the frames it continues from."),
-                "condition_frame_length": w.integer(0, 0, 256, "Latent frames each round continues from "
-                                                    "(0 = model default: 5 for v1.2, 4 for v1.1)."),
-                "condition_frame_edit": w.number(0.0, 0.0, 1.0, "Edit ratio of those frames (0 = keep them)."),
-                "align": w.integer(0, 0, 64, "v1.2: snap strategy starts to multiples of this (official "
-                                   "sample config: 5); 0 = off."),
-            },
-            "optional": {
-                "negative": (CAPTION, {"tooltip": "Negative prompt; without it the model's learned null caption "
-                                       "is used, as in the official code."}),
-                "references": (REFERENCES, {"tooltip": "Open-Sora Mask Builder output (needs the VAE)."}),
-            },
-        }
+    def validate_inputs(cls, width, height) -> bool | str:
+        """Queue time: the pixel size (the family-specific checks, e.g. v1.2 frame counts, need the model,
+        which arrives through a link and is known only when the node runs)."""
+        return check_pixel_size(width, height)
 
-    def sample(self, model: ModelHandle, vae: VAEHandle, positive: PromptCaptions, width, height, num_frames, fps,
-               steps, cfg, seed, loops, condition_frame_length, condition_frame_edit, align,
-               negative: PromptCaptions | None = None, references: References | None = None):
+    @classmethod
+    def execute(cls, model: ModelHandle, vae: VAEHandle, positive: PromptCaptions, width, height, num_frames, fps,
+                steps, cfg, seed, loops, condition_frame_length, condition_frame_edit, align,
+                negative: PromptCaptions | None = None, references: References | None = None) -> io.NodeOutput:
         strategy = references.strategy if references is not None else ""  # parsed groups or a named task
         spec = GenerationSpec(
             prompts=[positive.prompt], height=height, width=width, num_frames=num_frames, fps=fps, steps=steps,
@@ -98,4 +126,4 @@ class OpenSoraSampler:
                 components, spec, positive.per_round(loops), references.frames if references is not None else [],
                 negatives=negative.per_round(loops) if negative is not None else None, callback=report,
             )
-        return (latent_from_clips(result.clips, result.plan),)
+        return io.NodeOutput(latent_from_clips(result.clips, result.plan))

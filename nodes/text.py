@@ -12,7 +12,8 @@ from ..opensora_core.text.prompts import AESTHETIC_SCORE_V1_2, loop_segments, pr
 from ..opensora_core.text.t5 import T5TextEncoder
 from . import comfy_bridge as bridge
 from . import widgets as w
-from .types import CAPTION, MODEL, T5, ModelHandle, PromptCaptions, T5Handle
+from .comfy_bridge import io
+from .types import CaptionSocket, ModelHandle, ModelSocket, PromptCaptions, T5Handle, T5Socket
 
 log = logging.getLogger("opensora")
 
@@ -80,6 +81,9 @@ def encode_prompt(encoder, prompt: str, family: Family, scores: dict, clean: boo
         scores = {}
     segments, texts = [], []
     for start, segment in loop_segments(prompt):
+        if not segment.strip():
+            log.warning("text: the prompt%s is empty; the video follows no text",
+                        f" for loop rounds from {start}" if start else "")
         text = prepare_prompt(segment, **scores, clean=clean)
         caption = encoder.encode([text])
         segments.append((start, Caption(caption.y.float().cpu(), caption.mask.cpu())))
@@ -112,45 +116,41 @@ def _release_and_length(caption_length_label: str, model: ModelHandle | None) ->
     return family, family.caption_length
 
 
-class OpenSoraTextEncode:
+class OpenSoraTextEncode(io.ComfyNode):
     """Encodes a prompt for Open-Sora with our T5 (t5 input) or ComfyUI's T5 (clip input from
     'Load CLIP', type sd3 or pixart). '|0|text|2|text' gives per-loop prompts for extension loops.
     v1.2 prompts get the score phrases the model was trained with; captions are cleaned like the
     official code."""
 
-    DESCRIPTION = __doc__
-    CATEGORY = f"{w.CATEGORY}/conditioning"
-    RETURN_TYPES = (CAPTION,)
-    RETURN_NAMES = ("caption",)
-    FUNCTION = "encode"
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraTextEncode", display_name="Open-Sora Text Encode", category=f"{w.CATEGORY}/conditioning",
+            description=cls.__doc__,
+            inputs=[
+                w.text("text", w.DEFAULT_PROMPT, "The prompt. '|0|first text|2|other text' switches the prompt at "
+                       "loop round 2 (extension loops).", multiline=True),
+                w.choice("caption_length", list(w.CAPTION_LENGTHS), "from model",
+                         "T5 tokens the model takes: 'from model' reads it from the connected model."),
+                w.number("aesthetic_score", AESTHETIC_SCORE_V1_2, -1.0, 10.0, "v1.2: appends ' aesthetic score: X.' "
+                         f"(official {AESTHETIC_SCORE_V1_2}); -1 = off. Ignored for v1.0/v1.1.", step=0.1),
+                w.number("motion_score", -1.0, -1.0, 100.0, "v1.2: appends ' motion score: X.' (more motion when "
+                         "higher, e.g. 5); -1 = off. Ignored for v1.0/v1.1.", step=0.5),
+                w.choice("camera_motion", w.CAMERA_MOTIONS, "none", "v1.2: appends ' camera motion: ...'."),
+                w.boolean("clean_caption", True, "Clean the text like the official code (lower case, URLs, "
+                          "HTML, symbols removed)."),
+                T5Socket.Input("t5", optional=True, tooltip="Our T5 (Open-Sora T5 Loader)."),
+                io.Clip.Input("clip", optional=True, tooltip="ComfyUI's T5-XXL from 'Load CLIP' (type sd3 or pixart), "
+                              "used when no t5 is connected."),
+                ModelSocket.Input("model", optional=True,
+                                  tooltip="The diffusion model: gives the caption length and version."),
+            ],
+            outputs=[CaptionSocket.Output(display_name="caption")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "text": w.text(w.DEFAULT_PROMPT, "The prompt. '|0|first text|2|other text' switches the prompt at "
-                               "loop round 2 (extension loops).", multiline=True),
-                "caption_length": w.choice(list(w.CAPTION_LENGTHS), "from model",
-                                           "T5 tokens the model takes: 'from model' reads it from the connected model."),
-                "aesthetic_score": w.number(AESTHETIC_SCORE_V1_2, -1.0, 10.0, "v1.2: appends ' aesthetic score: X.' "
-                                            f"(official {AESTHETIC_SCORE_V1_2}); "
-                                            "-1 = off. Ignored for v1.0/v1.1.", step=0.1),
-                "motion_score": w.number(-1.0, -1.0, 100.0, "v1.2: appends ' motion score: X.' (more motion when "
-                                         "higher, e.g. 5); -1 = off. Ignored for v1.0/v1.1.", step=0.5),
-                "camera_motion": w.choice(w.CAMERA_MOTIONS, "none", "v1.2: appends ' camera motion: ...'."),
-                "clean_caption": w.boolean(True, "Clean the text like the official code (lower case, URLs, "
-                                           "HTML, symbols removed)."),
-            },
-            "optional": {
-                "t5": (T5, {"tooltip": "Our T5 (Open-Sora T5 Loader)."}),
-                "clip": ("CLIP", {"tooltip": "ComfyUI's T5-XXL from 'Load CLIP' (type sd3 or pixart), "
-                                  "used when no t5 is connected."}),
-                "model": (MODEL, {"tooltip": "The diffusion model: gives the caption length and version."}),
-            },
-        }
-
-    def encode(self, text, caption_length, aesthetic_score, motion_score, camera_motion, clean_caption,
-               t5: T5Handle | None = None, clip=None, model: ModelHandle | None = None):
+    def execute(cls, text, caption_length, aesthetic_score, motion_score, camera_motion, clean_caption,
+                t5: T5Handle | None = None, clip=None, model: ModelHandle | None = None) -> io.NodeOutput:
         family, length = _release_and_length(caption_length, model)
         scores = _scores(aesthetic_score, motion_score, camera_motion)
         if t5 is not None:
@@ -162,4 +162,4 @@ class OpenSoraTextEncode:
         else:
             raise ValueError("connect a text encoder: t5 (Open-Sora T5 Loader) or clip (Load CLIP, type sd3/pixart)")
         log.info("caption (%s, %d tokens max): %s", family.release, length, " | ".join(result.texts))
-        return (result,)
+        return io.NodeOutput(result)

@@ -17,14 +17,20 @@ from ..opensora_core.families import Family
 from ..opensora_core.geometry import LatentGeometry
 from ..opensora_core.pipeline import Clip, GenerationPlan
 from ..opensora_core.text.caption import Caption
-from .comfy_bridge import Managed
+from .comfy_bridge import Managed, io
 
-# Socket type names (prefixed; never rename them: saved workflows refer to them).
+# Socket type names (prefixed; never rename them: saved workflows refer to them) and their V3 types.
 MODEL = "OPENSORA_MODEL"
 VAE = "OPENSORA_VAE"
 T5 = "OPENSORA_T5"
 CAPTION = "OPENSORA_CAPTION"
 REFERENCES = "OPENSORA_REFERENCES"
+
+ModelSocket = io.Custom(MODEL)
+VAESocket = io.Custom(VAE)
+T5Socket = io.Custom(T5)
+CaptionSocket = io.Custom(CAPTION)
+ReferencesSocket = io.Custom(REFERENCES)
 
 
 # ---------------------------------------------------------------------------
@@ -129,6 +135,20 @@ class References:
         if self.task is None:
             return list(self.groups)
         return Task(self.task, self.task_frames, self.edit_ratio)
+
+
+def image_frames(name: str, image) -> torch.Tensor:
+    """A ComfyUI IMAGE input as (T, H, W, 3) float frames on the CPU; raises naming the input if it is none."""
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) != 4 or shape[-1] not in (3, 4):
+        channels = f"{shape[-1]} channel(s)" if len(shape) == 4 else f"shape {shape}"
+        raise ValueError(
+            f"{name}: expected an IMAGE batch (frames, height, width, 3 RGB channels), got {channels}; "
+            "connect an image or video frames (a mask or a grayscale batch needs 'Convert Mask to Image' first)"
+        )
+    if shape[0] < 1 or shape[1] < 1 or shape[2] < 1:
+        raise ValueError(f"{name}: the IMAGE batch is empty (shape {shape}); connect at least one frame")
+    return image[..., :3].float().cpu()
 
 
 # ---------------------------------------------------------------------------

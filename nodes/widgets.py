@@ -9,42 +9,51 @@ import torch
 
 from ..opensora_core.dtypes import DTYPES
 from ..opensora_core.families import families
+from ..opensora_core.text import prompts
+from . import comfy_bridge as bridge
+from .comfy_bridge import io
 
 CATEGORY = "OpenSora"
 
 # ---------------------------------------------------------------------------
-# Numbers and text
+# Widgets (V3 inputs). Keep each node's inputs in the order they always had: saved workflows store
+# widget values by position (required inputs first, then optional ones).
 # ---------------------------------------------------------------------------
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
-def seed(default: int = 42) -> tuple:
-    return ("INT", {
-        "default": default, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-        "tooltip": "Seed of every random draw (start noise, sampler noise, reference encoding); "
-                   "the same seed gives the same video on every device.",
-    })
+def seed(default: int = 42, name: str = "seed", tooltip: str | None = None) -> io.Int.Input:
+    return io.Int.Input(
+        name, default=default, min=0, max=MAX_SEED, control_after_generate=True,
+        tooltip=tooltip or "Seed of every random draw (start noise, sampler noise, reference encoding); "
+                           "the same seed gives the same video on every device.",
+    )
 
 
-def integer(default: int, lo: int, hi: int, tooltip: str, step: int = 1) -> tuple:
-    return ("INT", {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tooltip})
+def integer(name: str, default: int, lo: int, hi: int, tooltip: str, step: int = 1) -> io.Int.Input:
+    return io.Int.Input(name, default=default, min=lo, max=hi, step=step, tooltip=tooltip)
 
 
-def number(default: float, lo: float, hi: float, tooltip: str, step: float = 0.01) -> tuple:
-    return ("FLOAT", {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tooltip})
+def number(name: str, default: float, lo: float, hi: float, tooltip: str, step: float = 0.01) -> io.Float.Input:
+    return io.Float.Input(name, default=default, min=lo, max=hi, step=step, tooltip=tooltip)
 
 
-def text(default: str, tooltip: str, multiline: bool = False) -> tuple:
-    return ("STRING", {"default": default, "multiline": multiline, "tooltip": tooltip})
+def text(name: str, default: str, tooltip: str, multiline: bool = False) -> io.String.Input:
+    return io.String.Input(name, default=default, multiline=multiline, tooltip=tooltip)
 
 
-def choice(options: list[str], default: str, tooltip: str) -> tuple:
-    return (list(options), {"default": default, "tooltip": tooltip})
+def choice(name: str, options: list[str], default: str, tooltip: str) -> io.Combo.Input:
+    return io.Combo.Input(name, options=list(options), default=default, tooltip=tooltip)
 
 
-def boolean(default: bool, tooltip: str) -> tuple:
-    return ("BOOLEAN", {"default": default, "tooltip": tooltip})
+def boolean(name: str, default: bool, tooltip: str) -> io.Boolean.Input:
+    return io.Boolean.Input(name, default=default, tooltip=tooltip)
+
+
+def file_choice(name: str, folder: str, tooltip: str) -> io.Combo.Input:
+    """A combo over the files ComfyUI lists in one of its model folders (read each time the UI asks)."""
+    return io.Combo.Input(name, options=bridge.model_files(folder), tooltip=tooltip)
 
 
 # ---------------------------------------------------------------------------
@@ -64,7 +73,7 @@ def torch_dtype(name: str) -> torch.dtype:
 CAPTION_LENGTHS = {"from model": None} | {f"{f.release} ({f.caption_length} tokens)": f.release for f in families()}
 
 # v1.2 camera-motion phrases (the official Gradio app's choices)
-CAMERA_MOTIONS = ["none", "pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out", "static"]
+CAMERA_MOTIONS = ["none", *prompts.CAMERA_MOTIONS]
 
 DEFAULT_PROMPT = (
     "a beautiful waterfall in a lush green forest, sunlight filtering through the leaves, "

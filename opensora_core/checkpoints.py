@@ -23,9 +23,11 @@ building and loading a model by ``opensora_core.loading``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import pickle
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,9 @@ NESTED_KEYS = ("ema", "state_dict", "model", "module")
 
 METADATA_CLASS = "opensora.class"
 METADATA_CONFIG = "opensora.config"
+# written by opensora-train into its DiT exports: JSON {height, width, num_frames, fps, score_phrases}, what the
+# model was trained at and which score phrases ("aesthetic score:", ...) its training captions carried
+METADATA_TRAIN_SETTINGS = "opensora.train_settings"
 
 
 class CheckpointError(ValueError):
@@ -57,6 +62,46 @@ class CheckpointError(ValueError):
 
 class CheckpointMismatchError(CheckpointError):
     """State-dict keys or shapes do not match the model."""
+
+
+# ---------------------------------------------------------------------------
+# Damaged files
+# ---------------------------------------------------------------------------
+
+LFS_POINTER = b"version https://git-lfs"
+
+
+def damaged_file_error(path: str | os.PathLike, reason: str, kind: str = "safetensors file") -> CheckpointError:
+    """The error for a weights file that cannot be parsed: names the file, its size and the fix."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        head = path.open("rb").read(len(LFS_POINTER)) if path.is_file() else b""
+    except OSError:
+        size, head = 0, b""
+    hint = "a Git LFS pointer, not the weights; " if head == LFS_POINTER else ""
+    return CheckpointError(f"{path}: not a valid {kind} ({size} bytes; {hint}{reason}); download it again")
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> Iterator:
+    """``safetensors.safe_open`` whose parse errors become :class:`CheckpointError` naming the file."""
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt", device=str(device))
+    except Exception as err:  # SafetensorError (not importable by name in every version) or OSError
+        if isinstance(err, FileNotFoundError):
+            raise CheckpointError(f"checkpoint not found: {path}") from None
+        raise damaged_file_error(path, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+    with handle:
+        yield handle
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` has a complete safetensors header (nothing is loaded)."""
+    with open_safetensors(path):
+        pass
 
 
 # ---------------------------------------------------------------------------
@@ -72,25 +117,24 @@ class LazyStateDict(Mapping):
     """
 
     def __init__(self, files: list[Path], device: str | torch.device = "cpu"):
-        from safetensors import safe_open
-
         self._device = str(device)
         self._where: dict[str, tuple[Path, str]] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self.metadata: dict[str, str] = {}
         for file in files:
-            with safe_open(str(file), framework="pt") as handle:
+            with open_safetensors(file) as handle:
                 self.metadata.update(handle.metadata() or {})
                 for key in handle.keys():
                     self._where[key] = (file, key)
                     self._shapes[key] = tuple(handle.get_slice(key).get_shape())
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
-
         file, stored = self._where[key]
-        with safe_open(str(file), framework="pt", device=self._device) as handle:
-            return handle.get_tensor(stored)
+        with open_safetensors(file, self._device) as handle:
+            try:
+                return handle.get_tensor(stored)
+            except Exception as err:  # the file changed or was cut after its header was read
+                raise damaged_file_error(file, f"{stored}: {err}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
@@ -136,6 +180,17 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+def trained_score_phrases(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The score phrases a fine-tuned model's captions carried (from a safetensors export's header only);
+    None when the file does not say (released checkpoints, folders, pickles)."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return None
+    with open_safetensors(path) as handle:
+        raw = (handle.metadata() or {}).get(METADATA_TRAIN_SETTINGS)
+    return tuple(json.loads(raw).get("score_phrases", ())) if raw else None
+
+
 def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a file or folder into a :class:`Checkpoint` (see module docstring for formats)."""
     path = Path(path)
@@ -179,7 +234,7 @@ def _read_folder(path: Path, device) -> Checkpoint:
 
 def _folder_weight_files(path: Path) -> list[Path] | None:
     for index in sorted(path.glob("*.safetensors.index.json")):
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         return [path / shard for shard in shards]
     for name in ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
@@ -188,9 +243,20 @@ def _folder_weight_files(path: Path) -> list[Path] | None:
     return found[:1] if len(found) == 1 else None
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object file (config, shard index); a damaged one raises :class:`CheckpointError` naming it."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise damaged_file_error(path, str(err), "JSON file") from None
+    if not isinstance(raw, dict):
+        raise damaged_file_error(path, f"holds a {type(raw).__name__}, not an object", "JSON file")
+    return raw
+
+
 def read_hf_config(path: Path) -> tuple[dict, str | None]:
     """Constructor kwargs and class name from a Hugging Face ``config.json``."""
-    raw = json.loads(Path(path).read_text())
+    raw = read_json(path)
     class_name = (raw.get("architectures") or [None])[0] or raw.get("model_type")
     config = {k: v for k, v in raw.items() if k not in HF_BOOKKEEPING_KEYS}
     return config, class_name
@@ -205,8 +271,11 @@ def _read_pickle(path: Path, device) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError and others for unsafe content
+        reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        if not isinstance(err, pickle.UnpicklingError):  # cut off, empty or not a torch file at all
+            raise damaged_file_error(path, reason, "PyTorch checkpoint") from None
         raise CheckpointError(
-            f"{path.name}: cannot be read safely ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"{path.name}: cannot be read safely ({reason}). "
             "Only plain tensor state dicts are loaded from pickle files (weights_only=True); "
             "convert the file to .safetensors"
         ) from None
@@ -360,6 +429,17 @@ def save_checkpoint(
     if config is not None:
         meta[METADATA_CONFIG] = json.dumps(config)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    check_finite(tensors, f"refusing to write {path}")
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], context: str) -> None:
+    """Raise :class:`CheckpointError` if a floating tensor holds NaN or inf (weights that would be garbage)."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{context}: {len(bad)} tensor(s) hold NaN or inf values (e.g. {', '.join(bad[:3])}); "
+            "the weights diverged or the source is damaged"
+        )

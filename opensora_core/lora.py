@@ -248,13 +248,13 @@ def load_lora(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor]
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
-    from safetensors import safe_open
+    from .checkpoints import open_safetensors
 
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: LoRA files must be .safetensors")
-    with safe_open(str(path), framework="pt") as handle:
+    with open_safetensors(path) as handle:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
         return tensors, dict(handle.metadata() or {}), str(path)
 

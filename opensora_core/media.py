@@ -7,12 +7,14 @@ No torchvision: resizing uses ``torch.nn.functional.interpolate``.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -87,6 +89,30 @@ def read_frames(path: str | os.PathLike, *, max_frames: int | None = None, start
     return torch.stack(frames), fps
 
 
+def iter_frames(path: str | os.PathLike, *, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode frames ``start .. stop - 1`` one at a time as (index, (H, W, 3) uint8 numpy array).
+
+    One pass from the first frame (frames before ``start`` are decoded, not converted); nothing
+    is held, so long videos stream through in constant memory.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"video file not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
+                if stop is not None and index >= stop:
+                    break
+                if index >= start:
+                    yield index, frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as err:
+        raise MediaError(f"{path}: unreadable video/image ({err})") from None
+
+
 def _video_stream(container, path: Path):
     if not container.streams.video:
         raise MediaError(f"{path}: has no video stream")
@@ -122,31 +148,95 @@ def write_video(
 
 def _encode(frames: torch.Tensor, filename: str, fps: float, crf: int, metadata: dict[str, str],
             lossless: bool = False) -> None:
-    import av
+    single_png = frames.shape[0] == 1 and filename.lower().endswith(".png")
+    with _Encoder(filename, fps, frames.shape[1], frames.shape[2], crf=crf, lossless=lossless, metadata=metadata,
+                  png=single_png) as encoder:
+        for array in frames.numpy():
+            encoder.write(array)
 
-    options = {"movflags": "use_metadata_tags"} if metadata and filename.lower().endswith((".mp4", ".mov")) else {}
-    with av.open(filename, mode="w", options=options) as container:
+
+class _Encoder:
+    """One open output file: frames are pushed one at a time (PNG for a single image, else H.264)."""
+
+    def __init__(self, filename: str, fps: float, height: int, width: int, *, crf: int = 18, lossless: bool = False,
+                 metadata: dict[str, str] | None = None, png: bool = False) -> None:
+        import av
+
+        metadata = metadata or {}
+        options = {"movflags": "use_metadata_tags"} if metadata and filename.lower().endswith((".mp4", ".mov")) else {}
+        self.container = av.open(filename, mode="w", options=options)
         for key, value in metadata.items():
-            container.metadata[key] = value
-        if frames.shape[0] == 1 and filename.lower().endswith(".png"):
-            stream = container.add_stream("png")
-            stream.pix_fmt = "rgb24"
+            self.container.metadata[key] = value
+        if png:
+            self.stream = self.container.add_stream("png")
+            self.stream.pix_fmt = "rgb24"
         elif lossless:
-            stream = container.add_stream("libx264rgb", rate=Fraction(fps).limit_denominator(1001))
-            stream.pix_fmt = "rgb24"
-            stream.options = {"crf": "0"}
+            self.stream = self.container.add_stream("libx264rgb", rate=Fraction(fps).limit_denominator(1001))
+            self.stream.pix_fmt = "rgb24"
+            self.stream.options = {"crf": "0"}
         else:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-        stream.height, stream.width = frames.shape[1:3]
-        for index, array in enumerate(frames.numpy()):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-            frame.pts = index  # explicit timestamps in 1/fps units (x264's rate control reads them)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"crf": str(crf)}
+        self.stream.height, self.stream.width = height, width
+        self.count = 0
+
+    def write(self, array) -> None:
+        """One (H, W, 3) uint8 numpy frame."""
+        import av
+
+        frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+        frame.pts = self.count  # explicit timestamps in 1/fps units (x264's rate control reads them)
+        self.count += 1
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def __enter__(self) -> _Encoder:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            if kind is None:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
+class VideoWriter:
+    """Write a video frame by frame (H.264 MP4, atomically), for clips too long to hold in memory::
+
+        with VideoWriter(path, fps=24, height=720, width=1280) as writer:
+            for frame in frames:          # (H, W, 3) uint8 numpy arrays
+                writer.write(frame)
+
+    The file appears under its name only when the ``with`` block ends without an error.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, height: int, width: int, *, crf: int = 18) -> None:
+        if height % 2 or width % 2:
+            raise MediaError(f"{path}: H.264 needs even sizes, got {height}x{width}; crop one pixel row/column")
+        self.path, self.fps, self.size, self.crf = Path(path), fps, (height, width), crf
+        self._stack = contextlib.ExitStack()
+        self._encoder: _Encoder | None = None
+
+    def __enter__(self) -> VideoWriter:
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        self._encoder = self._stack.enter_context(_Encoder(str(tmp), self.fps, *self.size, crf=self.crf))
+        return self
+
+    def write(self, frame) -> None:
+        """One (H, W, 3) uint8 numpy frame of the writer's size."""
+        if tuple(frame.shape) != (*self.size, 3):
+            raise MediaError(f"{self.path}: frame shaped {tuple(frame.shape)}, expected {(*self.size, 3)}")
+        self._encoder.write(frame)
+
+    @property
+    def frames_written(self) -> int:
+        return 0 if self._encoder is None else self._encoder.count
+
+    def __exit__(self, kind, error, trace) -> bool:
+        return self._stack.__exit__(kind, error, trace)
 
 
 def save_output(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Path:
@@ -183,17 +273,27 @@ def from_model_range(video: torch.Tensor) -> torch.Tensor:
 def resize_cover_crop(frames: torch.Tensor, height: int, width: int, *, mode: str = "bicubic") -> torch.Tensor:
     """Resize (T, H, W, C) frames so they cover height x width, then centre-crop to exactly that size.
 
-    Follows the official reference reading (opensora/datasets/utils.py): scale so both sides
-    cover the target, crop the excess equally from both sides.
+    The official ``resize_crop_to_fill`` (opensora/datasets/utils.py for images, video_transforms.py for
+    videos): the side that needs the larger scale becomes exactly the target, the other
+    ``round(side * scale)``; the excess is cropped from both ends. ``mode="bicubic"`` is the image path
+    (PIL bicubic, which antialiases; offset ``round(excess / 2)``; uint8 stays uint8 as PIL gives it);
+    ``mode="bilinear"`` is the video path (frames scaled to 0..1 first, bilinear without antialiasing,
+    offset ``floor(excess / 2)``, float result in 0..1).
     """
     t, h, w, c = frames.shape
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, math.ceil(h * scale - 1e-6)), max(width, math.ceil(w * scale - 1e-6))
+    if mode not in ("bicubic", "bilinear"):
+        raise ValueError(f"mode must be 'bicubic' (images) or 'bilinear' (videos), got {mode!r}")
+    video = mode == "bilinear"
+    ratio_h, ratio_w = height / h, width / w
+    new_h, new_w = (height, round(w * ratio_h)) if ratio_h > ratio_w else (round(h * ratio_w), width)
     x = frames.permute(0, 3, 1, 2).float()  # (T, C, H, W)
+    if video and frames.dtype == torch.uint8:
+        x = x / 255
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode=mode, align_corners=False, antialias=mode in ("bilinear", "bicubic"))
-    top, left = round((new_h - height) / 2), round((new_w - width) / 2)
+        x = F.interpolate(x, size=(new_h, new_w), mode=mode, align_corners=False, antialias=not video)
+    excess_h, excess_w = new_h - height, new_w - width
+    top, left = (excess_h // 2, excess_w // 2) if video else (round(excess_h / 2), round(excess_w / 2))
     x = x[:, :, top : top + height, left : left + width]
-    if frames.dtype == torch.uint8:
+    if frames.dtype == torch.uint8 and not video:
         x = x.round().clamp(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous()

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Write workflows/demo/*.json: the five example workflows switched to the bundled demo model.
+"""Write workflows/opensora_demo_*.json: the five example workflows switched to the bundled demo model.
 
 Each demo workflow is the shipped one with the demo file names (demo/models), fp32 weights, the
 demo's size and settings (64x64, 17 frames, 8 fps, no aesthetic score), demo prompts and the demo
-input files (demo/inputs). Run it again after editing a workflow in workflows/; a test checks that
-the committed files equal its output.
+input files (demo/inputs). They sit beside the official ones in workflows/, the one folder ComfyUI
+lists and serves as the pack's templates (it reads ``<pack>/workflows/*.json``, no subfolders). Run it
+again after editing a workflow in workflows/; a test checks that the committed files equal its output.
 
-    python scripts/make_demo_workflows.py [--output workflows/demo]
+    python scripts/make_demo_workflows.py [--output workflows]
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def convert(workflow: dict, task: str) -> dict:
             values[0] = spec["video"]
         elif kind == "ImageFromBatch":
             values[1] = S["num_frames"]
+            node["title"] = f"First {S['num_frames']} frames"  # the title says what the node takes
         elif kind == "OpenSoraMaskBuilder" and "strategy" in spec:
             values[1] = spec["strategy"]
         elif kind == "OpenSoraSampler":
@@ -103,7 +105,7 @@ def _drop_resolution_node(workflow: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", type=Path, default=REPO / "workflows" / "demo")
+    p.add_argument("--output", type=Path, default=REPO / "workflows")
     args = p.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     for task in TASKS:

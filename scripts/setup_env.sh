@@ -23,7 +23,7 @@ if [ ! -f "$stamp" ] || ! installed_here; then
   {
     "$python" -m pip install --upgrade pip &&
     "$python" -m pip install torch==2.13.0 &&
-    "$python" -m pip install -c constraints.txt -e ".[train,test]"
+    "$python" -m pip install -c constraints.txt -e ".[train,test,data]"
   } > "$log" 2>&1 || { tail -n 30 "$log" >&2; echo "[setup] install failed, see $log" >&2; exit 1; }
   rm -f .cache/setup/[0-9a-f]* && touch "$stamp"
 fi

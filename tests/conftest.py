@@ -24,12 +24,29 @@ def reference_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def reference_cases(pattern: str) -> list[Path]:
-    """Case folders under the reference set whose name matches ``pattern`` (glob), sorted."""
+CASE_MARKERS = ("config.json", "tables.json")  # a case folder holds one (Open-Sora 2.0 tables: only tables.json)
+
+
+def reference_cases(pattern: str, family: str = "*") -> list[Path]:
+    """Case folders ``<family>/cases/<pattern>`` of the reference set (globs: families v1_1, v1_2, osp,
+    v2_0), sorted; [] without the reference set."""
     root = reference_dir()
     if root is None:
         return []
-    return sorted(p for p in root.glob(f"v1_*/cases/{pattern}") if (p / "config.json").is_file())
+    return sorted(p for p in root.glob(f"{family}/cases/{pattern}") if any((p / m).is_file() for m in CASE_MARKERS))
+
+
+def reference_case(family: str, name: str) -> Path:
+    """One case folder of the reference set; skips the test when it is not there."""
+    found = reference_cases(name, family)
+    if not found:
+        pytest.skip(f"reference case {family}/cases/{name} not found: set OPENSORA_REFERENCE_DIR to shared/reference")
+    return found[0]
+
+
+def case_ids(cases: list[Path]) -> list[str]:
+    """Test ids for parametrizing over case folders: their names."""
+    return [case.name for case in cases]
 
 
 @pytest.fixture(scope="session")

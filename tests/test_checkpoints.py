@@ -149,3 +149,76 @@ def test_detect_family_names_vae_and_t5():
     assert families.detect(t5).kind.class_name == "T5"
     with pytest.raises(ck.CheckpointError, match="this is a VAE file"):
         families.expect(vae, [families.for_class("STDiT3").model], "vae.safetensors")
+
+
+# ---------------------------------------------------------------------------
+# Damaged files
+# ---------------------------------------------------------------------------
+
+
+def _damaged(tmp_path, kind: str):
+    """A weights file as a failed download leaves it: empty, cut short, or something else entirely."""
+    good = ck.save_checkpoint(_weights(), tmp_path / "good.safetensors")
+    data = good.read_bytes()
+    content = {"empty": b"", "truncated": data[: len(data) // 2], "html": b"<!DOCTYPE html><html>Not found</html>",
+               "lfs": b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n"}[kind]
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    return path, len(content)
+
+
+DAMAGE = ["empty", "truncated", "html", "lfs"]
+
+
+def _loaders():
+    from opensora_core.loading import load_dit, load_vae
+    from opensora_core.lora import load_lora
+    from opensora_core.text.t5 import load_t5_file
+
+    return {
+        "read_checkpoint": ck.read_checkpoint,
+        "load_dit": load_dit,
+        "load_vae": load_vae,
+        "load_t5_file": lambda p: load_t5_file(p, dtype=torch.float32, device="cpu"),
+        "load_lora": load_lora,
+    }
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+@pytest.mark.parametrize("loader", ["read_checkpoint", "load_dit", "load_vae", "load_t5_file", "load_lora"])
+def test_a_damaged_safetensors_file_is_named_with_its_size_and_the_fix(tmp_path, kind, loader):
+    path, size = _damaged(tmp_path, kind)
+    with pytest.raises(ck.CheckpointError) as err:
+        _loaders()[loader](path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: not a valid safetensors file ({size} bytes") and message.endswith(
+        "download it again")
+    assert ("Git LFS pointer" in message) == (kind == "lfs")
+
+
+def test_a_damaged_t5_folder_names_the_weights_file(tmp_path):
+    import tiny
+    from opensora_core.text.t5 import load_t5_encoder
+
+    folder = tmp_path / "t5"
+    tiny.t5_model().save_pretrained(folder)
+    tiny.t5_tokenizer().save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ck.CheckpointError, match=f"{weights}: not a valid safetensors file \\(100 bytes"):
+        load_t5_encoder(folder, max_length=8)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut"], ids=["empty", "truncated"])
+def test_a_damaged_pickle_checkpoint_is_named_as_damaged_not_unsafe(tmp_path, content):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(ck.CheckpointError, match=r"model\.pth: not a valid PyTorch checkpoint .*download it again"):
+        ck.read_checkpoint(path)
+
+
+def test_a_damaged_config_json_is_named(tmp_path):
+    ck.save_checkpoint(_weights(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text('{"hidden_size": 7,')
+    with pytest.raises(ck.CheckpointError, match=r"config\.json: not a valid JSON file .*download it again"):
+        ck.read_checkpoint(tmp_path)

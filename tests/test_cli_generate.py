@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -81,7 +83,7 @@ def test_bad_requests_fail_before_loading_weights(files, tmp_path, capsys, monke
         i = args.index("--width")
         del args[i : i + 2]
     assert main(args) == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_wrong_vae_for_the_model_is_refused(files, tmp_path, capsys):
@@ -108,3 +110,124 @@ def test_lora_changes_the_video_and_strength_zero_does_not(files, tmp_path):
         outputs[name] = media.read_frames(tmp_path / f"{name}.png")[0]
     assert torch.equal(outputs["plain"], outputs["zero"])
     assert not torch.equal(outputs["plain"], outputs["lora"])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-frames", "0"], "num_frames must be a positive integer, got 0"),
+        (["--height", "0", "--width", "0"], "size 0x0 .* too small"),
+        (["--steps", "0"], "steps must be >= 1 for STDiT3"),
+        (["--condition-frame-length", "0", "--loops", "2"], "condition_frame_length must be >= 1"),
+        (["--save-fps", "0"], "--save-fps must be a positive number"),
+        (["--align", "0"], "align must be >= 1"),
+    ],
+    ids=["num-frames", "height", "steps", "condition-frame-length", "save-fps", "align"],
+)
+def test_zero_is_a_value_not_a_missing_option(files, tmp_path, capsys, extra, message):
+    args = _args(files, tmp_path / "x.mp4", "--prompt", "a cat", "--num-frames", "17")
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "opensora-generate: error:" in err and re.search(message, err), err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cfg-scale", "nan"], "--cfg-scale must be a finite number >= 0"),
+        (["--cfg-scale", "-1"], "--cfg-scale must be a finite number >= 0"),
+        (["--cfg-scale", "inf"], "--cfg-scale must be a finite number >= 0"),
+        (["--seed", "-1"], r"--seed must be from 0 to 18446744073709551615"),
+        (["--seed", str(2**64)], r"--seed must be from 0 to 18446744073709551615"),
+        (["--fps", "inf"], "--fps must be a positive number"),
+        (["--width", "70"], "width 70 is not a multiple of 8.*use width 64 or 72"),
+        (["--reference", "first.png"], "--reference given without --mask-strategy"),
+        (["--prompt-file", "missing.txt"], "--prompt-file missing.txt: cannot be read"),
+        (["--device", "gpu7"], "--device gpu7: not a device name"),
+        (["--lora", "x.safetensors:nan"], "strength must be a finite number"),
+        (["--height", "100000", "--width", "100000"], r"cannot fit: .* needs about .* GiB"),
+    ],
+    ids=["cfg-nan", "cfg-negative", "cfg-inf", "seed-negative", "seed-2**64", "fps-inf", "width-70", "reference",
+         "prompt-file", "device", "lora-nan", "huge"],
+)
+def test_bad_options_are_refused_naming_the_option(files, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(files)
+    args = _args(files, tmp_path / "x.mp4", "--prompt", "a cat", "--num-frames", "17")
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+
+
+def test_a_v1_1_prompt_drops_a_trailing_json_array(files, tmp_path):
+    from opensora_core.cli.generate import collect_jobs, parse_args
+
+    args = parse_args(_args(files, tmp_path / "x.mp4", "--prompt", "a cat [1, 2]"))
+    assert collect_jobs(args, "v1.1")[0].prompt == "a cat "
+    assert collect_jobs(args, "v1.2")[0].prompt == "a cat [1, 2]"
+
+
+def test_the_prompt_syntax_comes_from_the_model_family(files, tmp_path):
+    """run() reads prompts with the syntax of the model's family: a v1.1 checkpoint splits off the array."""
+    from opensora_core.cli.generate import check_model, collect_jobs, parse_args
+
+    v11 = save_checkpoint(tiny.stdit2().state_dict(), tmp_path / "v11.safetensors", class_name="STDiT2",
+                          config=tiny.STDIT2)
+    for model, prompt in ((v11, "a cat "), (files / "dit.safetensors", "a cat [1, 2]")):
+        args = parse_args([*_args(files, tmp_path / "x.mp4", "--prompt", "a cat [1, 2]"), "--model", str(model)])
+        assert collect_jobs(args, check_model(args).prompt_syntax)[0].prompt == prompt
+
+
+@pytest.mark.parametrize("flag", ["--model", "--vae", "--text-encoder", "--lora"])
+def test_a_damaged_model_file_is_named_not_a_safetensors_error(files, tmp_path, capsys, flag):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"")
+    if flag == "--text-encoder":  # a Hugging Face folder whose weights file is empty
+        import shutil
+
+        shutil.copytree(files / "t5", tmp_path / "t5")
+        broken = tmp_path / "t5" / "model.safetensors"
+        broken.write_bytes(b"")
+    args = _args(files, tmp_path / "x.png", "--prompt", "a cat", "--num-frames", "1")
+    if flag == "--lora":
+        args += ["--lora", str(broken)]
+    else:
+        args[args.index(flag) + 1] = str(broken.parent if flag == "--text-encoder" else broken)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"opensora-generate: error: {broken}: not a valid safetensors file (0 bytes" in err, err
+    assert "download it again" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["-o", "{tmp}/x.txt"], "--output .*x.txt: give a file name ending in .mp4"),
+        (["-o", "{tmp}/file.mp4/x.mp4"], "--output .*file.mp4 is a file, so no folder can be made there"),
+        (["-o", "{tmp}/x.png"], "a PNG holds one frame, not 17"),
+        (["--pixel-positions"], "--pixel-positions only changes --mask-strategy"),
+        (["--camera-motion", " "], "--camera-motion is empty"),
+        (["--tokenizer", "{tmp}/nowhere"], "--tokenizer .*nowhere: not a folder"),
+    ],
+    ids=["suffix", "parent-is-file", "png-video", "pixel-positions", "camera-motion", "tokenizer"],
+)
+def test_options_that_would_fail_late_or_be_ignored_are_refused_first(files, tmp_path, capsys, extra, message):
+    (tmp_path / "file.mp4").write_text("")
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    args = _args(files, tmp_path / "out.mp4", "--prompt", "a cat", "--num-frames", "17")
+    if extra[0] == "-o":
+        args[args.index("-o") + 1] = extra[1]
+    else:
+        args += extra
+    assert main(args) == 2
+    assert re.search(message, capsys.readouterr().err)

@@ -37,6 +37,44 @@ def test_demo_files_are_shipped_in_the_models_folder_layout():
     assert total <= 20 * 2**20, f"demo models are {total / 2**20:.1f} MiB (limit 20 MiB)"
 
 
+def test_demo_tokenizer_is_saved_in_the_form_every_transformers_reads():
+    """Only the constructor arguments: transformers 4.40 .. 5.x rebuild the same ByT5 tokenizer from them.
+
+    (A transformers 5 ``save_pretrained`` writes the extra ids as a list that 4.57 fails on; the ids
+    were checked identical on 402 prompts with 4.40.0, 4.57.1 and 5.23.0.)
+    """
+    from opensora_core.text.t5 import load_t5_tokenizer
+    from opensora_train.tiny_t5 import BYTE_TOKENIZER_CONFIG
+
+    folder = demo_files.load_demo().text_encoder
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer_config.json"]
+    assert json.loads((folder / "tokenizer_config.json").read_text()) == BYTE_TOKENIZER_CONFIG
+    ids = load_t5_tokenizer(folder)("a é")["input_ids"]
+    assert ids == [b + 3 for b in "a é".encode()] + [1]  # bytes + 3 (pad, eos, unk), then </s>
+
+
+def test_demo_source_video_is_browser_playable_yuv420p_h264():
+    """Browsers and ComfyUI's preview play H.264 in yuv420p (RGB 4:4:4 shows wrong colours or nothing);
+    the 4:2:0 chroma costs under one grey level on average against the rendered clip."""
+    import av
+
+    path = DEMO / "inputs" / "opensora_demo_source.mp4"
+    with av.open(str(path)) as container:
+        codec = container.streams.video[0].codec_context
+        assert (codec.name, codec.pix_fmt) == ("h264", "yuv420p")
+    frames, _ = media.read_frames(path)
+    rendered = media.to_uint8(demo.synthetic.render(demo.SOURCE_CLIP, 17, demo.SIZE, demo.SIZE))
+    assert frames.shape == rendered.shape and (frames.float() - rendered.float()).abs().mean() < 1.0
+
+
+def test_random_t5_writes_the_portable_tokenizer(tmp_path):
+    from opensora_train.tiny_t5 import BYTE_TOKENIZER_CONFIG, write_random_t5
+
+    folder = write_random_t5(tmp_path / "t5", d_model=16, layers=1, heads=2)
+    assert json.loads((folder / "tokenizer_config.json").read_text()) == BYTE_TOKENIZER_CONFIG
+    assert not (folder / "added_tokens.json").exists() and not (folder / "special_tokens_map.json").exists()
+
+
 def test_demo_json_matches_the_build_and_records_how_it_was_made():
     config = json.loads((DEMO / "demo.json").read_text())
     assert config["files"] == demo.FILES and config["sampling"] == demo.SAMPLING

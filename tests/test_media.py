@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,60 @@ def test_resize_cover_crop_fills_target_and_centres():
     out = media.resize_cover_crop(frames, 16, 16)
     assert out.shape == (1, 16, 16, 3) and out.dtype == torch.uint8
     assert out[0, 8, 8, 0] == 255 and out[0, 8, 0, 0] < 255  # band centred, cropped at the sides
+
+
+def _official_video_fit(frames: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """video_transforms.resize_crop_to_fill (v1.2) on ToTensorVideo's output, step by step as written there."""
+    clip = frames.permute(0, 3, 1, 2).float() / 255.0  # (T, C, H, W) in 0..1
+    h, w = clip.shape[-2:]
+    rh, rw = th / h, tw / w
+    if rh > rw:
+        sh, sw = th, round(w * rh)
+        clip = torch.nn.functional.interpolate(clip, size=(sh, sw), mode="bilinear", align_corners=False)
+        i, j = 0, int(round(sw - tw) / 2.0)
+    else:
+        sh, sw = round(h * rw), tw
+        clip = torch.nn.functional.interpolate(clip, size=(sh, sw), mode="bilinear", align_corners=False)
+        i, j = int(round(sh - th) / 2.0), 0
+    return clip[..., i : i + th, j : j + tw].permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("size, target", [((100, 151), (240, 426)), ((37, 50), (20, 20)), ((48, 33), (24, 33))])
+def test_video_fit_is_the_official_resize_crop(size, target):
+    """Videos: round() sizes, bilinear without antialiasing on 0..1 floats, crop offset floor(excess / 2).
+    The same torch calls on the same numbers as the official transform, so the result is exact."""
+    frames = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = media.resize_cover_crop(frames, *target, mode="bilinear")
+    assert out.dtype == torch.float32 and out.shape == (2, *target, 3)
+    torch.testing.assert_close(out, _official_video_fit(frames, *target), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode, left", [("bilinear", 1), ("bicubic", 2)])
+def test_crop_offsets_of_the_official_video_and_image_paths(mode, left):
+    """13 columns cut to 10 (no resize): the video path drops floor(3 / 2) = 1 column on the left, the image
+    path (PIL, datasets/utils.py) int(round(3 / 2.0)) = 2."""
+    frames = torch.arange(13, dtype=torch.uint8).repeat(1, 10, 1)[..., None].expand(1, 10, 13, 3).contiguous()
+    out = media.resize_cover_crop(frames, 10, 10, mode=mode)
+    first = out[0, 0, 0, 0] * (255 if mode == "bilinear" else 1)
+    assert round(float(first)) == left
+
+
+def test_image_fit_follows_pil_bicubic():
+    """Images: torch's antialiased bicubic (PIL's kernel, a = -0.5) against PIL itself, within 2 of 255
+    (PIL resamples in 8-bit fixed point); sizes and the crop as the official resize_crop_to_fill."""
+    image_module = pytest.importorskip("PIL.Image")
+    frames = torch.randint(0, 256, (1, 61, 97, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ours = media.resize_cover_crop(frames, 24, 32)
+    pil = image_module.fromarray(frames[0].numpy())
+    (h, w), (th, tw) = (61, 97), (24, 32)
+    rh, rw = th / h, tw / w  # datasets/utils.py resize_crop_to_fill
+    if rh > rw:
+        sh, sw, i, j = th, round(w * rh), 0, int(round((round(w * rh) - tw) / 2.0))
+    else:
+        sh, sw, i, j = round(h * rw), tw, int(round((round(h * rw) - th) / 2.0)), 0
+    resized = torch.from_numpy(np.array(pil.resize((sw, sh), image_module.BICUBIC)))
+    expected = resized[i : i + th, j : j + tw]
+    assert ours.dtype == torch.uint8 and (ours[0].int() - expected.int()).abs().max() <= 2
 
 
 def test_model_range_roundtrip():

@@ -19,7 +19,10 @@ from opensora_core.conditioning import PIXEL, MaskGroup
 
 NODES_DIR = REPO / "nodes"
 COMFY_ROOTS = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "latent_preview", "server", "execution"}
-STANDARD_TYPES = {"IMAGE", "LATENT", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN"}
+STANDARD_TYPES = {"IMAGE", "LATENT", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+BASE_NODES = {"OpenSoraModelLoader", "OpenSoraLoraLoader", "OpenSoraVAELoader", "OpenSoraT5Loader", "OpenSoraTextEncode",
+              "OpenSoraMaskBuilder", "OpenSoraResolution", "OpenSoraSampler", "OpenSoraVAEDecode", "OpenSoraVAEEncode",
+              "OpenSoraSaveVideo"}
 OFF = "off (retry tiled on out-of-memory)"
 SMALL = dict(width=48, height=32, num_frames=17, fps=24.0, steps=2, cfg=7.0, seed=42, loops=1,
              condition_frame_length=0, condition_frame_edit=0.0, align=0)
@@ -35,20 +38,20 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def v12(env):
-    (model,) = env.node("OpenSoraModelLoader").load("OpenSora-STDiT-v3.safetensors", "fp32", "sdpa")
-    (vae,) = env.node("OpenSoraVAELoader").load("OpenSora-VAE-v1.2.safetensors", "fp32")
-    (t5,) = env.node("OpenSoraT5Loader").load("t5xxl_fp16.safetensors", "fp32")
+    (model,) = env.run("OpenSoraModelLoader", "OpenSora-STDiT-v3.safetensors", "fp32", "sdpa")
+    (vae,) = env.run("OpenSoraVAELoader", "OpenSora-VAE-v1.2.safetensors", "fp32")
+    (t5,) = env.run("OpenSoraT5Loader", "t5xxl_fp16.safetensors", "fp32")
     return model, vae, t5
 
 
 def _encode(env, t5=None, model=None, text="a red ball rolls", length="from model", clip=None, **kw):
     scores = dict(aesthetic_score=6.5, motion_score=-1.0, camera_motion="none", clean_caption=True) | kw
-    (caption,) = env.node("OpenSoraTextEncode").encode(text, length, **scores, t5=t5, clip=clip, model=model)
+    (caption,) = env.run("OpenSoraTextEncode", text, length, **scores, t5=t5, clip=clip, model=model)
     return caption
 
 
 def _sample(env, model, vae, caption, **kw):
-    (latent,) = env.node("OpenSoraSampler").sample(model, vae, caption, **(SMALL | kw))
+    (latent,) = env.run("OpenSoraSampler", model, vae, caption, **(SMALL | kw))
     return latent
 
 
@@ -61,48 +64,83 @@ def _image(seed: int, frames: int = 1) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
-def test_pack_imports_without_comfyui_and_touches_no_comfy_module():
-    """ComfyUI imports the pack before any node runs: it must not need ComfyUI's modules at import time."""
+def test_pack_imports_with_only_the_v3_schema_of_comfyui():
+    """ComfyUI imports the pack and calls its entry point before any node runs: that needs the pinned V3 schema
+    module (comfy_api.v0_0_2) and nothing else of ComfyUI (no comfy.*, folder_paths, latent_preview, nodes)."""
     code = (
-        "import sys; sys.path.insert(0, 'tests'); import comfy_stub; pack = comfy_stub.load_pack();"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in %r or m == 'nodes');"
-        "print(len(pack.NODE_CLASS_MAPPINGS), bad)" % sorted(COMFY_ROOTS)
+        "import asyncio, sys; sys.path.insert(0, 'tests'); import comfy_stub;"
+        "sys.path.insert(0, str(comfy_stub.SITE)); pack = comfy_stub.load_pack();"
+        "listed = asyncio.run(pack.comfy_entrypoint().get_node_list());"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in %r and not m.startswith('comfy_api') or m == 'nodes');"
+        "print(len(listed), bad)" % sorted(COMFY_ROOTS)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["11", "[]"]
+    assert out.stdout.split() == [str(len(BASE_NODES)), "[]"]
+
+
+def test_every_node_is_a_v3_node_registered_by_the_entrypoint(env):
+    """All node classes in nodes/ are V3 nodes (define_schema + execute), and the extension lists each once."""
+    io = sys.modules["comfy_api.v0_0_2.io"]
+    declared = {node.name for path in NODES_DIR.glob("*.py") for node in ast.parse(path.read_text()).body
+                if isinstance(node, ast.ClassDef) and node.name.startswith("OpenSora") and not node.name.endswith(
+                    ("Extension", "Handle"))}
+    assert set(env.nodes) == declared == BASE_NODES
+    for node_id, cls in env.nodes.items():
+        assert issubclass(cls, io.ComfyNode) and "execute" in vars(cls) and "define_schema" in vars(cls)
 
 
 def test_node_ids_names_and_socket_types(env):
-    assert set(env.pack.NODE_DISPLAY_NAME_MAPPINGS) == set(env.nodes)
     for node_id, cls in env.nodes.items():
-        assert node_id.startswith("OpenSora") and node_id == cls.__name__
-        assert cls.CATEGORY.startswith("OpenSora") and callable(getattr(cls, cls.FUNCTION))
+        schema = cls.GET_SCHEMA()
+        assert node_id.startswith("OpenSora") and node_id == cls.__name__ == schema.node_id
+        assert schema.display_name.startswith("Open-Sora") and schema.description.strip()
+        assert cls.CATEGORY.startswith("OpenSora") and cls.FUNCTION == "EXECUTE_NORMALIZED"
         spec = cls.INPUT_TYPES()
         sockets = [s for section in ("required", "optional") for s in spec.get(section, {}).values()]
-        types = [s[0] for s in sockets if not isinstance(s[0], list)]
-        for typ in [*types, *cls.RETURN_TYPES]:
+        for typ in [*(s[0] for s in sockets), *cls.RETURN_TYPES]:
             assert typ in STANDARD_TYPES or typ.startswith("OPENSORA_"), (node_id, typ)
+
+
+def test_every_widget_keeps_its_tooltip(env):
+    """Descriptions and input tooltips survive the V3 schema (the frontend shows them on hover)."""
+    for node_id, cls in env.nodes.items():
+        for item in cls.GET_SCHEMA().inputs:
+            is_widget = item.io_type in {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+            assert not is_widget or item.tooltip, f"{node_id}.{item.id} has no tooltip"
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(alias.name.split(".")[0], node) for alias in node.names]
+            found += [(alias.name, node) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.module.split(".")[0], node))
+            found.append((node.module, node))
     return found
 
 
-def test_comfyui_is_imported_only_lazily_and_only_in_the_bridge():
+def _module_level(tree: ast.Module) -> set[int]:
+    """ids of the statements that run at import: the module body and the bodies of its try/if blocks."""
+    found, pending = set(), list(tree.body)
+    while pending:
+        stmt = pending.pop()
+        found.add(id(stmt))
+        if isinstance(stmt, ast.Try | ast.If):
+            pending += stmt.body + stmt.orelse + [s for h in getattr(stmt, "handlers", []) for s in h.body]
+    return found
+
+
+def test_comfyui_is_imported_only_in_the_bridge_and_the_schema_is_pinned():
+    """One module imports ComfyUI; at module level only the V3 schema, pinned to a versioned module."""
     for path in NODES_DIR.glob("*.py"):
         tree = ast.parse(path.read_text())
-        comfy = [node for root, node in _imports(tree) if root in COMFY_ROOTS]
+        comfy = [(name, node) for name, node in _imports(tree) if name.split(".")[0] in COMFY_ROOTS]
         if path.name != "comfy_bridge.py":
             assert comfy == [], f"{path.name} imports ComfyUI; go through comfy_bridge"
-        top_level = {id(node) for node in tree.body}
-        assert not [n for n in comfy if id(n) in top_level], f"{path.name}: ComfyUI imported at module level"
+            continue
+        at_import = {name for name, node in comfy if id(node) in _module_level(tree)}
+        assert at_import == {"comfy_api.v0_0_2"}, at_import
 
 
 def test_node_functions_are_thin_glue():
@@ -110,9 +148,8 @@ def test_node_functions_are_thin_glue():
         for cls in ast.parse(path.read_text()).body:
             if not isinstance(cls, ast.ClassDef) or not cls.name.startswith("OpenSora"):
                 continue
-            function = next(s.value.value for s in cls.body if isinstance(s, ast.Assign) and s.targets[0].id == "FUNCTION")
-            body = next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == function)
-            assert body.end_lineno - body.lineno < 30, f"{cls.name}.{function} is {body.end_lineno - body.lineno} lines"
+            for body in (f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "execute"):
+                assert body.end_lineno - body.lineno < 30, f"{cls.name}.execute is {body.end_lineno - body.lineno} lines"
 
 
 # ---------------------------------------------------------------------------
@@ -121,36 +158,34 @@ def test_node_functions_are_thin_glue():
 
 
 def test_model_loader_detects_the_version_and_registers_with_comfyui(env):
-    loader = env.node("OpenSoraModelLoader")
-    assert env.nodes["OpenSoraModelLoader"].INPUT_TYPES()["required"]["model_name"][0] == [
+    assert env.nodes["OpenSoraModelLoader"].INPUT_TYPES()["required"]["model_name"][1]["options"] == [
         "OpenSora-STDiT-v2-stage3.safetensors", "OpenSora-STDiT-v3.safetensors"]
-    (v12,) = loader.load("OpenSora-STDiT-v3.safetensors", "bf16", "sdpa")
-    (v11,) = loader.load("OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
+    (v12,) = env.run("OpenSoraModelLoader", "OpenSora-STDiT-v3.safetensors", "bf16", "sdpa")
+    (v11,) = env.run("OpenSoraModelLoader", "OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
     assert (v12.family.release, v11.family.release) == ("v1.2", "v1.1")
     assert next(v12.module.parameters()).dtype == torch.bfloat16
     assert v12.managed.patcher.model.inner is v12.module  # ComfyUI's ModelPatcher manages it
 
 
 def test_vae_loader_reads_both_kinds(env):
-    loader = env.node("OpenSoraVAELoader")
-    (v12,) = loader.load("OpenSora-VAE-v1.2.safetensors", "bf16")
-    (sd,) = loader.load("sd-vae-ft-ema.safetensors", "fp32")
+    (v12,) = env.run("OpenSoraVAELoader", "OpenSora-VAE-v1.2.safetensors", "bf16")
+    (sd,) = env.run("OpenSoraVAELoader", "sd-vae-ft-ema.safetensors", "fp32")
     assert (v12.geometry.time_factor, sd.geometry.time_factor) == (4, 1)
     assert next(v12.module.parameters()).dtype == torch.bfloat16
 
 
 def test_t5_loader_lists_files_and_folders_and_finds_the_tokenizer(env, tmp_path):
-    choices = env.nodes["OpenSoraT5Loader"].INPUT_TYPES()["required"]["t5_name"][0]
+    choices = env.nodes["OpenSoraT5Loader"].INPUT_TYPES()["required"]["t5_name"][1]["options"]
     assert choices == ["t5-v1_1-xxl/", "t5xxl_fp16.safetensors"]
-    (single,) = env.node("OpenSoraT5Loader").load("t5xxl_fp16.safetensors", "fp32")
-    (folder,) = env.node("OpenSoraT5Loader").load("t5-v1_1-xxl/", "fp32")
+    (single,) = env.run("OpenSoraT5Loader", "t5xxl_fp16.safetensors", "fp32")
+    (folder,) = env.run("OpenSoraT5Loader", "t5-v1_1-xxl/", "fp32")
     text = "a cat"
     assert torch.equal(single.encoder.encode(text).y, folder.encoder.encode(text).y)
     lonely = env.models / "text_encoders" / "lonely" / "t5.safetensors"
     lonely.parent.mkdir()
     lonely.write_bytes((env.models / "text_encoders" / "t5xxl_fp16.safetensors").read_bytes())
     with pytest.raises(FileNotFoundError, match="t5_name: no T5 tokenizer for lonely/t5.safetensors"):
-        env.node("OpenSoraT5Loader").load("lonely/t5.safetensors", "fp32")
+        env.run("OpenSoraT5Loader", "lonely/t5.safetensors", "fp32")
     lonely.unlink()
 
 
@@ -192,7 +227,7 @@ def test_text_encode_takes_the_length_from_the_model_or_the_widget(env, v12):
 
 def test_score_phrases_only_for_v1_2(env, v12):
     model, _, t5 = v12
-    (v11,) = env.node("OpenSoraModelLoader").load("OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
+    (v11,) = env.run("OpenSoraModelLoader", "OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
     assert _encode(env, t5, v11, "a cat", motion_score=5.0, camera_motion="pan left").texts == ["a cat"]
     assert _encode(env, t5, model, "a cat", motion_score=5.0, camera_motion="pan left").texts == [
         "a cat aesthetic score: 6.5. motion score: 5.0. camera motion: pan left."]
@@ -253,8 +288,8 @@ def test_a_clip_without_t5_is_refused(env, v12):
 
 
 def test_mask_builder_validates_at_queue_time(env):
-    validate = env.nodes["OpenSoraMaskBuilder"].VALIDATE_INPUTS
-    # ComfyUI reports a failed check on every input VALIDATE_INPUTS names: a strategy error is reported once
+    validate = env.nodes["OpenSoraMaskBuilder"].validate_inputs
+    # ComfyUI reports a failed check on every input validate_inputs names: a strategy error is reported once
     assert list(inspect.signature(validate).parameters) == ["mask_strategy"]
     assert validate("0;0,1,0,-1,1") is True
     assert validate("0,0,0,0,1,1.5").startswith("mask_strategy group 1")
@@ -263,7 +298,9 @@ def test_mask_builder_validates_at_queue_time(env):
 
 
 def test_mask_builder_checks_the_connected_references(env):
-    build = env.node("OpenSoraMaskBuilder").build
+    def build(*args, **kwargs):
+        return env.run("OpenSoraMaskBuilder", *args, **kwargs)
+
     with pytest.raises(ValueError, match="mask_strategy group 2 .* uses reference 1, but only 1 reference"):
         build(_image(0), "custom", "0;0,1,0,-1,1", "latent frames", 17, 0.4)
     with pytest.raises(ValueError, match="image_2 is empty but a later image is connected"):
@@ -274,8 +311,7 @@ def test_mask_builder_checks_the_connected_references(env):
 
 def test_mask_builder_hands_on_typed_groups_in_their_units(env):
     """The builder parses the text once; the sampler gets the same groups, units included."""
-    build = env.node("OpenSoraMaskBuilder").build
-    (refs,) = build(_image(0, frames=17), "custom", "0,0,0,16,1", "pixel frames", 17, 0)
+    (refs,) = env.run("OpenSoraMaskBuilder", _image(0, frames=17), "custom", "0,0,0,16,1", "pixel frames", 17, 0)
     [group] = refs.groups  # the pack's own copy of the core classes: compare by value
     assert (group.format(), group.units) == (MaskGroup(target_start=16).format(), PIXEL)
     assert refs.strategy == refs.groups
@@ -284,6 +320,81 @@ def test_mask_builder_hands_on_typed_groups_in_their_units(env):
 # ---------------------------------------------------------------------------
 # Sampler
 # ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, message",
+                         [((1, 40, 56, 1), "image_2: .*1 channel"), ((0, 40, 56, 3), "image_2: .*empty")])
+def test_mask_builder_names_an_image_input_that_holds_no_rgb_frames(env, shape, message):
+    with pytest.raises(ValueError, match=message):
+        env.run("OpenSoraMaskBuilder", _image(0), "custom", "0;0,1,0,-1,1", "latent frames", 1, 0,
+                                              image_2=torch.zeros(shape))
+
+
+def test_vae_encode_and_save_name_their_images_input(env, v12):
+    _, vae, _ = v12
+    with pytest.raises(ValueError, match="images: .*1 channel"):
+        env.run("OpenSoraVAEEncode", vae, torch.zeros(2, 32, 32, 1))
+    with pytest.raises(ValueError, match="images: .*empty"):
+        env.run("OpenSoraSaveVideo", torch.zeros(0, 32, 32, 3), 8.0, "empty", 18)
+
+
+def test_vae_decode_names_a_foreign_latent_and_bad_tiles(env, v12):
+    _, vae, _ = v12
+    def decode(*args):
+        return env.run("OpenSoraVAEDecode", *args)
+
+    with pytest.raises(ValueError, match="samples: the latent has 16 channels but this VAE decodes 4"):
+        decode(vae, {"samples": torch.zeros(1, 16, 5, 4, 6)}, OFF, 512, 128)
+    with pytest.raises(ValueError, match=r"tile_overlap \(512\) must be smaller than tile_size \(256\)"):
+        decode(vae, {"samples": torch.zeros(1, 4, 5, 4, 6)}, "on", 256, 512)
+
+
+def test_custom_preset_with_an_empty_strategy_is_refused(env):
+    """image_1 is required, so an empty custom strategy always leaves a connected reference unused. The
+    queue-time check sees only mask_strategy (naming preset there would report every failure on it too),
+    so it cannot tell 'custom' from a preset that ignores the text: the node refuses when it runs."""
+    builder = env.nodes["OpenSoraMaskBuilder"]
+    assert builder.validate_inputs("") is True  # fine with a preset, which does not read the text
+    with pytest.raises(ValueError, match="mask_strategy: empty"):
+        env.run("OpenSoraMaskBuilder", _image(0), "custom", "", "latent frames", 1, 0)
+    (references,) = env.run("OpenSoraMaskBuilder", _image(0), "first frame (image to video)", "", "latent frames", 1, 0)
+    assert references.task is not None
+
+
+def test_sampler_refuses_sizes_no_vae_gives_at_queue_time(env):
+    validate = env.nodes["OpenSoraSampler"].validate_inputs
+    assert "width 70 is not a multiple of 8" in validate(width=70, height=64)
+    assert validate(width=426, height=240) is True  # the official 240p 9:16 size (decodes to 424)
+    assert validate(width=None, height=64) is True  # linked: checked when the node runs
+
+
+def test_empty_prompt_is_warned_about(env, v12, caplog):
+    model, _, t5 = v12
+    with caplog.at_level("WARNING", logger="opensora"):
+        _encode(env, t5, model, "   ")
+    assert "text: the prompt is empty" in caplog.text
+
+
+def test_loader_nodes_name_a_damaged_file(env, v12):
+    """Every loader node: a cut-off download is named with its size and the fix, never a bare SafetensorError."""
+    import shutil
+
+    models = env.models
+    shutil.copytree(models / "text_encoders" / "t5xxl_fp16_tokenizer", models / "text_encoders" / "cut_tokenizer",
+                    dirs_exist_ok=True)
+    calls = {
+        "diffusion_models": lambda name: env.run("OpenSoraModelLoader", name, "fp32", "sdpa"),
+        "vae": lambda name: env.run("OpenSoraVAELoader", name, "fp32"),
+        "text_encoders": lambda name: env.run("OpenSoraT5Loader", name, "fp32"),
+        "loras": lambda name: env.run("OpenSoraLoraLoader", v12[0], name, 1.0),
+    }
+    for folder, load in calls.items():
+        path = models / folder / "cut.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")  # a header cut short
+        with pytest.raises(ValueError, match=r"cut\.safetensors: not a valid safetensors file \(12 bytes.*download"):
+            load("cut.safetensors")
+        path.unlink()
 
 
 def test_sampler_reports_every_step_and_loads_through_comfyui(env, v12):
@@ -310,8 +421,8 @@ def test_latent_previews_for_sd_vae_latents_only(env, v12):
     """v1.0/v1.1 latents are (scaled) SD-VAE latents: ComfyUI's SD1.5 RGB factors preview them.
     The v1.2 video-VAE latent space has no known linear RGB map, so v1.2 shows progress only."""
     model, vae, t5 = v12
-    (v11,) = env.node("OpenSoraModelLoader").load("OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
-    (sd_vae,) = env.node("OpenSoraVAELoader").load("sd-vae-ft-ema.safetensors", "fp32")
+    (v11,) = env.run("OpenSoraModelLoader", "OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
+    (sd_vae,) = env.run("OpenSoraVAELoader", "sd-vae-ft-ema.safetensors", "fp32")
     env.progress.clear()
     env.previews.clear()
     _sample(env, v11, sd_vae, _encode(env, t5, v11), num_frames=4)
@@ -332,12 +443,12 @@ def test_sampler_stops_when_comfyui_is_interrupted(env, v12):
 
 def test_sampler_checks_references_against_the_real_frame_counts(env, v12):
     model, vae, t5 = v12
-    (refs,) = env.node("OpenSoraMaskBuilder").build(_image(0, frames=17), "custom", "0,0,0,7,1", "latent frames", 1, 0)
+    (refs,) = env.run("OpenSoraMaskBuilder", _image(0, frames=17), "custom", "0,0,0,7,1", "latent frames", 1, 0)
     env.progress.clear()
     with pytest.raises(ValueError, match="target_start lies beyond the latent video: 7 with 5 frame"):
         _sample(env, model, vae, _encode(env, t5, model), references=refs, num_frames=17)
     with pytest.raises(ValueError, match="STDiT3 \\(Open-Sora v1.2\\) needs the Open-Sora VAE v1.2"):
-        _sample(env, model, env.node("OpenSoraVAELoader").load("sd-vae-ft-ema.safetensors", "fp32")[0],
+        _sample(env, model, env.run("OpenSoraVAELoader", "sd-vae-ft-ema.safetensors", "fp32")[0],
                 _encode(env, t5, model))
     assert env.progress == []
 
@@ -346,7 +457,7 @@ def test_references_and_negative_prompt_change_the_video(env, v12):
     model, vae, t5 = v12
     caption = _encode(env, t5, model)
     plain = _sample(env, model, vae, caption)["samples"]
-    (refs,) = env.node("OpenSoraMaskBuilder").build(_image(3), "first frame (image to video)", "", "latent frames", 1, 0)
+    (refs,) = env.run("OpenSoraMaskBuilder", _image(3), "first frame (image to video)", "", "latent frames", 1, 0)
     with_image = _sample(env, model, vae, caption, references=refs)["samples"]
     negative = _sample(env, model, vae, caption, negative=_encode(env, t5, model, "blurry"))["samples"]
     assert torch.equal(plain, _sample(env, model, vae, caption)["samples"])
@@ -361,33 +472,33 @@ def test_references_and_negative_prompt_change_the_video(env, v12):
 def test_decode_joins_loop_clips_and_reads_plain_latents(env, v12):
     model, vae, t5 = v12
     latent = _sample(env, model, vae, _encode(env, t5, model), num_frames=34, loops=2, condition_frame_length=2)
-    images, fps = env.node("OpenSoraVAEDecode").decode(vae, latent, OFF, 512, 128)
+    images, fps = env.run("OpenSoraVAEDecode", vae, latent, OFF, 512, 128)
     assert images.shape == (34 + 34 - 5, 32, 48, 3) and images.dtype == torch.float32 and fps == 24.0
     assert 0 <= float(images.min()) and float(images.max()) <= 1
-    plain, _ = env.node("OpenSoraVAEDecode").decode(vae, {"samples": latent["samples"][:, :, :5]}, OFF, 512, 128)
+    plain, _ = env.run("OpenSoraVAEDecode", vae, {"samples": latent["samples"][:, :, :5]}, OFF, 512, 128)
     assert plain.shape[0] == 17  # 5 latent frames decode to at most 17 frames
     tampered = {"samples": latent["samples"][:, :, :12], "opensora": latent["opensora"]}
     with pytest.raises(ValueError, match="samples: the LATENT has 12 latent frames"):
-        env.node("OpenSoraVAEDecode").decode(vae, tampered, OFF, 512, 128)
+        env.run("OpenSoraVAEDecode", vae, tampered, OFF, 512, 128)
 
 
 def test_encode_then_decode_keeps_frame_count_and_size(env, v12):
     _, vae, _ = v12
-    frames = _image(5, frames=17)[:, :36, :52]  # 36x52: cropped to 32x48 for the VAE
-    (latent,) = env.node("OpenSoraVAEEncode").encode(vae, frames)
+    frames = _image(5, frames=17)[:, :36, :52]  # 36x52: the VAE floors it to a 4x6 latent, as the official VAEs
+    (latent,) = env.run("OpenSoraVAEEncode", vae, frames)
     assert latent["samples"].shape == (1, 4, 5, 4, 6)
-    images, _ = env.node("OpenSoraVAEDecode").decode(vae, latent, "on", 64, 16)
+    images, _ = env.run("OpenSoraVAEDecode", vae, latent, "on", 64, 16)
     assert images.shape == (17, 32, 48, 3)
 
 
 def test_save_video_counts_up_shows_the_file_and_keeps_the_workflow(env):
-    save = env.node("OpenSoraSaveVideo").save
     frames = _image(6, frames=9)[:, :32, :48]
-    first = save(frames, 12.0, "clips/test", 18, prompt={"1": {}}, extra_pnginfo={"workflow": {"nodes": []}})
-    second = save(frames, 12.0, "clips/test", 18)
-    assert first == {"ui": {"images": [{"filename": "test_00001_.mp4", "subfolder": "clips", "type": "output"}],
-                            "animated": (True,)}}
-    assert second["ui"]["images"][0]["filename"] == "test_00002_.mp4"
+    hidden = {"PROMPT": {"1": {}}, "EXTRA_PNGINFO": {"workflow": {"nodes": []}}}
+    first = env.ui("OpenSoraSaveVideo", frames, 12.0, "clips/test", 18, hidden=hidden)
+    second = env.ui("OpenSoraSaveVideo", frames, 12.0, "clips/test", 18)
+    assert first == {"images": [{"filename": "test_00001_.mp4", "subfolder": "clips", "type": "output"}],
+                     "animated": (True,)}
+    assert second["images"][0]["filename"] == "test_00002_.mp4"
     path = env.output / "clips" / "test_00001_.mp4"
     info = media.probe(path)
     assert (info.num_frames, info.height, info.width, info.fps) == (9, 32, 48, 12.0)
@@ -412,7 +523,7 @@ def test_lora_loader_merges_into_a_copy(env, v12):
     save_lora(trained, env.models / "loras" / "demo-lora.safetensors")
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
 
-    (patched,) = env.node("OpenSoraLoraLoader").apply(model, "demo-lora.safetensors", 1.0)
+    (patched,) = env.run("OpenSoraLoraLoader", model, "demo-lora.safetensors", 1.0)
 
     key = next(k for k in before if k.endswith("attn.qkv.weight"))
     assert torch.equal(model.module.state_dict()[key], before[key])

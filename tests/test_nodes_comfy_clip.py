@@ -67,15 +67,15 @@ def clip(request, comfy, t5):
 
 
 @pytest.fixture(scope="module")
-def encode_node():
+def encode_node(comfy):  # comfy: ComfyUI on sys.path first (the nodes import its comfy_api)
     import comfy_stub
 
     pack = comfy_stub.load_pack("opensora_pack_with_real_comfy")
-    return pack.NODE_CLASS_MAPPINGS["OpenSoraTextEncode"]()
+    return comfy_stub.registered_nodes(pack)["OpenSoraTextEncode"]
 
 
 def _caption(node, text, **inputs):
-    (caption,) = node.encode(text, "v1.2 (300 tokens)", 6.5, -1.0, "none", True, **inputs)
+    (caption,) = node.execute(text, "v1.2 (300 tokens)", 6.5, -1.0, "none", True, **inputs).args
     ((_, result),) = caption.segments
     return result
 

@@ -77,17 +77,57 @@ def test_every_core_package_is_distributed():
     assert "nodes" not in listed  # ComfyUI owns the top-level name `nodes`
 
 
-def test_pack_exports_node_mappings():
+def test_pack_exports_a_v3_entrypoint_and_no_v1_mappings(tmp_path):
+    """ComfyUI reads NODE_CLASS_MAPPINGS first when a pack has it; ours registers through comfy_entrypoint only."""
+    import comfy_stub
+
+    with comfy_stub.installed(tmp_path) as env:
+        assert not hasattr(env.pack, "NODE_CLASS_MAPPINGS")
+        extension = env.pack.comfy_entrypoint()
+        assert type(extension).__mro__[1].__name__ == "ComfyExtension" and env.nodes
+
+
+# stdlib modules newer than Python 3.10 -> the first version that has them
+NEW_STDLIB = {"tomllib": (3, 11)}
+
+
+def test_requires_python_admits_only_versions_the_code_runs_on():
+    """Every stdlib module the shipped code imports exists in the lowest Python that pyproject admits."""
+    floor_text = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    floor = tuple(int(part) for part in floor_text.removeprefix(">=").split("."))
+    shipped = [p for folder in ("opensora_core", "train", "nodes") for p in (REPO / folder).rglob("*.py")]
+    needed = {name: version for p in shipped for name, version in NEW_STDLIB.items() if name in _imported_roots(p)}
+    assert all(floor >= version for version in needed.values()), (floor_text, needed)
+
+
+def test_pack_root_imports_as_a_lone_module():
+    """pytest imports the root __init__.py as a module named "__init__" when the checkout folder is not an
+    identifier (a clone named ComfyUI-OpenSora); that must not fail, or no test runs in such a clone."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "opensora_pack_under_test", REPO / "__init__.py", submodule_search_locations=[str(REPO)]
-    )
+    spec = importlib.util.spec_from_file_location("__init__", REPO / "__init__.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
-    assert set(module.NODE_DISPLAY_NAME_MAPPINGS) <= set(module.NODE_CLASS_MAPPINGS)
+    spec.loader.exec_module(module)
+    assert not hasattr(module, "comfy_entrypoint") and not hasattr(module, "NODE_CLASS_MAPPINGS")
+
+
+# What the Comfy Registry / ComfyUI's comfy_config (v0.3.64) accepts as OS and accelerator classifiers.
+REGISTRY_OS_PREFIXES = ("Microsoft", "POSIX", "MacOS", "OS Independent")
+REGISTRY_ACCELERATORS = {"GPU :: NVIDIA CUDA", "GPU :: AMD ROCm", "GPU :: Intel Arc", "NPU :: Huawei Ascend",
+                         "GPU :: Apple Metal"}
+
+
+def test_pyproject_is_complete_for_the_comfy_registry():
+    """Repository URL, a publisher id, the minimum ComfyUI version, and OS/GPU classifiers the registry reads
+    (it drops the whole list when one value is not its own)."""
+    import re
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project, comfy = config["project"], config["tool"]["comfy"]
+    assert project["urls"]["Repository"].startswith("https://github.com/")
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", comfy["PublisherId"]) and comfy["DisplayName"]
+    assert re.fullmatch(r">=\d+\.\d+\.\d+", comfy["requires-comfyui"])
+    os_values = [c.removeprefix("Operating System :: ") for c in project["classifiers"] if c.startswith("Operating System :: ")]
+    accelerators = [c.removeprefix("Environment :: ") for c in project["classifiers"] if c.startswith("Environment ::")]
+    assert os_values and all(v.startswith(REGISTRY_OS_PREFIXES) for v in os_values)
+    assert accelerators and set(accelerators) <= REGISTRY_ACCELERATORS

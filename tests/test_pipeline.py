@@ -79,16 +79,20 @@ def test_extension_loops_join_to_the_official_length(v12):
 
 
 def test_extension_continues_from_the_previous_clip(v12):
-    """Round 1's first latent frames are the re-encoded end of round 0 (pinned, edit ratio 0)."""
+    """Round 1's first latent frames are the re-encoded end of round 0 (pinned, edit ratio 0).
+
+    As the official ``append_generated``: the decoded clip is encoded as the VAE returned it (not clamped,
+    not resized). Same functions on the same inputs as inside generate(), so the copy is exact.
+    """
     result = generate(v12, _spec(loops=2, condition_frame_length=1))
-    previous = result.clips[0].frames  # decoded by round 1
-    assert previous is not None
+    assert result.clips[0].frames is not None  # decoded by round 1
     g = torch.Generator().manual_seed(7)
     # replay the generator: round 0's start noise and its 3 per-step draws come first
     torch.randn((1, 4, 5, 4, 6), generator=g)
     for _ in range(3):
         torch.randn((1, 4, 5, 4, 6), generator=g)
-    again = pipeline.encode_references(v12.vae, list(previous), H, W, g)[0]
+    video = pipeline.decode_video(v12.vae, result.clips[0].latent, 17)  # (1, 3, 17, H, W), not clamped
+    again = pipeline.encode_video(v12.vae, video, g)[0]
     torch.testing.assert_close(result.clips[1].latent[0, :, :1], again[:, -1:], rtol=0, atol=0)
 
 
@@ -147,6 +151,19 @@ def test_negative_prompt_changes_the_result(v12):
         (dict(mask_strategy="0,0,0,9,1"), 1, "beyond|past|outside"),
         (dict(height=8), 0, "too small"),
         (dict(loops=2, condition_frame_length=5), 0, "condition_frame_length"),
+        (dict(steps=0), 0, "steps must be >= 1"),
+        (dict(cfg_scale=float("nan")), 0, "cfg_scale must be a finite number >= 0"),
+        (dict(cfg_scale=-2.0), 0, "cfg_scale must be a finite number >= 0"),
+        (dict(seed=-1), 0, "seed must be an integer from 0 to 18446744073709551615"),
+        (dict(seed=2**64), 0, "seed must be an integer from 0 to"),
+        (dict(width=70), 0, "width 70 is not a multiple of 8.*use width 64 or 72"),
+        (dict(fps=float("inf")), 0, "fps must be a positive number"),
+        (dict(save_fps=0.0), 0, "save_fps must be a positive number"),
+        (dict(condition_frame_edit=2.0), 0, "condition_frame_edit"),
+        (dict(loops=2, condition_frame_length=0), 0, "condition_frame_length must be >= 1"),
+        (dict(align=0), 0, "align must be >= 1"),
+        (dict(mask_strategy=""), 1, "1 reference.* mask strategy is empty"),
+        (dict(height=40000, width=40000, num_frames=1000), 0, r"cannot fit: .* needs about \d+\.\d GiB"),
     ],
 )
 def test_bad_requests_fail_before_any_heavy_work(kwargs, refs, message):
@@ -189,3 +206,42 @@ def test_sample_video_checks_captions_before_sampling(v12):
 def test_sampling_memory_estimate_scales_with_the_batch(v12):
     model = v12.model
     assert model.sampling_memory_bytes(2, (5, 4, 6)) == 2 * model.sampling_memory_bytes(1, (5, 4, 6))
+
+
+def test_references_are_fitted_to_the_requested_size_not_the_decoded_one():
+    """collect_references_batch reads every reference at the requested image_size (240p 9:16 = 240x426)
+    and the VAE floors it (latent 30x53, decoded 240x424); the reference is not squeezed to 424 first."""
+    seen = []
+
+    class RecordingVAE:
+        def encode(self, x, noise=None):
+            seen.append(tuple(x.shape))
+            return torch.zeros(x.shape[0], 4, x.shape[2], x.shape[3] // 8, x.shape[4] // 8)
+
+    image, video = _image(1, h=300, w=500), _image(2, t=3, h=300, w=500)
+    latents = pipeline.encode_references(RecordingVAE(), [image, video], 240, 426, torch.Generator())
+    assert seen == [(1, 3, 1, 240, 426), (1, 3, 3, 240, 426)]
+    assert [tuple(z.shape) for z in latents] == [(4, 1, 30, 53), (4, 3, 30, 53)]
+
+
+def test_an_official_preset_size_is_accepted_and_decodes_to_the_multiple_of_8_below():
+    plan = pipeline.plan_generation(for_class("STDiT3"), _spec(height=240, width=426))
+    assert plan.latent_size[1:] == (30, 53) and plan.geometry.decoded_hw(240, 426) == (240, 424)
+
+
+def test_iddpm_steps_are_checked_before_loading(v12):
+    with pytest.raises(ValueError, match="steps must be from 2 to 1000 for STDiT2"):
+        pipeline.plan_generation(for_class("STDiT2"), _spec(steps=1001, num_frames=16))
+
+
+def test_unused_references_and_empty_prompts_are_warned_about(caplog):
+    with caplog.at_level("WARNING", logger="opensora"):
+        pipeline.plan_generation(for_class("STDiT3"), _spec(prompts=["  "], mask_strategy="0"), [1, 1])
+    assert "reference(s) [1] are not used" in caplog.text and "prompt 0 is empty" in caplog.text
+
+
+def test_activation_estimate_is_checked_with_the_model(v12, monkeypatch):
+    """One 32x48 frame: 18 KB of video fits a 24 KB machine, the tiny model's 27 KB step does not."""
+    monkeypatch.setattr(pipeline.plan, "machine_memory_bytes", lambda: 24_000)
+    with pytest.raises(ValueError, match="one sampling step's activations needs about"):
+        generate(v12, _spec(num_frames=1))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from opensora_core.text.prompts import (
@@ -52,6 +55,35 @@ def test_prompt_without_json():
     assert parse_prompt_options("a dog ") == PromptOptions("a dog ", None, None)
 
 
+def _official_v1_1_split(prompt: str) -> tuple[str, object]:
+    """scripts/inference-long.py (v1.1.0) extract_json_from_prompts, for one prompt."""
+    parts = re.split(r"(?=[{\[])", prompt)
+    assert len(parts) <= 2
+    return parts[0], (json.loads(parts[1]) if len(parts) == 2 else {})
+
+
+@pytest.mark.parametrize("prompt", [
+    'a dog{"reference_path": "a.png", "mask_strategy": "0"}',
+    "a dog [1, 2]",
+    '["x"]',
+    "a dog",
+    'a dog{"mask_strategy": "0,0,0,0,1"} ',
+])
+def test_v1_1_splits_a_trailing_object_or_array_like_the_official_script(prompt):
+    text, info = _official_v1_1_split(prompt)
+    options = parse_prompt_options(prompt, version="v1.1")
+    info = info if isinstance(info, dict) else {}  # an array gives no options
+    assert (options.text, options.reference_path, options.mask_strategy) == (
+        text, info.get("reference_path"), info.get("mask_strategy"))
+
+
+def test_v1_2_keeps_brackets_in_the_text():
+    """v1.2 splits only before '{' (opensora/utils/inference_utils.py): '[...]' stays in the prompt."""
+    assert parse_prompt_options("a dog [1, 2]").text == "a dog [1, 2]"
+    with pytest.raises(ValueError, match="only one JSON value"):
+        parse_prompt_options('a dog{"reference_path": ["a"]}', version="v1.1")
+
+
 def test_batch_options_override_defaults_only_where_given():
     texts, refs, masks = split_prompt_options(["a", 'b{"mask_strategy": "0"}'], ["x.png", "y.png"])
     assert (texts, refs, masks) == (["a", "b"], ["x.png", "y.png"], ["", "0"])
@@ -63,7 +95,7 @@ def test_batch_options_override_defaults_only_where_given():
         ('a{"seed": 1}', "unknown JSON keys"),
         ('a{"mask_strategy": 0}', "must be a string"),
         ("a{not json}", "not valid JSON"),
-        ('a{"mask_strategy": "0"}{"reference_path": "x"}', "only one JSON object"),
+        ('a{"mask_strategy": "0"}{"reference_path": "x"}', "only one JSON value"),
     ],
 )
 def test_bad_json_options_are_errors(prompt, message):

@@ -139,7 +139,9 @@ def test_truncation_is_logged(tiny, caplog):
 
 
 def test_official_max_lengths():
-    assert {name: p.max_length for name, p in T5_PRESETS.items()} == {"v1.0": 120, "v1.1": 200, "v1.2": 300}
+    assert {name: p.max_length for name, p in T5_PRESETS.items()} == {
+        "v1.0": 120, "v1.1": 200, "v1.2": 300, "osp-v1.3": 512, "v2.0": 512,
+    }
 
 
 def test_fp16_warns(tiny, caplog):
@@ -363,3 +365,13 @@ def test_byte_level_tokenizer_folder_needs_no_vocabulary_file(tmp_path):
     ByT5Tokenizer().save_pretrained(tmp_path)
     tokenizer = load_t5_tokenizer(tmp_path)
     assert tokenizer("ab")["input_ids"] == [100, 101, 1]
+
+
+def test_an_unreadable_tokenizer_folder_is_named_with_the_transformers_version(tmp_path):
+    import transformers
+
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "T5TokenizerFast"}')
+    (tmp_path / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=f"{tmp_path}: the tokenizer files cannot be read by transformers "
+                                         f"{transformers.__version__}"):
+        load_t5_tokenizer(tmp_path)

@@ -65,6 +65,15 @@ def test_overrides_are_read_as_toml_values(tmp_path):
         ({"validation__every": "5", "validation__prompts": '["x"]', "validation__num_frames": "9"}, r"validation: "),
         ({"model__class_name": '"STDiT"'}, r"model: STDiT cannot be trained"),
         ({"optimizer__betas": "[0.9]"}, r"optimizer\.betas"),
+        ({"optimizer__lr": "inf"}, r"optimizer\.lr: must be a finite number"),
+        ({"optimizer__weight_decay": "nan"}, r"optimizer\.weight_decay: must be a finite number"),
+        ({"optimizer__grad_clip": "nan"}, r"optimizer\.grad_clip: must be a finite number"),
+        ({"objective__scale": "0.0"}, r"objective\.scale: must be positive"),
+        ({"objective__loc": "nan"}, r"objective\.loc: must be a finite number"),
+        ({"vae__micro_batch_size": "0"}, r"vae\.micro_batch_size: must be >= 1"),
+        ({"lora__enabled": "true", "lora__alpha": "0.0"}, r"lora\.alpha: must be positive"),
+        ({"validation__every": "5", "validation__prompts": '["x"]', "validation__cfg_scale": "nan"},
+         r"validation: cfg_scale must be a finite number"),
         ({"model__config": "{ hidden_size = 64, depth = 1, num_heads = 4, caption_channels = 48, "
                            "model_max_length = 24 }"},
          r"text_encoder\.path: the T5 gives 32-wide"),
@@ -128,3 +137,40 @@ def test_decay_and_first_frame_settings_are_validated(base):
     with pytest.raises(ConfigError, match="vae_training.first_frame_weight"):
         validate_config(_config(base, run__task='"vae"', vae_training__class_name='"VideoAutoencoderKL"',
                                 vae_training__first_frame_weight=1.0))
+
+
+def test_output_dir_that_is_a_file_is_named(base, tmp_path):
+    taken = tmp_path / "run.txt"
+    taken.write_text("not a folder")
+    with pytest.raises(ConfigError, match=rf"^run\.output_dir: {taken} is a file, not a folder"):
+        validate_config(_config(base, run__output_dir=f'"{taken}"'))
+    with pytest.raises(ConfigError, match=rf"^run\.output_dir: {taken / 'sub'} cannot be created: {taken} is a file"):
+        validate_config(_config(base, run__output_dir=f'"{taken / "sub"}"'))
+
+
+def test_a_vae_given_as_the_model_checkpoint_is_named(base):
+    vae = base["vae"]["path"]
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: .* holds the Open-Sora VAE v1\.2.*in vae\.path"):
+        validate_config(_config(base, model__checkpoint=f'"{vae}"', model__class_name='""', model__config="{}"))
+
+
+@pytest.mark.parametrize("key", ["model.checkpoint", "vae.path"])
+def test_damaged_weight_files_are_named_at_config_time(base, tmp_path, key):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 12)
+    changes = {key.replace(".", "__"): f'"{broken}"'}
+    if key == "model.checkpoint":
+        changes |= {"model__class_name": '""', "model__config": "{}"}
+    with pytest.raises(ConfigError, match=rf"^{key}: {broken}: not a valid safetensors file \(12 bytes; .*download"):
+        validate_config(_config(base, **changes))
+
+
+def test_unreadable_data_is_named_at_config_time(base, tmp_path):
+    binary = tmp_path / "meta.csv"
+    binary.write_bytes(b"\xff\xfe\x00garbage\x81")
+    with pytest.raises(ConfigError, match=r"^data\.csv: .* cannot be read as a UTF-8 CSV"):
+        validate_config(_config(base, data__csv=f'"{binary}"'))
+    rows = (tmp_path / "rows.csv")
+    rows.write_text("path,text,num_frames,height,width\nclips/gone.mp4,a cat,20,32,48\n")
+    with pytest.raises(ConfigError, match=r"^data\.csv: 1 of 1 files it lists are missing, e\.g\. row 2: .*gone\.mp4"):
+        validate_config(_config(base, data__csv=f'"{rows}"'))

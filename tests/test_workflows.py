@@ -22,7 +22,7 @@ from opensora_core import media
 from opensora_core.conditioning import extension_drop_frames
 from opensora_core.geometry import VAE_V1_2
 
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("*.json") if not p.name.startswith("opensora_demo_"))
 TASKS = {"text_to_video", "image_to_video", "stitch_two_images", "infinite_extension", "video_to_video"}
 OFFICIAL_FILES = {
     "OpenSoraModelLoader": "OpenSora-STDiT-v3.safetensors",
@@ -101,3 +101,29 @@ def test_workflow_runs_to_an_mp4(env, path):
     (saved,) = ui["images"]
     file = env.output / saved["subfolder"] / saved["filename"]
     assert file.suffix == ".mp4" and media.probe(file).num_frames == images.shape[0]
+
+
+# app/custom_node_manager.py (ComfyUI): the folders a pack's templates may sit in, in the order tried.
+COMFY_TEMPLATE_FOLDERS = ["example_workflows", "example", "examples", "workflow", "workflows"]
+
+
+def test_comfyui_lists_and_serves_the_official_and_the_demo_workflows():
+    """ComfyUI lists ``<pack>/<folder>/*.json`` of every folder above (no subfolders) but serves each pack's
+    templates from the first of them that exists only; so all of them must sit directly in one folder."""
+    present = [name for name in COMFY_TEMPLATE_FOLDERS if (REPO / name).is_dir()]
+    assert present == ["workflows"]
+    listed = {p.stem for name in present for p in (REPO / name).glob("*.json")}
+    tasks = {t.replace("_", " ") for t in TASKS}
+    assert {n.removeprefix("opensora_").replace("_", " ") for n in listed if "_demo_" not in n} == tasks
+    assert {n.removeprefix("opensora_demo_").replace("_", " ") for n in listed if "_demo_" in n} == tasks
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "workflows").glob("*.json")), ids=lambda p: p.stem)
+def test_node_titles_say_what_the_node_does(path):
+    """A title that names a frame count ('First 51 frames') matches the node's length widget."""
+    import re
+
+    for node in json.loads(path.read_text())["nodes"]:
+        match = re.search(r"(\d+) frames", node.get("title", ""))
+        if match and node["type"] == "ImageFromBatch":
+            assert int(match.group(1)) == node["widgets_values"][1], (node["title"], node["widgets_values"])

@@ -1,9 +1,11 @@
 """UI-format workflow (what the ComfyUI frontend saves) -> API prompt, checks and a small executor, for tests.
 
-Our own converter, driven by the node classes' ``INPUT_TYPES`` the way the frontend 1.27 builds a prompt:
+Our own converter, driven by the node classes' ``INPUT_TYPES`` (a V3 node's V1 view, as ComfyUI's server
+publishes it) the way the frontend 1.27 builds a prompt:
 
 * widgets are the INT / FLOAT / STRING / BOOLEAN / combo inputs (required, then optional) in
-  definition order; ``widgets_values`` is positional over them;
+  definition order; ``widgets_values`` is positional over them (a combo is a list of options in V1
+  and ``("COMBO", {"options": [...]})`` in V3);
 * an INT input with ``control_after_generate`` (or named ``seed``) is followed by one extra value
   (fixed / increment / decrement / randomize) that is not sent;
 * a combo with ``image_upload`` / ``video_upload`` adds an upload-button value after all widgets;
@@ -11,8 +13,9 @@ Our own converter, driven by the node classes' ``INPUT_TYPES`` the way the front
 * ``Note`` / ``MarkdownNote`` and muted nodes (mode 2) are dropped.
 
 :func:`execute` runs an API prompt like ComfyUI's executor: dependencies first, constants
-checked against min/max/combo options and ``VALIDATE_INPUTS``, hidden ``PROMPT`` /
-``EXTRA_PNGINFO`` inputs filled, ``{"ui": ...}`` results collected.
+checked against min/max/combo options and ``VALIDATE_INPUTS`` (V3: an overridden ``validate_inputs``),
+hidden ``PROMPT`` / ``EXTRA_PNGINFO`` inputs filled (V3: on a class clone, ``cls.hidden``), ``{"ui": ...}``
+results collected.
 """
 
 from __future__ import annotations
@@ -47,8 +50,21 @@ def _options(spec: tuple) -> dict:
     return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
 
 
+def combo_options(spec: tuple) -> list | None:
+    """The options of a combo input (V1: the list itself; V3: ``("COMBO", {"options": [...]})``), else None."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    if spec[0] == "COMBO":
+        return list(_options(spec).get("options", []))
+    return None
+
+
 def is_widget(spec: tuple) -> bool:
-    return (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not _options(spec).get("forceInput")
+    return (combo_options(spec) is not None or spec[0] in WIDGET_TYPES) and not _options(spec).get("forceInput")
+
+
+def is_v3(cls) -> bool:
+    return hasattr(cls, "GET_SCHEMA")
 
 
 def widget_layout(cls) -> list[Widget]:
@@ -61,7 +77,7 @@ def widget_layout(cls) -> list[Widget]:
         options = _options(spec)
         if spec[0] == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
             widgets.append(Widget(name, "control"))
-        if isinstance(spec[0], list) and any(options.get(flag) for flag in UPLOAD_FLAGS):
+        if combo_options(spec) is not None and any(options.get(flag) for flag in UPLOAD_FLAGS):
             uploads.append(Widget(name, "upload"))
     return widgets + uploads
 
@@ -69,7 +85,7 @@ def widget_layout(cls) -> list[Widget]:
 def input_type(cls, name: str) -> str:
     for _, input_name, spec in _inputs(cls):
         if input_name == name:
-            return "COMBO" if isinstance(spec[0], list) else spec[0]
+            return "COMBO" if combo_options(spec) is not None else spec[0]
     raise WorkflowError(f"{cls.__name__} has no input {name!r}")
 
 
@@ -169,9 +185,9 @@ def check_values(prompt: dict, defs: dict[str, type]) -> list[str]:
 
 
 def _value_problems(spec: tuple, value) -> list[str]:
-    options = _options(spec)
-    if isinstance(spec[0], list):
-        return [] if value in spec[0] else [f"{value!r} is not one of {spec[0][:8]}"]
+    options, choices = _options(spec), combo_options(spec)
+    if choices is not None:
+        return [] if value in choices else [f"{value!r} is not one of {choices[:8]}"]
     if spec[0] in ("INT", "FLOAT"):
         if "min" in options and value < options["min"] or "max" in options and value > options["max"]:
             return [f"{value} outside {options.get('min')}..{options.get('max')}"]
@@ -204,13 +220,38 @@ def _order(prompt: dict) -> list[str]:
 
 
 def _validate(cls, constants: dict) -> None:
-    check = getattr(cls, "VALIDATE_INPUTS", None)
+    if is_v3(cls):  # ComfyUI calls validate_inputs only when the class overrides it
+        check = cls.validate_inputs if _overrides_validate_inputs(cls) else None
+    else:
+        check = getattr(cls, "VALIDATE_INPUTS", None)
     if check is None:
         return
     names = inspect.getfullargspec(check).args
     result = check(**{k: v for k, v in constants.items() if k in names})
     if result is not True:
         raise WorkflowError(f"{cls.__name__}: {result}")
+
+
+def _overrides_validate_inputs(cls) -> bool:
+    base = next(klass for klass in cls.__mro__ if klass.__name__ == "ComfyNode")
+    return cls.validate_inputs.__func__ is not base.validate_inputs.__func__
+
+
+def _call(cls, kwargs: dict, prompt: dict, extra_pnginfo: dict | None) -> tuple[tuple, dict | None]:
+    """Run one node: (outputs, ui or None)."""
+    if is_v3(cls):
+        clone = cls.PREPARE_CLASS_CLONE({"PROMPT": prompt, "EXTRA_PNGINFO": extra_pnginfo})
+        result = clone.EXECUTE_NORMALIZED(**kwargs)
+        return tuple(result.args), result.ui
+    hidden = cls.INPUT_TYPES().get("hidden", {})
+    if "prompt" in hidden:
+        kwargs["prompt"] = prompt
+    if "extra_pnginfo" in hidden:
+        kwargs["extra_pnginfo"] = extra_pnginfo
+    result = getattr(cls(), cls.FUNCTION)(**kwargs)
+    if isinstance(result, dict):
+        return tuple(result.get("result", ())), result.get("ui", {})
+    return tuple(result), None
 
 
 def execute(prompt: dict, defs: dict[str, type], extra_pnginfo: dict | None = None) -> Run:
@@ -225,14 +266,7 @@ def execute(prompt: dict, defs: dict[str, type], extra_pnginfo: dict | None = No
         entry = prompt[node_id]
         cls = defs[entry["class_type"]]
         kwargs = {k: (run.outputs[v[0]][v[1]] if isinstance(v, list) else v) for k, v in entry["inputs"].items()}
-        hidden = cls.INPUT_TYPES().get("hidden", {})
-        if "prompt" in hidden:
-            kwargs["prompt"] = prompt
-        if "extra_pnginfo" in hidden:
-            kwargs["extra_pnginfo"] = extra_pnginfo
-        result = getattr(cls(), cls.FUNCTION)(**kwargs)
-        if isinstance(result, dict):
-            run.ui[node_id] = result.get("ui", {})
-            result = result.get("result", ())
-        run.outputs[node_id] = tuple(result)
+        run.outputs[node_id], ui = _call(cls, kwargs, prompt, extra_pnginfo)
+        if ui is not None:
+            run.ui[node_id] = ui
     return run

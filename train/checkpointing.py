@@ -13,9 +13,11 @@ registered for checkpointing so a resumed run continues at the same batch of the
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,8 +63,15 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (non-finite loss, full disk, damaged state); the message says why and what to do."""
+
+
 def save_training_state(accelerator, output_dir: Path, step: int, *, keep_last: int, config_json: str) -> Path:
-    """Save on every process into a temporary folder, then (main process) rename it and prune old ones."""
+    """Save on every process into a temporary folder, then (main process) rename it and prune old ones.
+
+    A failed save (a full disk) removes the temporary folder and leaves the previous states as they were.
+    """
     root = checkpoint_root(output_dir)
     final, tmp = root / f"checkpoint-{step:08d}", root / f".tmp-checkpoint-{step:08d}"
     if accelerator.is_main_process:
@@ -70,10 +79,15 @@ def save_training_state(accelerator, output_dir: Path, step: int, *, keep_last: 
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / CONFIG_FILE).write_text(config_json)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _save_failed(err, step, output_dir) from None
     if accelerator.is_main_process:
-        (tmp / CONFIG_FILE).write_text(config_json)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -82,6 +96,62 @@ def save_training_state(accelerator, output_dir: Path, step: int, *, keep_last: 
         log.info("saved training state %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _save_failed(err: OSError, step: int, output_dir: Path) -> TrainingStopped:
+    last = latest_checkpoint(output_dir)
+    kept = f"the previous state {last} is intact" if last else "no earlier state exists"
+    what = "no space left on device" if err.errno == errno.ENOSPC else f"{err.strerror or err}"
+    resume = "; free space, then resume with checkpoint.resume = \"latest\"" if last else ""
+    return TrainingStopped(
+        f"saving the training state of step {step} under {checkpoint_root(output_dir)} failed: {what}; "
+        f"the unfinished folder was removed and {kept}{resume}"
+    )
+
+
+def damaged_files(folder: Path) -> list[str]:
+    """Files of a state folder that cannot be read: safetensors headers, and torch/zip archives tested whole."""
+    from opensora_core.checkpoints import CheckpointError, check_safetensors
+
+    problems = []
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            if file.suffix == ".safetensors":
+                check_safetensors(file)
+            elif file.suffix in (".bin", ".pkl", ".pt", ".pth"):
+                with zipfile.ZipFile(file) as archive:  # torch.save writes zip archives with CRCs
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise zipfile.BadZipFile(f"member {bad} is corrupt")
+        except (CheckpointError, zipfile.BadZipFile, OSError) as err:
+            problems.append(f"{file} ({file.stat().st_size} bytes: {err})")
+    return problems
+
+
+def load_state_or_older(accelerator, path: Path, output_dir: Path, *, fall_back: bool) -> Path:
+    """``accelerator.load_state(path)``; a damaged state is named, and with ``fall_back`` ("latest") the next
+    older complete state is loaded instead, with a warning. Returns the folder loaded."""
+    candidates = [path]
+    if fall_back:
+        candidates += [p for p in reversed(list_checkpoints(output_dir)) if p != path]
+    for number, candidate in enumerate(candidates):
+        try:
+            accelerator.load_state(str(candidate))
+            return candidate
+        except Exception as err:  # accelerate raises whatever safetensors / torch.load / pickle raise
+            named = damaged_files(candidate) or [f"{candidate} ({type(err).__name__}: {err})"]
+            older = candidates[number + 1] if number + 1 < len(candidates) else None
+            if older is None:
+                others = [p for p in list_checkpoints(output_dir) if p != candidate]
+                before = [p for p in others if p.name < candidate.name] or others
+                hint = (f"resume from the previous complete state with --set checkpoint.resume={before[-1]}"
+                        if before else "no other complete state exists; start afresh (checkpoint.resume = \"\")")
+                raise TrainingStopped(
+                    f"checkpoint.resume: the state {candidate} is damaged: {'; '.join(named)}; {hint}"
+                ) from None
+            log.warning("the state %s is damaged (%s); resuming from the previous one, %s",
+                        candidate, "; ".join(named), older)
+    raise AssertionError("unreachable")
 
 
 def resolve_resume(resume: str, output_dir: Path) -> Path | None:
@@ -99,5 +169,5 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
     return path
 
 
-__all__ = ["CONFIG_FILE", "Progress", "checkpoint_root", "latest_checkpoint", "list_checkpoints", "resolve_resume",
-           "save_training_state"]
+__all__ = ["CONFIG_FILE", "Progress", "TrainingStopped", "checkpoint_root", "damaged_files", "latest_checkpoint",
+           "list_checkpoints", "load_state_or_older", "resolve_resume", "save_training_state"]

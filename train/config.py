@@ -19,6 +19,8 @@ from typing import Any
 
 import tomllib
 
+from opensora_core.text.prompts import AESTHETIC_SCORE_V1_2
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or wrong; the message starts with its key."""
@@ -75,6 +77,8 @@ class TextEncoderConfig:
 @dataclass
 class DataConfig:
     csv: str = ""  # metadata CSV from `opensora-train prepare` (path,text,num_frames,height,width,...)
+    datasets: list = field(default_factory=list)  # more CSVs: [[data.datasets]] csv, repeats, trigger, caption_dropout,
+    #                                               shuffle_captions, keep_tokens, score_dropout (train/datasets.py)
     buckets: dict = field(default_factory=dict)  # {resolution: {num_frames: [keep_prob, batch_size]}}
     resolutions: dict = field(default_factory=dict)  # extra tables {name: {pixels = N, sizes = {"0.56" = [H, W]}}}
     frame_interval: int = 1
@@ -153,6 +157,11 @@ class ValidationConfig:
     cfg_scale: float = 7.0
     seed: int = 42
     use_ema: bool = True
+    at_start: bool = True  # also sample before the first step (a baseline to compare against)
+    prompt_file: str = ""  # one prompt per line with per-prompt options (train/README.md); adds to prompts
+    score_phrases: str = "auto"  # "auto": append ' aesthetic score: X.' only when the training captions carry
+    #                              it; "always"; "never"
+    aesthetic_score: float = AESTHETIC_SCORE_V1_2  # the value appended (v1.2's default, 6.5)
 
 
 @dataclass

@@ -11,10 +11,12 @@ bilinear for videos, bicubic for images) and scaled to [-1, 1].
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +50,8 @@ class MetadataEntry:
     height: int
     width: int
     fps: float  # 0 when unknown
+    start_frame: int = 0  # a scene of a longer video (``prepare --scene-cut --scene-rows``): its first frame
+    captions: Any = None  # the dataset's CaptionOptions (train/datasets.py) when its captions vary per epoch
 
     @property
     def is_image(self) -> bool:
@@ -72,9 +76,11 @@ def _entry(i: int, row: dict, csv_path: Path) -> MetadataEntry:
     try:
         fps = float(row.get("fps") or 0)
         values = {k: int(float(row[k])) for k in ("num_frames", "height", "width")}
+        start = int(float(row.get("start_frame") or 0))
     except ValueError as err:
         raise ValueError(f"{csv_path}: row {i + 2}: not a number ({err})") from None
-    return MetadataEntry(i, resolve_path(row["path"], csv_path.parent), row["text"], fps=fps, **values)
+    return MetadataEntry(i, resolve_path(row["path"], csv_path.parent), row["text"], fps=fps, start_frame=start,
+                         **values)
 
 
 # ---------------------------------------------------------------------------
@@ -91,7 +97,7 @@ class Clip:
     num_frames: int  # T of the bucket (pixel frames)
     height: int
     width: int
-    frames: tuple[int, ...]  # source frame indices, empty for an image
+    frames: tuple[int, ...]  # frame indices in the file (start_frame included), empty for an image
     epoch: int  # the epoch (variant) this clip was planned for
 
     @property
@@ -124,6 +130,9 @@ def plan_clip(entry: MetadataEntry, table: BucketTable, frame_interval: int, see
     frames = () if entry.is_image else frame_window(
         entry.num_frames, t, frame_interval, random.Random(mix_seed(seed, "window", epoch, entry.row))
     )
+    frames = tuple(entry.start_frame + i for i in frames)  # frames of the file (a scene row starts later)
+    if entry.captions is not None:  # a datasets.CaptionOptions
+        entry = dataclasses.replace(entry, text=entry.captions.variant(entry.text, entry.row, seed, epoch))
     return Clip(entry, key, t, h, w, frames, epoch)
 
 
@@ -144,7 +153,7 @@ def read_clip(clip: Clip) -> torch.Tensor:
         if decoded.shape[0] < stop - start:
             raise media.MediaError(
                 f"{path}: only {start + decoded.shape[0]} frames could be decoded but the CSV says "
-                f"{clip.entry.num_frames}; run `opensora-train prepare` again"
+                f"{clip.entry.start_frame + clip.entry.num_frames}; run `opensora-train prepare` again"
             )
         frames = decoded[[i - start for i in clip.frames]]  # (T, H, W, 3)
         mode = "bilinear"

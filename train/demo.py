@@ -68,6 +68,16 @@ STITCH_CLIP = synthetic.ShapeClip("square", "yellow", "gray", "down", (0.5, 0.25
 SOURCE_CLIP = synthetic.ShapeClip("circle", "blue", "gray", "left", (0.75, 0.5), 0.15, 0.45 / 16)
 
 
+SOURCE_CRF = 10  # yuv420p H.264 (what browsers and ComfyUI's preview play with the right colours), near-lossless
+
+
+def write_source_video(path: Path) -> Path:
+    """The video-to-video input: SOURCE_CLIP as standard yuv420p H.264 (not the RGB 4:4:4 training encoding)."""
+    from opensora_core import media
+
+    return media.write_video(synthetic.render(SOURCE_CLIP, 17, SIZE, SIZE), path, fps=FPS, crf=SOURCE_CRF)
+
+
 @dataclass(frozen=True)
 class Work:
     """Where a build keeps its intermediate files."""
@@ -182,8 +192,7 @@ def install(work: Work, target: Path, figures: dict) -> Path:
     stitch = synthetic.render(STITCH_CLIP, 17, SIZE, SIZE)
     media.write_video(stitch[:1], inputs / "opensora_demo_stitch_first.png", fps=FPS)
     media.write_video(stitch[-1:], inputs / "opensora_demo_stitch_last.png", fps=FPS)
-    media.write_video(synthetic.render(SOURCE_CLIP, 17, SIZE, SIZE), inputs / "opensora_demo_source.mp4", fps=FPS,
-                      lossless=True)
+    write_source_video(inputs / "opensora_demo_source.mp4")
     config = {"files": FILES, "prompt": PROMPT, "sampling": SAMPLING, "build": figures}
     path = target / "demo.json"
     path.write_text(json.dumps(config, indent=2) + "\n")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import statistics
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,13 +45,15 @@ from .cache import (
     shard,
 )
 from .config import TrainConfig
-from .data import Clip, plan_epoch, read_metadata, size_args
+from .data import Clip, plan_epoch, size_args
+from .datasets import read_datasets
 from .masks import MaskGenerator
 from .rng import StepRandomness, mix_seed
 from .sampler import BucketBatchSampler
+from .model_facts import TRAIN_SETTINGS_KEY, TrainedSettings
 from .task import TaskData
 from .validate import model_class_name
-from .validation import run_validation, validation_texts
+from .validation import caption_phrases, run_validation, validation_texts
 
 log = logging.getLogger("opensora")
 
@@ -104,6 +108,8 @@ class DiTTask:
         self.text_encoder = CachedTextEncoder(self.cache, self.t5_id, self.max_length)
         self.vae = None  # kept on the CPU for validation samples
         self.lora_paths: list[str] = []
+        self.carried: frozenset[str] = frozenset()  # score phrases the training captions carry
+        self.train_settings: TrainedSettings | None = None  # written into the export's metadata
 
     # -- model config -----------------------------------------------------------
 
@@ -125,7 +131,8 @@ class DiTTask:
 
     def prepare_data(self, accelerator) -> TaskData:
         cfg = self.cfg
-        entries = read_metadata(cfg.data.csv)
+        entries = read_datasets(cfg.data)
+        self.carried = caption_phrases([e.text for e in entries])
         table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
         plans = [plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, v)
                  for v in range(cfg.data.epoch_variants)]
@@ -137,6 +144,7 @@ class DiTTask:
         if failed or len(kept) < len(clips):
             log.warning("%d clip(s) could not be read and are left out", len(clips) - len(kept))
         sizes = [size_args(clips[i], self.family.training, cfg.data.frame_interval, cfg.data.ar) for i in kept]
+        self.train_settings = _settings([clips[i] for i in kept], sizes, self.carried)
         dataset = CachedClipDataset([clips[i] for i in kept], [latents[i] for i in kept],
                                     [captions[clips[i].entry.text] for i in kept], self.max_length, sizes)
         sampler = BucketBatchSampler(self._groups(dataset), table.batch_size, seed=cfg.run.seed,
@@ -158,7 +166,7 @@ class DiTTask:
     def _cache_captions(self, accelerator, texts: list[str]) -> dict[str, Path]:
         """Cache every caption and validation prompt; returns text -> file."""
         cfg = self.cfg
-        wanted = list(dict.fromkeys(texts + (validation_texts(self.family, cfg.validation)
+        wanted = list(dict.fromkeys(texts + (validation_texts(self.family, cfg.validation, self.carried)
                                              if cfg.validation.every else [])))
         paths = {t: self.cache.caption(caption_key(t, self.t5_id, self.max_length)) for t in wanted}
         todo = [t for t in wanted if not paths[t].exists()]
@@ -256,7 +264,7 @@ class DiTTask:
     def validate(self, model: nn.Module, step: int, accelerator, tracker) -> list[Path]:
         return run_validation(model, self.vae, self.text_encoder, self.cfg.validation, step=step,
                               output_dir=self.cfg.output_dir, device=accelerator.device, tracker=tracker,
-                              write=accelerator.is_main_process)
+                              write=accelerator.is_main_process, carried=self.carried)
 
     def export(self, model: nn.Module, step: int, state: dict[str, torch.Tensor]) -> list[Path]:
         """Official-layout weights + config (``load_dit`` reads them), or the LoRA (and merged weights).
@@ -284,13 +292,26 @@ class DiTTask:
 
     def _save_model(self, state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype, step: int) -> Path:
         tensors = {k: v.detach().to(dtype) for k, v in state.items()}
+        metadata = {STEP_METADATA: str(step)}
+        if self.train_settings is not None:  # what check warns about when this export is fine-tuned again
+            metadata[TRAIN_SETTINGS_KEY] = self.train_settings.to_json()
         return save_checkpoint(tensors, path, class_name=self.class_name, config=_jsonable(self.model_config),
-                               metadata={STEP_METADATA: str(step)})
+                               metadata=metadata)
 
 
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
+
+
+def _settings(clips: list[Clip], sizes: list[dict[str, float]], carried: frozenset[str]) -> TrainedSettings | None:
+    """The commonest video bucket and the median fps of the clips trained on."""
+    videos = [(c, s) for c, s in zip(clips, sizes) if not c.is_image]
+    if not videos:
+        return None
+    (t, h, w), _ = Counter((c.num_frames, c.height, c.width) for c, _ in videos).most_common(1)[0]
+    fps = statistics.median(s["fps"] for _, s in videos)
+    return TrainedSettings("", h, w, t, float(fps), tuple(sorted(carried)))
 
 
 def _t5_fingerprint(cfg: TrainConfig) -> str:

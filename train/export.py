@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from .checkpointing import latest_checkpoint
 from .config import TrainConfig
 from .ema import EMA
-from .trainer import make_task
+from .trainer import existing_exports, make_task
 from .validate import validate_config
 
 log = logging.getLogger("opensora")
@@ -26,8 +26,13 @@ EMA_STATE = "custom_checkpoint_2.pkl"  # registration order in Loop.register_sta
 PROGRESS_STATE = "custom_checkpoint_0.pkl"
 
 
-def export_from_state(cfg: TrainConfig, checkpoint: Path | None = None) -> list[Path]:
+def export_from_state(cfg: TrainConfig, checkpoint: Path | None = None, *, overwrite: bool = False) -> list[Path]:
+    """Write the run's export files from a state; files already there are replaced only with ``overwrite``."""
     validate_config(cfg)
+    existing = existing_exports(cfg)
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(map(str, existing))} already exist(s); pass --overwrite to replace, or "
+                              "move them away first")
     path = checkpoint or latest_checkpoint(cfg.output_dir)
     if path is None or not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"no exportable training state (model.safetensors) at {path or cfg.output_dir}")

@@ -26,7 +26,18 @@ import torch
 from accelerate.utils import DistributedType
 from torch import nn
 
-from .checkpointing import Progress, resolve_resume, save_training_state
+from opensora_core.checkpoints import CheckpointError, check_finite
+
+from .checkpointing import (
+    Progress,
+    TrainingStopped,
+    checkpoint_root,
+    latest_checkpoint,
+    list_checkpoints,
+    load_state_or_older,
+    resolve_resume,
+    save_training_state,
+)
 from .config import TrainConfig
 from .dit import DiTTask
 from .ema import EMA
@@ -54,6 +65,7 @@ class TrainResult:
     final_step: int
     losses: dict[int, float] = field(default_factory=dict)  # step -> loss averaged over processes (this run)
     exports: list[Path] = field(default_factory=list)
+    already_finished: bool = False  # resumed at or past run.max_steps: nothing was trained or exported
 
 
 # ---------------------------------------------------------------------------
@@ -79,6 +91,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     loop = Loop(cfg, accelerator, task, model, optimizer, scheduler, loader, data.sampler)
     loop.register_state()
     loop.resume()  # resume
+    if loop.progress.step >= cfg.run.max_steps:
+        log.warning("the run in %s had already finished at step %d (run.max_steps = %d): nothing to do; raise "
+                    "run.max_steps to continue, or start over with --fresh", cfg.output_dir, loop.progress.step,
+                    cfg.run.max_steps)
+        accelerator.end_training()
+        return TrainResult(cfg.output_dir, loop.progress.step, already_finished=True)
     loop.run()  # loop
     exports = loop.export()  # export
     accelerator.end_training()
@@ -100,8 +118,6 @@ def make_accelerator(cfg: TrainConfig):
     if cfg.ema.enabled and accelerator.distributed_type in SHARDED and cfg.run.task == "dit":
         raise ValueError("ema.enabled: EMA keeps whole weights and is not supported with FSDP/DeepSpeed sharding; "
                          "set ema.enabled = false or train with DDP")
-    if cfg.run.tensorboard:
-        accelerator.init_trackers("opensora")
     return accelerator
 
 
@@ -172,9 +188,7 @@ class Loop:
         self._pending: list[dict[str, torch.Tensor]] = []  # loss terms of the micro-steps of this step
         self._last_saved: int | None = None
         self._step_started = 0.0
-        self.tracker = None
-        if cfg.run.tensorboard and accelerator.is_main_process:
-            self.tracker = accelerator.get_tracker("tensorboard", unwrap=True)
+        self.tracker = None  # TensorBoard, opened when training starts (no empty runs for finished ones)
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -188,13 +202,24 @@ class Loop:
         if self.cfg.lora.enabled and self.accelerator.distributed_type in WHOLE_MODEL:
             install_trainable_only_hooks(self.accelerator)
 
+    def start_tracking(self) -> None:
+        if self.cfg.run.tensorboard:
+            self.accelerator.init_trackers("opensora")
+            if self.accelerator.is_main_process:
+                self.tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
+
     def resume(self) -> None:
         path = resolve_resume(self.cfg.checkpoint.resume, self.cfg.output_dir)
         if path is None:
+            earlier = list_checkpoints(self.cfg.output_dir)
+            if earlier and self.accelerator.is_main_process:
+                log.warning("starting fresh although %s holds states up to %s (pass --resume to continue from it)",
+                            checkpoint_root(self.cfg.output_dir), earlier[-1].name)
             if self.accelerator.is_main_process:
                 (self.cfg.output_dir / LOSS_LOG).unlink(missing_ok=True)
             return
-        self.accelerator.load_state(str(path))
+        path = load_state_or_older(self.accelerator, path, self.cfg.output_dir,
+                                   fall_back=self.cfg.checkpoint.resume == "latest")
         self._last_saved = self.progress.step  # that state exists already
         if self.accelerator.is_main_process:
             _truncate_jsonl(self.cfg.output_dir / LOSS_LOG, self.progress.step)
@@ -205,6 +230,9 @@ class Loop:
 
     def run(self) -> None:
         cfg, progress = self.cfg, self.progress
+        self.start_tracking()
+        if cfg.validation.every and cfg.validation.at_start and progress.step == 0:
+            self.validate()  # a baseline sample before any training
         bar = _progress_bar(cfg, self.accelerator, progress.step)
         self.model.train()
         while progress.step < cfg.run.max_steps:
@@ -237,13 +265,43 @@ class Loop:
         progress.batch_in_epoch += 1
         self._pending.append({k: v.detach() for k, v in terms.items()})
         if sync:
+            reduced = self.reduced_terms()
+            self.check_finite_loss(reduced)  # before the optimizer step: a NaN never reaches the weights
             self.optimizer_step()
-            self.after_step(bar, time.perf_counter() - self._step_started)
+            self.after_step(bar, reduced, time.perf_counter() - self._step_started)
+
+    def reduced_terms(self) -> dict[str, float]:
+        """Loss terms of this step: mean over its micro-steps, then over the processes (the same on all)."""
+        terms = {k: torch.stack([p[k] for p in self._pending]).mean() for k in self._pending[0]}
+        self._pending = []
+        return {k: self.accelerator.reduce(v, reduction="mean").item() for k, v in terms.items()}
+
+    def check_finite_loss(self, terms: dict[str, float]) -> None:
+        """Stop the run at the first non-finite loss (every process sees the same reduced value)."""
+        if math.isfinite(terms["loss"]):
+            return
+        step, cfg = self.progress.step + 1, self.cfg
+        last = latest_checkpoint(cfg.output_dir)
+        resume = (f"the last good state is {last} (resume from it with --set checkpoint.resume={last} after "
+                  "the fix)") if last else "no training state was saved yet"
+        raise TrainingStopped(
+            f"step {step}: the loss is {terms['loss']} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); "
+            f"training stopped before the weights were updated. Likely causes: a learning rate too high "
+            f"(optimizer.lr = {cfg.optimizer.lr:g}; lower it or raise optimizer.warmup_steps), an overflow in "
+            f"run.mixed_precision = {cfg.run.mixed_precision!r} (try bf16 or no), or a NaN in the data or caches. "
+            f"{resume}"
+        )
 
     def optimizer_step(self) -> None:
         clip = self.cfg.optimizer.grad_clip
         if clip > 0:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
+            if norm is not None and not math.isfinite(float(norm)):
+                raise TrainingStopped(
+                    f"step {self.progress.step + 1}: the gradient norm is {float(norm)} with a finite loss; training "
+                    f"stopped before the weights were updated. Likely an overflow in run.mixed_precision = "
+                    f"{self.cfg.run.mixed_precision!r} (try bf16 or no) or a learning rate too high"
+                )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -251,11 +309,8 @@ class Loop:
             self.ema.update(self.unwrapped)
         self.progress.step += 1
 
-    def after_step(self, bar, seconds: float) -> None:
+    def after_step(self, bar, terms: dict[str, float], seconds: float) -> None:
         step, cfg = self.progress.step, self.cfg
-        terms = {k: torch.stack([p[k] for p in self._pending]).mean() for k in self._pending[0]}
-        self._pending = []
-        terms = {k: self.accelerator.reduce(v, reduction="mean").item() for k, v in terms.items()}
         self.losses[step] = terms["loss"]
         lr = self.scheduler.get_last_lr()[0]
         if self.accelerator.is_main_process:
@@ -272,9 +327,24 @@ class Loop:
     # -- actions --------------------------------------------------------------
 
     def save(self) -> Path:
+        weights = dict(self.unwrapped.named_parameters())  # FSDP: this process's shards
+        if self.ema is not None:
+            weights |= {f"ema.{k}": v for k, v in self.ema.shadow.items()}
+        problem = ""
+        try:
+            check_finite(weights, f"step {self.progress.step}: refusing to save a training state")
+        except CheckpointError as err:
+            problem = str(err)
+        flagged = torch.tensor(float(bool(problem)), device=self.accelerator.device)
+        if self.accelerator.reduce(flagged, reduction="sum").item() > 0:  # every process stops, none saves
+            raise TrainingStopped(f"{problem or 'another process holds NaN/inf weights'}; {self._resume_hint()}")
         self._last_saved = self.progress.step
         return save_training_state(self.accelerator, self.cfg.output_dir, self.progress.step,
                                    keep_last=self.cfg.checkpoint.keep_last, config_json=self.cfg.to_json())
+
+    def _resume_hint(self) -> str:
+        last = latest_checkpoint(self.cfg.output_dir)
+        return f"the last good state is {last}" if last else "no training state was saved yet"
 
     def validate(self) -> list[Path]:
         """Sample on the main process with the plain module (DDP), or on every process through the
@@ -304,9 +374,18 @@ class Loop:
         with self.ema.applied(self.unwrapped) if use_ema else contextlib.nullcontext():
             state = self.accelerator.get_state_dict(self.model)
             if self.accelerator.is_main_process:
+                for old in existing_exports(self.cfg):
+                    log.warning("replacing %s with the export of step %d", old, self.progress.step)
                 exports = self.task.export(self.unwrapped, self.progress.step, state)
         self.accelerator.wait_for_everyone()
         return exports
+
+
+def existing_exports(cfg: TrainConfig) -> list[Path]:
+    """Files of this run already in ``<output_dir>/export`` (``<run>.safetensors``, ``<run>-lora...``)."""
+    folder = cfg.output_dir / "export"
+    name = cfg.output_dir.resolve().name
+    return sorted(p for p in folder.glob(f"{name}*.safetensors")) if folder.is_dir() else []
 
 
 def install_trainable_only_hooks(accelerator) -> None:
@@ -342,10 +421,24 @@ def _progress_bar(cfg: TrainConfig, accelerator, initial: int):
 
 
 def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop logged steps after ``last_step`` (they are repeated after a resume)."""
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
-        path.write_text("".join(line + "\n" for line in lines))
+    """Drop logged steps after ``last_step`` (they are repeated after a resume) and lines that are not whole
+    records (a run killed while writing leaves half a line), with a warning; the file is rewritten only if
+    something was dropped."""
+    if not path.is_file():
+        return
+    logged = path.read_text(errors="replace").splitlines()
+    kept = []
+    for number, line in enumerate(logged, start=1):
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s: line %d is not a whole record (cut off when a run stopped?); dropped: %.60r",
+                        path, number, line)
+            continue
+        if step <= last_step:
+            kept.append(line)
+    if len(kept) < len(logged):
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -355,4 +448,5 @@ def _append_jsonl(path: Path, record: dict) -> None:
                                  for k, v in record.items()}) + "\n")
 
 
-__all__ = ["TrainResult", "make_task", "build_optimizer", "make_accelerator", "train", "warmup_scheduler"]
+__all__ = ["TrainResult", "build_optimizer", "existing_exports", "make_accelerator", "make_task", "train",
+           "warmup_scheduler"]

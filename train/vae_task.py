@@ -36,7 +36,8 @@ from opensora_core.vae.posterior import LOGVAR_MAX, LOGVAR_MIN, gaussian_noise, 
 
 from .buckets import BucketTable, bucket_summary
 from .config import TrainConfig, VAETrainingConfig
-from .data import plan_clip, plan_epoch, read_clip, read_metadata
+from .data import plan_clip, plan_epoch, read_clip
+from .datasets import read_datasets
 from .rng import StepRandomness
 from .sampler import BucketBatchSampler
 from .task import TaskData
@@ -197,7 +198,7 @@ class VAETask:
 
     def prepare_data(self, accelerator) -> TaskData:
         cfg = self.cfg
-        entries = read_metadata(cfg.data.csv)
+        entries = read_datasets(cfg.data)
         table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
         self.dataset = PixelClipDataset(entries, table, cfg.data.frame_interval, cfg.run.seed)
         first = plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, 0)

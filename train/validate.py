@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
+import math
+import os
 from pathlib import Path
 
-from opensora_core.checkpoints import CheckpointError, read_checkpoint
+from opensora_core.checkpoints import CheckpointError, check_safetensors, open_safetensors, read_checkpoint, read_json
 from opensora_core.dtypes import DTYPES
 from opensora_core.families import describe, detect, families, for_class
 from opensora_core.loading import read_dit_config
@@ -55,6 +56,9 @@ def validate_config(cfg: TrainConfig) -> None:
 
 def _check_run(cfg: TrainConfig) -> None:
     run = cfg.run
+    _writable_folder("run.output_dir", run.output_dir)
+    if cfg.cache.dir:
+        _writable_folder("cache.dir", cfg.cache.dir)
     _one_of("run.task", run.task, ("dit", "vae"))
     _one_of("run.mixed_precision", run.mixed_precision, ("no", "bf16", "fp16"))
     _at_least("run.max_steps", run.max_steps, 1)
@@ -66,13 +70,11 @@ def _check_run(cfg: TrainConfig) -> None:
 
 def _check_data(cfg: TrainConfig) -> None:
     data = cfg.data
-    _existing_file("data.csv", data.csv, "run `opensora-train prepare <folder> --output meta.csv` first")
-    with Path(data.csv).open(newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle), [])
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise ConfigError("data.csv", f"{data.csv} lacks column(s) {', '.join(missing)}; build it with "
-                                      "`opensora-train prepare`")
+    from .datasets import dataset_specs
+
+    for i, spec in enumerate(dataset_specs(data)):
+        key = "data.csv" if data.csv and i == 0 else f"data.datasets[{i - bool(data.csv)}].csv"
+        _check_data_csv(key, spec.csv)
     BucketTable(data.buckets, data.resolutions)  # raises ConfigError naming the bucket key
     _at_least("data.frame_interval", data.frame_interval, 1)
     _at_least("data.num_workers", data.num_workers, 0)
@@ -84,6 +86,8 @@ def _check_data(cfg: TrainConfig) -> None:
 
 def _check_optimizer(cfg: TrainConfig) -> None:
     opt = cfg.optimizer
+    for name in ("lr", "weight_decay", "eps", "grad_clip", "min_lr_ratio"):
+        _finite(f"optimizer.{name}", getattr(opt, name))
     if not opt.lr > 0:
         raise ConfigError("optimizer.lr", f"must be positive, got {opt.lr}")
     if len(opt.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in opt.betas):
@@ -98,6 +102,39 @@ def _check_optimizer(cfg: TrainConfig) -> None:
         raise ConfigError("optimizer.eight_bit", "needs bitsandbytes: pip install bitsandbytes (or set it to false)")
     if cfg.ema.enabled and not 0 <= cfg.ema.decay < 1:
         raise ConfigError("ema.decay", f"must be in [0, 1), got {cfg.ema.decay}")
+
+
+def _check_data_csv(key: str, csv_path: str) -> None:
+    """One metadata CSV: it exists, reads as UTF-8, has the required columns and its rows name files."""
+    _existing_file(key, csv_path, "run `opensora-train prepare <folder> --output meta.csv` first")
+    try:
+        with Path(csv_path).open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(key, f"{csv_path} cannot be read as a UTF-8 CSV ({err}); build it with "
+                               "`opensora-train prepare`") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ConfigError(key, f"{csv_path} lacks column(s) {', '.join(missing)}; build it with "
+                               "`opensora-train prepare`")
+    _check_data_files(key, csv_path)
+
+
+def _check_data_files(key: str, csv_path: str) -> None:
+    """Every row parses and names an existing file (the clips are decoded only while training)."""
+    from .data import read_metadata
+
+    try:
+        entries = read_metadata(csv_path)
+    except (ValueError, csv.Error) as err:
+        raise ConfigError(key, str(err)) from None
+    if not entries:
+        raise ConfigError(key, f"{csv_path} has no rows; build it with `opensora-train prepare`")
+    absent = [e for e in entries if not e.path.is_file()]
+    if absent:
+        first = absent[0]
+        raise ConfigError(key, f"{len(absent)} of {len(entries)} files it lists are missing, e.g. row "
+                               f"{first.row + 2}: {first.path}; fix the paths or run `opensora-train prepare` again")
 
 
 def _check_checkpointing(cfg: TrainConfig) -> None:
@@ -117,6 +154,8 @@ def _check_encoders(cfg: TrainConfig) -> None:
     elif Path(cfg.text_encoder.path).is_file():
         raise ConfigError("text_encoder.tokenizer", "a single-file T5 needs a tokenizer folder")
     _one_of("vae.dtype", cfg.vae.dtype, DTYPES)
+    _at_least("vae.micro_batch_size", cfg.vae.micro_batch_size, 1)
+    _at_least("vae.norm_num_groups", cfg.vae.norm_num_groups, 1)
     _one_of("text_encoder.dtype", cfg.text_encoder.dtype, DTYPES)
     _at_least("text_encoder.batch_size", cfg.text_encoder.batch_size, 1)
 
@@ -126,20 +165,36 @@ def _check_encoders_fit(cfg: TrainConfig, class_name: str) -> None:
     vae = Path(cfg.vae.path)
     family = for_class(class_name)
     if vae.is_file() and vae.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(vae), framework="pt") as handle:
-            found = detect(handle.keys(), role="vae")
+        try:
+            with open_safetensors(vae) as handle:
+                found = detect(handle.keys(), role="vae")
+        except CheckpointError as err:
+            raise ConfigError("vae.path", str(err)) from None
         if found is None or found.kind not in family.vae:
             raise ConfigError("vae.path", f"{class_name} was trained with {family.vae_name}; {vae.name} holds "
                                           f"{'no VAE' if found is None else describe(found)}")
+    _check_weight_files("text_encoder.path", Path(cfg.text_encoder.path))
     t5_config = Path(cfg.text_encoder.path) / "config.json"
     if t5_config.is_file():
-        width = json.loads(t5_config.read_text()).get("d_model")
+        try:
+            width = read_json(t5_config).get("d_model")
+        except CheckpointError as err:
+            raise ConfigError("text_encoder.path", str(err)) from None
         channels = _caption_channels(cfg)
         if width is not None and channels is not None and width != channels:
             raise ConfigError("text_encoder.path", f"the T5 gives {width}-wide features but the model takes "
                                                    f"caption_channels = {channels}")
+
+
+def _check_weight_files(key: str, path: Path) -> None:
+    """safetensors headers of a file or of a folder's files are complete (nothing is loaded)."""
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    for file in files:
+        if file.suffix == ".safetensors":
+            try:
+                check_safetensors(file)
+            except CheckpointError as err:
+                raise ConfigError(key, str(err)) from None
 
 
 def _caption_channels(cfg: TrainConfig) -> int | None:
@@ -160,6 +215,11 @@ def _check_objective(cfg: TrainConfig, class_name: str) -> None:
     kind = obj.kind or for_class(class_name).training.objective
     _one_of("objective.kind", kind, ("rflow", "iddpm"))
     _one_of("objective.sample_method", obj.sample_method, RF_SAMPLE_METHODS)
+    _finite("objective.loc", obj.loc)
+    for name in ("scale", "transform_scale"):
+        _finite(f"objective.{name}", getattr(obj, name))
+        if not getattr(obj, name) > 0:
+            raise ConfigError(f"objective.{name}", f"must be positive, got {getattr(obj, name)}")
     if kind == "rflow" and obj.timestep_transform:
         table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
         bad = sorted(t for t in table.frame_counts if 1 < t < TRANSFORM_CHUNK_FRAMES)
@@ -182,6 +242,9 @@ def _check_lora(cfg: TrainConfig) -> None:
     if not lora.enabled:
         return
     _at_least("lora.rank", lora.rank, 1)
+    _finite("lora.alpha", lora.alpha)
+    if not lora.alpha > 0:
+        raise ConfigError("lora.alpha", f"must be positive (the update is scaled by alpha / rank), got {lora.alpha}")
     if not lora.targets or not all(isinstance(t, str) and t for t in lora.targets):
         raise ConfigError("lora.targets", "list the module suffixes to adapt, e.g. ['attn.qkv', 'mlp.fc1']")
     if not 0 <= lora.dropout < 1:
@@ -193,10 +256,12 @@ def _check_lora(cfg: TrainConfig) -> None:
 def _check_validation(cfg: TrainConfig, class_name: str) -> None:
     val = cfg.validation
     _at_least("validation.every", val.every, 0)
+    _one_of("validation.score_phrases", val.score_phrases, ("auto", "always", "never"))
     if val.every == 0:
         return
-    if not val.prompts or not all(isinstance(p, str) and p for p in val.prompts):
-        raise ConfigError("validation.prompts", "give at least one prompt (or set validation.every = 0)")
+    if not (val.prompts or val.prompt_file) or not all(isinstance(p, str) and p for p in val.prompts):
+        raise ConfigError("validation.prompts", "give at least one prompt or a prompt_file (or set "
+                                                "validation.every = 0)")
     if len(val.reference_images) > len(val.prompts):
         raise ConfigError("validation.reference_images", "at most one reference image per prompt")
     for i, ref in enumerate(val.reference_images):
@@ -216,15 +281,19 @@ def _check_vae_training(cfg: TrainConfig) -> None:
     _one_of("vae_training.recon_loss", vt.recon_loss, ("l1", "mse"))
     if vt.checkpoint:
         _existing_file("vae_training.checkpoint", vt.checkpoint, "a VAE file load_vae reads")
+        _check_weight_files("vae_training.checkpoint", Path(vt.checkpoint))
     if vt.spatial_checkpoint:
         if vt.checkpoint or vt.class_name != "VideoAutoencoderPipeline":
             raise ConfigError("vae_training.spatial_checkpoint", "only for a VideoAutoencoderPipeline trained from "
                               "scratch (without vae_training.checkpoint)")
         _existing_file("vae_training.spatial_checkpoint", vt.spatial_checkpoint, "an SD-VAE file load_vae reads")
+        _check_weight_files("vae_training.spatial_checkpoint", Path(vt.spatial_checkpoint))
     if vt.encoder_anchor_weight > 0 and not (vt.checkpoint and vt.class_name == "VideoAutoencoderPipeline"):
         raise ConfigError("vae_training.encoder_anchor_weight", "holds a VAE v1.2 to its starting model: needs "
                           "vae_training.checkpoint and class_name = \"VideoAutoencoderPipeline\"")
+    _finite("vae_training.init_logvar", vt.init_logvar)
     for name in ("pixel_weight", "latent_weight", "kl_weight", "first_frame_weight", "encoder_anchor_weight"):
+        _finite(f"vae_training.{name}", getattr(vt, name))
         if getattr(vt, name) < 0:
             raise ConfigError(f"vae_training.{name}", "loss weights must be >= 0")
     for name in ("latent_weight", "first_frame_weight"):
@@ -268,6 +337,11 @@ def _checkpoint_family(path: str) -> str:
         raise ConfigError("model.checkpoint", str(err)) from None
     found = detect(ckpt.state_dict, role="diffusion", class_name=ckpt.class_name)
     if found is None:
+        other = detect(ckpt.state_dict, class_name=ckpt.class_name)
+        if other is not None:  # a VAE or a T5 in the model's place
+            where = "text_encoder.path" if other.kind.role == "text" else "vae.path"
+            raise ConfigError("model.checkpoint", f"{path} holds {describe(other)}, not the diffusion model; "
+                                                  f"it belongs in {where}; set model.checkpoint to the STDiT file")
         raise ConfigError("model.checkpoint", f"{path} holds no STDiT weights")
     return found.kind.class_name
 
@@ -282,6 +356,11 @@ def _one_of(key: str, value, allowed) -> None:
         raise ConfigError(key, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
+def _finite(key: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value}")
+
+
 def _at_least(key: str, value, minimum) -> None:
     if value < minimum:
         raise ConfigError(key, f"must be >= {minimum}, got {value}")
@@ -292,6 +371,18 @@ def _existing_file(key: str, path: str, what: str) -> None:
         raise ConfigError(key, f"not set; {what}")
     if not Path(path).is_file():
         raise ConfigError(key, f"file not found: {path}; {what}")
+
+
+def _writable_folder(key: str, path: str) -> None:
+    """``path`` is a folder or can be made one: not a file, and its nearest existing parent is writable."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(key, f"{folder} is a file, not a folder; choose a folder path (it is created if needed)")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(key, f"{folder} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{folder} cannot be written: no write permission in {existing}")
 
 
 def _existing_path(key: str, path: str, what: str) -> None:

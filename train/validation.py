@@ -21,6 +21,7 @@ from torch import nn
 from opensora_core import media
 from opensora_core.families import Family
 from opensora_core.pipeline import Components, GenerationSpec, device_of, generate, plan_generation
+from opensora_core.text.prompts import AESTHETIC_PHRASE, SCORE_PHRASES
 
 from .config import ValidationConfig
 
@@ -35,23 +36,42 @@ class ValidationItem:
     reference: Path | None
 
 
-def validation_items(cfg: ValidationConfig) -> list[ValidationItem]:
+def caption_phrases(texts: list[str]) -> frozenset[str]:
+    """The score phrases carried by at least half of the captions (official training drops each with p = 0.2)."""
+    return frozenset(p for p in SCORE_PHRASES if texts and 2 * sum(p in t for t in texts) >= len(texts))
+
+
+def validation_aesthetic(cfg: ValidationConfig, carried: frozenset[str] = frozenset()) -> float | None:
+    """The aesthetic score appended to validation prompts: ``score_phrases`` "always" / "never", or "auto" =
+    only when the training captions carry the phrase (so a model trained without it is not sampled with it)."""
+    if cfg.score_phrases == "always" or (cfg.score_phrases == "auto" and AESTHETIC_PHRASE in carried):
+        return cfg.aesthetic_score
+    return None
+
+
+def validation_items(cfg: ValidationConfig, carried: frozenset[str] = frozenset()) -> list[ValidationItem]:
+    """One item per prompt of ``validation.prompts`` and of ``validation.prompt_file`` (per-prompt options)."""
+    aesthetic = validation_aesthetic(cfg, carried)
     items = []
     for i, prompt in enumerate(cfg.prompts):
         ref = cfg.reference_images[i] if i < len(cfg.reference_images) and cfg.reference_images[i] else None
         spec = GenerationSpec(
             prompts=[prompt], height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, fps=cfg.fps,
             steps=cfg.steps or None, cfg_scale=cfg.cfg_scale, seed=cfg.seed + i,
-            mask_strategy=cfg.mask_strategy if ref else "",
+            mask_strategy=cfg.mask_strategy if ref else "", aesthetic_score=aesthetic,
         )
         items.append(ValidationItem(spec, Path(ref) if ref else None))
+    if cfg.prompt_file:
+        from .prompt_file import read_prompt_file
+
+        items += [ValidationItem(spec, ref) for spec, ref in read_prompt_file(cfg.prompt_file, cfg, aesthetic)]
     return items
 
 
-def validation_texts(family: Family, cfg: ValidationConfig) -> list[str]:
+def validation_texts(family: Family, cfg: ValidationConfig, carried: frozenset[str] = frozenset()) -> list[str]:
     """The exact texts the pipeline will give T5 (cleaned, with the release's suffixes), to cache."""
     texts = []
-    for item in validation_items(cfg):
+    for item in validation_items(cfg, carried):
         plan = plan_generation(family, item.spec, [1] if item.reference else [])
         texts += [t for prompts in plan.round_prompts for t in prompts]
     return list(dict.fromkeys(texts))
@@ -78,7 +98,8 @@ class VisitDevice:
 
 @torch.no_grad()
 def run_validation(model: nn.Module, vae: nn.Module, text_encoder, cfg: ValidationConfig, *, step: int,
-                   output_dir: Path, device: torch.device, tracker=None, write: bool = True) -> list[Path]:
+                   output_dir: Path, device: torch.device, tracker=None, write: bool = True,
+                   carried: frozenset[str] = frozenset()) -> list[Path]:
     """Sample every validation item with ``model`` (eval mode for the call) and save/log the videos
     (``write=False``: sample only, for the other processes of a sharded model)."""
     folder = output_dir / "validation" / f"step-{step:08d}"
@@ -87,7 +108,7 @@ def run_validation(model: nn.Module, vae: nn.Module, text_encoder, cfg: Validati
     model.eval()
     saved = []
     try:
-        for i, item in enumerate(validation_items(cfg)):
+        for i, item in enumerate(validation_items(cfg, carried)):
             refs = [media.read_frames(item.reference, max_frames=1)[0]] if item.reference else []
             result = generate(components, item.spec, refs)
             if not write:
@@ -109,4 +130,5 @@ def _log_frames(writer, tag: str, frames: torch.Tensor, step: int) -> None:
     writer.add_images(tag, frames[index].clamp(0, 1), step, dataformats="NHWC")
 
 
-__all__ = ["ValidationItem", "VisitDevice", "run_validation", "validation_items", "validation_texts"]
+__all__ = ["ValidationItem", "VisitDevice", "caption_phrases", "run_validation",
+           "validation_aesthetic", "validation_items", "validation_texts"]

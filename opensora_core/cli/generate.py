@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,15 @@ from pathlib import Path
 import torch
 
 from .. import geometry, media
-from ..checkpoints import CheckpointError, read_checkpoint
+from ..checkpoints import CheckpointError, read_checkpoint, trained_score_phrases
 from ..conditioning import LATENT, PIXEL, MaskGroup, parse_mask_strategy
 from ..demo import load_demo
 from ..dtypes import DTYPES
 from ..families import Family, describe, detect, families
 from ..loading import load_dit, load_vae, model_family
 from ..lora import merge_lora
-from ..pipeline import Components, GenerationSpec, check_vae_fits, generate, plan_generation
-from ..text.prompts import parse_prompt_options
+from ..pipeline import SEED_RANGE, Components, GenerationSpec, check_vae_fits, generate, plan_generation
+from ..text.prompts import AESTHETIC_PHRASE, parse_prompt_options
 from ..text.t5 import load_t5_encoder
 from ..vae import TilingOptions
 
@@ -136,48 +137,74 @@ class Job:
     output: Path
 
 
-def collect_jobs(args: argparse.Namespace) -> list[Job]:
+def collect_jobs(args: argparse.Namespace, version: str = "v1.2") -> list[Job]:
+    """One job per prompt; ``version``: the model's prompt syntax (v1.1 also splits off a trailing JSON array)."""
     prompts = list(args.prompt)
     if args.prompt_file:
-        prompts += [line.strip() for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
+        prompts += [line.strip() for line in _read_prompt_file(args.prompt_file).splitlines() if line.strip()]
     if not prompts:
         raise ValueError("no prompt given: use --prompt TEXT or --prompt-file FILE")
     out = Path(args.output)
     jobs = []
     for index, raw in enumerate(prompts):
-        options = parse_prompt_options(raw)
+        options = parse_prompt_options(raw, version)
         refs = options.reference_path.split(";") if options.reference_path else list(args.reference)
         strategy = options.mask_strategy if options.mask_strategy is not None else args.mask_strategy
+        if any(refs) and not strategy.strip():
+            raise ValueError(
+                f"--reference given without --mask-strategy (prompt {index + 1}): the reference would not be used; "
+                "add --mask-strategy 0 (reference as the first frame) or see --help for the format"
+            )
         groups = parse_mask_strategy(strategy, PIXEL if args.pixel_positions else LATENT)
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}_{index}{out.suffix}")
         jobs.append(Job(options.text, [Path(r) for r in refs if r], groups, path))
     return jobs
 
 
+def _read_prompt_file(name: str) -> str:
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise ValueError(
+            f"--prompt-file {name}: cannot be read ({reason}); give a UTF-8 text file, one prompt a line"
+        ) from None
+
+
 def resolve_size(args: argparse.Namespace, family: Family) -> tuple[int, int, int]:
-    """(height, width, num_frames) from explicit values or presets."""
+    """(height, width, num_frames) from explicit values or presets; 0 is a value (refused later), not "not given"."""
     if (args.height is None) != (args.width is None):
         raise ValueError("give both --height and --width, or neither (then --resolution and --aspect-ratio apply)")
-    height, width = (args.height, args.width) if args.height else geometry.image_size(args.resolution, args.aspect_ratio)
-    if args.duration and args.num_frames:
-        raise ValueError("give --num-frames or --duration, not both")
-    if args.duration:
-        frames = geometry.num_frames_from_duration(args.duration)
+    if args.height is not None:
+        height, width = args.height, args.width
     else:
-        frames = args.num_frames or family.defaults.num_frames
+        height, width = geometry.image_size(args.resolution, args.aspect_ratio)
+    if args.duration is not None and args.num_frames is not None:
+        raise ValueError("give --num-frames or --duration, not both")
+    if args.duration is not None:
+        frames = geometry.num_frames_from_duration(args.duration)
+    elif args.num_frames is not None:
+        frames = args.num_frames
+    else:
+        frames = family.defaults.num_frames
     return height, width, frames
 
 
-def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int]) -> GenerationSpec:
+def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int],
+              trained_phrases: tuple[str, ...] | None = None) -> GenerationSpec:
+    """``trained_phrases``: the score phrases the model's training captions carried, when its file says
+    (a fine-tune by opensora-train); the default aesthetic phrase is then appended only if they did."""
     height, width, frames = size
     aesthetic = None if args.no_aesthetic_score else (args.aesthetic_score if args.aesthetic_score is not None else "auto")
+    if aesthetic == "auto" and trained_phrases is not None and AESTHETIC_PHRASE not in trained_phrases:
+        aesthetic = None
     return GenerationSpec(
         prompts=[job.prompt], height=height, width=width, num_frames=frames, fps=args.fps, steps=args.steps,
         cfg_scale=args.cfg_scale, seed=args.seed, mask_strategy=job.mask_strategy,
         loops=args.loops, condition_frame_length=args.condition_frame_length,
         condition_frame_edit=args.condition_frame_edit, align=args.align, aesthetic_score=aesthetic,
         motion_score=args.motion_score, camera_motion=args.camera_motion,
-        negative_prompts=[args.negative_prompt] if args.negative_prompt else None, save_fps=args.save_fps,
+        negative_prompts=None if args.negative_prompt is None else [args.negative_prompt], save_fps=args.save_fps,
     )
 
 
@@ -187,20 +214,68 @@ def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int]) ->
 
 
 def parse_lora(value: str) -> tuple[Path, float]:
-    """``path`` or ``path:strength``."""
+    """``path`` or ``path:strength`` (a finite number)."""
     path, _, strength = value.rpartition(":")
     try:
-        return Path(path), float(strength)
+        scale = float(strength)
     except ValueError:
         return Path(value), 1.0
+    if not math.isfinite(scale):
+        raise ValueError(f"--lora {value}: the strength must be a finite number, got {strength}")
+    return Path(path), scale
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Options the pipeline would only see under its own names: refused here naming the flag."""
+    low, high = SEED_RANGE
+    if not low <= args.seed <= high:
+        raise ValueError(f"--seed must be from {low} to {high} (2**64 - 1), got {args.seed}")
+    if args.cfg_scale is not None and not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 0):
+        raise ValueError(f"--cfg-scale must be a finite number >= 0 (official 7.0), got {args.cfg_scale}")
+    for flag in ("fps", "save_fps"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, got {value}")
+
+
+VIDEO_OUTPUTS = (".mp4", ".mov", ".mkv")  # containers the H.264 writer fills; one frame is written as PNG
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """``--output`` can be written as a video (or PNG), before anything runs."""
+    out = Path(args.output)
+    if out.suffix.lower() not in (*VIDEO_OUTPUTS, ".png"):
+        suffixes = ", ".join(VIDEO_OUTPUTS)
+        raise ValueError(f"--output {out}: give a file name ending in {suffixes} (or .png for one frame)")
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--output {out}: {existing} is a file, so no folder can be made there")
+    if out.is_dir():
+        raise ValueError(f"--output {out}: is a folder; give a file name such as {out / 'sample.mp4'}")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Options that would be ignored or used half: refused rather than silently dropped."""
+    if args.pixel_positions and not args.mask_strategy and not args.reference:
+        raise ValueError("--pixel-positions only changes --mask-strategy; give a mask strategy (or leave it out)")
+    if args.camera_motion is not None and not args.camera_motion.strip():
+        raise ValueError("--camera-motion is empty; leave it out or give a motion such as 'pan left'")
+    if args.tokenizer and not Path(args.tokenizer).is_dir():
+        raise FileNotFoundError(f"--tokenizer {args.tokenizer}: not a folder (a T5 tokenizer folder is needed)")
+
+
+def check_model(args: argparse.Namespace) -> Family:
+    """The diffusion transformer's family, from the checkpoint header."""
+    read_checkpoint(args.model)  # a missing or damaged file is named as such (headers only)
+    try:
+        return model_family(args.model)
+    except CheckpointError as err:
+        raise CheckpointError(f"--model {args.model}: not an Open-Sora diffusion transformer ({err})") from None
 
 
 def check_files(args: argparse.Namespace, jobs: list[Job]) -> Family:
     """The model's family and its VAE from the checkpoint headers; reference files exist and decode."""
-    try:
-        family = model_family(args.model)
-    except CheckpointError as err:
-        raise CheckpointError(f"--model {args.model}: not an Open-Sora diffusion transformer ({err})") from None
+    family = check_model(args)
     vae = detect(read_checkpoint(args.vae).state_dict)
     if vae is None or vae.kind.role != "vae":
         raise CheckpointError(f"--vae {args.vae}: not a VAE file (it holds {describe(vae)})")
@@ -254,13 +329,22 @@ def _progress(quiet: bool):
 
 
 def run(args: argparse.Namespace) -> list[Path]:
-    jobs = collect_jobs(args)
+    check_numbers(args)
+    check_output(args)
+    check_options(args)
+    device = resolve_device(args.device)
+    jobs = collect_jobs(args, check_model(args).prompt_syntax)
     family = check_files(args, jobs)
     size = resolve_size(args, family)
-    specs = [make_spec(args, job, size) for job in jobs]
+    if Path(args.output).suffix.lower() == ".png" and size[2] > 1:
+        raise ValueError(f"--output {args.output}: a PNG holds one frame, not {size[2]}; end the name in .mp4")
+    phrases = trained_score_phrases(args.model)
+    if phrases is not None and AESTHETIC_PHRASE not in phrases and args.aesthetic_score is None:
+        log.info("%s was fine-tuned on captions without an aesthetic score: none is appended "
+                 "(--aesthetic-score adds one)", args.model)
+    specs = [make_spec(args, job, size, phrases) for job in jobs]
     for job, spec in zip(jobs, specs, strict=True):
         plan_generation(family, spec, [media.probe(r).num_frames for r in job.references])
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     components = load_components(args, device)
     written = []
     for job, spec in zip(jobs, specs, strict=True):
@@ -276,6 +360,21 @@ def run(args: argparse.Namespace) -> list[Path]:
               f"{result.fps:g} fps)")
         written.append(path)
     return written
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``--device`` (default: cuda if available, else cpu), checked before any weights are loaded."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this PyTorch has no usable CUDA GPU; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _tiling(args: argparse.Namespace):

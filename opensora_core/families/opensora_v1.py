@@ -6,9 +6,12 @@ the model classes are in ``opensora_core.models``, the VAEs in ``opensora_core.v
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..conditioning import MaskStrategyConditioning
 from ..geometry import VAE_V1_2
 from ..sampling import (
+    DIFFUSION_STEPS,
     ScheduleRequest,
     check_transform_frames,
     iddpm_schedule,
@@ -80,12 +83,20 @@ def _rflow_schedule(request: ScheduleRequest):
 
 
 def _iddpm_schedule(request: ScheduleRequest):
-    return iddpm_schedule(request.steps)
+    """v1.1: the respaced arrays in float32 torch arithmetic."""
+    return iddpm_schedule(request.steps, precision="float32")
+
+
+def _iddpm_schedule_v1_0(request: ScheduleRequest):
+    """v1.0: the respaced arrays in float64 numpy, cast to float32 when gathered (v1.0.0 gaussian_diffusion.py)."""
+    return iddpm_schedule(request.steps, precision="float64")
 
 
 RFLOW = Sampler(name="rflow", schedule=_rflow_schedule, sample=sample_rflow, check_frames=check_transform_frames)
-# v1.0 / v1.1 guide 3 of the 4 noise channels (cfg_channel = 3)
-IDDPM = Sampler(name="iddpm", schedule=_iddpm_schedule, sample=sample_iddpm, guidance_channels=3)
+# v1.0 / v1.1 guide 3 of the 4 noise channels (cfg_channel = 3); the steps respace the 1000 training steps
+IDDPM = Sampler(name="iddpm", schedule=_iddpm_schedule, sample=sample_iddpm, guidance_channels=3,
+                step_range=(2, DIFFUSION_STEPS))
+IDDPM_V1_0 = replace(IDDPM, schedule=_iddpm_schedule_v1_0)
 
 # ---------------------------------------------------------------------------
 # Families
@@ -117,6 +128,7 @@ V1_1 = register(Family(
     text=(TextEncoder(kind=T5_FILE, name="T5-XXL", max_length=T5_V1_1.max_length, channels=T5_XXL_CHANNELS),),
     sampler=IDDPM,
     conditioning=MaskStrategyConditioning("v1.1"),
+    prompt_syntax="v1.1",  # scripts/inference-long.py: a trailing JSON object or array
     defaults=Defaults(steps=100, cfg_scale=7.0, num_frames=16, fps=24.0, aesthetic_score=None,
                       condition_frame_length=4, frame_interval=3),
     # the official v1.1 dataset gives ar = W / H and the source fps (a training quirk)
@@ -131,10 +143,13 @@ V1_0 = register(Family(
     vae=SD_VAE_KINDS,
     vae_name="an SD-VAE",
     text=(TextEncoder(kind=T5_FILE, name="T5-XXL", max_length=T5_V1_0.max_length, channels=T5_XXL_CHANNELS),),
-    sampler=IDDPM,
+    sampler=IDDPM_V1_0,
     conditioning=None,  # STDiT takes no reference frames (no x_mask)
+    prompt_syntax="v1.1",  # as v1.1 (v1.0 reads no options; references are refused anyway)
     defaults=Defaults(steps=100, cfg_scale=7.0, num_frames=16, fps=24.0, aesthetic_score=None,
                       condition_frame_length=4, frame_interval=3),
 ))
 
-__all__ = ["IDDPM", "RFLOW", "STDIT2_FILE", "STDIT3_FILE", "STDIT_FILE", "V1_0", "V1_1", "V1_2", "VAE_V1_2_FILE"]
+__all__ = [
+    "IDDPM", "IDDPM_V1_0", "RFLOW", "STDIT2_FILE", "STDIT3_FILE", "STDIT_FILE", "V1_0", "V1_1", "V1_2", "VAE_V1_2_FILE",
+]

@@ -117,6 +117,7 @@ class Sampler:
     denoiser: Callable[..., Denoiser] = GuidedModel
     guidance_channels: int | None = None  # prediction channels guided (None: all)
     check_frames: Callable[[int], None] | None = None  # raises for frame counts the schedule cannot take
+    step_range: tuple[int, int | None] = (1, None)  # sampling steps the schedule takes (None: no upper bound)
 
 
 class Conditioning(Protocol):
@@ -172,6 +173,7 @@ class Family:
     conditioning: Conditioning | None  # how reference frames are placed (None: the model takes none)
     defaults: Defaults
     score_phrases: bool = False  # prompts take " aesthetic score: X." / motion / camera phrases (text.prompts)
+    prompt_syntax: str = "v1.2"  # JSON options after a prompt text (text.prompts.parse_prompt_options version)
     training: Training | None = None
 
     def __post_init__(self) -> None:

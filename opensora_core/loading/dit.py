@@ -27,7 +27,7 @@ from torch import nn
 
 from ..checkpoints import Checkpoint, CheckpointError, Mismatch, StateDict, load_into, read_checkpoint, shape_of
 from ..families import Family, ModelKind, describe, detect, expect, families, family_of, fix_for, kinds
-from ..models import ARCHITECTURE_FIELDS, find_preset
+from ..models import find_preset
 
 # Values that decide the model's keys and shapes; loading cannot go on without them.
 REQUIRED_FIELDS = ("num_heads", "input_size")
@@ -97,7 +97,7 @@ def complete_config(kind: ModelKind, config: dict, *, preset: str | None, source
 
 def _presets_like(cls, config: dict) -> list:
     """Presets whose architecture equals every value the shapes tell."""
-    known = {k: v for k, v in config.items() if k in ARCHITECTURE_FIELDS and v is not None}
+    known = {k: v for k, v in config.items() if k in cls.ARCHITECTURE_FIELDS and v is not None}
     return [p for p in cls.PRESETS.values() if all(_plain(getattr(p, k, None)) == _plain(v) for k, v in known.items())]
 
 

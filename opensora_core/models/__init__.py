@@ -4,7 +4,8 @@
 ``"STDiT2"``, ``"STDiT"``); each class implements ``from_official_config(config)`` (the official
 constructor kwargs exactly as the released ``config.json`` files and the reference manifests give
 them; kernel switches such as ``enable_flash_attn`` are accepted and do not change the maths), has
-``PRESETS`` (preset name -> config dataclass) and works under ``with torch.device("meta")``.
+``PRESETS`` (preset name -> config dataclass), ``ARCHITECTURE_FIELDS`` (the config fields its presets
+differ in, for :func:`find_preset` and the loader) and works under ``with torch.device("meta")``.
 ``opensora_core.families.build_model`` builds any official class name (this table and the VAEs').
 
 A new diffusion model: add its module here and one line to ``_CLASSES``.
@@ -21,6 +22,9 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "STDiT3": (".stdit3", "STDiT3"),
     "STDiT2": (".stdit2", "STDiT2"),
     "STDiT": (".stdit", "STDiT"),
+    "OpenSoraT2V_v1_3": (".osp_v1_3", "OpenSoraT2V_v1_3"),
+    "OpenSoraInpaint_v1_3": (".osp_v1_3", "OpenSoraInpaint_v1_3"),
+    "MMDiTModel": (".mmdit", "MMDiTModel"),  # Open-Sora 2.0 (registry name "flux")
 }
 
 
@@ -55,23 +59,23 @@ def build_preset(name: str, *, device=None, dtype=None, operations=nn, **overrid
     return model_class(class_name).from_preset(name, device=device, dtype=dtype, operations=operations, **overrides)
 
 
-# Config fields that decide the architecture (keys and shapes); flags and dropout rates do not.
-ARCHITECTURE_FIELDS = (
-    "input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
-    "pred_sigma", "caption_channels", "model_max_length", "qk_norm", "space_scale", "time_scale",
-)
+def architecture_fields(class_name: str) -> tuple[str, ...]:
+    """Config fields that decide the architecture of ``class_name`` (its ``ARCHITECTURE_FIELDS``)."""
+    cls = model_class(class_name)
+    fields = getattr(cls, "ARCHITECTURE_FIELDS", None)
+    if not fields:
+        raise TypeError(f"{cls.__name__} declares no ARCHITECTURE_FIELDS (the config fields its presets differ in)")
+    return fields
 
 
 def find_preset(class_name: str, config: dict) -> str | None:
-    """Name of the preset whose architecture equals ``config`` (official kwargs), or None."""
-    cls = model_class(class_name)
-    if not hasattr(cls, "PRESETS"):
-        return None
+    """Name of the preset whose architecture (the class's ``ARCHITECTURE_FIELDS``) equals ``config``, or None."""
+    cls, fields = model_class(class_name), architecture_fields(class_name)
     wanted = cls.CONFIG(**{k: v for k, v in config.items() if k in cls.CONFIG.__dataclass_fields__})
     for name, preset in cls.PRESETS.items():
-        if all(getattr(preset, f, None) == getattr(wanted, f, None) for f in ARCHITECTURE_FIELDS):
+        if all(getattr(preset, f) == getattr(wanted, f) for f in fields):
             return name
     return None
 
 
-__all__ = ["ARCHITECTURE_FIELDS", "build_preset", "class_names", "find_preset", "model_class", "presets"]
+__all__ = ["architecture_fields", "build_preset", "class_names", "find_preset", "model_class", "presets"]

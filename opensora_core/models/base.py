@@ -3,7 +3,6 @@ kwargs a state dict's shapes tell, the compute dtype, and the caption path."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from ..model_args import multi_resolution_args
-from ..official_config import config_from_official
+from ..official_config import OfficialConstructors
 from ..text.caption import null_caption
 from .captions import Captions, caption_mask, packed_captions
 
@@ -22,13 +21,18 @@ SAMPLING_LIVE_WIDTHS = 3
 ATTENTION_WIDTHS = 4
 
 
-class STDiTBase(nn.Module):
+class STDiTBase(OfficialConstructors, nn.Module):
     """Base of the three model classes. Subclasses set ``CONFIG``, ``PRESETS`` and ``OFFICIAL_NAME``
     and build ``x_embedder`` and ``y_embedder``."""
 
     CONFIG: ClassVar[type]
     PRESETS: ClassVar[dict[str, Any]]
     OFFICIAL_NAME: ClassVar[str]
+    # Config fields that decide the architecture (keys and shapes, table sizes); flags and dropout rates do not.
+    ARCHITECTURE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
+        "pred_sigma", "caption_channels", "model_max_length",
+    )
     BLOCKS: ClassVar[str] = "blocks"  # state-dict prefix of the (spatial) blocks
     OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ()  # entries a released file may omit (tables the model computes)
     # Config values no tensor shape shows, as every released config sets them (used when neither the file's
@@ -45,22 +49,6 @@ class STDiTBase(nn.Module):
         self.patch_size = config.patch_size
         self.gradient_checkpointing = False  # checkpoint every block while training when True
         self.compute_dtype: torch.dtype | None = None  # None: the patch-embedding weight dtype
-
-    @classmethod
-    def from_official_config(cls, config: dict[str, Any], *, device=None, dtype=None, operations=nn):
-        """Build from the official constructor kwargs (a released ``config.json`` or a case's
-        ``constructor_kwargs``). Kernel/parallel/freeze flags and Hugging Face bookkeeping keys are
-        accepted; any other unknown key raises ``ValueError``."""
-        cfg = config_from_official(cls.CONFIG, config, cls.OFFICIAL_NAME)
-        return cls(cfg, device=device, dtype=dtype, operations=operations)
-
-    @classmethod
-    def from_preset(cls, name: str, *, device=None, dtype=None, operations=nn, **overrides):
-        """Build a named preset (``PRESETS``), optionally overriding config fields."""
-        if name not in cls.PRESETS:
-            raise ValueError(f"unknown {cls.OFFICIAL_NAME} preset {name!r}; known: {', '.join(cls.PRESETS)}")
-        config = dataclasses.replace(cls.PRESETS[name], **overrides)
-        return cls(config, device=device, dtype=dtype, operations=operations)
 
     @classmethod
     def config_from_shapes(cls, keys: Collection[str], shape: Callable[[str], tuple[int, ...]]) -> dict[str, Any]:

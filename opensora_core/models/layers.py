@@ -62,9 +62,22 @@ def rms_normalise(x: torch.Tensor, eps: float = RMS_NORM_EPS) -> torch.Tensor:
 # ==================================================================================================
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax attention, (N, H, Lq, D) x (N, H, Lk, D) -> (N, H, Lq, D); ``key_mask`` (N, Lk) bool."""
-    mask = None if key_mask is None else key_mask[:, None, None, :]  # (N, 1, 1, Lk)
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax attention, (N, H, Lq, D) x (N, H, Lk, D) -> (N, H, Lq, D).
+
+    ``key_mask`` (N, Lk) bool (True = attend), or ``bias``: an additive float bias broadcastable to
+    (N, H, Lq, Lk), added to the scaled scores (Open-Sora-Plan's -10000 masks); not both.
+    """
+    if key_mask is not None and bias is not None:
+        raise ValueError("attention: pass key_mask or bias, not both")
+    mask = bias if key_mask is None else key_mask[:, None, None, :]  # (N, 1, 1, Lk) or the bias
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5)
 
 

@@ -108,6 +108,13 @@ def sincos_1d_fixed(dim: int, length: int, scale: float, device=None) -> torch.T
 # ==================================================================================================
 
 
+def rope_frequencies(dim: int, theta: float = 10000.0, *, device=None, dtype: torch.dtype = torch.float32
+                     ) -> torch.Tensor:
+    """(dim/2,) rotary frequencies theta^(-2i/dim) in ``dtype`` (every RoPE here: STDiT3, Open-Sora-Plan RoPE-3D
+    per axis, the MMDiT per axis)."""
+    return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=dtype, device=device)[: dim // 2] / dim)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding over the full head dim with interleaved pairs.
 
@@ -117,13 +124,13 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, dim: int, theta: float = 10000.0, device=None, dtype=None) -> None:
         super().__init__()
-        freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, device=device)[: dim // 2].float() / dim))
+        freqs = rope_frequencies(dim, theta, device=device)
         self.freqs = nn.Parameter(freqs.to(dtype) if dtype is not None else freqs, requires_grad=False)
 
     def reset_parameters(self) -> None:
         dim = 2 * self.freqs.shape[0]
         with torch.no_grad():
-            self.freqs.copy_(1.0 / (10000.0 ** (torch.arange(0, dim, 2, device=self.freqs.device).float() / dim)))
+            self.freqs.copy_(rope_frequencies(dim, device=self.freqs.device))
 
     def tables(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (length, dim/2): angles = position * freq, computed in ``like``'s dtype

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ..dtypes import parse_dtype
-from ..official_config import config_from_official
 from .base import STDiTBase
 from .captions import CaptionEmbedder, Captions, CrossAttention
 from .config import as_triple, check_heads
@@ -139,6 +138,7 @@ class STDiT(STDiTBase):
     CONFIG = STDiTConfig
     PRESETS = PRESETS
     OFFICIAL_NAME = "STDiT"
+    ARCHITECTURE_FIELDS = (*STDiTBase.ARCHITECTURE_FIELDS, "space_scale", "time_scale")
     SIZE_ARGS = False  # conditioned on the timestep only
     OPTIONAL_KEYS = ("pos_embed", "pos_embed_temporal")  # released .pth files omit the fixed tables
     UNREADABLE_DEFAULTS = {**STDiTBase.UNREADABLE_DEFAULTS, "space_scale": 1.0, "time_scale": 1.0}  # constructor defaults
@@ -180,8 +180,7 @@ class STDiT(STDiTBase):
         official_dtype = config.pop("dtype", None)
         if dtype is None and official_dtype is not None:
             dtype = parse_dtype(official_dtype)
-        cfg = config_from_official(STDiTConfig, config, "STDiT")
-        return cls(cfg, device=device, dtype=dtype, operations=operations)
+        return cls(cls.config_from_kwargs(config), device=device, dtype=dtype, operations=operations)
 
     def _spatial_table(self, device, dtype) -> torch.Tensor:
         _, rows, cols = self.config.grid

@@ -155,6 +155,7 @@ class STDiT2(STDiTBase):
     CONFIG = STDiT2Config
     PRESETS = PRESETS
     OFFICIAL_NAME = "STDiT2"
+    ARCHITECTURE_FIELDS = (*STDiTBase.ARCHITECTURE_FIELDS, "qk_norm")
     UNREADABLE_DEFAULTS = {**STDiTBase.UNREADABLE_DEFAULTS, "input_sq_size": 512}  # every released config sets 512
 
     @classmethod

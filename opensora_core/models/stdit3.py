@@ -150,6 +150,7 @@ class STDiT3(STDiTBase):
     CONFIG = STDiT3Config
     PRESETS = PRESETS
     OFFICIAL_NAME = "STDiT3"
+    ARCHITECTURE_FIELDS = (*STDiTBase.ARCHITECTURE_FIELDS, "qk_norm")
     BLOCKS = "spatial_blocks"
     UNREADABLE_DEFAULTS = {**STDiTBase.UNREADABLE_DEFAULTS, "input_sq_size": 512}  # every released config sets 512
 

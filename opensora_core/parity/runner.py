@@ -22,8 +22,12 @@ from typing import Any, Callable
 
 import torch
 
+TABLES_ONLY_FILE = "tables.json"  # a case folder may hold only this (Open-Sora 2.0 tables)
 # Handler modules, in matching order. Each defines ``HANDLERS: list[Handler]``.
-HANDLER_MODULES = ("stdit", "vae", "sampling", "inference", "tables")
+HANDLER_MODULES = (
+    "stdit", "vae", "osp_vae", "v2_vae", "sampling", "inference", "tables", "osp_dit", "osp_sampling", "v2",
+    "v2_tables",
+)
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Case:
 
     @cached_property
     def config(self) -> dict:
+        if not self.has("config.json") and self.has(TABLES_ONLY_FILE):
+            return {}  # a pure-logic case with only its tables file
         return json.loads((self.path / "config.json").read_text())
 
     @cached_property
@@ -149,13 +155,7 @@ class CaseResult:
 def handlers() -> list[Handler]:
     found = []
     for module in HANDLER_MODULES:
-        try:
-            mod = importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__package__}.{module}":
-                raise
-            continue  # that family of cases is not supported by this build
-        found.extend(mod.HANDLERS)
+        found.extend(importlib.import_module(f"{__package__}.{module}").HANDLERS)
     return found
 
 
@@ -200,14 +200,19 @@ def _judge(case: Case, comparisons: list[Comparison], seconds: float) -> CaseRes
 
 
 def discover(paths: list[str | Path]) -> list[Path]:
-    """Case folders under the given paths (a folder with config.json is a case)."""
+    """Case folders under the given paths (a folder with config.json, or with only tables.json, is a case)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if (path / "config.json").is_file():
+        if _is_case_folder(path):
             found.append(path)
         elif path.is_dir():
-            found.extend(sorted(p.parent for p in path.rglob("config.json")))
+            markers = [*path.rglob("config.json"), *path.rglob(TABLES_ONLY_FILE)]
+            found.extend(sorted({p.parent for p in markers if _is_case_folder(p.parent)}))
         else:
             raise FileNotFoundError(f"{path}: not a case folder (no config.json) and not a directory")
     return found
+
+
+def _is_case_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / TABLES_ONLY_FILE).is_file()

@@ -25,7 +25,16 @@ Modules: :mod:`.plan` (request -> checked plan), :mod:`.stages` (the stage funct
 
 from .generate import GenerationResult, SampleResult, generate, sample_video
 from .placement import Placement, StayPut, device_of
-from .plan import GenerationPlan, GenerationSpec, check_vae_fits, plan_generation
+from .plan import (
+    SEED_RANGE,
+    GenerationPlan,
+    GenerationSpec,
+    check_memory,
+    check_vae_fits,
+    machine_memory_bytes,
+    plan_generation,
+    video_memory_bytes,
+)
 from .stages import (
     Clip,
     Components,
@@ -34,13 +43,17 @@ from .stages import (
     check_caption_length,
     decode_clips,
     decode_frames,
+    decode_video,
     encode_prompts,
     encode_references,
+    encode_video,
+    frames_from_video,
     sample_clip,
     sample_clips,
 )
 
 __all__ = [
+    "SEED_RANGE",
     "Clip",
     "Components",
     "GenerationPlan",
@@ -52,15 +65,21 @@ __all__ = [
     "StepInfo",
     "TextEncoder",
     "check_caption_length",
+    "check_memory",
     "check_vae_fits",
     "decode_clips",
     "decode_frames",
+    "decode_video",
     "device_of",
     "encode_prompts",
     "encode_references",
+    "encode_video",
+    "frames_from_video",
     "generate",
+    "machine_memory_bytes",
     "plan_generation",
     "sample_clip",
     "sample_clips",
     "sample_video",
+    "video_memory_bytes",
 ]

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..families import family_of
 from ..text.caption import Caption
-from .plan import GenerationPlan, GenerationSpec, check_vae_fits, plan_generation
+from .plan import GenerationPlan, GenerationSpec, check_memory, check_vae_fits, plan_generation
 from .stages import (
     Clip,
     Components,
@@ -103,6 +103,7 @@ def _checked_plan(components: Components, spec: GenerationSpec, references: Sequ
     family = family_of(components.model)
     check_vae_fits(family, components.vae.geometry)
     plan = plan_generation(family, spec, [int(r.shape[0]) for r in references])
+    check_memory(plan, components.model)
     log.info("generating:\n%s", plan.describe())
     return plan
 

@@ -8,9 +8,15 @@ the latent size for the stages.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import torch
+from torch import nn
 
 from ..conditioning import (
     LATENT,
@@ -24,7 +30,9 @@ from ..conditioning import (
 )
 from ..families import Family, families
 from ..geometry import LatentGeometry, check_frame_count
-from ..text.prompts import loop_prompt_text, prepare_prompt
+from ..text.prompts import loop_prompt_text, loop_segments, prepare_prompt
+
+log = logging.getLogger("opensora")
 
 Strategy = str | Sequence[MaskGroup] | Task  # one sample's mask strategy
 
@@ -147,23 +155,32 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
         family.sampler.check_frames(spec.num_frames)
     if spec.loops < 1:
         raise ValueError(f"loops must be >= 1, got {spec.loops}")
+    _check_sampling(family, spec)
+    _check_prompts(spec)
     latent_size = family.geometry.latent_size(spec.num_frames, spec.height, spec.width)
-    condition = spec.condition_frame_length or family.defaults.condition_frame_length
+    condition = _given_or(spec.condition_frame_length, family.defaults.condition_frame_length)
     drop = extension_drop_frames(condition, spec.num_frames, family.geometry) if spec.loops > 1 else 0
     placements = _plan_placements(family, spec, list(reference_frames), condition)
-    return GenerationPlan(
+    plan = GenerationPlan(
         spec=spec,
         family=family,
         latent_size=latent_size,
-        fps=family.defaults.fps if spec.fps is None else spec.fps,
-        cfg_scale=family.defaults.cfg_scale if spec.cfg_scale is None else spec.cfg_scale,
-        steps=spec.steps or family.defaults.steps,
+        fps=_given_or(spec.fps, family.defaults.fps),
+        cfg_scale=_given_or(spec.cfg_scale, family.defaults.cfg_scale),
+        steps=_given_or(spec.steps, family.defaults.steps),
         condition_frames=condition,
         round_prompts=[_round_prompts(family, spec, i) for i in range(spec.loops)],
         placements=placements,
         reference_frames=list(reference_frames),
         drop_frames=drop,
     )
+    check_memory(plan)
+    return plan
+
+
+def _given_or(value, default):
+    """The request's value, else the family default; 0 is a value (checked), not "not given"."""
+    return default if value is None else value
 
 
 
@@ -171,8 +188,48 @@ def _check_size(family: Family, spec: GenerationSpec) -> None:
     f = family.geometry.spatial_factor
     if spec.height < 2 * f or spec.width < 2 * f:
         raise ValueError(f"size {spec.height}x{spec.width} (HxW) is too small; use at least {2 * f}x{2 * f} pixels")
-    if spec.fps is not None and not spec.fps > 0:
-        raise ValueError(f"fps must be positive, got {spec.fps}")
+    family.geometry.check_output_hw(spec.height, spec.width)
+    for name in ("fps", "save_fps"):
+        value = getattr(spec, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value}")
+
+
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes without wrapping around
+
+
+def _check_sampling(family: Family, spec: GenerationSpec) -> None:
+    """Numbers a sampler would take silently and turn into garbage (NaN, a wrapped seed, a skipped step)."""
+    if spec.cfg_scale is not None and not (math.isfinite(spec.cfg_scale) and spec.cfg_scale >= 0):
+        raise ValueError(f"cfg_scale must be a finite number >= 0 (official 7.0), got {spec.cfg_scale}")
+    if isinstance(spec.seed, bool) or int(spec.seed) != spec.seed or not SEED_RANGE[0] <= spec.seed <= SEED_RANGE[1]:
+        low, high = SEED_RANGE
+        raise ValueError(f"seed must be an integer from {low} to {high} (2**64 - 1), got {spec.seed}")
+    _check_steps(family, spec.steps)
+    if spec.condition_frame_length is not None and spec.condition_frame_length < 1:
+        raise ValueError(f"condition_frame_length must be >= 1 latent frame, got {spec.condition_frame_length}")
+    if not 0.0 <= spec.condition_frame_edit <= 1.0:
+        raise ValueError(f"condition_frame_edit must be 0 (keep) .. 1 (regenerate), got {spec.condition_frame_edit}")
+    if spec.align is not None and spec.align < 1:
+        raise ValueError(f"align must be >= 1 latent frame (official v1.2: 5), or not given; got {spec.align}")
+    for name in ("aesthetic_score", "motion_score"):
+        value = getattr(spec, name)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+
+
+def _check_steps(family: Family, steps: int | None) -> None:
+    """The step counts the family's sampler takes (``Sampler.step_range``; IDDPM respaces 1000 steps)."""
+    lowest, highest = family.sampler.step_range
+    if steps is not None and (steps < lowest or (highest is not None and steps > highest)):
+        bounds = f"from {lowest} to {highest}" if highest else f">= {lowest}"
+        raise ValueError(f"steps must be {bounds} for {family.model.class_name} ({family.sampler.name}), got {steps}")
+
+
+def _check_prompts(spec: GenerationSpec) -> None:
+    for index, prompt in enumerate(spec.prompts):
+        if not all(text.strip() for _, text in loop_segments(prompt)):
+            log.warning("prompt %d is empty (%r): the video follows no text", index, prompt)
 
 
 
@@ -199,12 +256,32 @@ def _plan_placements(family: Family, spec: GenerationSpec, reference_frames: lis
                 )
             per_sample.append([])
             continue
+        if reference_frames and _is_empty(strategy):
+            raise ValueError(
+                f"{len(reference_frames)} reference(s) given but the mask strategy is empty, so none would be used; "
+                "give a mask strategy (e.g. '0': reference 0 as the first frame) or leave the references out"
+            )
         groups = _groups(strategy, family, spec, reference_frames)
         per_sample.append(family.conditioning.place(
             groups, geometry=family.geometry, num_frames=spec.num_frames, reference_frames=reference_frames,
             loops=spec.loops, condition_frames=condition, condition_edit=spec.condition_frame_edit, align=spec.align,
         ))
+    _warn_unused_references(per_sample, len(reference_frames))
     return per_sample
+
+
+def _is_empty(strategy: Strategy) -> bool:
+    """No group at all: empty text or an empty group list (a named task always places its references)."""
+    if isinstance(strategy, Task):
+        return False
+    return not (strategy.strip() if isinstance(strategy, str) else list(strategy))
+
+
+def _warn_unused_references(per_sample: list[list[PlacedGroup]], references: int) -> None:
+    used = {placed.ref_id for placements in per_sample for placed in placements}
+    unused = [i for i in range(references) if i not in used]
+    if unused:
+        log.warning("reference(s) %s are not used by any mask-strategy group (ref_id counts from 0)", unused)
 
 
 
@@ -223,3 +300,45 @@ def _round_prompts(family: Family, spec: GenerationSpec, round_index: int) -> li
         for p in spec.prompts
     ]
 
+
+# ---------------------------------------------------------------------------
+# Memory: refused before anything is allocated
+# ---------------------------------------------------------------------------
+
+
+def video_memory_bytes(plan: GenerationPlan) -> int:
+    """Bytes of the finished video as float32 frames (B, T, H, W, 3), the result every caller receives."""
+    height, width = plan.geometry.decoded_hw(plan.spec.height, plan.spec.width)
+    return plan.batch_size * plan.total_frames * height * width * 3 * 4
+
+
+def machine_memory_bytes() -> int | None:
+    """The largest memory of this machine: RAM, or a GPU's if larger (None if the OS does not say)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        ram = 0
+    gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    return max([ram, *gpus]) or None
+
+
+def check_memory(plan: GenerationPlan, model: nn.Module | None = None) -> None:
+    """Refuse, before anything is allocated, a request that cannot fit in this machine's memory.
+
+    Counts the finished video (float32 frames) and, with the model, one guided step's activations
+    (``model.sampling_memory_bytes``); each must fit in the largest memory of the machine.
+    """
+    available = machine_memory_bytes()
+    if available is None:
+        return
+    needs = {"the decoded video (float32 frames)": video_memory_bytes(plan)}
+    if model is not None:
+        needs["one sampling step's activations"] = model.sampling_memory_bytes(plan.batch_size, plan.latent_size)
+    for what, size in needs.items():
+        if size > available:
+            spec = plan.spec
+            raise ValueError(
+                f"{spec.num_frames} frames of {spec.height}x{spec.width} x {spec.loops} loop(s) cannot fit: {what} "
+                f"needs about {size / 2**30:.1f} GiB but this machine has {available / 2**30:.1f} GiB; "
+                "lower height/width, num_frames or loops"
+            )

@@ -74,20 +74,25 @@ def check_caption_length(caption: Caption, model: nn.Module) -> None:
 def encode_references(
     vae: nn.Module, references: Sequence[torch.Tensor], height: int, width: int, generator: torch.Generator
 ) -> list[torch.Tensor]:
-    """Fit each reference (T, H, W, 3) to the output size and encode it: (C, t, h, w) float32 latents.
+    """Fit each reference (T, H, W, 3) to the requested size and encode it: (C, t, h, w) float32 latents.
 
-    Images are resized with bicubic and videos with bilinear filtering to cover the
-    size, then centre-cropped (opensora/datasets/utils.py); the VAE samples its posterior.
+    As ``collect_references_batch`` + ``read_from_path(..., transform_name="resize_crop")``: images are
+    resized with bicubic and videos with bilinear filtering to cover ``height`` x ``width`` (the requested
+    size, e.g. 240x426, not the decoded 240x424), centre-cropped to it, and encoded one by one; the VAE
+    floors sizes that are not multiples of 8 and samples its posterior.
     """
-    fit_h, fit_w = vae.geometry.decoded_hw(height, width)
     latents = []
     for frames in references:
         mode = "bicubic" if frames.shape[0] == 1 else "bilinear"
-        fitted = media.resize_cover_crop(frames, fit_h, fit_w, mode=mode)
+        fitted = media.resize_cover_crop(frames, height, width, mode=mode)
         x = media.to_model_range(fitted).unsqueeze(0)  # (1, 3, T, H, W)
-        z = vae.encode(x, noise=gaussian_noise(generator))
-        latents.append(z[0].float())  # (C, t, h, w)
+        latents.append(encode_video(vae, x, generator)[0])  # (C, t, h, w)
     return latents
+
+
+def encode_video(vae: nn.Module, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Encode (B, 3, T, H, W) in about [-1, 1] as it is, sampling the posterior: (B, C, t, h, w) float32."""
+    return vae.encode(video, noise=gaussian_noise(generator)).float()
 
 
 
@@ -151,9 +156,10 @@ def sample_clips(
     for round_index in range(spec.loops):
         if round_index > 0:
             previous = clips[-1]
-            with place.use(vae):
-                previous.frames = decode_frames(vae, previous.latent, spec.num_frames, tiling=tiling)
-                again = encode_references(vae, list(previous.frames), spec.height, spec.width, generator)
+            with place.use(vae):  # append_generated: the decoded clip, not clamped, is encoded as it is
+                video = decode_video(vae, previous.latent, spec.num_frames, tiling=tiling)  # (B, 3, T, H, W)
+                previous.frames = frames_from_video(video)
+                again = encode_video(vae, video, generator)  # (B, C, t, h, w)
             for b in range(plan.batch_size):
                 refs[b].append(again[b])
         working = model.sampling_memory_bytes(plan.batch_size, plan.latent_size)  # activations of one step
@@ -194,10 +200,18 @@ def decode_frames(vae: nn.Module, latent: torch.Tensor, num_frames: int, *, tili
     ``tiling=None`` decodes exactly as the official code and retries tiled on out-of-memory;
     a :class:`~opensora_core.vae.TilingOptions` decodes tiled from the start.
     """
+    return frames_from_video(decode_video(vae, latent, num_frames, tiling=tiling))
+
+
+def decode_video(vae: nn.Module, latent: torch.Tensor, num_frames: int, *, tiling=None) -> torch.Tensor:
+    """Decode (B, C, t, h, w) to the VAE's raw (B, 3, T, H, W) output in about [-1, 1] (not clamped)."""
     if tiling is None:
-        video = decode_with_fallback(vae, latent, num_frames)  # (B, 3, T, H, W) in about [-1, 1]
-    else:
-        video = vae.decode(latent, num_frames, tiling=tiling)
+        return decode_with_fallback(vae, latent, num_frames)
+    return vae.decode(latent, num_frames, tiling=tiling)
+
+
+def frames_from_video(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) float32 frames in 0..1 (clamped) on the CPU."""
     return torch.stack([media.from_model_range(v) for v in video.float().cpu()])
 
 

@@ -29,7 +29,7 @@ from .core import (
 )
 from .frames import FrameSets, IDDPMFrameRule, ReferenceFrames, RFlowFrameRule
 from .guidance import CaptionLike, GuidedModel
-from .iddpm import SpacedSchedule, iddpm_schedule, linear_betas, sample_iddpm, space_timesteps
+from .iddpm import DIFFUSION_STEPS, SpacedSchedule, iddpm_schedule, linear_betas, sample_iddpm, space_timesteps
 from .rflow import check_transform_frames, rflow_schedule, rflow_timesteps, sample_rflow, timestep_transform
 
 # Official scheduler names (opensora registry) -> sampler.
@@ -48,6 +48,7 @@ def get_sampler(name: str) -> Callable:
 
 __all__ = [
     "CALLBACK_KEYS",
+    "DIFFUSION_STEPS",
     "SAMPLERS",
     "CaptionLike",
     "Denoiser",

@@ -2,10 +2,17 @@
 
 Base process: 1000 linear betas 1e-4 -> 0.02 (float64), epsilon prediction and a
 learned-range variance. ``num_steps`` respaced steps keep the original timesteps
-round(k * 999 / (n - 1)) and rebuild betas from ratios of cumulative alphas; v1.1 does
-that with a float32 tensor constructor, so every respaced array is float32 (kept here).
+round(k * 999 / (n - 1)) and rebuild betas from ratios of cumulative alphas. The two
+releases compute the respaced arrays differently, and each is reproduced bit for bit:
+
+* v1.1 (and v1.2's iddpm) rebuilds the betas with a float32 tensor constructor, so every
+  respaced array is computed in float32 torch arithmetic (``precision="float32"``);
+* v1.0 keeps everything in float64 numpy (``np.linspace`` base betas, ``np.cumprod``, ...)
+  and casts to float32 when a coefficient is gathered (``_extract_into_tensor``), which
+  equals casting each array once (``precision="float64"``).
+
 The model always receives the ORIGINAL timestep. Follows opensora/schedulers/iddpm/
-(__init__.py, respace.py, gaussian_diffusion.py at v1.1.0).
+(__init__.py, respace.py, gaussian_diffusion.py at v1.1.0 and v1.0.0).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 from .core import Denoiser, NoiseSource, StepCallback, StepResult, draw_like, run_steps
@@ -119,12 +127,64 @@ def spaced_schedule(kept: Sequence[int], base_betas: torch.Tensor) -> SpacedSche
     )
 
 
-def iddpm_schedule(num_steps: int | str | None = None, diffusion_steps: int = DIFFUSION_STEPS) -> SpacedSchedule:
-    """The schedule ``IDDPM(num_sampling_steps=num_steps)`` samples with (None = all 1000 steps)."""
+def spaced_schedule_float64(kept: Sequence[int], diffusion_steps: int = DIFFUSION_STEPS) -> SpacedSchedule:
+    """v1.0's respaced arrays: the whole computation in float64 numpy, each array cast to float32 at the end.
+
+    Same expressions in the same order as v1.0.0 gaussian_diffusion.py / respace.py; numpy (not torch)
+    so that linspace, cumprod and log are numpy's own.
+    """
+    kept = sorted(kept)
+    scale = 1000 / diffusion_steps
+    base = np.cumprod(1.0 - np.linspace(scale * 0.0001, scale * 0.02, diffusion_steps, dtype=np.float64))
+    last, new_betas = 1.0, []
+    for i in kept:  # respace.py: 1 - alpha_cumprod / last_alpha_cumprod over the kept steps
+        new_betas.append(1 - base[i] / last)
+        last = base[i]
+    betas = np.array(new_betas, dtype=np.float64)
+    if betas.shape[0] < 2:
+        raise ValueError("IDDPM sampling needs at least 2 steps")
+    alphas = 1.0 - betas
+    acp = np.cumprod(alphas, axis=0)
+    acp_prev = np.append(1.0, acp[:-1])
+    post_var = betas * (1.0 - acp_prev) / (1.0 - acp)
+    arrays = dict(
+        betas=betas,
+        alphas_cumprod=acp,
+        sqrt_alphas_cumprod=np.sqrt(acp),
+        sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - acp),
+        sqrt_recip_alphas_cumprod=np.sqrt(1.0 / acp),
+        sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / acp - 1),
+        posterior_variance=post_var,
+        posterior_log_variance_clipped=np.log(np.append(post_var[1], post_var[1:])),
+        posterior_mean_coef1=betas * np.sqrt(acp_prev) / (1.0 - acp),
+        posterior_mean_coef2=(1.0 - acp_prev) * np.sqrt(alphas) / (1.0 - acp),
+        log_betas=np.log(betas),
+    )
+    return SpacedSchedule(
+        timestep_map=torch.tensor(kept, dtype=torch.int64),
+        **{name: torch.from_numpy(value).to(torch.float32) for name, value in arrays.items()},
+    )
+
+
+PRECISIONS = ("float32", "float64")  # v1.1 / v1.0 arithmetic of the respaced arrays
+
+
+def iddpm_schedule(
+    num_steps: int | str | None = None, diffusion_steps: int = DIFFUSION_STEPS, *, precision: str = "float32"
+) -> SpacedSchedule:
+    """The schedule ``IDDPM(num_sampling_steps=num_steps)`` samples with (None = all 1000 steps).
+
+    ``precision``: "float32" as v1.1/v1.2 build it, "float64" as v1.0 does (see the module docstring).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} (v1.1 / v1.0), got {precision!r}")
     counts = diffusion_steps if num_steps in (None, "") else num_steps
     if isinstance(counts, int) and not 2 <= counts <= diffusion_steps:
         raise ValueError(f"num_steps must be between 2 and {diffusion_steps}, got {counts}")
-    return spaced_schedule(space_timesteps(diffusion_steps, counts), linear_betas(diffusion_steps))
+    kept = space_timesteps(diffusion_steps, counts)
+    if precision == "float64":
+        return spaced_schedule_float64(kept, diffusion_steps)
+    return spaced_schedule(kept, linear_betas(diffusion_steps))
 
 
 # ---------------------------------------------------------------------------

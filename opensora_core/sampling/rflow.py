@@ -77,8 +77,8 @@ def check_transform_frames(num_frames: int) -> None:
     if 1 < num_frames < TRANSFORM_CHUNK_FRAMES:
         raise ValueError(
             f"num_frames={num_frames} does not work with the v1.2 timestep transform: it counts whole "
-            f"{TRANSFORM_CHUNK_FRAMES}-frame chunks, so 2..16 frames give NaN timesteps. Use 1 frame, "
-            f"{TRANSFORM_CHUNK_FRAMES} or more frames, or turn the timestep transform off"
+            f"{TRANSFORM_CHUNK_FRAMES}-frame chunks, so 2..{TRANSFORM_CHUNK_FRAMES - 1} frames give NaN timesteps. "
+            f"Use num_frames 1 (an image) or {TRANSFORM_CHUNK_FRAMES} or more (51 = 2 s at 24 fps)"
         )
 
 

@@ -19,9 +19,12 @@ score + cleaning part for one text.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 from .cleaning import text_preprocessing
+
+log = logging.getLogger("opensora")
 
 # ---------------------------------------------------------------------------
 # Score suffixes
@@ -29,10 +32,14 @@ from .cleaning import text_preprocessing
 
 AESTHETIC_SCORE_V1_2 = 6.5  # `aes` of configs/opensora-v1-2/inference/sample.py
 
-# phrase -> how its value is printed (official format strings)
-_AESTHETIC = "aesthetic score:"
-_MOTION = "motion score:"
-_CAMERA = "camera motion:"
+# The camera-motion phrases v1.2 captions carry (tools/datasets/datautil.py CMOTION_TEXT; the Gradio app's choices)
+CAMERA_MOTIONS = ("pan right", "pan left", "tilt up", "tilt down", "zoom in", "zoom out", "static")
+
+# the phrases v1.2 prompts are conditioned on; each is followed by its value (official format strings)
+AESTHETIC_PHRASE = "aesthetic score:"
+MOTION_PHRASE = "motion score:"
+CAMERA_PHRASE = "camera motion:"
+SCORE_PHRASES = (AESTHETIC_PHRASE, MOTION_PHRASE, CAMERA_PHRASE)
 
 
 def append_scores(
@@ -46,12 +53,12 @@ def append_scores(
     Each phrase is added only when given and not already written in the prompt;
     numbers are printed with one decimal (``6.5`` -> ``" aesthetic score: 6.5."``).
     """
-    if aesthetic is not None and _AESTHETIC not in prompt:
-        prompt = f"{prompt} {_AESTHETIC} {aesthetic:.1f}."
-    if motion is not None and _MOTION not in prompt:
-        prompt = f"{prompt} {_MOTION} {motion:.1f}."
-    if camera_motion is not None and _CAMERA not in prompt:
-        prompt = f"{prompt} {_CAMERA} {camera_motion}."
+    if aesthetic is not None and AESTHETIC_PHRASE not in prompt:
+        prompt = f"{prompt} {AESTHETIC_PHRASE} {aesthetic:.1f}."
+    if motion is not None and MOTION_PHRASE not in prompt:
+        prompt = f"{prompt} {MOTION_PHRASE} {motion:.1f}."
+    if camera_motion is not None and CAMERA_PHRASE not in prompt:
+        prompt = f"{prompt} {CAMERA_PHRASE} {camera_motion}."
     return prompt
 
 
@@ -82,21 +89,34 @@ class PromptOptions:
     mask_strategy: str | None = None  # "loop,ref,ref_start,target_start,length[,edit];..."
 
 
-def parse_prompt_options(prompt: str) -> PromptOptions:
-    """Split ``text{"reference_path": ..., "mask_strategy": ...}`` (``extract_json_from_prompts``).
+def parse_prompt_options(prompt: str, version: str = "v1.2") -> PromptOptions:
+    """Split ``text{"reference_path": ..., "mask_strategy": ...}`` as the official inference scripts do.
 
-    Everything from the first ``{`` on must be one JSON object with only the keys in
-    :data:`PROMPT_JSON_KEYS`; the text keeps everything before it, unstripped.
+    v1.2 (``extract_json_from_prompts``) splits before a ``{``; v1.1 (scripts/inference-long.py) before a
+    ``{`` or a ``[``, and reads options only from an object (a trailing array is parsed, cut from the text
+    and not used). In both the prompt may hold one such character, everything from it on must be one
+    JSON value, and the text keeps everything before it, unstripped. Keys other than
+    :data:`PROMPT_JSON_KEYS` are refused (v1.2 asserts; v1.1 would ignore a misspelt key).
     """
-    start = prompt.find("{")
-    if start < 0:
+    if version not in ("v1.1", "v1.2"):
+        raise ValueError(f"unknown prompt syntax version {version!r}; use 'v1.1' or 'v1.2'")
+    marks = "{[" if version == "v1.1" else "{"
+    starts = [i for i, char in enumerate(prompt) if char in marks]
+    if not starts:
         return PromptOptions(prompt)
-    if "{" in prompt[start + 1 :]:
-        raise ValueError(f"prompt {prompt!r}: only one JSON object, without nested braces, may follow the text")
+    if len(starts) > 1:
+        raise ValueError(
+            f"prompt {prompt!r}: only one JSON value, without nested {' or '.join(marks)}, may follow the text"
+        )
+    start = starts[0]
     try:
         options = json.loads(prompt[start:])
     except json.JSONDecodeError as err:
-        raise ValueError(f"prompt {prompt!r}: the part from '{{' on is not valid JSON ({err})") from None
+        raise ValueError(f"prompt {prompt!r}: the part from {prompt[start]!r} on is not valid JSON ({err})") from None
+    if isinstance(options, list):  # v1.1 only: parsed, cut from the text, unused
+        log.warning("prompt %r: the trailing JSON array is cut from the text and not used (options need an object)",
+                    prompt)
+        return PromptOptions(prompt[:start])
     unknown = sorted(set(options) - set(PROMPT_JSON_KEYS))
     if unknown:
         raise ValueError(f"prompt {prompt!r}: unknown JSON keys {unknown}; allowed: {', '.join(PROMPT_JSON_KEYS)}")
@@ -206,9 +226,14 @@ def loop_prompt_text(prompt: str, loop_index: int) -> str:
 
 
 __all__ = [
+    "AESTHETIC_PHRASE",
     "AESTHETIC_SCORE_V1_2",
+    "CAMERA_MOTIONS",
+    "CAMERA_PHRASE",
+    "MOTION_PHRASE",
     "PROMPT_JSON_KEYS",
     "PromptOptions",
+    "SCORE_PHRASES",
     "append_scores",
     "is_loop_prompt",
     "loop_prompt_text",

@@ -1,4 +1,5 @@
-"""T5 text encoder as Open-Sora uses it (DeepFloyd/t5-v1_1-xxl through ``transformers``).
+"""T5 text encoder as Open-Sora uses it (DeepFloyd/t5-v1_1-xxl through ``transformers``), and the
+mT5-XXL encoder of Open-Sora-Plan v1.2/v1.3 (google/mt5-xxl, ``MT5EncoderModel``, 512 tokens).
 
 Follows opensora/models/text_encoder/t5.py (v1.0-v1.2): prompts are tokenised with
 padding to exactly L tokens (``padding="max_length"``), truncated to L (the last kept
@@ -6,6 +7,12 @@ token is then the end-of-sequence token), and the encoder runs with the attentio
 mask. ``last_hidden_state`` (B, L, C) becomes ``y`` (B, 1, L, C) and the tokenizer's
 attention mask the caption ``mask`` (B, L). T5 runs in float32 in the official
 inference configs; bfloat16 works; float16 overflows in T5 v1.1.
+
+Open-Sora-Plan v1.3 (opensora/sample/pipeline_opensora.py ``encode_prompt`` @v1.3.1) does the same
+with mT5-XXL and L = 512 (:data:`MT5_V1_3`): all 512 positions go to the transformer, which masks the
+padded ones. mT5 is the T5 v1.1 architecture with a 250k vocabulary (``model_type`` "mt5"); every
+loader below takes either (``model_type`` from the folder's config.json, or the ``model_type``
+argument for a single file). :meth:`T5TextEncoder.encode_ids` encodes ready token ids.
 
 Weights load from
 
@@ -31,6 +38,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import torch
 
 from .caption import Caption
+from .encoder_files import encoder_prefix, transformers_dtype_kwarg
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel
@@ -49,13 +57,19 @@ class TextEncoderPreset:
     name: str
     max_length: int  # caption tokens L (model_max_length); the STDiT's y_embedding has L rows
     hub_id: str = "DeepFloyd/t5-v1_1-xxl"  # the only T5 the official wrapper accepts (informative)
+    model_type: str = "t5"  # transformers model_type: "t5" or "mt5"
 
 
 T5_V1_0 = TextEncoderPreset("v1.0", max_length=120)  # T5Encoder default; configs/opensora/inference/*.py
 T5_V1_1 = TextEncoderPreset("v1.1", max_length=200)  # configs/opensora-v1-1/inference/sample.py
 T5_V1_2 = TextEncoderPreset("v1.2", max_length=300)  # configs/opensora-v1-2/inference/sample.py
-T5_PRESETS = {p.name: p for p in (T5_V1_0, T5_V1_1, T5_V1_2)}
-T5_XXL_CHANNELS = 4096  # d_model of T5-XXL: the STDiT caption_channels
+# Open-Sora-Plan v1.3: --text_encoder_name_1 google/mt5-xxl, --model_max_length / max_sequence_length 512
+MT5_V1_3 = TextEncoderPreset("osp-v1.3", max_length=512, hub_id="google/mt5-xxl", model_type="mt5")
+# Open-Sora 2.0: configs/diffusion/inference/256px.py t5= (512 tokens, encoded without the attention mask)
+T5_V2_0 = TextEncoderPreset("v2.0", max_length=512, hub_id="google/t5-v1_1-xxl")
+T5_PRESETS = {p.name: p for p in (T5_V1_0, T5_V1_1, T5_V1_2, MT5_V1_3, T5_V2_0)}
+T5_XXL_CHANNELS = 4096  # d_model of T5-XXL (and mT5-XXL): the caption channels of every model here
+MODEL_TYPES = ("t5", "mt5")
 
 TOKENIZER_CONFIG = "tokenizer_config.json"  # names the tokenizer class and the special tokens
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # the vocabulary: either one
@@ -88,7 +102,7 @@ class T5TextEncoder:
         self.tokenizer = tokenizer
         self.max_length = max_length
         if self.dtype == torch.float16:
-            logger.warning("T5 v1.1 overflows in float16 (inf/NaN hidden states); use float32 or bfloat16")
+            logger.warning("T5 v1.1 / mT5 can overflow in float16 (inf/NaN hidden states); use float32 or bfloat16")
 
     @property
     def output_dim(self) -> int:
@@ -129,10 +143,42 @@ class T5TextEncoder:
     @torch.no_grad()
     def encode(self, texts: str | Sequence[str]) -> Caption:
         """Caption ``y`` (B, 1, L, C) in the encoder's dtype and ``mask`` (B, L) on its device."""
-        ids, mask = self.tokenize(texts)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, C)
-        return Caption(y=hidden[:, None], mask=mask)  # (B, 1, L, C), (B, L)
+        return self.encode_ids(*self.tokenize(texts))
+
+    def encode_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> Caption:
+        """Caption from token ids and attention mask, both (B, L) (see :func:`encode_token_ids`)."""
+        return encode_token_ids(self.model, ids, mask)
+
+    @torch.no_grad()
+    def encode_unmasked(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """(B, L, C) states of prompts padded to L and encoded WITHOUT an attention mask: the padding tokens
+        take part in the attention and change every state (Open-Sora 2.0's ``HFEmbedder``)."""
+        ids, _ = self.tokenize(texts)
+        return encoder_states(self.model, ids, None)
+
+
+@torch.no_grad()
+def encode_token_ids(model, ids: torch.Tensor, mask: torch.Tensor) -> Caption:
+    """``model(input_ids=ids, attention_mask=mask).last_hidden_state`` as a Caption: y (B, 1, L, C) in the
+    encoder's dtype, mask (B, L) int64, on the encoder's device. No pooling, scaling or cropping: every
+    position (padding included) is kept, as the official pipelines pass them on."""
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"token ids and attention mask must both be (B, L), got {tuple(ids.shape)} and "
+                         f"{tuple(mask.shape)}")
+    mask = mask.to(device=model.get_input_embeddings().weight.device, dtype=torch.int64)
+    hidden = encoder_states(model, ids, mask)  # (B, L, C)
+    return Caption(y=hidden[:, None], mask=mask)  # (B, 1, L, C), (B, L)
+
+
+@torch.no_grad()
+def encoder_states(model, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Last hidden states (B, L, C) of a T5/mT5 encoder for token ids (B, L); ``mask`` None lets every token
+    (padding included) attend everywhere. Inputs are moved to the encoder's device."""
+    if ids.dim() != 2:
+        raise ValueError(f"token ids must be (B, L), got {tuple(ids.shape)}")
+    device = model.get_input_embeddings().weight.device
+    mask = None if mask is None else mask.to(device=device, dtype=torch.int64)
+    return model(input_ids=ids.to(device=device, dtype=torch.int64), attention_mask=mask).last_hidden_state
 
 
 def _check_tokenizer_fits(tokenizer: "PreTrainedTokenizerBase", vocab_size: int) -> None:
@@ -155,17 +201,20 @@ def load_t5_encoder(
     max_length: int = T5_V1_2.max_length,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    model_type: str | None = None,
 ) -> T5TextEncoder:
-    """Load a T5 encoder from a Hugging Face folder or a single ``.safetensors`` file.
+    """Load a T5 (or mT5) encoder from a Hugging Face folder or a single ``.safetensors`` file.
 
     ``tokenizer_path``: folder with ``tokenizer_config.json`` and ``tokenizer.json`` or
     ``spiece.model`` (sentencepiece needed for the latter); required for a
     single file, optional for a folder (default: the folder itself or its ``tokenizer/``).
+    ``model_type``: "t5" or "mt5"; a folder's config.json must agree when given; a single file is
+    built as ``model_type`` (default "t5").
     """
     path = Path(path)
     if path.is_dir():
         folder = find_model_folder(path)
-        model = load_t5_folder(folder, dtype=dtype, device=device)
+        model = load_t5_folder(folder, dtype=dtype, device=device, model_type=model_type)
         tokenizer = load_t5_tokenizer(tokenizer_path or find_tokenizer_folder(folder))
     elif path.is_file():
         if tokenizer_path is None:
@@ -173,11 +222,25 @@ def load_t5_encoder(
                 f"{path}: a single-file T5 has no tokenizer; pass tokenizer_path, a folder with "
                 f"{_TOKENIZER_EXPECTED} (ComfyUI ships one in comfy/text_encoders/t5_tokenizer)"
             )
-        model = load_t5_file(path, dtype=dtype, device=device)
+        model = load_t5_file(path, dtype=dtype, device=device, model_type=model_type or "t5")
         tokenizer = load_t5_tokenizer(tokenizer_path)
     else:
         raise FileNotFoundError(f"T5 weights not found: {path}")
     return T5TextEncoder(model, tokenizer, max_length=max_length)
+
+
+def load_mt5_encoder(
+    path: str | Path,
+    tokenizer_path: str | Path | None = None,
+    *,
+    max_length: int = MT5_V1_3.max_length,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> T5TextEncoder:
+    """The Open-Sora-Plan v1.3 text encoder: mT5 (``MT5EncoderModel``) with 512 tokens, from a Hugging Face
+    folder (e.g. google/mt5-xxl) or a single ``.safetensors`` file plus a tokenizer folder."""
+    return load_t5_encoder(path, tokenizer_path, max_length=max_length, dtype=dtype, device=device,
+                           model_type=MT5_V1_3.model_type)
 
 
 # ---------------------------------------------------------------------------
@@ -223,7 +286,16 @@ def load_t5_tokenizer(folder: str | Path) -> "PreTrainedTokenizerBase":
             f"{folder}: not a T5 tokenizer folder; expected {_TOKENIZER_EXPECTED}, e.g. the tokenizer "
             "of DeepFloyd/t5-v1_1-xxl or ComfyUI's comfy/text_encoders/t5_tokenizer"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # damaged files, or saved by a transformers this one cannot read; error types vary
+        import transformers
+
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise ValueError(
+            f"{folder}: the tokenizer files cannot be read by transformers {transformers.__version__} ({reason}); "
+            "download them again, or save them with this transformers version"
+        ) from None
     _check_tokenizer(tokenizer, folder)
     return tokenizer
 
@@ -255,26 +327,35 @@ def find_model_folder(path: str | Path) -> Path:
     )
 
 
-def _transformers_dtype_kwarg() -> str:
+def encoder_class(model_type: str) -> type:
+    """``T5EncoderModel`` for "t5", ``MT5EncoderModel`` for "mt5"."""
     import transformers
 
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown text encoder model_type {model_type!r}; use one of {', '.join(MODEL_TYPES)}")
+    return transformers.MT5EncoderModel if model_type == "mt5" else transformers.T5EncoderModel
 
 
-def load_t5_folder(folder: str | Path, *, dtype: torch.dtype, device: torch.device | str) -> "T5EncoderModel":
-    """``T5EncoderModel.from_pretrained`` on a local folder, in ``dtype``, moved to ``device``."""
-    from transformers import T5EncoderModel
+def load_t5_folder(
+    folder: str | Path, *, dtype: torch.dtype, device: torch.device | str, model_type: str | None = None
+) -> "T5EncoderModel":
+    """``T5EncoderModel`` / ``MT5EncoderModel.from_pretrained`` on a local folder (the class follows the
+    config's ``model_type``, which must equal ``model_type`` when given), in ``dtype``, moved to ``device``."""
+    from ..checkpoints import check_safetensors, read_json
 
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("model_type") != "t5":
+    config = read_json(folder / "config.json")  # a damaged config.json is named
+    for weights in sorted(folder.glob("*.safetensors")):  # transformers would only say "SafetensorError"
+        check_safetensors(weights)
+    found = config.get("model_type")
+    if found not in MODEL_TYPES or (model_type is not None and found != model_type):
+        wanted = model_type or " or ".join(MODEL_TYPES)
         raise ValueError(
-            f"{folder}: config.json describes a {config.get('model_type')!r} model "
-            f"({', '.join(config.get('architectures') or [])}), not a T5 (model_type 't5')"
+            f"{folder}: config.json describes a {found!r} model "
+            f"({', '.join(config.get('architectures') or [])}), not a {wanted} encoder (model_type {wanted!r})"
         )
-    model = T5EncoderModel.from_pretrained(
-        str(folder), local_files_only=True, attn_implementation="eager", **{_transformers_dtype_kwarg(): dtype}
+    model = encoder_class(found).from_pretrained(
+        str(folder), local_files_only=True, attn_implementation="eager", **{transformers_dtype_kwarg(): dtype}
     )
     return model.to(device=device).eval()
 
@@ -296,35 +377,32 @@ _WEIGHT_SCALE_SUFFIX = ".scale_weight"  # scaled fp8: real weight = stored weigh
 _UNSUPPORTED_SUFFIXES = (".weight_scale", ".comfy_quant", ".weight_scale_2", ".input_scale")
 
 
-def load_t5_file(path: str | Path, *, dtype: torch.dtype, device: torch.device | str) -> "T5EncoderModel":
-    """Build a ``T5EncoderModel`` from a single safetensors file of its keys (config from the shapes)."""
-    from safetensors import safe_open
+def load_t5_file(
+    path: str | Path, *, dtype: torch.dtype, device: torch.device | str, model_type: str = "t5"
+) -> "T5EncoderModel":
+    """Build a ``T5EncoderModel`` ("t5") or ``MT5EncoderModel`` ("mt5") from a single safetensors file of its
+    keys (config from the shapes; the two share key names, so the caller says which it is)."""
+    from ..checkpoints import open_safetensors
 
     path = Path(path)
     if path.suffix != SINGLE_FILE_SUFFIX:
         raise ValueError(
             f"{path}: single-file T5 weights must be {SINGLE_FILE_SUFFIX} (use a Hugging Face folder otherwise)"
         )
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
+    with open_safetensors(path) as handle:
         keys = list(handle.keys())
         prefix = _t5_prefix(keys, path)
         names = {key[len(prefix) :]: key for key in keys if key.startswith(prefix)}
         _reject_unsupported(names, path)
         shapes = {name: tuple(handle.get_slice(key).get_shape()) for name, key in names.items()}
-        config = t5_config_from_shapes(shapes)
+        config = t5_config_from_shapes(shapes, model_type)
         state = _read_encoder_tensors(handle, names, dtype=dtype, device=device)
-    return _build_from_state_dict(config, state, path)
+    return _build_from_state_dict(config, state, path, model_type)
 
 
 def _t5_prefix(keys: list[str], path: Path) -> str:
     """The prefix under which a file holds T5 encoder keys ("" for plain files)."""
-    prefixes = sorted({k[: -len(_FINAL_NORM)] for k in keys if k.endswith(_FINAL_NORM)})
-    prefixes = [p for p in prefixes if p == "" or p.endswith(".")]
-    if not prefixes:
-        raise ValueError(f"{path}: not a T5 text encoder; it looks like {describe_state_dict(keys)}")
-    if len(prefixes) > 1:
-        raise ValueError(f"{path}: holds several T5 encoders (prefixes {prefixes}); extract one")
-    prefix = prefixes[0]
+    prefix = encoder_prefix(keys, _FINAL_NORM, path, "T5")
     if not any(prefix + k in keys for k in _EMBED_KEYS) or prefix + _REL_BIAS.format(0) not in keys:
         raise ValueError(
             f"{path}: has T5-like keys but no token embedding or relative attention bias; file incomplete?"
@@ -372,11 +450,11 @@ def _read_encoder_tensors(handle, names: Mapping[str, str], *, dtype: torch.dtyp
     return state
 
 
-def _build_from_state_dict(config: "T5Config", state: dict[str, torch.Tensor], path: Path) -> "T5EncoderModel":
-    from transformers import T5EncoderModel
-
+def _build_from_state_dict(
+    config: "T5Config", state: dict[str, torch.Tensor], path: Path, model_type: str = "t5"
+) -> "T5EncoderModel":
     with torch.device("meta"):
-        model = T5EncoderModel(config)
+        model = encoder_class(model_type)(config)
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
@@ -386,15 +464,17 @@ def _build_from_state_dict(config: "T5Config", state: dict[str, torch.Tensor], p
     return model.eval()
 
 
-def t5_config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> "T5Config":
-    """T5 config of a ``T5EncoderModel`` state dict, from its tensor shapes alone.
+def t5_config_from_shapes(shapes: Mapping[str, tuple[int, ...]], model_type: str = "t5") -> "T5Config":
+    """T5 (or, with ``model_type="mt5"``, MT5) config of an encoder state dict, from its tensor shapes alone.
 
     d_model and vocabulary from the token embedding, heads and buckets from the
     relative attention bias, d_kv from q, d_ff and the gated-GELU (T5 v1.1) vs ReLU
     (original T5) feed-forward from ``wi_0`` / ``wi``, layers from the block count.
     """
-    from transformers import T5Config
+    from transformers import MT5Config, T5Config
 
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown text encoder model_type {model_type!r}; use one of {', '.join(MODEL_TYPES)}")
     embed = next(shapes[k] for k in _EMBED_KEYS if k in shapes)
     vocab_size, d_model = embed
     num_buckets, num_heads = shapes[_REL_BIAS.format(0)]
@@ -405,7 +485,8 @@ def t5_config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> "T5Config":
     num_layers = 1 + max(int(k.split(".")[2]) for k in shapes if k.startswith("encoder.block."))
     if inner_dim % num_heads:
         raise ValueError(f"attention width {inner_dim} is not a multiple of {num_heads} heads; not a T5 encoder")
-    return T5Config(
+    config_class = MT5Config if model_type == "mt5" else T5Config
+    return config_class(
         vocab_size=vocab_size,
         d_model=d_model,
         d_kv=inner_dim // num_heads,
@@ -420,35 +501,25 @@ def t5_config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> "T5Config":
     )
 
 
-def describe_state_dict(keys: Sequence[str]) -> str:
-    """A short guess at what a state dict holds, for error messages."""
-    joined = "\n".join(keys)
-    guesses = (
-        (("y_embedder.", "x_embedder.", "spatial_blocks.", "t_embedder."), "a diffusion transformer (STDiT / DiT)"),
-        (("spatial_vae.", "temporal_vae.", "post_quant_conv.", "decoder.up_blocks.", "decoder.conv_in."), "a VAE"),
-        (("text_model.encoder.", "transformer.resblocks."), "a CLIP text encoder"),
-        (("model.layers.0.self_attn.",), "a decoder-only language model"),
-        (("double_blocks.", "joint_blocks.", "input_blocks."), "an image diffusion model (Flux / SD3 / SD)"),
-    )
-    for markers, what in guesses:
-        if any(marker in joined for marker in markers):
-            return what
-    return f"an unknown model (first keys: {', '.join(list(keys)[:3])})"
-
-
 __all__ = [
+    "MODEL_TYPES",
+    "MT5_V1_3",
     "T5TextEncoder",
     "TextEncoderPreset",
     "T5_PRESETS",
+    "T5_V2_0",
     "T5_V1_0",
     "T5_V1_1",
     "T5_V1_2",
     "T5_XXL_CHANNELS",
     "TOKENIZER_CONFIG",
     "TOKENIZER_FILES",
-    "describe_state_dict",
+    "encode_token_ids",
+    "encoder_states",
+    "encoder_class",
     "find_model_folder",
     "find_tokenizer_folder",
+    "load_mt5_encoder",
     "load_t5_encoder",
     "load_t5_file",
     "load_t5_folder",

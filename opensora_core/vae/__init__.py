@@ -1,4 +1,5 @@
-"""Video VAEs: SD-VAE (v1.0/v1.1, per frame) and the Open-Sora VAE v1.2 (4x in time).
+"""Video VAEs: SD-VAE (v1.0/v1.1, per frame), the Open-Sora VAE v1.2 (4x in time) and the Hunyuan
+causal 3D VAE of Open-Sora 2.0 (4x in time, 16 channels).
 
 Every video VAE here implements :class:`VideoVAE`, the interface the sampler
 pipeline, the nodes and the trainer use:
@@ -28,7 +29,11 @@ memory. ``opensora_core.loading.load_vae`` detects a file and builds the right w
 
 Modules: :mod:`.autoencoder_kl` (SD-VAE), :mod:`.temporal` (VAE v1.2 temporal stage),
 :mod:`.pipeline` (the video wrappers), :mod:`.keys` (state-dict layouts), :mod:`.shapes`
-(architecture from a state dict), :mod:`.posterior`, :mod:`.tiling`.
+(architecture from a state dict), :mod:`.posterior`, :mod:`.tiling`, :mod:`.hunyuan` (Open-Sora 2.0's
+``AutoencoderKLCausal3D``: the same interface, but ``tiling`` takes a :class:`HunyuanTiling`, the official
+tiling, and ``None`` means the config's own tiling), the Open-Sora-Plan VAEs :mod:`.causal_vae`
+(``CausalVAEModel``, v1.0-v1.2) and :mod:`.wfvae` (``WFVAEModel``, v1.3) with their blocks in
+:mod:`.osp_blocks` and the diffusion-side wrapper :class:`~.osp.OpenSoraPlanVAE` (:mod:`.osp`).
 
 A new VAE: add its module here and one line to ``_CLASSES`` (official class name -> our class), so
 ``opensora_core.families.build_model`` builds it from its official config.
@@ -41,6 +46,7 @@ import importlib
 from torch import nn
 
 from .autoencoder_kl import AUTOENCODER_KL_PRESETS, AutoencoderKL, AutoencoderKLConfig
+from .hunyuan import BOUNDED_TILING, HunyuanTiling, HunyuanVAE, HunyuanVAEConfig
 from .keys import to_diffusers_layout, to_ldm_layout
 from .pipeline import VideoAutoencoderKL, VideoAutoencoderPipeline, VideoVAE
 from .posterior import NoiseFn, RecordedNoise, gaussian_noise
@@ -53,6 +59,9 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "VideoAutoencoderKL": (".pipeline", "VideoAutoencoderKL"),
     "diffusers.AutoencoderKL": (".autoencoder_kl", "AutoencoderKL"),
     "AutoencoderKL": (".autoencoder_kl", "AutoencoderKL"),
+    "CausalVAEModel": (".causal_vae", "CausalVAEModel"),  # Open-Sora-Plan v1.0-v1.2 CausalVideoVAE
+    "WFVAEModel": (".wfvae", "WFVAEModel"),  # Open-Sora-Plan v1.3 WF-VAE
+    "AutoencoderKLCausal3D": (".hunyuan", "HunyuanVAE"),  # Open-Sora 2.0 Hunyuan VAE
 }
 
 
@@ -73,6 +82,10 @@ __all__ = [
     "AUTOENCODER_KL_PRESETS",
     "AutoencoderKL",
     "AutoencoderKLConfig",
+    "BOUNDED_TILING",
+    "HunyuanTiling",
+    "HunyuanVAE",
+    "HunyuanVAEConfig",
     "NoiseFn",
     "RecordedNoise",
     "TEMPORAL_VAE_PRESETS",

@@ -150,7 +150,7 @@ class VideoAutoencoderKL(nn.Module):
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through), as the official ``get_latent_size``."""
-        return _latent_size(self.geometry, input_size)
+        return self.geometry.get_latent_size(input_size)
 
 
 # ---------------------------------------------------------------------------
@@ -260,7 +260,7 @@ class VideoAutoencoderPipeline(nn.Module):
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through), as the official ``get_latent_size``."""
-        return _latent_size(self.geometry, input_size)
+        return self.geometry.get_latent_size(input_size)
 
 
 # ---------------------------------------------------------------------------
@@ -317,11 +317,3 @@ def _frames(video: Tensor, start: int, stop: int) -> Tensor:
     return torch.stack([video[n // t, :, n % t] for n in range(start, stop)])
 
 
-def _latent_size(geometry: LatentGeometry, input_size: Sequence[int | None]) -> list[int | None]:
-    t, h, w = input_size
-    f = geometry.spatial_factor
-    return [
-        None if t is None else geometry.latent_frames(t),
-        None if h is None else h // f,
-        None if w is None else w // f,
-    ]

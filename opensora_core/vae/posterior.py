@@ -8,7 +8,8 @@ official encode behaviour) or ``mean`` (``sample=False``).
 ``eps`` never comes from the global torch RNG. A :data:`NoiseFn` supplies it:
 ``noise(stage, shape) -> Tensor`` is called once per posterior draw, in the order
 the official code draws, with the stage name (``"spatial"`` for the SD-VAE stage,
-``"temporal"`` for the VAE v1.2 temporal stage) and the shape of the draw.
+``"temporal"`` for the VAE v1.2 temporal stage, ``"video"`` for the single draw of the
+Hunyuan VAE over the whole latent) and the shape of the draw.
 
 * :func:`gaussian_noise` draws from a ``torch.Generator`` (seeded for reproducible
   encodes; a fresh, OS-seeded one when none is given);
@@ -22,6 +23,7 @@ the official code draws, with the stage name (``"spatial"`` for the SD-VAE stage
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -31,22 +33,55 @@ NoiseFn = Callable[[str, tuple[int, ...]], Tensor]
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 # stage -> axis along which consecutive draws of that stage are laid out
-STAGE_AXIS: dict[str, int] = {"spatial": 0, "temporal": 2}
+STAGE_AXIS: dict[str, int] = {"spatial": 0, "temporal": 2, "video": 0}
+
+
+@dataclass(frozen=True)
+class DiagonalGaussian:
+    """The posterior N(mean, exp(logvar)) of a VAE encoder, log-variance already clamped to [-30, 20].
+
+    follows DiagonalGaussianDistribution (opensora/models/vae/utils.py; Open-Sora-Plan
+    utils/distrib_utils.py): chunk the moments in two along channels, clamp, std = exp(logvar / 2).
+    """
+
+    mean: Tensor
+    logvar: Tensor
+
+    @classmethod
+    def from_moments(cls, moments: Tensor) -> DiagonalGaussian:
+        """Encoder moments ``[N, 2C, ...]``: the first C channels are the mean, the last C the log-variance."""
+        mean, logvar = moments.chunk(2, dim=1)  # (N, C, ...) each
+        return cls(mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+
+    @property
+    def std(self) -> Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def sample(self, noise: Tensor | NoiseFn | None = None, *, generator: torch.Generator | None = None,
+               stage: str = "posterior") -> Tensor:
+        """mean + std * eps. ``eps``: the ``noise`` tensor itself (the mean's shape; recorded draws are
+        injected this way), a :data:`NoiseFn` called as ``noise(stage, shape)``, or a standard normal draw
+        from ``generator`` (a fresh OS-seeded one when None; never the global RNG)."""
+        shape = tuple(self.mean.shape)
+        if noise is None:
+            noise = gaussian_noise(generator, self.mean.device)
+        eps = noise if isinstance(noise, Tensor) else noise(stage, shape)
+        if tuple(eps.shape) != shape:
+            raise ValueError(f"posterior noise has shape {tuple(eps.shape)}, the posterior {shape}")
+        return self.mean + self.std * eps.to(device=self.mean.device, dtype=self.mean.dtype)
 
 
 def sample_posterior(moments: Tensor, *, sample: bool, noise: NoiseFn | None, stage: str) -> Tensor:
-    """Latent from encoder moments ``[N, 2C, ...]``: mean, or mean + std * eps with eps from ``noise``.
-
-    follows opensora/models/vae/utils.py DiagonalGaussianDistribution: chunk, clamp, exp(logvar / 2).
-    """
-    mean, logvar = moments.chunk(2, dim=1)  # (N, C, ...) each
+    """Latent from encoder moments ``[N, 2C, ...]``: mean, or mean + std * eps with eps from ``noise``."""
+    posterior = DiagonalGaussian.from_moments(moments)
     if not sample:
-        return mean
+        return posterior.mean
     if noise is None:
         raise ValueError("sample_posterior(sample=True) needs a noise source; pass gaussian_noise(generator)")
-    std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-    eps = noise(stage, tuple(mean.shape)).to(device=mean.device, dtype=mean.dtype)
-    return mean + std * eps
+    return posterior.sample(noise, stage=stage)
 
 
 def gaussian_noise(generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> NoiseFn:
