@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def can_overwrite(*tensors: torch.Tensor) -> bool:
@@ -57,6 +58,21 @@ def residual(
 def gelu_tanh(h: torch.Tensor) -> torch.Tensor:
     """GELU (tanh approximation); without autograd ``h`` (a linear layer's output) is overwritten."""
     return torch.ops.aten.gelu_(h, approximate="tanh") if can_overwrite(h) else F.gelu(h, approximate="tanh")
+
+
+# activation modules -> their functional form, which takes ``inplace=True``
+IN_PLACE_ACTIVATIONS = {nn.SiLU: F.silu, nn.ReLU: F.relu, nn.Mish: F.mish}
+
+
+def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; without autograd ``x`` (a norm's output) is overwritten when ``act`` has an in-place form
+    (SiLU, ReLU, Mish, GELU). The same values either way; other activations run out of place."""
+    if not can_overwrite(x):
+        return act(x)
+    if isinstance(act, nn.GELU):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    functional = IN_PLACE_ACTIVATIONS.get(type(act))
+    return act(x) if functional is None else functional(x, inplace=True)
 
 
 STATISTICS_CHUNK = 1 << 22  # elements whose float32 statistics are taken at once (16 MiB)

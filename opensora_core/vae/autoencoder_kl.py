@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.inplace import activate, add
 from ..models.tensors import gemm_rows
 from .keys import to_diffusers_layout
 
@@ -158,11 +159,13 @@ class ResnetBlock2D(nn.Module):
             self.conv_shortcut = ops.Conv2d(in_channels, out_channels, 1, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(self.nonlinearity(self.norm1(x)))  # (N, C_out, H, W)
-        h = self.conv2(self.nonlinearity(self.norm2(h)))
-        if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
-        return x + h
+        # one statement per op, so each temporary is freed as soon as the next exists; without autograd the
+        # activations overwrite the norms' outputs and the sum the last conv's: 3 frame-sized tensors at most
+        h = activate(self.nonlinearity, self.norm1(x))  # (N, C_in, H, W)
+        h = self.conv1(h)  # (N, C_out, H, W)
+        h = activate(self.nonlinearity, self.norm2(h))
+        h = self.conv2(h)
+        return add(h, x if self.conv_shortcut is None else self.conv_shortcut(x))  # h + x
 
 
 class Downsample2D(nn.Module):
@@ -329,7 +332,7 @@ class Decoder(nn.Module):
         """The high-resolution levels (tileable): features at 2x the latent resolution -> image."""
         for block in self.up_blocks[1:]:
             x = block(x)
-        return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # (N, 3, 8h, 8w)
+        return self.conv_out(activate(self.conv_act, self.conv_norm_out(x)))  # (N, 3, 8h, 8w)
 
 
 class AutoencoderKL(nn.Module):
