@@ -20,6 +20,8 @@ from opensora_core.families import build_model
 from opensora_core.vae import AutoencoderKL, AutoencoderKLConfig
 
 from tiny import CAPTION_CHANNELS, MAX_LENGTH
+from tiny_v2 import TINY as MMDIT_TINY
+from tiny_v2 import inputs as mmdit_inputs
 
 # widths chosen so that no attention operand has a Linear weight's shape
 DIT = dict(hidden_size=48, depth=1, num_heads=4, caption_channels=CAPTION_CHANNELS, model_max_length=MAX_LENGTH)
@@ -95,6 +97,37 @@ def test_dit_linears_run_as_2d_gemms(name, mode):
     torch.manual_seed(0)
     model = _prepared(build_model(name, DIT_CONFIGS[name]), mode)
     inputs = _dit_inputs(name, MODES[mode][0])
+    assert batched_weight_gemms(model, mode, lambda: model(**inputs)) == []
+
+
+# Open-Sora-Plan v1.3: 4 layers = 2 full-attention layers, then a single-skip and a group-skip Skiparse layer
+OSP = dict(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, num_layers=4,
+           cross_attention_dim=24, patch_size=2, patch_size_t=1, activation_fn="gelu-approximate",
+           caption_channels=CAPTION_CHANNELS, sparse1d=True, sparse_n=2)
+
+
+def _osp_inputs(dtype: torch.dtype) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return dict(hidden_states=torch.randn(2, 4, 3, 8, 8, generator=g, dtype=dtype),
+                timestep=torch.tensor([999.0, 321.0]),
+                encoder_hidden_states=torch.randn(2, 1, 5, CAPTION_CHANNELS, generator=g, dtype=dtype),
+                encoder_attention_mask=torch.tensor([[[1, 1, 1, 0, 0]], [[1, 1, 1, 1, 1]]]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_open_sora_plan_linears_run_as_2d_gemms(mode):
+    torch.manual_seed(0)
+    model = _prepared(build_model("OpenSoraT2V_v1_3", OSP), mode)
+    inputs = _osp_inputs(MODES[mode][0])
+    assert batched_weight_gemms(model, mode, lambda: model(**inputs)) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mmdit_linears_run_as_2d_gemms(mode):
+    torch.manual_seed(0)
+    model = _prepared(build_model("MMDiTModel", {**MMDIT_TINY, "depth": 1, "depth_single_blocks": 1}), mode)
+    dtype = MODES[mode][0]
+    inputs = {k: v.to(dtype) if v.is_floating_point() and k != "timesteps" else v for k, v in mmdit_inputs().items()}
     assert batched_weight_gemms(model, mode, lambda: model(**inputs)) == []
 
 
