@@ -255,9 +255,13 @@ class UpDecoderBlock2D(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, ops, **factory)] if upsample else [])
 
     def forward(self, x: Tensor) -> Tensor:
-        for block in [*self.resnets, *self.upsamplers]:
+        for block in self.blocks():
             x = block(x)
         return x
+
+    def blocks(self) -> list[nn.Module]:
+        """The ResNet blocks, then the upsampler if any, in order."""
+        return [*self.resnets, *self.upsamplers]
 
 
 # ---------------------------------------------------------------------------
@@ -321,7 +325,12 @@ class Decoder(nn.Module):
         self.conv_out = ops.Conv2d(chans[-1], cfg.out_channels, 3, padding=1, **factory)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.tail(self.trunk(z))
+        # one flat loop over the blocks of every level: a nested loop would keep each level's input alive
+        # (its caller's reference) until the level ends, which at the last level is the largest tensor
+        x = self.mid_block(self.conv_in(z))  # (N, C_last, h, w)
+        for block in self._level_blocks(0):
+            x = block(x)
+        return self._out(x)
 
     def trunk(self, z: Tensor) -> Tensor:
         """The low-resolution levels, mid-block attention over the whole frame: latent -> 2x latent resolution."""
@@ -330,8 +339,14 @@ class Decoder(nn.Module):
 
     def tail(self, x: Tensor) -> Tensor:
         """The high-resolution levels (tileable): features at 2x the latent resolution -> image."""
-        for block in self.up_blocks[1:]:
+        for block in self._level_blocks(1):
             x = block(x)
+        return self._out(x)
+
+    def _level_blocks(self, first: int) -> list[nn.Module]:
+        return [block for level in self.up_blocks[first:] for block in level.blocks()]
+
+    def _out(self, x: Tensor) -> Tensor:
         return self.conv_out(activate(self.conv_act, self.conv_norm_out(x)))  # (N, 3, 8h, 8w)
 
 
@@ -396,7 +411,9 @@ class AutoencoderKL(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Unscaled latents [N, latent, h, w] -> images [N, C_out, 8h, 8w] (not clamped)."""
-        return self.decode_tail(self.decode_trunk(z))
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)  # trunk and tail in one pass: no caller holds the trunk's output
 
     def decode_trunk(self, z: Tensor) -> Tensor:
         if self.post_quant_conv is not None:
