@@ -10,7 +10,7 @@ import torch
 from live_memory import LiveTensors
 from torch import nn
 
-from opensora_core.vae.autoencoder_kl import ResnetBlock2D
+from opensora_core.vae.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, ResnetBlock2D
 from opensora_core.vae.temporal import ResBlock, TemporalVAEConfig
 
 CHANNELS = 32
@@ -44,3 +44,16 @@ def test_resnet_block_in_place_path_matches_autograd_path(kind):
     slow = block(x)  # autograd records: every op out of place
     assert slow.requires_grad
     torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=1e-6)  # same ops on the same values
+
+
+def test_decoder_peak_is_its_largest_block():
+    """At most the last level's first ResNet block (input, activated norm, conv output at full resolution):
+    no level input nor trunk output is kept alive beside it."""
+    torch.manual_seed(0)
+    config = AutoencoderKLConfig(block_out_channels=(8, 32, 32, 32), layers_per_block=2, norm_num_groups=4)
+    vae = AutoencoderKL(config).eval()
+    z = torch.randn(2, 4, 5, 6)
+    with torch.no_grad(), LiveTensors(ignore=[*vae.parameters(), z]) as live:
+        vae.decode(z)
+    full_resolution = z.shape[0] * 64 * z.shape[2] * z.shape[3] * 4  # bytes of one channel at 8x the latent
+    assert live.peak <= full_resolution * (2 * 32 + 8) + 4096  # + GroupNorm statistics
