@@ -1,17 +1,20 @@
 """Without autograd the VAE ResNet blocks hold two input-sized tensors besides their input (the
 activated norm and the conv output, the sum written into the latter), and give the values of the
-autograd path. The process peak next to the official code: ``benchmarks/vs_official.py --what vae``.
+autograd path; the decode memory estimate follows the live-tensor peak. The process peak next to the
+official code: ``benchmarks/vs_official.py --what vae``; against the estimate: ``memory_calibration.py``.
 """
 
 from __future__ import annotations
 
 import pytest
+import tiny
 import torch
 from live_memory import LiveTensors
 from torch import nn
 
 from opensora_core.vae.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, ResnetBlock2D
 from opensora_core.vae.temporal import ResBlock, TemporalVAEConfig
+from opensora_core.vae.tiling import TilingOptions
 
 CHANNELS = 32
 
@@ -57,3 +60,15 @@ def test_decoder_peak_is_its_largest_block():
         vae.decode(z)
     full_resolution = z.shape[0] * 64 * z.shape[2] * z.shape[3] * 4  # bytes of one channel at 8x the latent
     assert live.peak <= full_resolution * (2 * 32 + 8) + 4096  # + GroupNorm statistics
+
+
+@pytest.mark.parametrize("tiling", [None, TilingOptions(), TilingOptions(tile_size=4, tile_overlap=1)],
+                         ids=["untiled", "frame-at-a-time", "spatial-tiles"])
+def test_v1_2_decode_estimate_is_within_15_percent_of_the_peak(tiling):
+    torch.manual_seed(0)
+    vae = tiny.vae_v1_2().eval()
+    frames, latent = 17, (5, 6, 10)
+    z = torch.randn(1, 4, *latent)
+    with torch.no_grad(), LiveTensors(ignore=[*vae.parameters(), *vae.buffers(), z]) as live:
+        vae.decode(z, frames, tiling=tiling)
+    assert abs(vae.decode_memory_bytes(1, latent, frames, tiling=tiling) / live.peak - 1) <= 0.15
