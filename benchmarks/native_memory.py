@@ -1,6 +1,6 @@
 """STDiT3 forward: measured activation memory against the estimate the native MODEL reports to ComfyUI.
 
-``STDiTBase.forward_memory_bytes`` (tokens x hidden x (1 + mlp_ratio) x element size x SAMPLING_LIVE_COPIES)
+``STDiTBase.forward_memory_bytes`` (tokens x hidden x (3 + max(mlp_ratio, 4)) x element size, plus the cast captions)
 is what the native model's ``memory_required`` gives ComfyUI's memory manager (it decides whether the
 prompt and null-caption passes run as one batch, and how much room ``load_models_gpu`` keeps free). This
 script measures the real peak of one no-grad forward of the guided batch (2 samples) at the released

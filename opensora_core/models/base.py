@@ -15,10 +15,10 @@ from ..official_config import OfficialConstructors
 from ..text.caption import null_caption
 from .captions import Captions, caption_mask, packed_captions
 
-# Copies of the widest activation (hidden x (1 + mlp_ratio) per token) alive at once in a no-grad forward.
-# Measured peak / (tokens x width x element size) on the CPU in float32 at the STDiT3-XL/2 width, 51 frames:
-# 1.82 (144p), 1.55 (240p), 1.47 (360p); 2 keeps the estimate 1.1..1.4x above them (benchmarks/native_memory.py).
-SAMPLING_LIVE_COPIES = 2
+# Token-wide tensors alive at a block's widest moment besides the MLP hidden layer (residual stream, its
+# modulated norm, the MLP output), and the attention's own (q, k, v, output, projection: 4 beyond the 3).
+SAMPLING_LIVE_WIDTHS = 3
+ATTENTION_WIDTHS = 4
 
 
 class STDiTBase(OfficialConstructors, nn.Module):
@@ -102,16 +102,25 @@ class STDiTBase(OfficialConstructors, nn.Module):
         return math.prod(self.x_embedder.grid(latent_size))
 
     def forward_memory_bytes(self, samples: int, latent_size: tuple[int, int, int]) -> int:
-        """Activation memory of one no-grad forward over ``samples`` latents of ``latent_size`` (t, h, w), in
-        bytes: the widest activation (the MLP's hidden x mlp_ratio) next to the block input, times
-        ``SAMPLING_LIVE_COPIES``, per video token; attention runs through SDPA without materialising the
-        scores. Measured against the peak of live tensors in ``benchmarks/native_memory.py``."""
-        width = self.config.hidden_size * (1 + self.config.mlp_ratio)
+        """Peak activation memory of one no-grad forward over ``samples`` latents of ``latent_size`` (t, h, w),
+        in bytes (ComfyUI's ``memory_required`` for the native MODEL).
+
+        Without autograd the blocks update the residual stream in place, so the widest moments hold
+        ``3 + max(mlp_ratio, 4)`` token-wide tensors: the stream, its modulated norm, the MLP hidden layer and
+        its output; or the q, k, v, attention output and projection (SDPA keeps no score matrix). Beside them:
+        the caption features cast to the model dtype (held through the forward); the output comes after the
+        blocks have freed theirs. Calibrated for STDiT3 against measured peaks of live tensors
+        (``benchmarks/memory_calibration.py``; ``tests/test_memory_estimate.py``).
+        """
+        tokens = samples * self.token_count(latent_size)
         element = torch.empty((), dtype=self.dtype).element_size()
-        return int(samples * self.token_count(latent_size) * width * element * SAMPLING_LIVE_COPIES)
+        widths = SAMPLING_LIVE_WIDTHS + max(self.config.mlp_ratio, ATTENTION_WIDTHS)
+        activations = tokens * self.config.hidden_size * widths * element
+        captions = samples * math.prod(self.caption_shape) * element
+        return int(activations + captions)
 
     def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int]) -> int:
-        """Activation memory of one guided denoising step in bytes, for a memory manager to make room: the
+        """Peak activation memory of one guided denoising step in bytes, for a memory manager to make room: the
         prompt and null-caption passes run as one batch of 2 x ``batch_size`` (:meth:`forward_memory_bytes`)."""
         return self.forward_memory_bytes(2 * batch_size, latent_size)
 

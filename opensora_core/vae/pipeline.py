@@ -7,6 +7,7 @@ official ones: ``module.*`` for ``VideoAutoencoderKL``; ``spatial_vae.module.*``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from ..geometry import PER_FRAME, VAE_V1_2, LatentGeometry
 from ..official_config import HF_BOOKKEEPING_KEYS
 from .autoencoder_kl import TORCH_OPS, AutoencoderKL, AutoencoderKLConfig, autoencoder_config_for
+from .memory import per_frame_decode_bytes
 from .posterior import NoiseFn, gaussian_noise, sample_posterior
 from .temporal import TemporalVAE, TemporalVAEConfig
 from .tiling import TilingOptions, tiled_map
@@ -145,6 +147,13 @@ class VideoAutoencoderKL(nn.Module):
 
     # -- sizes --------------------------------------------------------------
 
+    def decode_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int],
+                            tiling: TilingOptions | None = None) -> int:
+        """Working memory of :meth:`decode` of a (batch_size, C, *latent_size) latent, weights excluded."""
+        itemsize = _parameter(self).element_size()
+        return per_frame_decode_bytes(self.module.config, self.micro_batch_size, batch_size, tuple(latent_size),
+                                      itemsize, tiling)
+
     def _frames_at_once(self, tiling: TilingOptions | None) -> int | None:
         return self.micro_batch_size if tiling is None else tiling.frames_per_batch
 
@@ -257,6 +266,16 @@ class VideoAutoencoderPipeline(nn.Module):
             x_z[:, :, frame:frame + chunk.num_frames] = part  # (B, 4, n, h, w)
             frame += chunk.num_frames
         return self.spatial_vae.decode(x_z, num_frames, tiling=tiling)
+
+    def decode_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int], num_frames: int,
+                            tiling: TilingOptions | None = None) -> int:
+        """Working memory of :meth:`decode` to ``num_frames`` frames, weights excluded: the image stage's
+        (which peaks far above the temporal stage) plus the normalised latent and the temporal output."""
+        _, h, w = latent_size
+        itemsize = _parameter(self).element_size()
+        spatial = self.spatial_vae.decode_memory_bytes(batch_size, (num_frames, h, w), tiling)
+        latents = batch_size * self.latent_channels * (math.prod(latent_size) + num_frames * h * w)  # z, x_z
+        return spatial + latents * itemsize
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through), as the official ``get_latent_size``."""
