@@ -257,9 +257,16 @@ def _check_bucket_sizes(cfg: TrainConfig, class_name: str) -> None:
     of 32, the training stride ``--hw_stride 32``)."""
     family = for_class(class_name)
     multiple = family.training.side_multiple
+    table = BucketTable(cfg.data.buckets, cfg.data.resolutions, training=family.training)
+    if family.geometry.causal:  # a causal VAE (Hunyuan, Open-Sora-Plan): 4k+1 frames, else frames are lost
+        for name, entries in table.entries.items():
+            for frames in entries:
+                try:
+                    family.geometry.check_num_frames(frames)
+                except ValueError as err:
+                    raise ConfigError(f"data.buckets.{name}.{frames}", str(err)) from None
     if family.check_size is None and multiple is None:
         return
-    table = BucketTable(cfg.data.buckets, cfg.data.resolutions, training=family.training)
     for name, resolution in table.resolutions.items():
         for height, width in resolution.sizes.values():
             if multiple is not None and (height % multiple or width % multiple):
