@@ -18,6 +18,11 @@ smaller resolution is tried (never a smaller frame count at the same resolution)
 row * num_buckets, so assignments are reproducible per seed and epoch. The aspect ratio is the table
 key closest to H/W. Each clip thus lands in a bucket no larger than itself (pixels within 0.8, frames
 strictly fewer than it has).
+
+A family whose ``Training`` declares its own tables and rule (Open-Sora 2.0: ``bucket_sizes``,
+``bucket_rule = "v2"``, 2.0's ``opensora/datasets/bucket.py``) gets its resolutions ("256px", "768px", aspect keys
+"W:H") and draws: one ``default_rng(seed)`` stream per clip, the largest t with T // frame_interval >= t, a lost
+keep draw tries the next resolution, a (keep_prob, frame_prob) pair skips to the next t with frame_prob.
 """
 
 from __future__ import annotations
