@@ -94,7 +94,7 @@ def test_buckets_use_the_2_0_tables_and_draws():
 
 def test_buckets_refuse_frame_counts_the_causal_vae_cannot_take(workspace):
     cfg = _cfg(workspace, "bad_frames", data={"buckets": {"tiny": {"18": [1.0, 1]}}})
-    with pytest.raises(ConfigError, match=r"data.buckets.tiny.18: .*1 \+ 4k"):
+    with pytest.raises(ConfigError, match=r"data.buckets: tiny 18 frames: .*1 \+ 4k"):
         validate_config(cfg)
 
 

@@ -264,7 +264,7 @@ def _check_bucket_sizes(cfg: TrainConfig, class_name: str) -> None:
                 try:
                     family.geometry.check_num_frames(frames)
                 except ValueError as err:
-                    raise ConfigError(f"data.buckets.{name}.{frames}", str(err)) from None
+                    raise ConfigError("data.buckets", f"{name} {frames} frames: {err}") from None
     if family.check_size is None and multiple is None:
         return
     for name, resolution in table.resolutions.items():
