@@ -9,7 +9,7 @@
     opensora-train cache  --config ...            # T5 + VAE caches only (train does this too)
     opensora-train train  --config ... [--set run.max_steps=200]
     opensora-train export --config ... [--checkpoint outputs/run/checkpoints/checkpoint-00000200]
-    opensora-train lora-v2 clips/ --model Open_Sora_v2.safetensors ... -o lora.safetensors   # 2.0 MMDiT LoRA
+    opensora-train train  --config train/configs/v2_lora.toml   # Open-Sora 2.0 MMDiT LoRA (fp8/bf16 base, block swap)
 
 Multi-GPU: ``accelerate launch [--config_file train/configs/accelerate_ddp.yaml] -m opensora_train train ...``
 (see train/README.md). Errors in the config name the key and exit with status 2.
@@ -23,7 +23,6 @@ import logging
 import sys
 from pathlib import Path
 
-from . import mmdit_lora_cli
 from .config import ConfigError, load_config
 
 log = logging.getLogger("opensora")
@@ -80,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
                                "(checkpoint.resume = \"latest\")")
             start.add_argument("--fresh", action="store_true", help="start over: ignore and remove the run's "
                                "states, loss log and samples (caches and exports are kept)")
-    mmdit_lora_cli.add_parser(sub)
     return parser
 
 
@@ -276,7 +274,6 @@ def _export(args) -> int:
 
 COMMANDS = {
     "prepare": _prepare, "init-t5": _init_t5, "synthetic": _synthetic, "check": _check, "cache": _cache, "train": _train, "export": _export,
-    "lora-v2": mmdit_lora_cli.run,
 }
 
 

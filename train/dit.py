@@ -90,6 +90,8 @@ class CachedClipDataset(torch.utils.data.Dataset):
 
 
 class DiTTask:
+    places_model = False  # accelerate moves the model to the device
+
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.class_name = model_class_name(cfg)
@@ -130,7 +132,7 @@ class DiTTask:
         cfg = self.cfg
         entries = read_datasets(cfg.data)
         self.carried = caption_phrases([e.text for e in entries])
-        table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
+        table = BucketTable(cfg.data.buckets, cfg.data.resolutions, training=self.family.training)
         plans = [plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, v)
                  for v in range(cfg.data.epoch_variants)]
         summary = bucket_summary(table, [c.bucket if c else None for c in plans[0]], [str(e.path) for e in entries])

@@ -16,7 +16,7 @@ import torch
 
 from ..conditioning.v2 import ConditionTypes
 from ..geometry import HUNYUAN_VAE
-from ..geometry.opensora_v2 import RESOLUTIONS, check_num_frames, check_size, image_size
+from ..geometry.opensora_v2 import RESOLUTIONS, check_num_frames, check_size, image_size, training_buckets
 from ..sampling.v2 import ThreePassGuidance, sample_v2, schedule_v2, start_noise_v2
 from ..text import prompts_v2
 from ..text.clip import CLIP_MAX_LENGTH
@@ -161,12 +161,14 @@ V2_0 = register(Family(
     load_text=load_text_v2,
     check_size=check_size,  # sides multiples of 16 (VAE 8 x patch 2)
     image_size=image_size,  # 256px / 768px, aspect ratios as W:H ("16:9" -> 192x336)
-    # For the trainer (not wired yet): the captions carry " <fps> FPS, <motion> motion score."; 4k+1 frames
-    # (the geometry) in the 256px / 768px bucket tables (geometry.opensora_v2.aspect_ratio_sizes(training=True));
-    # the shifted flow objective of the 2.0 trainer; fp8 base and block swap for LoRA on one GPU.
-    training=Training(objective="v2_flow", aspect_ratio=None, fps_per_frame_interval=None,
-                      caption_suffix=prompts_v2.training_caption, bucket_resolutions=RESOLUTIONS, fp8_base=True,
-                      block_swap=True),
+    # For the trainer (train/mmdit_task.py): the captions carry " <fps> FPS."; 4k+1 frames (the geometry) in the
+    # 256px / 768px bucket tables with the 2.0 bucket draws; the shifted flow objective of the 2.0 trainer
+    # (sampling.v2_losses); T5 and CLIP each replaced by the null caption with probability 0.31622777
+    # (configs/diffusion/train/image.py ``dropout_ratio``); fp8 base and block swap for LoRA on one GPU.
+    training=Training(objective="v2_flow", aspect_ratio=None, fps_per_frame_interval=None, frame_masks=False,
+                      caption_suffix=prompts_v2.training_caption, bucket_resolutions=RESOLUTIONS,
+                      bucket_sizes=training_buckets, bucket_rule="v2",
+                      caption_dropout=(("t5", 0.31622777), ("clip", 0.31622777)), fp8_base=True, block_swap=True),
 ))
 
 __all__ = [

@@ -209,6 +209,13 @@ class Training:
     # (caption, fps, motion score) -> the training caption, for families whose captions carry them as text
     caption_suffix: Callable[[str, int | None, float | None], str] | None = None
     bucket_resolutions: tuple[str, ...] = ()  # resolution names of the official training buckets ("256px", ...)
+    # name -> (pixel count, {aspect key: (height, width)}) of those buckets (None: the v1 tables of ``geometry``)
+    bucket_sizes: Callable[[str], tuple[int, dict[str, tuple[int, int]]]] | None = None
+    # "v1": Open-Sora v1.x/Plan bucket draws (T > t * interval, a draw per frame entry); "v2": Open-Sora 2.0's
+    # (T // interval >= t, one draw stream per clip, a lost keep draw tries the next resolution)
+    bucket_rule: Literal["v1", "v2"] = "v1"
+    # the official training's caption dropout: encoder name -> probability of its null caption (2.0: t5, clip)
+    caption_dropout: tuple[tuple[str, float], ...] = ()
     fp8_base: bool = False  # the frozen base may be stored in fp8 (LoRA training)
     block_swap: bool = False  # the model has a ``blocks`` list block swap can stream
 

@@ -38,7 +38,8 @@ def training_alpha(latent_shape: tuple[int, ...], patch_size: int = 2) -> float:
 
 def sample_times(batch: int, alpha: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """[B] float32 logit-normal times shifted by ``alpha`` (1 = noise, 0 = data)."""
-    t = torch.sigmoid(torch.randn(batch, generator=generator))
+    device = generator.device if generator is not None else None
+    t = torch.sigmoid(torch.randn(batch, generator=generator, device=device))
     return alpha * t / (1 + (alpha - 1) * t)
 
 
@@ -64,7 +65,7 @@ class V2FlowObjective:
         if t is None:
             t = sample_times(B, training_alpha(tuple(x0.shape), self.patch_size), generator)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator)
+            noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else None)
         x_t, target = self.noised(x0, noise.to(x0), t.to(x0.device))
         condition = condition if condition is not None else build_condition(x0, "t2v")
         cond = pack(torch.cat((condition.masks, condition.masked_ref), dim=1), self.patch_size)
