@@ -21,6 +21,7 @@ and epoch variant, seeded) or the posterior mean (``"mean"``). Captions keep onl
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -199,5 +200,19 @@ class CachedTextEncoder:
         return Caption(torch.stack(ys), torch.stack(masks))  # (B, 1, L, C), (B, L)
 
 
+def free_memory() -> None:
+    """Return what a caching pass freed (the encoders leave before training)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def progress_bar(accelerator, total: int, desc: str):
+    """A tqdm bar of a caching pass, shown by the main process only."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not accelerator.is_main_process or total == 0, dynamic_ncols=True)
+
+
 __all__ = ["CacheDir", "CachedTextEncoder", "cache_captions", "cache_captions_v2", "cache_latents", "caption_key", "file_fingerprint",
-           "latent_key", "posterior_seed", "read_caption", "read_tensor", "shard"]
+           "free_memory", "latent_key", "posterior_seed", "progress_bar", "read_caption", "read_tensor", "shard"]

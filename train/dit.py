@@ -12,7 +12,6 @@ layout + config (``load_dit`` reads it), or a ComfyUI-style LoRA file.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import statistics
 from collections import Counter
@@ -40,7 +39,9 @@ from .cache import (
     cache_latents,
     caption_key,
     file_fingerprint,
+    free_memory,
     latent_key,
+    progress_bar,
     read_caption,
     read_tensor,
     shard,
@@ -175,11 +176,11 @@ class DiTTask:
                                       device=accelerator.device)
             self._check_caption_channels(encoder.output_dim)
             mine = shard(todo, accelerator.process_index, accelerator.num_processes)
-            with _bar(accelerator, len(mine), "caching T5 outputs") as bar:
+            with progress_bar(accelerator, len(mine), "caching T5 outputs") as bar:
                 cache_captions(mine, [paths[t] for t in mine], encoder, batch_size=cfg.text_encoder.batch_size,
                                dtype=DTYPES[cfg.cache.dtype], progress=bar.update)
             del encoder
-            _free_memory()
+            free_memory()
         accelerator.wait_for_everyone()
         return paths
 
@@ -198,14 +199,14 @@ class DiTTask:
         if todo or cfg.validation.every:
             self.vae = self._load_vae(accelerator.device)
             mine = shard(todo, accelerator.process_index, accelerator.num_processes)
-            with _bar(accelerator, len(mine), "caching VAE latents") as bar:
+            with progress_bar(accelerator, len(mine), "caching VAE latents") as bar:
                 failed = cache_latents([clips[i] for i in mine], [paths[i] for i in mine], self.vae,
                                        posterior=cfg.cache.posterior, seed=cfg.run.seed,
                                        dtype=DTYPES[cfg.cache.dtype], progress=bar.update)
             self.vae.to("cpu")
             if not cfg.validation.every:
                 self.vae = None
-            _free_memory()
+            free_memory()
         accelerator.wait_for_everyone()
         return paths, failed
 
@@ -344,18 +345,6 @@ def _t5_fingerprint(cfg: TrainConfig) -> str:
 
 def _jsonable(config: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _bar(accelerator, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not accelerator.is_main_process or total == 0, dynamic_ncols=True)
 
 
 __all__ = ["CachedClipDataset", "DiTTask"]

@@ -34,11 +34,11 @@ from opensora_core.lora import comfy_lora_from_state, save_lora
 from opensora_core.sampling.v2_losses import V2FlowObjective, sample_times, training_alpha
 
 from .buckets import BucketTable, bucket_summary
-from .cache import CacheDir, cache_captions_v2, cache_latents, caption_key, file_fingerprint, latent_key, shard
+from .cache import (CacheDir, cache_captions_v2, cache_latents, caption_key, file_fingerprint, free_memory, latent_key,
+                    progress_bar, shard)
 from .config import TrainConfig
 from .data import Clip, plan_epoch
 from .datasets import read_datasets
-from .dit import _bar, _free_memory
 from .mmdit_lora import I2V_TYPES, add_adapters, place_model
 from .rng import StepRandomness
 from .sampler import BucketBatchSampler
@@ -138,11 +138,11 @@ class MMDiTLoRATask:
                                             max_length=self.max_length, dtype=DTYPES[enc.dtype],
                                             device=accelerator.device)
             mine = shard(todo, accelerator.process_index, accelerator.num_processes)
-            with _bar(accelerator, len(mine), "caching T5 + CLIP outputs") as bar:
+            with progress_bar(accelerator, len(mine), "caching T5 + CLIP outputs") as bar:
                 cache_captions_v2(mine, [paths[t] for t in mine], encoder, batch_size=enc.batch_size,
                                   dtype=DTYPES[cfg.cache.dtype], progress=bar.update)
             del encoder
-            _free_memory()
+            free_memory()
         accelerator.wait_for_everyone()
         return paths
 
@@ -156,12 +156,12 @@ class MMDiTLoRATask:
             vae = load_vae(cfg.vae.path, expect=self.family.vae, dtype=DTYPES[cfg.vae.dtype],
                            device=accelerator.device)
             mine = shard(todo, accelerator.process_index, accelerator.num_processes)
-            with _bar(accelerator, len(mine), "caching VAE latents") as bar:
+            with progress_bar(accelerator, len(mine), "caching VAE latents") as bar:
                 cache_latents([clips[i] for i in mine], [paths[i] for i in mine], vae, posterior=cfg.cache.posterior,
                               seed=cfg.run.seed, dtype=DTYPES[cfg.cache.dtype], progress=bar.update,
                               ends=self.needs_ends)
             del vae
-            _free_memory()
+            free_memory()
         accelerator.wait_for_everyone()
         return paths
 
