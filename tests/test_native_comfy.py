@@ -445,3 +445,85 @@ def test_v1_1_through_ddpm_is_exact_but_for_the_learned_variance(comfy):
     ratio = (sched.posterior_variance[1:] / sched.betas[1:]).sqrt()
     print(f"v1.1 at 100 steps: ComfyUI's ddpm adds noise with {float(ratio.min()):.3f}..1.000 times Open-Sora's std "
           f"(1 where the model's learned variance is the posterior one; the low end where it is beta_t)")
+
+
+# ---------------------------------------------------------------------------
+# Open-Sora 2.0 (MMDiT) on the native MODEL
+# ---------------------------------------------------------------------------
+
+V2_SIZE = dict(width=48, height=32, num_frames=9)
+
+
+@pytest.fixture(scope="module")
+def v2(comfy, tmp_path_factory):
+    """Tiny 2.0 files (tests/tiny_v2_files.py) in extra model folders; the T5 renamed beside v1.2's."""
+    import folder_paths
+
+    pytest.importorskip("transformers")
+    from tiny_v2_files import write_models
+
+    root = write_models(tmp_path_factory.mktemp("models_v2"))
+    text = root / "text_encoders"
+    (text / "t5xxl_fp16.safetensors").rename(text / "t5_v2_tiny.safetensors")
+    (text / "t5xxl_fp16_tokenizer").rename(text / "t5_v2_tiny_tokenizer")
+    for folder in ("diffusion_models", "vae", "text_encoders"):
+        folder_paths.add_model_folder_path(folder, str(root / folder))
+    (native,) = comfy("OpenSoraNativeModelLoader", "Open_Sora_v2.safetensors", "fp32")
+    (model,) = comfy("OpenSoraModelLoader", "Open_Sora_v2.safetensors", "fp32", "sdpa")
+    (vae,) = comfy("OpenSoraVAELoader", "hunyuan_vae.safetensors", "fp32")
+    (t5,) = comfy("OpenSoraT5Loader", "t5_v2_tiny.safetensors", "fp32")
+    (clip_l,) = comfy("OpenSoraCLIPLoader", "clip_l.safetensors", "fp32")
+    caption, positive = comfy("OpenSoraTextEncode", PROMPT, "from model", -1.0, -1.0, "none", True, t5=t5,
+                              model=model, clip_l=clip_l)
+    (negative,) = comfy("OpenSoraNullConditioning", positive)
+    (settings,) = comfy("OpenSoraSamplingSettings", native, **V2_SIZE, fps=24.0, shift="exact")
+    (latent,) = comfy("OpenSoraEmptyLatentVideo", vae, **V2_SIZE, batch_size=1)
+    return dict(native=native, model=model, vae=vae, caption=caption, positive=positive, negative=negative,
+                settings=settings, latent=latent)
+
+
+def _v2_sampler(comfy, v2, steps: int, **kw) -> torch.Tensor:
+    (latent,) = comfy("OpenSoraSampler", v2["model"], v2["vae"], v2["caption"], **V2_SIZE, fps=24.0, steps=steps,
+                      cfg=7.5, seed=SEED, loops=1, condition_frame_length=0, condition_frame_edit=0.0, align=0, **kw)
+    return latent["samples"]
+
+
+def _v2_guided(comfy, v2, positive, negative, steps: int) -> torch.Tensor:
+    """SamplerCustomAdvanced: RandomNoise(SEED), euler, Open-Sora Sigmas, the Open-Sora 2.0 Guider."""
+    from comfy_extras import nodes_custom_sampler as custom
+
+    (sigmas,) = comfy("OpenSoraSigmas", v2["settings"], steps)
+    (guider,) = comfy("OpenSoraV2Guider", v2["settings"], positive, negative, 7.5, 3.0, True)
+    (sampler,) = _v1(custom.KSamplerSelect, sampler_name="euler")
+    (noise,) = _v1(custom.RandomNoise, noise_seed=SEED)
+    out, _ = _v1(custom.SamplerCustomAdvanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                 latent_image=v2["latent"])
+    return out["samples"]
+
+
+def test_v2_guider_matches_our_sampler_text_to_video(comfy, v2):
+    """12 steps: oscillation (scale 1 on odd steps from 10) included."""
+    out = _v2_guided(comfy, v2, v2["positive"], v2["negative"], 12)
+    _close("2.0 SamplerCustomAdvanced + 2.0 Guider 12 steps vs Open-Sora Sampler (t2v)", _v2_sampler(comfy, v2, 12), out)
+
+
+def test_v2_guider_matches_our_sampler_image_to_video(comfy, v2):
+    """i2v_head: the reference encoded with the seed, three passes, the image ramp, frame 0 put back."""
+    image = torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(3))
+    (refs,) = comfy("OpenSoraConditionImages", image, "i2v_head")
+    positive, negative = comfy("OpenSoraV2ImageToVideo", v2["positive"], v2["negative"], refs, v2["vae"],
+                               v2["latent"], SEED)
+    out = _v2_guided(comfy, v2, positive, negative, 12)
+    _close("2.0 SamplerCustomAdvanced + 2.0 Guider 12 steps vs Open-Sora Sampler (i2v_head)",
+           _v2_sampler(comfy, v2, 12, references=refs), out)
+
+
+def test_v2_ksampler_cfg_is_the_official_text_to_video_without_oscillation(comfy, v2):
+    """KSampler euler + simple at 20 steps (1000/20 whole: 'simple' is the official grid), CFG 7.5."""
+    import nodes as comfy_nodes
+
+    (out,) = comfy_nodes.common_ksampler(v2["settings"], SEED, 20, 7.5, "euler", "simple", v2["positive"],
+                                         v2["negative"], v2["latent"])
+    (no_oscillation,) = comfy("OpenSoraGuidance", 3.0, False)
+    _close("2.0 KSampler euler/simple 20 steps CFG 7.5 vs Open-Sora Sampler (t2v, oscillation off)",
+           _v2_sampler(comfy, v2, 20, guidance=no_oscillation), out["samples"])
