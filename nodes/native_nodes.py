@@ -138,7 +138,8 @@ class OpenSoraSigmas(io.ComfyNode):
         return io.Schema(
             node_id="OpenSoraSigmas", display_name="Open-Sora Sigmas", category=CATEGORY, description=cls.__doc__,
             inputs=[io.Model.Input("model", tooltip="The MODEL after Open-Sora Sampling Settings (it holds the shift)."),
-                    w.integer("steps", 30, 1, 1000, "Sampling steps (official: 30 for v1.2, 100 for v1.1, 50 for 2.0).")],
+                    w.integer("steps", 30, 1, 1000,
+                              "Sampling steps (official: 30 for v1.2, 100 for v1.1, 50 for 2.0).")],
             outputs=[io.Sigmas.Output(display_name="sigmas")],
         )
 

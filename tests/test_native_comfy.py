@@ -504,7 +504,8 @@ def _v2_guided(comfy, v2, positive, negative, steps: int) -> torch.Tensor:
 def test_v2_guider_matches_our_sampler_text_to_video(comfy, v2):
     """12 steps: oscillation (scale 1 on odd steps from 10) included."""
     out = _v2_guided(comfy, v2, v2["positive"], v2["negative"], 12)
-    _close("2.0 SamplerCustomAdvanced + 2.0 Guider 12 steps vs Open-Sora Sampler (t2v)", _v2_sampler(comfy, v2, 12), out)
+    _close("2.0 SamplerCustomAdvanced + 2.0 Guider 12 steps vs Open-Sora Sampler (t2v)",
+           _v2_sampler(comfy, v2, 12), out)
 
 
 def test_v2_guider_matches_our_sampler_image_to_video(comfy, v2):

@@ -93,7 +93,8 @@ def test_text_encode_conditioning_is_t5_pooled_clip_and_the_negative_is_the_empt
     ((txt, extras),) = v2["positive"]
     ((neg_txt, neg_extras),) = v2["negative"]
     caption = v2["caption"]
-    assert torch.equal(txt, caption.segments[0][1].txt) and torch.equal(extras["pooled_output"], caption.segments[0][1].y_vec)
+    prompt = caption.segments[0][1]
+    assert torch.equal(txt, prompt.txt) and torch.equal(extras["pooled_output"], prompt.y_vec)
     assert torch.equal(neg_txt, caption.default_negative.txt)
     assert torch.equal(neg_extras["pooled_output"], caption.default_negative.y_vec)
 
@@ -198,3 +199,16 @@ def test_ksampler_cfg_is_the_official_text_to_video_without_oscillation(env, v2)
     _close(out["samples"], _our_sampler(env, v2, 20, guidance=no_oscillation))
     assert (out["samples"] - _our_sampler(env, v2, 20)).abs().max() > 1e-3  # oscillation does change it
 
+
+
+def test_guider_loop_matches_the_open_sora_sampler_with_both_ends_put_back(env, v2):
+    """i2v_loop: a first and a last image condition latent frames 0 and T-1; both are written back."""
+    images = [torch.rand(1, 32, 48, 3, generator=torch.Generator().manual_seed(s)) for s in (4, 5)]
+    (refs,) = env.run("OpenSoraConditionImages", images[0], "i2v_loop", images[1])
+    positive, negative = env.run("OpenSoraV2ImageToVideo", v2["positive"], v2["negative"], refs, v2["vae"],
+                                 v2["latent"], SEED)
+    (sigmas,) = env.run("OpenSoraSigmas", v2["settings"], 4)
+    native = _custom(env, _guider(env, v2, positive, negative), sigmas, v2["latent"])
+    _close(native, _our_sampler(env, v2, 4, references=refs))
+    reference = _module("native_mmdit").condition_of(positive).masked_ref
+    assert torch.equal(native[:, :, 0], reference[:, :, 0]) and torch.equal(native[:, :, -1], reference[:, :, -1])
