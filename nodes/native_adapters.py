@@ -34,11 +34,10 @@ from ..opensora_core.families import Family
 from ..opensora_core.geometry import LatentGeometry
 from ..opensora_core.sampling import DIFFUSION_STEPS, rflow_timesteps, space_timesteps, transform_shift
 from .native_mmdit import MMDiTAdapter
-from .native_video import SETTINGS_KEY, VideoSettings, video_settings
+from .native_video import NULL_KEY, SETTINGS_KEY, VideoSettings, video_settings
 
 log = logging.getLogger("opensora")
 
-NULL_KEY = "opensora_null"  # a conditioning entry that stands for the model's learned null caption
 SD3_PADDED_TOKENS = 77  # CLIPLoader type sd3 pads T5 prompts to this many tokens (and attends to the pads)
 __all__ = ["ADAPTERS", "NULL_KEY", "SETTINGS_KEY", "MMDiTAdapter", "STDiTAdapter", "VideoSettings", "adapter_for"]
 

@@ -30,7 +30,7 @@ from ..opensora_core.geometry import LatentGeometry
 from ..opensora_core.geometry.opensora_v2 import latent_shape
 from ..opensora_core.models.mmdit import pack, prepare_inputs, unpack
 from ..opensora_core.sampling.v2 import get_schedule, shift_alpha
-from .native_video import VideoSettings, video_settings
+from .native_video import NULL_KEY, VideoSettings, video_settings
 
 CONDITION_KEY = "opensora_v2_condition"  # conditioning entry: the i2v ConditionV2 (batch 1)
 NEGATIVE_KEY = "opensora_v2_negative"  # conditioning entry of Text Encode: the encoded negative (txt, y_vec)
@@ -71,6 +71,9 @@ class MMDiTAdapter:
             raise ValueError(f"conditioning: T5 states of width {cross_attn.shape[-1]} and a pooled vector of "
                              f"{pooled_output.shape[-1]}, the model takes {channels} and {model.config.vec_in_dim}; "
                              "encode with the model's T5-XXL and CLIP-L (Open-Sora Text Encode)")
+        if kwargs.get(NULL_KEY):
+            raise ValueError("negative: Open-Sora 2.0 has no learned null caption; its negative is the encoded empty "
+                             "prompt: feed Open-Sora Null Conditioning from Open-Sora Text Encode's conditioning")
         if noise is None:
             raise ValueError("the sampler passed no latent to shape the condition channels")
         out = {"txt": cross_attn.float(), "y_vec": pooled_output.float(),

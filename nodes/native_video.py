@@ -1,4 +1,5 @@
-"""The video a native MODEL samples (what Open-Sora Sampling Settings puts into the MODEL), for every adapter.
+"""What every native adapter reads besides its model: the video a native MODEL samples (what Open-Sora Sampling
+Settings puts into the MODEL) and the learned-null-caption marker of Open-Sora Null Conditioning.
 
 The settings node stores pixel size, frame count and fps in ``transformer_options[SETTINGS_KEY]``; an
 adapter reads them back with :func:`video_settings`, which also refuses a latent of another size and, when
@@ -17,6 +18,7 @@ from ..opensora_core.geometry import LatentGeometry
 log = logging.getLogger("opensora")
 
 SETTINGS_KEY = "opensora"  # transformer_options[SETTINGS_KEY]: pixel size, frames and fps (settings node)
+NULL_KEY = "opensora_null"  # a conditioning entry that stands for the model's learned null caption (v1.x)
 _WARNED: set[int] = set()  # sampling runs warned about a missing settings node (once per run, not per step)
 
 

@@ -212,3 +212,12 @@ def test_guider_loop_matches_the_open_sora_sampler_with_both_ends_put_back(env, 
     _close(native, _our_sampler(env, v2, 4, references=refs))
     reference = _module("native_mmdit").condition_of(positive).masked_ref
     assert torch.equal(native[:, :, 0], reference[:, :, 0]) and torch.equal(native[:, :, -1], reference[:, :, -1])
+
+
+def test_a_learned_null_caption_marker_is_refused_for_2_0(v2):
+    """A v1.x-style negative (no encoded empty prompt beside it) would silently guide against the prompt."""
+    null = _module("native_video").NULL_KEY
+    ((txt, extras),) = v2["positive"]
+    with pytest.raises(ValueError, match="no learned null caption"):
+        v2["native"].model.extra_conds(cross_attn=txt, noise=torch.zeros(1, 16, 3, 4, 6),
+                                       pooled_output=extras["pooled_output"], **{null: True})
