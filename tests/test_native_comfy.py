@@ -235,14 +235,14 @@ def test_golden_rflow_masked_through_the_native_path(comfy):
 # ---------------------------------------------------------------------------
 
 
-def _lora(comfy, module, name: str) -> str:
+def _lora(comfy, module, name: str, targets=("attn.qkv", "cross_attn.kv_linear", "mlp.fc1")) -> str:
     """A LoRA file as opensora-train exports it (diffusion_model.<key>.lora_A/B + alpha), random updates."""
     import copy
 
     from opensora_core.lora import add_lora, lora_layers, save_lora
 
     trained = copy.deepcopy(module)
-    add_lora(trained, rank=4, alpha=2.0, targets=("attn.qkv", "cross_attn.kv_linear", "mlp.fc1"))
+    add_lora(trained, rank=4, alpha=2.0, targets=targets)
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for layer in lora_layers(trained).values():
@@ -528,3 +528,41 @@ def test_v2_ksampler_cfg_is_the_official_text_to_video_without_oscillation(comfy
     (no_oscillation,) = comfy("OpenSoraGuidance", 3.0, False)
     _close("2.0 KSampler euler/simple 20 steps CFG 7.5 vs Open-Sora Sampler (t2v, oscillation off)",
            _v2_sampler(comfy, v2, 20, guidance=no_oscillation), out["samples"])
+
+
+def test_v2_lora_through_loraloadermodelonly_equals_our_lora_loader(comfy, v2):
+    """ComfyUI's stock LoRA loader maps diffusion_model.<official MMDiT key> LoRAs onto the 2.0 native MODEL:
+    the guided video equals our LoRA Loader + Sampler's."""
+    import nodes as comfy_nodes
+
+    name = _lora(comfy, v2["model"].module, "native-v2-lora.safetensors", targets=("img_attn.q_proj", "v_mlp"))
+    (patched,) = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(v2["native"], name, 0.8)
+    assert sorted(patched.patches) == ["diffusion_model.double_blocks.0.img_attn.q_proj.weight",
+                                       "diffusion_model.single_blocks.0.v_mlp.weight"]
+    (ours,) = comfy("OpenSoraLoraLoader", v2["model"], name, 0.8)
+    (settings,) = comfy("OpenSoraSamplingSettings", patched, **V2_SIZE, fps=24.0, shift="exact")
+    out = _v2_guided(comfy, {**v2, "settings": settings}, v2["positive"], v2["negative"], 4)
+    theirs = _v2_sampler(comfy, {**v2, "model": ours}, 4)
+    _close("2.0 LoraLoaderModelOnly + 2.0 Guider vs Open-Sora LoRA Loader + Open-Sora Sampler", theirs, out)
+    assert float((theirs - _v2_sampler(comfy, v2, 4)).abs().max()) > 1e-3  # the LoRA does change the video
+
+
+def test_v2_partial_loading_casts_weights_and_tables_where_used(comfy, v2, monkeypatch, caplog):
+    """--novram with bf16 weights computed in float32 (every ComfyUI layer casts per call): the MMDiT's own
+    parameters outside ComfyUI's layers (q/k RMSNorm gains, RoPE) are cast where used. Same video as our
+    sampler on float32 copies of the bf16 weights."""
+    import comfy.model_management as mm
+
+    (native,) = comfy("OpenSoraNativeModelLoader", "Open_Sora_v2.safetensors", "bf16")
+    mm.unload_all_models()
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)  # the CPU stands in for a GPU
+    (settings,) = comfy("OpenSoraSamplingSettings", native, **V2_SIZE, fps=24.0, shift="exact")
+    with caplog.at_level("INFO"):
+        out = _v2_guided(comfy, {**v2, "settings": settings}, v2["positive"], v2["negative"], 4)
+    assert "loaded partially" in caplog.text
+    monkeypatch.undo()
+    mm.unload_all_models()
+    (bf16,) = comfy("OpenSoraModelLoader", "Open_Sora_v2.safetensors", "bf16", "sdpa")
+    theirs = _v2_sampler(comfy, {**v2, "model": _as_float(bf16)}, 4)
+    _close("2.0 partially loaded bf16 native vs our sampler on float32 copies", theirs, out)
