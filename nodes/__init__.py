@@ -23,6 +23,7 @@ from .loaders import (
 from .references import OpenSoraConditionImages, OpenSoraMaskBuilder
 from .sampling import OpenSoraGuidance, OpenSoraResolution, OpenSoraSampler
 from .native_nodes import NATIVE_NODES
+from .native_v2_nodes import NATIVE_V2_NODES
 from .text import OpenSoraTextEncode
 from .video import OpenSoraSaveVideo, OpenSoraVAEDecode, OpenSoraVAEEncode
 
@@ -54,7 +55,7 @@ def native_nodes() -> list[type[io.ComfyNode]]:
     except bridge.NativeUnavailable as err:
         log.warning("Open-Sora: the native MODEL nodes are not registered (%s); the other Open-Sora nodes work", err)
         return []
-    return list(NATIVE_NODES)
+    return list(NATIVE_NODES) + list(NATIVE_V2_NODES)
 
 
 class OpenSoraExtension(ComfyExtension):

@@ -389,6 +389,8 @@ class NativeAPI:
     pick_operations: Callable  # comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=...)
     unet_dtype: Callable  # comfy.model_management.unet_dtype(model_params=, supported_dtypes=)
     unet_manual_cast: Callable  # comfy.model_management.unet_manual_cast(dtype, device, supported_dtypes)
+    CFGGuider: type  # comfy.samplers.CFGGuider (a GUIDER; Open-Sora 2.0's three-pass guider subclasses it)
+    calc_cond_batch: Callable  # comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
 
 
 # (what, object path, attributes it must have, source fragments its code must contain)
@@ -406,6 +408,9 @@ _PROBES = (
     ("pick_operations", "comfy.ops.pick_operations", (), ()),
     ("unet_dtype", "comfy.model_management.unet_dtype", (), ()),
     ("unet_manual_cast", "comfy.model_management.unet_manual_cast", (), ()),
+    ("CFGGuider", "comfy.samplers.CFGGuider", ("predict_noise", "inner_set_conds", "sample", "set_cfg"),
+     ("self.conds", "inner_model")),
+    ("calc_cond_batch", "comfy.samplers.calc_cond_batch", (), ()),
     # behaviour the path relies on: the inpainting wrapper calls our mask rule and our scale_latent_inpaint
     (None, "comfy.samplers.KSamplerX0Inpaint.__call__", (), ("denoise_mask_function", "scale_latent_inpaint")),
     (None, "comfy.samplers.encode_model_conds", (), ("model_conds",)),

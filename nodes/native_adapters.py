@@ -13,8 +13,12 @@ ComfyUI drives a ``BaseModel`` (``nodes/native_model.py``, built from the probed
   channel-limited guidance as ``sampler_cfg_function``);
 * :meth:`memory_bytes`: activation memory of a forward (``BaseModel.memory_required``).
 
+* ``shift`` / ``sigmas``: the official schedule (the settings node's shift, the Sigmas node's grid).
+
 Open-Sora v1.1 (STDiT2, IDDPM noise prediction) and v1.2 (STDiT3, rectified flow) share
-:class:`STDiTAdapter`; a new family registers its own adapter in :data:`ADAPTERS` (see docs/architecture.md).
+:class:`STDiTAdapter`; Open-Sora 2.0 (MMDiT) has :class:`~.native_mmdit.MMDiTAdapter`; a new family
+registers its own adapter in :data:`ADAPTERS` (see docs/architecture.md). The video settings the adapters
+read are in ``native_video``.
 """
 
 from __future__ import annotations
@@ -28,26 +32,14 @@ from torch import nn
 
 from ..opensora_core.families import Family
 from ..opensora_core.geometry import LatentGeometry
+from ..opensora_core.sampling import DIFFUSION_STEPS, rflow_timesteps, space_timesteps, transform_shift
+from .native_mmdit import MMDiTAdapter
+from .native_video import NULL_KEY, SETTINGS_KEY, VideoSettings, video_settings
 
 log = logging.getLogger("opensora")
 
-SETTINGS_KEY = "opensora"  # transformer_options[SETTINGS_KEY]: pixel size, frames and fps (settings node)
-NULL_KEY = "opensora_null"  # a conditioning entry that stands for the model's learned null caption
 SD3_PADDED_TOKENS = 77  # CLIPLoader type sd3 pads T5 prompts to this many tokens (and attends to the pads)
-_WARNED: set[int] = set()  # sampling runs warned about a missing settings node (once per run, not per step)
-
-
-@dataclass(frozen=True)
-class VideoSettings:
-    """What the model is conditioned on besides the caption: the PIXEL size and frame count, and fps."""
-
-    height: int
-    width: int
-    num_frames: int
-    fps: float
-
-    def as_dict(self) -> dict:
-        return {"height": self.height, "width": self.width, "num_frames": self.num_frames, "fps": self.fps}
+__all__ = ["ADAPTERS", "NULL_KEY", "SETTINGS_KEY", "MMDiTAdapter", "STDiTAdapter", "VideoSettings", "adapter_for"]
 
 
 # ---------------------------------------------------------------------------
@@ -170,33 +162,35 @@ class STDiTAdapter:
         return scaled >= t if self.flow else scaled > t
 
     def settings(self, options: dict, x: torch.Tensor) -> VideoSettings:
-        """The settings node's values, else sizes read off the latent (8 pixels per latent pixel, the longest
-        clip its frames decode to) and the family's fps, with a warning: the shift is then 1."""
-        found = (options or {}).get(SETTINGS_KEY)
-        if found is not None:
-            return self.check_latent(VideoSettings(**found), x)
-        t, h, w = x.shape[-3:]
-        factor = self.geometry.spatial_factor
-        guess = VideoSettings(h * factor, w * factor, self.geometry.pixel_frame_range(t)[1], self.family.defaults.fps)
-        run = id((options or {}).get("sample_sigmas"))  # ComfyUI sets it once per sampling run
-        if run in _WARNED:
-            return guess
-        _WARNED.add(run)
-        log.warning("no Open-Sora Sampling Settings on this model: sampling as %s with shift 1; add the settings "
-                    "node (between the loader and the sampler) for the official schedule", guess)
-        return guess
+        """The settings node's values (checked against the latent), else a guess from the latent (warned)."""
+        return video_settings(options, x, self.geometry, self.family.defaults.fps)
 
-    def check_latent(self, settings: VideoSettings, x: torch.Tensor) -> VideoSettings:
-        """Refuse a latent whose (t, h, w) is not the settings' video: the model would be conditioned on one
-        size and sample another (e.g. another pack's empty latent: 13 latent frames for 51, v1.2 needs 15)."""
-        expected = self.geometry.latent_size(settings.num_frames, settings.height, settings.width)
-        if tuple(x.shape[-3:]) != tuple(expected):
-            raise ValueError(
-                f"latent: its (frames, height, width) is {tuple(x.shape[-3:])} but Open-Sora Sampling Settings "
-                f"({settings.width}x{settings.height}, {settings.num_frames} frames) needs {tuple(expected)}; give "
-                "Open-Sora Empty Latent Video the same width, height and num_frames as the settings node"
-            )
-        return settings
+    def latent_channels(self, model: nn.Module) -> int:
+        return model.in_channels
+
+    # -- the schedule -----------------------------------------------------------------------------------
+
+    def shift(self, settings: VideoSettings, args_dtype: torch.dtype) -> float | None:
+        """v1.2: the timestep transform's shift for the video (``args_dtype`` bf16 rounds as official bf16
+        inference does); v1.1: None (a discrete schedule, nothing to shift)."""
+        if not self.flow:
+            return None
+        return transform_shift(settings.height, settings.width, settings.num_frames, args_dtype=args_dtype)
+
+    def sigmas(self, sampling, steps: int, settings: VideoSettings | None) -> torch.Tensor:
+        """The official schedule as SIGMAS: v1.2 t = (1 - i/steps) * 1000 through the model's shift; v1.1 the
+        respaced IDDPM timesteps. Ends in 0."""
+        if self.flow:
+            times = rflow_timesteps(steps)  # (steps + 1,) on 0..1000, ending in 0
+        else:
+            lowest = self.family.sampler.step_range[0]
+            if steps < lowest:
+                raise ValueError(f"steps must be at least {lowest} for {self.family.title} (IDDPM), got {steps}")
+            times = torch.tensor(sorted(space_timesteps(DIFFUSION_STEPS, [steps]), reverse=True) + [0],
+                                 dtype=torch.float32)
+        sigmas = sampling.sigma(times).float()
+        sigmas[-1] = 0.0
+        return sigmas
 
     # -- model options ----------------------------------------------------------------------------------
 
@@ -232,9 +226,10 @@ class STDiTAdapter:
         return model.forward_memory_bytes(int(input_shape[0]), tuple(int(n) for n in input_shape[2:]))
 
 
-ADAPTERS: dict[str, Callable[[Family], STDiTAdapter]] = {  # family name -> adapter factory
+ADAPTERS: dict[str, Callable[[Family], STDiTAdapter | MMDiTAdapter]] = {  # family name -> adapter factory
     "opensora-v1.2": STDiTAdapter,
     "opensora-v1.1": STDiTAdapter,
+    "opensora-v2.0": MMDiTAdapter,  # nodes/native_mmdit.py
 }
 
 

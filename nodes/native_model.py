@@ -114,7 +114,7 @@ def load_native(api: NativeAPI, path: str, weight_dtype: torch.dtype | None):
     if compute is not None:
         loaded.model.compute_dtype = compute
     classes = native_classes(api)
-    config = classes.config(adapter, loaded.model.in_channels)
+    config = classes.config(adapter, adapter.latent_channels(loaded.model))
     config.set_inference_dtype(dtype, compute)
     model = classes.model(config, loaded.model, device=where.offload)
     patcher = api.ModelPatcher(model, load_device=where.load, offload_device=where.offload)
@@ -132,8 +132,10 @@ def parameter_count(path: str) -> int:
 
 def install_options(patcher, adapter) -> None:
     """The family's model options: its frame rule as the denoise-mask function (a single slot: a later
-    DifferentialDiffusion node would replace it) and, for v1.1, channel-limited guidance."""
-    patcher.set_model_denoise_mask_function(adapter.denoise_mask_function())
+    DifferentialDiffusion node would replace it; 2.0 has none) and, for v1.1, channel-limited guidance."""
+    rule = adapter.denoise_mask_function()
+    if rule is not None:
+        patcher.set_model_denoise_mask_function(rule)
     guide = adapter.cfg_function()
     if guide is not None:
         patcher.set_model_sampler_cfg_function(guide)

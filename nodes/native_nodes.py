@@ -16,11 +16,12 @@ import torch
 from ..opensora_core.families import Family, families_with_geometry
 from ..opensora_core.geometry import check_frame_count
 from ..opensora_core.pipeline import encode_references, place_references
-from ..opensora_core.sampling import DIFFUSION_STEPS, rflow_timesteps, space_timesteps, transform_shift
 from . import comfy_bridge as bridge
 from . import widgets as w
 from .comfy_bridge import io
 from .native_adapters import NULL_KEY, SETTINGS_KEY, VideoSettings
+from .native_mmdit import NEGATIVE_KEY
+from .native_video import stored_settings
 from .native_model import family_of_patcher, load_native
 from .sampling import check_frames_at_queue, check_pixel_size
 from .types import LATENT_INFO, LatentInfo, References, ReferencesSocket, VAEHandle, VAESocket
@@ -43,11 +44,11 @@ def _size_inputs(frames_tooltip: str) -> list:
 
 
 class OpenSoraNativeModelLoader(io.ComfyNode):
-    """Loads Open-Sora v1.2 (STDiT3) or v1.1 (STDiT2) as a ComfyUI MODEL for KSampler, SamplerCustomAdvanced,
-    LoraLoaderModelOnly and model patches; ComfyUI loads it partially when the GPU is small (--lowvram).
-    Add Open-Sora Sampling Settings after it. v1.2 with euler matches the Open-Sora Sampler; v1.1 is
-    approximate (fixed instead of learned variance), and loops and per-round prompts need the Open-Sora
-    Sampler."""
+    """Loads Open-Sora v1.2 (STDiT3), v1.1 (STDiT2) or 2.0 (MMDiT) as a ComfyUI MODEL for KSampler,
+    SamplerCustomAdvanced, LoraLoaderModelOnly and model patches; ComfyUI loads it partially when the GPU is
+    small (--lowvram). Add Open-Sora Sampling Settings after it. v1.2 with euler matches the Open-Sora Sampler;
+    2.0 with euler and the Open-Sora 2.0 Guider too; v1.1 is approximate (fixed instead of learned variance),
+    and loops and per-round prompts need the Open-Sora Sampler."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -71,8 +72,9 @@ class OpenSoraNativeModelLoader(io.ComfyNode):
 
 class OpenSoraSamplingSettings(io.ComfyNode):
     """Tells the native MODEL the video it samples: pixel size, frame count and fps (the model is conditioned
-    on them) and, for v1.2, the exact shift of Open-Sora's timestep transform for that size
-    (sqrt(H*W)/512 * sqrt(floor(frames/17)*5)). Use the same size and frames as the empty latent."""
+    on them) and the exact shift of the official timestep transform for that size (v1.2:
+    sqrt(H*W)/512 * sqrt(floor(frames/17)*5); 2.0: (m S + b) sqrt(latent frames), S tokens per latent frame).
+    Use the same size and frames as the empty latent."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -105,10 +107,11 @@ class OpenSoraSamplingSettings(io.ComfyNode):
         _check_video(family, width, height, num_frames)
         patched = model.clone()
         options = patched.model_options.setdefault("transformer_options", {})
-        options[SETTINGS_KEY] = VideoSettings(height, width, num_frames, float(fps)).as_dict()
-        if model.model.adapter.flow:
+        video = VideoSettings(height, width, num_frames, float(fps))
+        options[SETTINGS_KEY] = video.as_dict()
+        value = model.model.adapter.shift(video, SHIFTS[shift])
+        if value is not None:
             api = bridge.native_api()
-            value = transform_shift(height, width, num_frames, args_dtype=SHIFTS[shift])
             sampling = api.model_sampling(model.model.model_config, api.ModelType.FLOW)
             sampling.set_parameters(shift=value, multiplier=1000)
             patched.add_object_patch("model_sampling", sampling)
@@ -121,35 +124,30 @@ def _check_video(family: Family, width: int, height: int, num_frames: int) -> No
     check_frame_count(num_frames)
     if family.sampler.check_frames is not None:
         family.sampler.check_frames(num_frames)
+    if family.check_size is not None:
+        family.check_size(num_frames, height, width)
 
 
 class OpenSoraSigmas(io.ComfyNode):
     """The Open-Sora schedule as SIGMAS for SamplerCustomAdvanced: v1.2 t = (1 - i/steps) * 1000 through the
-    model's shift (exact for any step count, e.g. the official 30); v1.1 the respaced IDDPM timesteps."""
+    model's shift (exact for any step count, e.g. the official 30); v1.1 the respaced IDDPM timesteps; 2.0
+    linspace(1, 0, steps + 1) shifted for the settings' video (official get_schedule)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OpenSoraSigmas", display_name="Open-Sora Sigmas", category=CATEGORY, description=cls.__doc__,
             inputs=[io.Model.Input("model", tooltip="The MODEL after Open-Sora Sampling Settings (it holds the shift)."),
-                    w.integer("steps", 30, 1, 1000, "Sampling steps (official: 30 for v1.2, 100 for v1.1).")],
+                    w.integer("steps", 30, 1, 1000,
+                              "Sampling steps (official: 30 for v1.2, 100 for v1.1, 50 for 2.0).")],
             outputs=[io.Sigmas.Output(display_name="sigmas")],
         )
 
     @classmethod
     def execute(cls, model, steps) -> io.NodeOutput:
-        family = family_of_patcher(model)
-        sampling = model.get_model_object("model_sampling")
-        if model.model.adapter.flow:
-            times = rflow_timesteps(steps)  # (steps + 1,) on 0..1000, ending in 0
-        else:
-            lowest = family.sampler.step_range[0]
-            if steps < lowest:
-                raise ValueError(f"steps must be at least {lowest} for {family.title} (IDDPM), got {steps}")
-            times = torch.tensor(sorted(space_timesteps(DIFFUSION_STEPS, [steps]), reverse=True) + [0],
-                                 dtype=torch.float32)
-        sigmas = sampling.sigma(times).float()
-        sigmas[-1] = 0.0
+        family_of_patcher(model)  # refuses a MODEL that is not ours
+        options = model.model_options.get("transformer_options", {})
+        sigmas = model.model.adapter.sigmas(model.get_model_object("model_sampling"), steps, stored_settings(options))
         return io.NodeOutput(sigmas)
 
 
@@ -192,8 +190,9 @@ def _info(vae: VAEHandle, latent_frames: int, num_frames: int, height: int, widt
 
 
 class OpenSoraNullConditioning(io.ComfyNode):
-    """The negative Open-Sora was trained with: the model's learned null caption under the prompt's token
-    mask (official inference). Any other negative (an empty prompt, ConditioningZeroOut) changes the video."""
+    """The negative of official inference: v1.x the model's learned null caption under the prompt's token
+    mask; 2.0 the empty prompt that Open-Sora Text Encode encoded beside the prompt (without the fps and
+    motion suffixes). Any other negative (an empty prompt, ConditioningZeroOut) changes the video."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -206,7 +205,15 @@ class OpenSoraNullConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive) -> io.NodeOutput:
-        return io.NodeOutput([[cond, {**extras, NULL_KEY: True}] for cond, extras in positive])
+        return io.NodeOutput([_negative_entry(cond, extras) for cond, extras in positive])
+
+
+def _negative_entry(cond, extras: dict) -> list:
+    """2.0: the encoded negative Text Encode put beside the prompt; v1.x: the learned null caption marker."""
+    if NEGATIVE_KEY in extras:
+        txt, y_vec = extras[NEGATIVE_KEY]
+        return [txt, {"pooled_output": y_vec}]
+    return [cond, {**extras, NULL_KEY: True}]
 
 
 class OpenSoraReferenceLatent(io.ComfyNode):

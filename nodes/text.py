@@ -15,6 +15,7 @@ from ..opensora_core.text.v2 import TextEncoderV2
 from . import comfy_bridge as bridge
 from . import widgets as w
 from .comfy_bridge import io
+from .native_mmdit import NEGATIVE_KEY
 from .types import (
     CaptionSocket,
     ClipHandle,
@@ -134,12 +135,15 @@ def _on_cpu(caption):
 def conditioning_of(captions: PromptCaptions) -> list:
     """ComfyUI CONDITIONING of the first round's caption: T5 features (1, L, C) padded to the caption length
     with the token mask as ``attention_mask`` (1, L), as LTXV/Mochi encoders give them (2.0: T5 states and
-    ``pooled_output``). The native MODEL nodes take the v1.1/v1.2 ones."""
+    ``pooled_output``, plus the encoded default negative that Open-Sora Null Conditioning hands on)."""
     caption = captions.for_round(0)
     if len(captions.segments) > 1:
         log.info("conditioning: the prompt switches at loop rounds; the CONDITIONING holds round 0's text")
     if hasattr(caption, "y_vec"):  # Open-Sora 2.0: T5 states and the pooled CLIP-L vector, as Flux encoders give
-        return [[caption.txt, {"pooled_output": caption.y_vec}]]
+        extras = {"pooled_output": caption.y_vec}
+        if captions.default_negative is not None:
+            extras[NEGATIVE_KEY] = (captions.default_negative.txt, captions.default_negative.y_vec)
+        return [[caption.txt, extras]]
     return [[caption.y[:, 0], {"attention_mask": caption.mask}]]
 
 

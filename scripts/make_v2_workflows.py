@@ -6,6 +6,9 @@
 * ``image_to_video``: the same with a start image (condition type i2v_head) and the 2.0 Guidance node.
 * ``low_memory_loop``: 768px 16:9 (1024x576) for a 24 GB card: fp8 weights, 20 of 57 blocks on the GPU
   (block swap), a first and a last image (i2v_loop), tiled decode.
+* ``native_text_to_video`` / ``native_image_to_video``: the same two videos with the MMDiT as a native ComfyUI
+  MODEL: ComfyUI's SamplerCustomAdvanced (euler) with the Open-Sora 2.0 Guider (three passes, oscillation,
+  image ramp) and Open-Sora Sigmas (the official 50-step schedule); i2v through Open-Sora 2.0 Image to Video.
 
 The graphs are described below (nodes, widget values, links) and written in ComfyUI's UI format; only the
 socket inputs are listed per node (widgets are filled by position, as ComfyUI's frontend loads them). Run it
@@ -32,7 +35,8 @@ SOCKETS = {
     "OpenSoraT5Loader": ([], [("t5", "OPENSORA_T5")]),
     "OpenSoraCLIPLoader": ([], [("clip_l", "OPENSORA_CLIP")]),
     "OpenSoraTextEncode": ([("t5", "OPENSORA_T5"), ("clip", "CLIP"), ("model", "OPENSORA_MODEL"),
-                            ("clip_l", "OPENSORA_CLIP")], [("caption", "OPENSORA_CAPTION")]),
+                            ("clip_l", "OPENSORA_CLIP")], [("caption", "OPENSORA_CAPTION"),
+                                                           ("conditioning", "CONDITIONING")]),
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
     "OpenSoraConditionImages": ([("image_1", "IMAGE"), ("image_2", "IMAGE")], [("references", "OPENSORA_REFERENCES")]),
     "OpenSoraGuidance": ([], [("guidance", "OPENSORA_GUIDANCE")]),
@@ -42,6 +46,21 @@ SOCKETS = {
     "OpenSoraVAEDecode": ([("vae", "OPENSORA_VAE"), ("samples", "LATENT")], [("images", "IMAGE"), ("fps", "FLOAT")]),
     "OpenSoraSaveVideo": ([("images", "IMAGE"), ("fps", "FLOAT")], []),
     "MarkdownNote": ([], []),
+    # the native MODEL path
+    "OpenSoraNativeModelLoader": ([], [("model", "MODEL")]),
+    "OpenSoraSamplingSettings": ([("model", "MODEL")], [("model", "MODEL")]),
+    "OpenSoraEmptyLatentVideo": ([("vae", "OPENSORA_VAE")], [("latent", "LATENT")]),
+    "OpenSoraNullConditioning": ([("positive", "CONDITIONING")], [("negative", "CONDITIONING")]),
+    "OpenSoraV2ImageToVideo": ([("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                ("references", "OPENSORA_REFERENCES"), ("vae", "OPENSORA_VAE"), ("latent", "LATENT")],
+                               [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
+    "OpenSoraV2Guider": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+                         [("guider", "GUIDER")]),
+    "OpenSoraSigmas": ([("model", "MODEL")], [("sigmas", "SIGMAS")]),
+    "KSamplerSelect": ([], [("SAMPLER", "SAMPLER")]),
+    "RandomNoise": ([], [("NOISE", "NOISE")]),
+    "SamplerCustomAdvanced": ([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
+                               ("latent_image", "LATENT")], [("output", "LATENT"), ("denoised_output", "LATENT")]),
 }
 
 PROMPT = "a lighthouse on a rocky coast at sunset, waves crashing against the rocks, clouds drifting across the sky"
@@ -58,6 +77,8 @@ def _sampler(width: int, height: int) -> list:
 
 def graph(task: str) -> tuple[list[tuple], list[tuple]]:
     """(nodes: (id, type, widget values, title), links: (from id, from slot, to id, to input name))."""
+    if task.startswith("native_"):
+        return native_graph(task)
     low = task == "low_memory_loop"
     loader = (1, "OpenSoraModelLoaderMemory", ["Open_Sora_v2.safetensors", "bf16", "sdpa", "fp8 e4m3fn", 20], None) \
         if low else (1, "OpenSoraModelLoader", ["Open_Sora_v2.safetensors", "bf16", "sdpa"], None)
@@ -86,6 +107,67 @@ def graph(task: str) -> tuple[list[tuple], list[tuple]]:
     return nodes, links
 
 
+NATIVE_SIZE = [336, 192, 129]  # 256px 16:9, 129 frames (256px.py), on the settings node and the empty latent
+# column of each node of the native graphs (-1: the note)
+NATIVE_COLUMNS = {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 1, 7: 1, 8: 1, 17: 1, 18: 1, 19: 1, 9: 2, 10: 2, 11: 2, 12: 2,
+                  13: 2, 14: 3, 15: 3, 16: -1}
+
+
+def native_graph(task: str) -> tuple[list[tuple], list[tuple]]:
+    """The native MODEL graphs: loader -> settings -> guider / sigmas -> SamplerCustomAdvanced -> decode."""
+    image = task == "native_image_to_video"
+    nodes = [
+        (1, "OpenSoraNativeModelLoader", ["Open_Sora_v2.safetensors", "default"], None),
+        (2, "OpenSoraVAELoader", ["hunyuan_vae.safetensors", "bf16"], None),
+        (3, "OpenSoraT5Loader", ["t5xxl_fp16.safetensors", "bf16"], None),
+        (4, "OpenSoraCLIPLoader", ["clip_l.safetensors", "bf16"], None),
+        (5, "OpenSoraTextEncode", [PROMPT, "v2.0 (512 tokens)", -1, -1, "none", True],
+         "Open-Sora Text Encode (prompt)"),
+        (6, "OpenSoraNullConditioning", [], "Negative (the empty prompt)"),
+        (7, "OpenSoraSamplingSettings", [*NATIVE_SIZE, 24, "exact"], None),
+        (8, "OpenSoraEmptyLatentVideo", [*NATIVE_SIZE, 1], None),
+        (9, "OpenSoraV2Guider", [7.5, 3.0, True], None),  # 256px.py: guidance 7.5, image 3.0, oscillation
+        (10, "OpenSoraSigmas", [50], None),
+        (11, "KSamplerSelect", ["euler"], None),
+        (12, "RandomNoise", [42, "fixed"], None),
+        (13, "SamplerCustomAdvanced", [], None),
+        (14, "OpenSoraVAEDecode", TILED, None),
+        (15, "OpenSoraSaveVideo", [24, f"OpenSora2/{task}", 18], None),
+        (16, "MarkdownNote", [NATIVE_NOTE.format(task=task.removeprefix("native_").replace("_", " "),
+                                                 extra=EXTRA[task])], None),
+    ]
+    links = [(3, 0, 5, "t5"), (4, 0, 5, "clip_l"), (5, 1, 6, "positive"), (1, 0, 7, "model"), (2, 0, 8, "vae"),
+             (7, 0, 9, "model"), (7, 0, 10, "model"), (12, 0, 13, "noise"), (9, 0, 13, "guider"),
+             (11, 0, 13, "sampler"), (10, 0, 13, "sigmas"), (8, 0, 13, "latent_image"), (2, 0, 14, "vae"),
+             (13, 0, 14, "samples"), (14, 0, 15, "images"), (14, 1, 15, "fps")]
+    if not image:
+        return nodes, links + [(5, 1, 9, "positive"), (6, 0, 9, "negative")]
+    nodes += [(17, "LoadImage", ["opensora_first_frame.png", "image"], "First frame"),
+              (18, "OpenSoraConditionImages", ["i2v_head"], None),
+              (19, "OpenSoraV2ImageToVideo", [42, "fixed"], None)]  # the seed of the reference encode
+    links += [(17, 0, 18, "image_1"), (5, 1, 19, "positive"), (6, 0, 19, "negative"), (18, 0, 19, "references"),
+              (2, 0, 19, "vae"), (8, 0, 19, "latent"), (19, 0, 9, "positive"), (19, 1, 9, "negative")]
+    return nodes, links
+
+
+NATIVE_NOTE = """## Open-Sora 2.0 as a native ComfyUI MODEL: {task}
+
+ComfyUI's own SamplerCustomAdvanced samples the MMDiT: euler, *Open-Sora Sigmas* (the official 50-step schedule,
+shifted for the video by *Open-Sora Sampling Settings*) and the *Open-Sora 2.0 Guider* (per step the prompt with
+the image, the empty prompt with the image and the empty prompt alone; oscillation; the image guidance ramp) give
+the official sampler: the same video as the *Open-Sora Sampler* on the same seed, up to float32 rounding.
+KSampler works too (euler, simple, 50 steps, CFG 7.5): the same without oscillation and the third pass.
+
+| ComfyUI folder | file name | download |
+| --- | --- | --- |
+| `models/diffusion_models` | `Open_Sora_v2.safetensors` (11B MMDiT) | [hpcai-tech/Open-Sora-v2](https://huggingface.co/hpcai-tech/Open-Sora-v2) |
+| `models/vae` | `hunyuan_vae.safetensors` | the same repository |
+| `models/text_encoders` | `t5xxl_fp16.safetensors`, `clip_l.safetensors` | [comfyanonymous/flux_text_encoders](https://huggingface.co/comfyanonymous/flux_text_encoders) |
+
+Keep the size and frames of *Open-Sora Sampling Settings* and *Open-Sora Empty Latent Video* equal (4k+1 frames,
+sides multiples of 16). The negative is the empty prompt that Text Encode encodes beside the prompt.
+{extra}"""
+
 NOTE = """## Open-Sora 2.0: {task}
 
 | ComfyUI folder | file name | download |
@@ -107,6 +189,9 @@ EXTRA = {
     "low_memory_loop": "768px on a 24 GB card: fp8 weights and 20 of 57 blocks on the GPU (estimate 18.6 GiB); "
                        "fewer blocks = less memory, slower steps. The first image starts the video and the last "
                        "one ends it (i2v_loop; one image: the same for both).",
+    "native_text_to_video": "256px 16:9, 129 frames; ComfyUI loads the model partially when the GPU is small.",
+    "native_image_to_video": "The start image is encoded with the seed of *Open-Sora 2.0 Image to Video* and "
+                             "conditions latent frame 0 (i2v_head); the guider writes it back at the end.",
 }
 
 
@@ -124,7 +209,7 @@ def ui_workflow(task: str) -> dict:
         outputs[src][slot]["links"].append(link_id)
     tops = {}  # column -> next free y
     for order, (nid, node_type, values, title) in enumerate(sorted(nodes)):
-        column = -1 if node_type == "MarkdownNote" else 0 if nid <= 4 else 1 if nid in (5, 10, 11, 12, 13) else 2
+        column = _column(task, nid, node_type)
         height = 520 if node_type in ("MarkdownNote", "LoadImage", "OpenSoraSaveVideo") else \
             40 + 26 * (len(values) + len(inputs[nid]) + len(outputs[nid]))
         y = tops.get(column, 0)
@@ -141,7 +226,13 @@ def ui_workflow(task: str) -> dict:
                 extra={}, version=0.4)
 
 
-TASKS = ("text_to_video", "image_to_video", "low_memory_loop")
+def _column(task: str, nid: int, node_type: str) -> int:
+    if task.startswith("native_"):
+        return NATIVE_COLUMNS[nid]
+    return -1 if node_type == "MarkdownNote" else 0 if nid <= 4 else 1 if nid in (5, 10, 11, 12, 13) else 2
+
+
+TASKS = ("text_to_video", "image_to_video", "low_memory_loop", "native_text_to_video", "native_image_to_video")
 
 
 def main(argv: list[str] | None = None) -> int:

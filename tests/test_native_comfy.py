@@ -235,14 +235,14 @@ def test_golden_rflow_masked_through_the_native_path(comfy):
 # ---------------------------------------------------------------------------
 
 
-def _lora(comfy, module, name: str) -> str:
+def _lora(comfy, module, name: str, targets=("attn.qkv", "cross_attn.kv_linear", "mlp.fc1")) -> str:
     """A LoRA file as opensora-train exports it (diffusion_model.<key>.lora_A/B + alpha), random updates."""
     import copy
 
     from opensora_core.lora import add_lora, lora_layers, save_lora
 
     trained = copy.deepcopy(module)
-    add_lora(trained, rank=4, alpha=2.0, targets=("attn.qkv", "cross_attn.kv_linear", "mlp.fc1"))
+    add_lora(trained, rank=4, alpha=2.0, targets=targets)
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for layer in lora_layers(trained).values():
@@ -445,3 +445,124 @@ def test_v1_1_through_ddpm_is_exact_but_for_the_learned_variance(comfy):
     ratio = (sched.posterior_variance[1:] / sched.betas[1:]).sqrt()
     print(f"v1.1 at 100 steps: ComfyUI's ddpm adds noise with {float(ratio.min()):.3f}..1.000 times Open-Sora's std "
           f"(1 where the model's learned variance is the posterior one; the low end where it is beta_t)")
+
+
+# ---------------------------------------------------------------------------
+# Open-Sora 2.0 (MMDiT) on the native MODEL
+# ---------------------------------------------------------------------------
+
+V2_SIZE = dict(width=48, height=32, num_frames=9)
+
+
+@pytest.fixture(scope="module")
+def v2(comfy, tmp_path_factory):
+    """Tiny 2.0 files (tests/tiny_v2_files.py) in extra model folders; the T5 renamed beside v1.2's."""
+    import folder_paths
+
+    pytest.importorskip("transformers")
+    from tiny_v2_files import write_models
+
+    root = write_models(tmp_path_factory.mktemp("models_v2"))
+    text = root / "text_encoders"
+    (text / "t5xxl_fp16.safetensors").rename(text / "t5_v2_tiny.safetensors")
+    (text / "t5xxl_fp16_tokenizer").rename(text / "t5_v2_tiny_tokenizer")
+    for folder in ("diffusion_models", "vae", "text_encoders"):
+        folder_paths.add_model_folder_path(folder, str(root / folder))
+    (native,) = comfy("OpenSoraNativeModelLoader", "Open_Sora_v2.safetensors", "fp32")
+    (model,) = comfy("OpenSoraModelLoader", "Open_Sora_v2.safetensors", "fp32", "sdpa")
+    (vae,) = comfy("OpenSoraVAELoader", "hunyuan_vae.safetensors", "fp32")
+    (t5,) = comfy("OpenSoraT5Loader", "t5_v2_tiny.safetensors", "fp32")
+    (clip_l,) = comfy("OpenSoraCLIPLoader", "clip_l.safetensors", "fp32")
+    caption, positive = comfy("OpenSoraTextEncode", PROMPT, "from model", -1.0, -1.0, "none", True, t5=t5,
+                              model=model, clip_l=clip_l)
+    (negative,) = comfy("OpenSoraNullConditioning", positive)
+    (settings,) = comfy("OpenSoraSamplingSettings", native, **V2_SIZE, fps=24.0, shift="exact")
+    (latent,) = comfy("OpenSoraEmptyLatentVideo", vae, **V2_SIZE, batch_size=1)
+    return dict(native=native, model=model, vae=vae, caption=caption, positive=positive, negative=negative,
+                settings=settings, latent=latent)
+
+
+def _v2_sampler(comfy, v2, steps: int, **kw) -> torch.Tensor:
+    (latent,) = comfy("OpenSoraSampler", v2["model"], v2["vae"], v2["caption"], **V2_SIZE, fps=24.0, steps=steps,
+                      cfg=7.5, seed=SEED, loops=1, condition_frame_length=0, condition_frame_edit=0.0, align=0, **kw)
+    return latent["samples"]
+
+
+def _v2_guided(comfy, v2, positive, negative, steps: int) -> torch.Tensor:
+    """SamplerCustomAdvanced: RandomNoise(SEED), euler, Open-Sora Sigmas, the Open-Sora 2.0 Guider."""
+    from comfy_extras import nodes_custom_sampler as custom
+
+    (sigmas,) = comfy("OpenSoraSigmas", v2["settings"], steps)
+    (guider,) = comfy("OpenSoraV2Guider", v2["settings"], positive, negative, 7.5, 3.0, True)
+    (sampler,) = _v1(custom.KSamplerSelect, sampler_name="euler")
+    (noise,) = _v1(custom.RandomNoise, noise_seed=SEED)
+    out, _ = _v1(custom.SamplerCustomAdvanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                 latent_image=v2["latent"])
+    return out["samples"]
+
+
+def test_v2_guider_matches_our_sampler_text_to_video(comfy, v2):
+    """12 steps: oscillation (scale 1 on odd steps from 10) included."""
+    out = _v2_guided(comfy, v2, v2["positive"], v2["negative"], 12)
+    _close("2.0 SamplerCustomAdvanced + 2.0 Guider 12 steps vs Open-Sora Sampler (t2v)",
+           _v2_sampler(comfy, v2, 12), out)
+
+
+def test_v2_guider_matches_our_sampler_image_to_video(comfy, v2):
+    """i2v_head: the reference encoded with the seed, three passes, the image ramp, frame 0 put back."""
+    image = torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(3))
+    (refs,) = comfy("OpenSoraConditionImages", image, "i2v_head")
+    positive, negative = comfy("OpenSoraV2ImageToVideo", v2["positive"], v2["negative"], refs, v2["vae"],
+                               v2["latent"], SEED)
+    out = _v2_guided(comfy, v2, positive, negative, 12)
+    _close("2.0 SamplerCustomAdvanced + 2.0 Guider 12 steps vs Open-Sora Sampler (i2v_head)",
+           _v2_sampler(comfy, v2, 12, references=refs), out)
+
+
+def test_v2_ksampler_cfg_is_the_official_text_to_video_without_oscillation(comfy, v2):
+    """KSampler euler + simple at 20 steps (1000/20 whole: 'simple' is the official grid), CFG 7.5."""
+    import nodes as comfy_nodes
+
+    (out,) = comfy_nodes.common_ksampler(v2["settings"], SEED, 20, 7.5, "euler", "simple", v2["positive"],
+                                         v2["negative"], v2["latent"])
+    (no_oscillation,) = comfy("OpenSoraGuidance", 3.0, False)
+    _close("2.0 KSampler euler/simple 20 steps CFG 7.5 vs Open-Sora Sampler (t2v, oscillation off)",
+           _v2_sampler(comfy, v2, 20, guidance=no_oscillation), out["samples"])
+
+
+def test_v2_lora_through_loraloadermodelonly_equals_our_lora_loader(comfy, v2):
+    """ComfyUI's stock LoRA loader maps diffusion_model.<official MMDiT key> LoRAs onto the 2.0 native MODEL:
+    the guided video equals our LoRA Loader + Sampler's."""
+    import nodes as comfy_nodes
+
+    name = _lora(comfy, v2["model"].module, "native-v2-lora.safetensors", targets=("img_attn.q_proj", "v_mlp"))
+    (patched,) = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(v2["native"], name, 0.8)
+    assert sorted(patched.patches) == ["diffusion_model.double_blocks.0.img_attn.q_proj.weight",
+                                       "diffusion_model.single_blocks.0.v_mlp.weight"]
+    (ours,) = comfy("OpenSoraLoraLoader", v2["model"], name, 0.8)
+    (settings,) = comfy("OpenSoraSamplingSettings", patched, **V2_SIZE, fps=24.0, shift="exact")
+    out = _v2_guided(comfy, {**v2, "settings": settings}, v2["positive"], v2["negative"], 4)
+    theirs = _v2_sampler(comfy, {**v2, "model": ours}, 4)
+    _close("2.0 LoraLoaderModelOnly + 2.0 Guider vs Open-Sora LoRA Loader + Open-Sora Sampler", theirs, out)
+    assert float((theirs - _v2_sampler(comfy, v2, 4)).abs().max()) > 1e-3  # the LoRA does change the video
+
+
+def test_v2_partial_loading_casts_weights_and_tables_where_used(comfy, v2, monkeypatch, caplog):
+    """--novram with bf16 weights computed in float32 (every ComfyUI layer casts per call): the MMDiT's own
+    parameters outside ComfyUI's layers (q/k RMSNorm gains, RoPE) are cast where used. Same video as our
+    sampler on float32 copies of the bf16 weights."""
+    import comfy.model_management as mm
+
+    (native,) = comfy("OpenSoraNativeModelLoader", "Open_Sora_v2.safetensors", "bf16")
+    mm.unload_all_models()
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)  # the CPU stands in for a GPU
+    (settings,) = comfy("OpenSoraSamplingSettings", native, **V2_SIZE, fps=24.0, shift="exact")
+    with caplog.at_level("INFO"):
+        out = _v2_guided(comfy, {**v2, "settings": settings}, v2["positive"], v2["negative"], 4)
+    assert "loaded partially" in caplog.text
+    monkeypatch.undo()
+    mm.unload_all_models()
+    (bf16,) = comfy("OpenSoraModelLoader", "Open_Sora_v2.safetensors", "bf16", "sdpa")
+    theirs = _v2_sampler(comfy, {**v2, "model": _as_float(bf16)}, 4)
+    _close("2.0 partially loaded bf16 native vs our sampler on float32 copies", theirs, out)

@@ -20,13 +20,13 @@ from opensora_core.conditioning import PIXEL, MaskGroup
 NODES_DIR = REPO / "nodes"
 COMFY_ROOTS = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "latent_preview", "server", "execution"}
 STANDARD_TYPES = {"IMAGE", "LATENT", "CLIP", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MODEL", "CONDITIONING",
-                  "SIGMAS"}
+                  "SIGMAS", "GUIDER"}
 BASE_NODES = {"OpenSoraModelLoader", "OpenSoraLoraLoader", "OpenSoraVAELoader", "OpenSoraT5Loader", "OpenSoraTextEncode",
               "OpenSoraMaskBuilder", "OpenSoraResolution", "OpenSoraSampler", "OpenSoraVAEDecode", "OpenSoraVAEEncode",
               "OpenSoraSaveVideo"}
 BASE_NODES |= {"OpenSoraModelLoaderMemory", "OpenSoraCLIPLoader", "OpenSoraConditionImages", "OpenSoraGuidance"}  # 2.0
 NATIVE_NODES = {"OpenSoraNativeModelLoader", "OpenSoraSamplingSettings", "OpenSoraSigmas", "OpenSoraEmptyLatentVideo",
-                "OpenSoraNullConditioning", "OpenSoraReferenceLatent"}
+                "OpenSoraNullConditioning", "OpenSoraReferenceLatent", "OpenSoraV2ImageToVideo", "OpenSoraV2Guider"}
 OFF = "off (retry tiled on out-of-memory)"
 SMALL = dict(width=48, height=32, num_frames=17, fps=24.0, steps=2, cfg=7.0, seed=42, loops=1,
              condition_frame_length=0, condition_frame_edit=0.0, align=0)

@@ -1,6 +1,7 @@
 """The Open-Sora 2.0 workflows: valid nodes, links and widget values on the official file names, equal to
 what scripts/make_v2_workflows.py writes, and each runs to an MP4 on tiny models of the real classes (at
-48x32, 9 frames, 2 steps instead of the shipped sizes; 1 block on the device of the tiny model's 2)."""
+48x32, 9 frames, 2 steps instead of the shipped sizes; 1 block on the device of the tiny model's 2), the
+native MODEL ones through the stand-in's SamplerCustomAdvanced."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def env(tmp_path_factory):
         yield env
 
 
-def test_three_workflows_are_shipped_as_the_generator_writes_them():
+def test_the_workflows_are_shipped_as_the_generator_writes_them():
     generator = _generator()
     assert [p.stem for p in WORKFLOWS] == sorted(f"open_sora_2_{t}" for t in generator.TASKS)
     for path in WORKFLOWS:
@@ -67,10 +68,12 @@ def test_workflow_is_valid_on_the_official_file_names(env, path):
 def test_workflow_runs_to_an_mp4(env, path):
     workflow = json.loads(path.read_text())
     prompt = workflow_api.to_api(workflow, env.defs)
-    (sampler_id,) = [i for i, e in prompt.items() if e["class_type"] == "OpenSoraSampler"]
-    prompt[sampler_id]["inputs"].update(width=48, height=32, num_frames=9, steps=2)
-    for entry in prompt.values():  # the tiny model has 2 blocks (the released 57, 20 on the GPU as shipped)
-        if entry["class_type"] == "OpenSoraModelLoaderMemory":
+    for entry in prompt.values():
+        if entry["class_type"] in ("OpenSoraSampler", "OpenSoraSamplingSettings", "OpenSoraEmptyLatentVideo"):
+            entry["inputs"].update(width=48, height=32, num_frames=9)
+        if entry["class_type"] in ("OpenSoraSampler", "OpenSoraSigmas"):
+            entry["inputs"]["steps"] = 2
+        if entry["class_type"] == "OpenSoraModelLoaderMemory":  # the tiny model has 2 blocks (the released 57)
             entry["inputs"]["blocks_on_device"] = 1
     run = workflow_api.execute(prompt, env.defs, extra_pnginfo={"workflow": workflow})
     (decode_id,) = [i for i, e in prompt.items() if e["class_type"] == "OpenSoraVAEDecode"]

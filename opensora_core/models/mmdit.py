@@ -367,6 +367,15 @@ class MMDiTModel(OfficialConstructors, nn.Module):
         t, h, w = latent_size
         return t * (h // self.patch_size) * (w // self.patch_size)
 
+    def forward_memory_bytes(self, samples: int, latent_size: tuple[int, int, int]) -> int:
+        """Working memory of one forward over ``samples`` rows of a latent (t, h, w), from shapes
+        (:mod:`.mmdit_activations`): activations and model inputs with the released 512 text tokens, no sampler
+        latents (ComfyUI's ``memory_required`` for the native MODEL, whose sampler holds its own)."""
+        setting = MemorySetting(dtype=self.dtype, fp8=isinstance(self.img_in, Fp8Linear))
+        tokens, text = self.token_count(latent_size), T5_V2_0.max_length
+        return activation_bytes(self.config, samples, tokens, text, setting) + input_bytes(
+            self.config, samples, tokens, text, 0, setting)
+
     def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int]) -> int:
         """Working memory of one sampling step on the compute device, from shapes (:mod:`.mmdit_activations`):
         the activations of one model call (3 x batch rows, or batch rows without :attr:`batch_passes`) with the

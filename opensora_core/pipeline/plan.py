@@ -198,11 +198,12 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
 
 
 def place_references(family: Family, strategy: Strategy, *, height: int, width: int, num_frames: int,
-                     reference_frames: Sequence[int]) -> list[PlacedGroup]:
+                     reference_frames: Sequence[int], condition_type: str | None = None) -> list[PlacedGroup]:
     """One clip's reference placements (no loop rounds), checked as :func:`plan_generation` checks them; for
-    a sampler outside the pipeline (ComfyUI's, on the native MODEL), which needs only the latent and its mask."""
+    a sampler outside the pipeline (ComfyUI's, on the native MODEL), which needs only the latent and its mask
+    (Open-Sora 2.0: the condition). ``condition_type``: the family option of that name (2.0: i2v_head, ...)."""
     spec = GenerationSpec(prompts=["(references only)"], height=height, width=width, num_frames=num_frames,
-                          mask_strategy=strategy)
+                          mask_strategy=strategy, condition_type=condition_type)
     _check_size(family, spec)
     check_frame_count(num_frames)
     if family.sampler.check_frames is not None:

@@ -147,6 +147,19 @@ def guided_velocity(c: torch.Tensor, u: torch.Tensor, u2: torch.Tensor, text_sca
     return u2 + image_scale * (u - u2) + text_scale * (c - u)
 
 
+def combine_passes(c: torch.Tensor, u: torch.Tensor, u2: torch.Tensor, guidance: GuidanceV2, *, step: int,
+                   num_steps: int, cond_type: str) -> torch.Tensor:
+    """The guided result at ``step`` of ``num_steps`` from the three passes c, u, u2 [B, C, T, H, W]
+    (:func:`guided_velocity` with the step's oscillated scales and, for i2v, the per-frame image scale).
+
+    The weights (1 - image, image - text, text) sum to 1 for every frame, so the same call guides any affine
+    map of the velocities with the same x, e.g. ComfyUI's denoised estimate x - sigma v."""
+    image_scale = guidance.image_scale(step, num_steps, c.shape[2], cond_type)
+    if isinstance(image_scale, torch.Tensor):
+        image_scale = image_scale.to(c.device, c.dtype)[None, None, :, None, None]  # (1, 1, T, 1, 1)
+    return guided_velocity(c, u, u2, guidance.text_scale(step), image_scale)
+
+
 # ---------------------------------------------------------------------------
 # The guided denoiser and the sampler
 # ---------------------------------------------------------------------------
@@ -221,10 +234,7 @@ class ThreePassGuidance:
         args = self._passes_for(x, condition)
         outs = self._three_passes(pack(x, self.patch_size), t, args, skip_u2=condition.is_empty)
         c, u, u2 = (unpack(o, T, H, W, self.patch_size) for o in outs)  # (B, C, T, H, W) each
-        image_scale = self.guidance.image_scale(step, num_steps, T, condition.cond_type)
-        if isinstance(image_scale, torch.Tensor):
-            image_scale = image_scale.to(x.device, x.dtype)[None, None, :, None, None]  # (1, 1, T, 1, 1)
-        return guided_velocity(c, u, u2, self.guidance.text_scale(step), image_scale)
+        return combine_passes(c, u, u2, self.guidance, step=step, num_steps=num_steps, cond_type=condition.cond_type)
 
     def _passes_for(self, x: torch.Tensor, condition: ConditionV2) -> _Passes:
         key = (tuple(x.shape), x.dtype, x.device)
@@ -322,6 +332,7 @@ __all__ = [
     "GuidanceV2",
     "ModelFn",
     "ThreePassGuidance",
+    "combine_passes",
     "get_noise",
     "get_schedule",
     "guided_velocity",

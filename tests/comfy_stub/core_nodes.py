@@ -107,13 +107,18 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
 def _sample(model, noise, positive, negative, cfg, sampler, sigmas, latent):
-    import latent_preview
     from comfy import samplers
 
     guider = samplers.CFGGuider(model)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
-    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+    return _guided(guider, noise, sampler, sigmas, latent)
+
+
+def _guided(guider, noise, sampler, sigmas, latent):
+    import latent_preview
+
+    callback = latent_preview.prepare_callback(guider.model_patcher, len(sigmas) - 1)
     samples = guider.sample(noise, latent["samples"], sampler, sigmas, latent.get("noise_mask"), callback)
     return {**latent, "samples": samples}
 
@@ -194,7 +199,12 @@ class CFGGuider:
                              "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01})}}
 
     def get_guider(self, model, positive, negative, cfg):
-        return ((model, positive, negative, cfg),)
+        from comfy import samplers
+
+        guider = samplers.CFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        return (guider,)
 
 
 class SamplerCustomAdvanced:
@@ -208,8 +218,7 @@ class SamplerCustomAdvanced:
                              "sigmas": ("SIGMAS",), "latent_image": ("LATENT",)}}
 
     def sample(self, noise, guider, sampler, sigmas, latent_image):
-        model, positive, negative, cfg = guider
-        out = _sample(model, noise.generate_noise(latent_image), positive, negative, cfg, sampler, sigmas, latent_image)
+        out = _guided(guider, noise.generate_noise(latent_image), sampler, sigmas, latent_image)
         return (out, out)
 
 

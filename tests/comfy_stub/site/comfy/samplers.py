@@ -30,7 +30,8 @@ def encode_model_conds(model_function, conds, noise, device, prompt_type, **kwar
     return out
 
 
-def calc_cond_batch(model, conds, x, sigma, model_options):
+def calc_cond_batch(model, conds, x, timestep, model_options):
+    sigma = timestep
     entries = [c[0] for c in conds]
     if any(len(c) != 1 for c in conds):
         raise NotImplementedError("the stand-in samples one conditioning entry per side")
@@ -52,6 +53,10 @@ def cfg_function(model, cond_pred, uncond_pred, cond_scale, x, sigma, model_opti
 
 
 class CFGGuider:
+    """A GUIDER, as ComfyUI's: ``inner_set_conds`` keeps conditionings by name, ``sample`` turns each into
+    model conds (``self.conds``) and calls the sampler with itself as the model (``__call__`` ->
+    ``predict_noise``, which a subclass may replace: Open-Sora 2.0's three-pass guider)."""
+
     def __init__(self, model_patcher):
         self.model_patcher = model_patcher
         self.model_options = model_patcher.model_options
@@ -59,24 +64,32 @@ class CFGGuider:
         self.cfg = 1.0
 
     def set_conds(self, positive, negative):
-        self.original_conds = {"positive": positive, "negative": negative}
+        self.inner_set_conds({"positive": positive, "negative": negative})
 
     def set_cfg(self, cfg):
         self.cfg = cfg
 
-    def predict(self, x, sigma, model_options):
-        cond, uncond = calc_cond_batch(self.inner_model, [self.conds["positive"], self.conds["negative"]], x, sigma,
-                                       model_options)
-        return cfg_function(self.inner_model, cond, uncond, self.cfg, x, sigma, model_options)
+    def inner_set_conds(self, conds):
+        for k in conds:
+            self.original_conds[k] = convert_cond(conds[k])
 
-    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, seed=None):
+    def __call__(self, x, timestep, model_options={}, seed=None):
+        return self.predict_noise(x, timestep, model_options, seed)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        cond, uncond = calc_cond_batch(self.inner_model, [self.conds["positive"], self.conds["negative"]], x,
+                                       timestep, model_options)
+        return cfg_function(self.inner_model, cond, uncond, self.cfg, x, timestep, model_options)
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+               seed=None):
         with self.model_patcher.patched() as model:
             self.inner_model = model
             if torch.count_nonzero(latent_image) > 0:
                 latent_image = model.process_latent_in(latent_image)
             if denoise_mask is not None:
                 denoise_mask = reshape_mask(denoise_mask, noise.shape)
-            self.conds = {k: encode_model_conds(model.extra_conds, convert_cond(v), noise, noise.device, k,
+            self.conds = {k: encode_model_conds(model.extra_conds, v, noise, noise.device, k,
                                                 latent_image=latent_image, denoise_mask=denoise_mask, seed=seed)
                           for k, v in self.original_conds.items()}
             options = {**self.model_options, "transformer_options": {
@@ -105,7 +118,7 @@ class KSamplerX0Inpaint:
             kept = self.inner_model.inner_model.scale_latent_inpaint(x=x, sigma=sigma, noise=self.noise,
                                                                      latent_image=self.latent_image)
             x = x * denoise_mask + kept * latent_mask
-        out = self.inner_model.predict(x, sigma, model_options)
+        out = self.inner_model(x, sigma, model_options=model_options, seed=seed)
         if denoise_mask is not None:
             out = out * denoise_mask + self.latent_image * latent_mask
         return out
