@@ -194,7 +194,7 @@ EXTRA = {
 }
 
 
-X_OF_COLUMN = {-1: -620, -2: -1100, -3: -1560}  # the note, then the Flux nodes (ids 20-31) left of it
+X_OF_COLUMN = {-1: -620, -2: -1180, -3: -1740}  # the note, then the Flux nodes (ids 20-31) left of it
 
 
 def _column(nid: int, node_type: str) -> int:

@@ -113,3 +113,32 @@ def test_workflow_runs_to_an_mp4(env, path):
     ((_, ui),) = run.ui.items()
     (saved,) = ui["images"]
     assert media.probe(env.output / saved["subfolder"] / saved["filename"]).num_frames == 9
+
+
+def test_reduced_text_to_image_to_video_for_the_real_comfyui_is_valid(env):
+    """tests/tiny_flux_files.py's reduced copy (what the real-ComfyUI run executes) keeps the graph valid."""
+    from tiny_flux_files import T5_FP8_NAME, reduced_workflow
+
+    (env.models / "text_encoders" / T5_FP8_NAME).write_bytes(b"")  # listed only
+    shipped = json.loads((REPO / "workflows" / "open_sora_2_text_to_image_to_video.json").read_text())
+    workflow = reduced_workflow(shipped)
+    prompt = workflow_api.to_api(workflow, env.defs)
+    assert workflow_api.check_links(workflow, env.defs) == [] and workflow_api.check_values(prompt, env.defs) == []
+    by_type = {e["class_type"]: e["inputs"] for e in prompt.values()}
+    assert (by_type["OpenSoraSampler"]["width"], by_type["OpenSoraSampler"]["num_frames"]) == (48, 9)
+    assert by_type["DualCLIPLoader"]["clip_name1"] == T5_FP8_NAME and by_type["KSampler"]["steps"] == 1
+    path = REPO / "workflows" / "open_sora_2_text_to_image_to_video.json"
+    assert shipped == json.loads(path.read_text())  # reduced_workflow copies; the loaded workflow is unchanged
+
+
+def test_fp8_safetensors_writer_gives_a_file_safetensors_reads(tmp_path):
+    from safetensors.torch import load_file
+    from tiny_flux_files import write_fp8_safetensors
+
+    shapes = {"encoder.block.0.layer.0.SelfAttention.q.weight": (8, 4), "encoder.final_layer_norm.weight": (4,)}
+    write_fp8_safetensors(tmp_path / "t5.safetensors", shapes)
+    loaded = load_file(str(tmp_path / "t5.safetensors"))
+    assert {k: tuple(v.shape) for k, v in loaded.items()} == shapes
+    assert all(v.dtype == torch.float8_e4m3fn for v in loaded.values())
+    assert torch.equal(loaded["encoder.final_layer_norm.weight"].float(), torch.ones(4))
+    assert 0 < loaded["encoder.block.0.layer.0.SelfAttention.q.weight"].float().std() < 0.1
