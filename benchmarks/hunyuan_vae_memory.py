@@ -154,7 +154,7 @@ def ratios(results: list[dict]) -> None:
     for dtype in DTYPES:
         for mode in MODES:
             row = [by[(mode, dtype, f)]["working_mib"] for f in lengths if (mode, dtype, f) in by]
-            if len(row) == len(lengths):
+            if len(row) == len(lengths) > 1:
                 growth = ", ".join(f"{row[i] / row[0]:.2f}" for i in range(1, len(row)))
                 print(f"  {mode:8s} {dtype:8s} working memory at {lengths[1:]} frames / at {lengths[0]}: {growth}"
                       + ("  [4x/2x <= 1.2]" if mode == "bounded" else ""))
