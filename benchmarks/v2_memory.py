@@ -61,7 +61,8 @@ SETTINGS = {
 
 
 def reduced_config(full_width: bool = False) -> MMDiTConfig:
-    return MMDiTConfig(**{**MMDiTModel.PRESETS["OpenSora-v2-MMDiT"].__dict__, **(FULL_WIDTH if full_width else REDUCED)})
+    reduced = FULL_WIDTH if full_width else REDUCED
+    return MMDiTConfig(**{**MMDiTModel.PRESETS["OpenSora-v2-MMDiT"].__dict__, **reduced})
 
 
 def settings_for(config: MMDiTConfig) -> dict[str, MemorySetting]:
@@ -173,8 +174,8 @@ def print_reduced(steps: int, quick: bool, full_width: bool) -> None:
         active = (est.activations + est.inputs) / MB
         note = f"  ({r['copies']} block copies)" if r["copies"] else ""
         print(f"{name:<22} {r['model_mb']:>8.1f} {r['weights_mb']:>7.1f} {est.weights / MB:>8.1f} | "
-              f"{r['working_mb']:>7.1f} {r['tracked_mb']:>7.1f} {active:>8.1f} {active / max(r['working_mb'], 1):>8.2f} "
-              f"{active / max(r['tracked_mb'], 1e-3):>7.2f} | {r['step_s']:>6.2f} {r['step_cpu_s']:>6.2f}{note}",
+              f"{r['working_mb']:>7.1f} {r['tracked_mb']:>7.1f} {active:>8.1f} "
+              f"{active / max(r['working_mb'], 1):>8.2f} {active / max(r['tracked_mb'], 1e-3):>7.2f} | {r['step_s']:>6.2f} {r['step_cpu_s']:>6.2f}{note}",
               flush=True)
     print("model MB: bytes of the model's tensors; RSS MB: RSS growth while building; est. MB: weights on the compute "
           "device\n(block swap: resident + one block). working: RSS growth while sampling; tracked: tensors created "

@@ -69,6 +69,7 @@ SOCKETS = {
 WIDGET_SOCKETS = {"text": "STRING"}  # widgets a link may feed (the frontend then lists them as inputs)
 
 VIDEO_SIZE = ("256px", "16:9")  # the shipped video size (official 256px.py default)
+LOW_MEMORY_SIZE = ("768px", "16:9")
 FLUX_RESOLUTION = "768px"  # img_resolution of configs/diffusion/inference/plugins/t2i2v.py
 FLUX_GUIDANCE = 4.0  # modify_option_to_t2i
 FLUX_STEPS = 50  # the video's num_steps, which the t2i option copies
@@ -101,8 +102,7 @@ def video_graph(task: str) -> tuple[list[tuple], list[tuple]]:
         (3, "OpenSoraT5Loader", ["t5xxl_fp16.safetensors", "bf16"], None),
         (4, "OpenSoraCLIPLoader", ["clip_l.safetensors", "bf16"], None),
         (5, "OpenSoraTextEncode", _text_encode(PROMPT), "Open-Sora Text Encode (prompt)"),
-        (6, "OpenSoraSampler", _sampler(*_width_height("768px", "16:9")) if low else _sampler(*_width_height(*VIDEO_SIZE)),
-         None),
+        (6, "OpenSoraSampler", _sampler(*_width_height(*(LOW_MEMORY_SIZE if low else VIDEO_SIZE))), None),
         (7, "OpenSoraVAEDecode", TILED, None),
         (8, "OpenSoraSaveVideo", [24, f"OpenSora2/{task}", 18], None),
         (9, "MarkdownNote", [_note(task)], None),

@@ -78,8 +78,11 @@ def _first_frame_loaded(prompt: dict) -> dict:
     kept = {i: e for i, e in prompt.items() if e["class_type"] not in FLUX_NODES}
     for decode_id in [i for i, e in prompt.items() if e["class_type"] == "VAEDecode"]:
         kept[decode_id] = {"class_type": "LoadImage", "inputs": {"image": "opensora_first_frame.png"}}
-    while cut := [i for i, e in kept.items() if any(isinstance(v, list) and v[0] not in kept for v in e["inputs"].values())]:
-        kept = {i: e for i, e in kept.items() if i not in cut}  # the core KSampler of the Flux half
+    def cut_off(entry: dict) -> bool:  # fed by a node that is gone (the core KSampler of the Flux half)
+        return any(isinstance(v, list) and v[0] not in kept for v in entry["inputs"].values())
+
+    while cut := [i for i, e in kept.items() if cut_off(e)]:
+        kept = {i: e for i, e in kept.items() if i not in cut}
     return kept
 
 

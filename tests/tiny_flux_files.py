@@ -133,9 +133,8 @@ def write_models(root: Path) -> Path:
     save_file(flux_ae(), str(root / "vae" / "ae.safetensors"))
     save_file(clip_l(), str(root / "text_encoders" / "clip_l.safetensors"))
     config = {**tiny_v2_files.MMDIT, "vec_in_dim": CLIP_L["hidden_size"]}
-    mmdit = tiny_v2_files._randomised(build_model("MMDiTModel", config), 0)
-    save_checkpoint(mmdit.state_dict(), root / "diffusion_models" / "Open_Sora_v2.safetensors",
-                    class_name="MMDiTModel", config=config)
+    path = root / "diffusion_models" / "Open_Sora_v2.safetensors"
+    save_checkpoint(tiny_v2_files.mmdit(config=config).state_dict(), path, class_name="MMDiTModel", config=config)
     write_fp8_safetensors(root / "text_encoders" / T5_FP8_NAME, t5_xxl_shapes())
     return root
 
