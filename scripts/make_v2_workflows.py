@@ -9,6 +9,11 @@
 * ``native_text_to_video`` / ``native_image_to_video``: the same two videos with the MMDiT as a native ComfyUI
   MODEL: ComfyUI's SamplerCustomAdvanced (euler) with the Open-Sora 2.0 Guider (three passes, oscillation,
   image ramp) and Open-Sora Sigmas (the official 50-step schedule); i2v through Open-Sora 2.0 Image to Video.
+* ``text_to_image_to_video``: the official t2i2v route: ComfyUI's own Flux nodes (FLUX.1-dev, T5-XXL + CLIP-L,
+  guidance 4.0, Euler with the Flux shift for the image size, 50 steps) make the first frame at the 768px
+  size of the video's aspect ratio (``img_resolution`` of the official t2i2v configs), which the 2.0 chain
+  resizes and centre-crops to the video size and uses as the i2v_head reference. One prompt node feeds both
+  text encoders; the Flux and the 2.0 text encoders read the same two files.
 
 The graphs are described below (nodes, widget values, links) and written in ComfyUI's UI format; only the
 socket inputs are listed per node (widgets are filled by position, as ComfyUI's frontend loads them). Run it
@@ -26,6 +31,10 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from opensora_core.geometry.opensora_v2 import image_size  # noqa: E402
 
 # Socket inputs (in schema order) and outputs of the node types used, as the UI format lists them.
 SOCKETS = {
@@ -61,8 +70,28 @@ SOCKETS = {
     "RandomNoise": ([], [("NOISE", "NOISE")]),
     "SamplerCustomAdvanced": ([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
                                ("latent_image", "LATENT")], [("output", "LATENT"), ("denoised_output", "LATENT")]),
+    # ComfyUI core nodes (v0.3.64) of the Flux first frame
+    "PrimitiveStringMultiline": ([], [("STRING", "STRING")]),
+    "UNETLoader": ([], [("MODEL", "MODEL")]),
+    "DualCLIPLoader": ([], [("CLIP", "CLIP")]),
+    "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+    "FluxGuidance": ([("conditioning", "CONDITIONING")], [("CONDITIONING", "CONDITIONING")]),
+    "ConditioningZeroOut": ([("conditioning", "CONDITIONING")], [("CONDITIONING", "CONDITIONING")]),
+    "ModelSamplingFlux": ([("model", "MODEL")], [("MODEL", "MODEL")]),
+    "EmptySD3LatentImage": ([], [("LATENT", "LATENT")]),
+    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                  ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
+    "VAELoader": ([], [("VAE", "VAE")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE")], []),
 }
+WIDGET_SOCKETS = {"text": "STRING"}  # widgets a link may feed (the frontend then lists them as inputs)
 
+VIDEO_SIZE = ("256px", "16:9")  # the shipped video size (official 256px.py default)
+LOW_MEMORY_SIZE = ("768px", "16:9")
+FLUX_RESOLUTION = "768px"  # img_resolution of configs/diffusion/inference/plugins/t2i2v.py
+FLUX_GUIDANCE = 4.0  # modify_option_to_t2i
+FLUX_STEPS = 50  # the video's num_steps, which the t2i option copies
 PROMPT = "a lighthouse on a rocky coast at sunset, waves crashing against the rocks, clouds drifting across the sky"
 TILED = ["on", 512, 128]  # the Hunyuan VAE's own tiling: 256-px tiles officially; 512 px here (fewer seams)
 
@@ -79,6 +108,12 @@ def graph(task: str) -> tuple[list[tuple], list[tuple]]:
     """(nodes: (id, type, widget values, title), links: (from id, from slot, to id, to input name))."""
     if task.startswith("native_"):
         return native_graph(task)
+    if task == "text_to_image_to_video":
+        return flux_first_frame_graph()
+    return video_graph(task)
+
+
+def video_graph(task: str) -> tuple[list[tuple], list[tuple]]:
     low = task == "low_memory_loop"
     loader = (1, "OpenSoraModelLoaderMemory", ["Open_Sora_v2.safetensors", "bf16", "sdpa", "fp8 e4m3fn", 20], None) \
         if low else (1, "OpenSoraModelLoader", ["Open_Sora_v2.safetensors", "bf16", "sdpa"], None)
@@ -88,10 +123,10 @@ def graph(task: str) -> tuple[list[tuple], list[tuple]]:
         (3, "OpenSoraT5Loader", ["t5xxl_fp16.safetensors", "bf16"], None),
         (4, "OpenSoraCLIPLoader", ["clip_l.safetensors", "bf16"], None),
         (5, "OpenSoraTextEncode", _text_encode(PROMPT), "Open-Sora Text Encode (prompt)"),
-        (6, "OpenSoraSampler", _sampler(1024, 576) if low else _sampler(336, 192), None),
+        (6, "OpenSoraSampler", _sampler(*_width_height(*(LOW_MEMORY_SIZE if low else VIDEO_SIZE))), None),
         (7, "OpenSoraVAEDecode", TILED, None),
         (8, "OpenSoraSaveVideo", [24, f"OpenSora2/{task}", 18], None),
-        (9, "MarkdownNote", [NOTE.format(task=task.replace("_", " "), extra=EXTRA[task])], None),
+        (9, "MarkdownNote", [_note(task)], None),
     ]
     links = [(3, 0, 5, "t5"), (1, 0, 5, "model"), (4, 0, 5, "clip_l"), (1, 0, 6, "model"), (2, 0, 6, "vae"),
              (5, 0, 6, "positive"), (2, 0, 7, "vae"), (6, 0, 7, "samples"), (7, 0, 8, "images"), (7, 1, 8, "fps")]
@@ -168,6 +203,39 @@ Keep the size and frames of *Open-Sora Sampling Settings* and *Open-Sora Empty L
 sides multiples of 16). The negative is the empty prompt that Text Encode encodes beside the prompt.
 {extra}"""
 
+def _width_height(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    height, width = image_size(resolution, aspect_ratio)
+    return width, height
+
+
+def flux_first_frame_graph() -> tuple[list[tuple], list[tuple]]:
+    """image_to_video with the LoadImage replaced by ComfyUI's Flux nodes (as the flux1-dev example workflow
+    of ComfyUI wires them: cfg 1 and the guidance embedded through FluxGuidance)."""
+    nodes, links = video_graph("text_to_image_to_video")  # image_to_video's graph ...
+    nodes = [n for n in nodes if n[1] != "LoadImage"]  # ... without its LoadImage (id 10)
+    links = [link for link in links if link[0] != 10]
+    width, height = _width_height(FLUX_RESOLUTION, VIDEO_SIZE[1])
+    nodes += [
+        (20, "PrimitiveStringMultiline", [PROMPT], "Prompt (image and video)"),
+        (21, "UNETLoader", ["flux1-dev.safetensors", "default"], None),
+        (22, "DualCLIPLoader", ["t5xxl_fp16.safetensors", "clip_l.safetensors", "flux", "default"], None),
+        (23, "CLIPTextEncode", [PROMPT], "CLIP Text Encode (Flux)"),
+        (24, "FluxGuidance", [FLUX_GUIDANCE], None),
+        (25, "ConditioningZeroOut", [], None),
+        (26, "ModelSamplingFlux", [1.15, 0.5, width, height], None),
+        (27, "EmptySD3LatentImage", [width, height, 1], "First frame size (768px)"),
+        (28, "KSampler", [42, "fixed", FLUX_STEPS, 1.0, "euler", "simple", 1.0], "KSampler (Flux)"),
+        (29, "VAELoader", ["ae.safetensors"], None),
+        (30, "VAEDecode", [], None),
+        (31, "SaveImage", ["OpenSora2/first_frame"], None),
+    ]
+    links += [(20, 0, 5, "text"), (20, 0, 23, "text"), (22, 0, 23, "clip"), (23, 0, 24, "conditioning"),
+              (23, 0, 25, "conditioning"), (21, 0, 26, "model"), (26, 0, 28, "model"), (24, 0, 28, "positive"),
+              (25, 0, 28, "negative"), (27, 0, 28, "latent_image"), (28, 0, 30, "samples"), (29, 0, 30, "vae"),
+              (30, 0, 11, "image_1"), (30, 0, 31, "images")]
+    return nodes, links
+
+
 NOTE = """## Open-Sora 2.0: {task}
 
 | ComfyUI folder | file name | download |
@@ -176,16 +244,32 @@ NOTE = """## Open-Sora 2.0: {task}
 | `models/vae` | `hunyuan_vae.safetensors` (Hunyuan video VAE) | the same repository |
 | `models/text_encoders` | `t5xxl_fp16.safetensors` (T5-XXL, as for Flux) | [comfyanonymous/flux_text_encoders](https://huggingface.co/comfyanonymous/flux_text_encoders) |
 | `models/text_encoders` | `clip_l.safetensors` (CLIP-L, as for Flux) | the same repository |
-
+{files}
 The tokenizers come with ComfyUI (`comfy/text_encoders/t5_tokenizer`, `comfy/sd1_tokenizer`).
 Sizes: 256px = 336x192 (16:9), 192x336 (9:16), 256x256 (1:1); 768px = 1024x576, 576x1024, 768x768.
 Frames: 4k+1, at most 129. The prompt gets " 24 FPS. 4 motion score." appended (motion_score -1 = 4).
 {extra}"""
 
+FLUX_FILES = """| `models/diffusion_models` | `flux1-dev.safetensors` (FLUX.1-dev, for the first frame) | [black-forest-labs/FLUX.1-dev](https://huggingface.co/black-forest-labs/FLUX.1-dev) |
+| `models/vae` | `ae.safetensors` (the FLUX.1 image autoencoder) | the same repository |
+"""
+
+
+def _note(task: str) -> str:
+    files = FLUX_FILES if task == "text_to_image_to_video" else ""
+    return NOTE.format(task=task.replace("_", " "), extra=EXTRA[task], files=files)
+
+
 EXTRA = {
     "text_to_video": "Memory: about 24 GB at 256px in bf16; see the README for fp8 and block swap.",
     "image_to_video": "The start image becomes latent frame 0 (condition type i2v_head); the 2.0 Guidance node "
                       "sets the image guidance (official 3.0) and the oscillation.",
+    "text_to_image_to_video": "The official t2i2v route: FLUX.1-dev makes the first frame at the 768px size of the "
+                              "aspect ratio (1024x576 for 16:9; guidance 4.0, Euler, 50 steps), Open-Sora 2.0 animates "
+                              "it (i2v_head; the image is resized and centre-cropped to the video size, 336x192). "
+                              "The String node feeds both text encoders; keep the two sizes on the same aspect "
+                              "ratio. Flux and Open-Sora load the T5 and CLIP-L files separately (ComfyUI's Flux "
+                              "CLIP pads T5 to 256 tokens, 2.0 takes 512).",
     "low_memory_loop": "768px on a 24 GB card: fp8 weights and 20 of 57 blocks on the GPU (estimate 18.6 GiB); "
                        "fewer blocks = less memory, slower steps. The first image starts the video and the last "
                        "one ends it (i2v_loop; one image: the same for both).",
@@ -195,6 +279,23 @@ EXTRA = {
 }
 
 
+X_OF_COLUMN = {-1: -620, -2: -1180, -3: -1740}  # the note, then the Flux nodes (ids 20-31) left of it
+
+
+def _column(task: str, nid: int, node_type: str) -> int:
+    if task.startswith("native_"):
+        return NATIVE_COLUMNS[nid]
+    if node_type == "MarkdownNote":
+        return -1
+    if nid >= 20:  # the Flux nodes of text_to_image_to_video
+        return -3 if nid in (20, 21, 22, 29) else -2
+    return 0 if nid <= 4 else 1 if nid in (5, 10, 11, 12, 13) else 2
+
+
+TASKS = ("text_to_video", "image_to_video", "low_memory_loop", "text_to_image_to_video", "native_text_to_video",
+         "native_image_to_video")
+
+
 def ui_workflow(task: str) -> dict:
     nodes, links = graph(task)
     by_id = {n[0]: n for n in nodes}
@@ -202,6 +303,8 @@ def ui_workflow(task: str) -> dict:
     inputs = {nid: [dict(name=name, type=kind, link=None) for name, kind in SOCKETS[by_id[nid][1]][0]] for nid in by_id}
     outputs = {nid: [dict(name=name, type=kind, links=[]) for name, kind in SOCKETS[by_id[nid][1]][1]] for nid in by_id}
     for link_id, (src, slot, dst, name) in enumerate(links, start=1):
+        if name in WIDGET_SOCKETS and all(entry["name"] != name for entry in inputs[dst]):  # a widget fed by a link
+            inputs[dst].append(dict(name=name, type=WIDGET_SOCKETS[name], widget=dict(name=name), link=None))
         target = next(i for i, entry in enumerate(inputs[dst]) if entry["name"] == name)
         kind = outputs[src][slot]["type"]
         ui_links.append([link_id, src, slot, dst, target, kind])
@@ -210,11 +313,11 @@ def ui_workflow(task: str) -> dict:
     tops = {}  # column -> next free y
     for order, (nid, node_type, values, title) in enumerate(sorted(nodes)):
         column = _column(task, nid, node_type)
-        height = 520 if node_type in ("MarkdownNote", "LoadImage", "OpenSoraSaveVideo") else \
-            40 + 26 * (len(values) + len(inputs[nid]) + len(outputs[nid]))
+        height = 520 if node_type in ("MarkdownNote", "LoadImage", "OpenSoraSaveVideo", "SaveImage") else \
+            40 + 26 * (len(values) + len(inputs[nid]) + len(outputs[nid])) + (80 if nid in (20, 23) else 0)
         y = tops.get(column, 0)
         tops[column] = y + height + 40
-        node = dict(id=nid, type=node_type, pos=[-620 if column < 0 else 460 * column, y],
+        node = dict(id=nid, type=node_type, pos=[X_OF_COLUMN.get(column, 460 * column), y],
                     size=[560 if column < 0 else 420, height], flags={}, order=order, mode=0, inputs=inputs[nid],
                     outputs=[{**o, "links": o["links"] or None} for o in outputs[nid]],
                     properties={"Node name for S&R": node_type}, widgets_values=values)
@@ -224,15 +327,6 @@ def ui_workflow(task: str) -> dict:
     return dict(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"open_sora_2_{task}")), revision=0, last_node_id=max(by_id),
                 last_link_id=len(ui_links), nodes=ui_nodes, links=ui_links, groups=[], config={},
                 extra={}, version=0.4)
-
-
-def _column(task: str, nid: int, node_type: str) -> int:
-    if task.startswith("native_"):
-        return NATIVE_COLUMNS[nid]
-    return -1 if node_type == "MarkdownNote" else 0 if nid <= 4 else 1 if nid in (5, 10, 11, 12, 13) else 2
-
-
-TASKS = ("text_to_video", "image_to_video", "low_memory_loop", "native_text_to_video", "native_image_to_video")
 
 
 def main(argv: list[str] | None = None) -> int:

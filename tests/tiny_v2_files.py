@@ -49,8 +49,8 @@ def _randomised(model: torch.nn.Module, seed: int, std: float = 0.05) -> torch.n
     return model.eval()
 
 
-def mmdit(seed: int = 0) -> torch.nn.Module:
-    return _randomised(build_model("MMDiTModel", MMDIT), seed)
+def mmdit(seed: int = 0, config: dict = MMDIT) -> torch.nn.Module:
+    return _randomised(build_model("MMDiTModel", config), seed)
 
 
 def hunyuan_vae() -> HunyuanVAE:

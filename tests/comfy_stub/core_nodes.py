@@ -3,8 +3,11 @@
 Inputs, widget order and outputs follow ComfyUI v0.3.64 (nodes.py ``LoadImage`` / ``KSampler``,
 comfy_extras/nodes_video.py ``LoadVideo`` / ``GetVideoComponents`` / ``CreateVideo`` / ``SaveVideo``,
 nodes_images.py ``ImageFromBatch``, nodes_custom_sampler.py ``SamplerCustomAdvanced`` / ``RandomNoise`` /
-``KSamplerSelect`` / ``CFGGuider``); the bodies are ours, reading and writing files with PyAV through
-``opensora_core.media`` and sampling with the stand-in ``comfy.samplers`` (Euler only).
+``KSamplerSelect`` / ``CFGGuider``, nodes_primitive.py ``PrimitiveStringMultiline``); the bodies are ours,
+reading and writing files with PyAV through ``opensora_core.media`` and sampling with the stand-in
+``comfy.samplers`` (Euler only). The Flux image nodes (:data:`FLUX_NODES`) are definitions only: tests check
+the links and widget values of a workflow that uses them and run the rest; the Flux half itself runs in a real
+ComfyUI (``tests/tiny_flux_files.py``).
 """
 
 from __future__ import annotations
@@ -222,6 +225,67 @@ class SamplerCustomAdvanced:
         return (out, out)
 
 
+class PrimitiveStringMultiline:
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("STRING", {"multiline": True})}}
+
+    def execute(self, value):
+        return (value,)
+
+
+# ---------------------------------------------------------------------------
+# Flux image nodes: definitions only (nodes.py, comfy_extras/nodes_flux.py / nodes_sd3.py / nodes_model_advanced.py)
+# ---------------------------------------------------------------------------
+
+
+def _definition(inputs: dict, returns: tuple) -> type:
+    """A node class with these inputs and outputs whose run raises; ``("FILES", folder)`` lists a model folder."""
+    def input_types(cls):
+        return {section: {name: ((_folder_paths().get_filename_list(spec[1]),) if spec[0] == "FILES" else spec)
+                          for name, spec in entries.items()} for section, entries in inputs.items()}
+
+    def run(self, **kwargs):
+        raise NotImplementedError("a definition-only stand-in: the Flux nodes run in a real ComfyUI")
+
+    return type("FluxStandIn", (), {"RETURN_TYPES": returns, "FUNCTION": "run", "run": run,
+                                    "INPUT_TYPES": classmethod(input_types)})
+
+
+_SIZE = {"default": 1024, "min": 16, "max": 16384}
+FLUX_NODES: dict[str, type] = {
+    "UNETLoader": _definition({"required": {
+        "unet_name": ("FILES", "diffusion_models"),
+        "weight_dtype": (["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],)}}, ("MODEL",)),
+    "DualCLIPLoader": _definition({"required": {
+        "clip_name1": ("FILES", "text_encoders"),
+        "clip_name2": ("FILES", "text_encoders"),
+        "type": (["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"],)},
+        "optional": {"device": (["default", "cpu"], {"advanced": True})}}, ("CLIP",)),
+    "CLIPTextEncode": _definition({"required": {"text": ("STRING", {"multiline": True}), "clip": ("CLIP",)}},
+                                  ("CONDITIONING",)),
+    "FluxGuidance": _definition({"required": {"conditioning": ("CONDITIONING",),
+                                              "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0})}},
+                                ("CONDITIONING",)),
+    "ConditioningZeroOut": _definition({"required": {"conditioning": ("CONDITIONING",)}}, ("CONDITIONING",)),
+    "ModelSamplingFlux": _definition({"required": {
+        "model": ("MODEL",), "max_shift": ("FLOAT", {"default": 1.15, "min": 0.0, "max": 100.0}),
+        "base_shift": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 100.0}),
+        "width": ("INT", _SIZE), "height": ("INT", _SIZE)}}, ("MODEL",)),
+    "EmptySD3LatentImage": _definition({"required": {
+        "width": ("INT", _SIZE), "height": ("INT", _SIZE),
+        "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})}}, ("LATENT",)),
+    "VAELoader": _definition({"required": {"vae_name": ("FILES", "vae")}},
+                             ("VAE",)),
+    "VAEDecode": _definition({"required": {"samples": ("LATENT",), "vae": ("VAE",)}}, ("IMAGE",)),
+    "SaveImage": _definition({"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
+                              "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}, ()),
+}
+
+
 # ---------------------------------------------------------------------------
 # Video out
 # ---------------------------------------------------------------------------
@@ -280,4 +344,6 @@ CORE_NODES: dict[str, type] = {
     "SamplerCustomAdvanced": SamplerCustomAdvanced,
     "CreateVideo": CreateVideo,
     "SaveVideo": SaveVideo,
+    "PrimitiveStringMultiline": PrimitiveStringMultiline,
+    **FLUX_NODES,
 }
