@@ -1,6 +1,7 @@
 """Calibration table: the memory estimates a memory manager is given next to the measured working memory, on the CPU.
 
-    python benchmarks/memory_calibration.py [--quick] [--dtypes bf16,fp32] [--threads 1] [--default-malloc]
+    python benchmarks/memory_calibration.py [--quick] [--dtypes bf16,fp32] [--only dit,vae-untiled,vae-tiled,sd]
+        [--threads 1] [--default-malloc]
 
 Rows, each at three sizes and in every dtype asked: one STDiT3 guided step (hidden 1152, 16 heads, one spatial +
 one temporal block: the peak is one block's, whatever the depth) against ``model.sampling_memory_bytes``; one
@@ -83,13 +84,16 @@ def vae_worker(dtype: torch.dtype, kind: str, frames: int, height: int, width: i
     return {"measured": memory.working * 2**20, "estimate": vae.decode_memory_bytes(z.shape, frames, tiling=tiling)}
 
 
-def rows(quick: bool, dtypes: list[str]) -> list[tuple[str, str, list[str]]]:
-    """(what, size, worker arguments) of every row."""
+def rows(quick: bool, dtypes: list[str], only: set[str]) -> list[tuple[str, str, tuple, list[str]]]:
+    """(what, dtype, size, worker arguments) of every row of the kinds in ``only``."""
     out = []
     for dtype in dtypes:
         sizes = QUICK["dit"] if quick else DIT_SIZES
-        out += [("STDiT3 step", dtype, size, ["dit", dtype, *map(str, size)]) for size in sizes]
+        if "dit" in only:
+            out += [("STDiT3 step", dtype, size, ["dit", dtype, *map(str, size)]) for size in sizes]
         for kind, label in VAE_KINDS.items():
+            if kind not in only:
+                continue
             sizes = QUICK["sd" if kind == "sd" else "vae"] if quick else (SD_VAE_SIZES if kind == "sd" else VAE_SIZES)
             out += [(label, dtype, size, ["vae", dtype, kind, *map(str, size)]) for size in sizes]
     return out
@@ -106,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script")
     parser.add_argument("--dtypes", default="bf16,fp32", help="comma-separated: bf16, fp32, fp16")
+    parser.add_argument("--only", default="dit," + ",".join(VAE_KINDS), help="comma-separated row kinds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--default-malloc", action="store_true", help="keep glibc's adaptive mmap threshold")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -119,7 +124,7 @@ def main() -> None:
     print(f"{'what':24s} {'dtype':5s} {'frames x H x W':>15s} {'estimate MiB':>13s} {'measured MiB':>13s} "
           f"{'ratio':>6s}  within {TARGET:.0%}")
     failed = 0
-    for label, dtype, size, worker_args in rows(args.quick, args.dtypes.split(",")):
+    for label, dtype, size, worker_args in rows(args.quick, args.dtypes.split(","), set(args.only.split(","))):
         r = run_child(__file__, ["--threads", str(args.threads), "--worker", *worker_args], args.default_malloc)
         ratio = r["estimate"] / r["measured"]
         verdict = "PASS" if abs(ratio - 1) <= TARGET else "FAIL"
