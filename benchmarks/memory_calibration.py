@@ -49,16 +49,16 @@ def dit_worker(dtype: torch.dtype, frames: int, height: int, width: int) -> dict
     latent = VAE_V1_2.latent_size(frames, height, width)
     L, C = model.caption_shape
     g = torch.Generator().manual_seed(0)
-    x, prompt = torch.randn(1, 4, *latent, generator=g), torch.randn(1, 1, L, C, generator=g)
+    x = torch.randn(1, 4, *latent, generator=g).to(dtype)  # the sampler's latent and caption in the model dtype
+    prompt, null = torch.randn(1, 1, L, C, generator=g).to(dtype), model.null_caption(1).to(dtype)
     mask = torch.zeros(2, L, dtype=torch.long)
     mask[:, :40] = 1
     args = model.model_args(2, height, width, frames, 24.0)
-    inputs = dict(x=torch.cat([x, x]), timestep=torch.full((2,), 500.0),
-                  y=torch.cat([prompt, model.null_caption(1).float()]), mask=mask,
-                  x_mask=torch.ones(2, latent[0], dtype=torch.bool), **args)
+    t, x_mask = torch.full((2,), 500.0), torch.ones(2, latent[0], dtype=torch.bool)
 
-    def step():
-        cond, uncond = model(**inputs)[:, :4].chunk(2)
+    def step():  # as sampling.GuidedModel: prompt and null caption as one batch, made in the step
+        cond, uncond = model(torch.cat([x, x]), t, torch.cat([prompt, null]), mask=mask, x_mask=x_mask,
+                             **args)[:, :4].chunk(2)
         return uncond + GUIDANCE * (cond - uncond)
 
     with torch.no_grad():
