@@ -32,7 +32,7 @@ from measure import DTYPES, load_line, peak_memory, run_child  # noqa: E402
 
 DIT_SIZES = [(17, 144, 256), (17, 240, 426), (34, 240, 426)]  # (frames, height, width) in pixels
 VAE_SIZES = [(17, 64, 112), (17, 96, 160), (17, 128, 224)]
-SD_VAE_SIZES = [(4, 64, 112), (4, 128, 224), (4, 192, 336)]
+SD_VAE_SIZES = [(4, 64, 112), (4, 96, 160), (4, 128, 224), (4, 192, 336)]
 QUICK = {"dit": [(17, 64, 112)], "vae": [(17, 32, 56)], "sd": [(4, 32, 56)]}
 VAE_KINDS = {"vae-untiled": "VAE v1.2 decode untiled", "vae-tiled": "VAE v1.2 decode tiled", "sd": "SD-VAE decode"}
 TARGET = 0.15
