@@ -45,19 +45,19 @@ class Timeline:
         self.start = rss_mib()
         return self.start
 
-    def _close(self, label: str) -> None:
+    def close(self, label: str) -> None:
         peak, after = _status_mib("VmHWM"), rss_mib()
         self.rows.append((label, self.start - self.base, peak - self.base, after - self.base))
         self._reset()
 
     def _pre(self, name: str):
         def hook(module, args):
-            self._close(f"between {self.last} -> {name}")
+            self.close(f"between {self.last} -> {name}")
         return hook
 
     def _post(self, name: str):
         def hook(module, args, out):
-            self._close(f"{name} ({type(module).__name__})")
+            self.close(f"{name} ({type(module).__name__})")
             self.last = name
         return hook
 
@@ -83,7 +83,7 @@ def worker(args) -> dict:
             vae.decode(z, num_frames=args.frames)
         else:
             vae.decode(z, args.frames)
-    timeline._close("end")
+    timeline.close("end")
     return {"rows": timeline.rows}
 
 
