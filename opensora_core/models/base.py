@@ -111,10 +111,11 @@ class STDiTBase(OfficialConstructors, nn.Module):
         ``3 + max(mlp_ratio, 4)`` token-wide tensors: the stream, its modulated norm, the MLP hidden layer and
         its output; or the q, k, v, attention output and projection (SDPA keeps no score matrix). Beside them:
         the caption features cast to the model dtype (held through the forward); the output comes after the
-        blocks have freed theirs. ``backend_workspace`` adds what kernels allocate inside one op: with q/k RMS
-        norm in a reduced-precision dtype, the float32 copy the statistics read (:func:`.inplace.qk_statistics_bytes`). Calibrated for STDiT3 against
-        measured peaks of live tensors (``tests/test_memory_estimate.py``) and the process's resident peak
-        (``benchmarks/memory_calibration.py``).
+        blocks have freed theirs (with the sampler's guided batch: the caption batch it concatenates per step).
+        ``backend_workspace`` adds what kernels allocate inside one op: with q/k RMS norm in a reduced-precision
+        dtype, the float32 copy the statistics read (:func:`.inplace.qk_statistics_bytes`). Calibrated for
+        STDiT3 against measured peaks of live tensors (``tests/test_memory_estimate.py``) and the process's
+        resident peak (``benchmarks/memory_calibration.py``).
         """
         tokens = samples * self.token_count(latent_size)
         element = torch.empty((), dtype=self.dtype).element_size()

@@ -84,7 +84,8 @@ def spatial_conv_weights(config: AutoencoderKLConfig) -> int:
     return max(config.block_out_channels) ** 2 * 9
 
 
-def temporal_decode_peak_elements(config: TemporalVAEConfig, batch: int, chunk_latent_frames: int, h: int, w: int) -> int:
+def temporal_decode_peak_elements(config: TemporalVAEConfig, batch: int, chunk_latent_frames: int, h: int,
+                                  w: int) -> int:
     """Most elements live at once while the temporal VAE decodes one chunk (its widest level, causal padding)."""
     widest = config.filters * max(config.channel_multipliers)
     return TEMPORAL_LIVE_WIDTHS * batch * widest * (chunk_latent_frames + 2) * h * w
