@@ -31,9 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from ..geometry import SPATIAL_FACTOR, LatentGeometry
-from .memory import backend_bytes
 from .causal_vae import CAUSAL_VAE_PRESETS, CausalVAEModel, CausalVAETiling
 from .causal_vae import loadable_state_dict as causal_loadable
+from .memory import backend_bytes
 from .posterior import DiagonalGaussian, NoiseFn
 from .tiling import TilingOptions
 from .wfvae import WFVAE_PRESETS, WFVAEModel

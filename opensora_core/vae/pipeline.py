@@ -7,7 +7,6 @@ official ones: ``module.*`` for ``VideoAutoencoderKL``; ``spatial_vae.module.*``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
