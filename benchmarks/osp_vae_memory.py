@@ -8,6 +8,7 @@ benchmarks/vae_memory.py for why):
 
 * weights: RSS high-water once the model is built (interpreter + torch + weights);
 * working: peak RSS during the decode minus that (activations, output, workspaces);
+* estimate: ``vae.decode_memory_bytes`` for the same call (shapes only; what the VAE Decode node asks for);
 * time: wall clock and process CPU time; max |chunked - untiled| of the decoded video.
 
 Modes: ``untiled`` = the official v1.3 sample path (no tiling); ``chunked`` = ``WFVAEChunking()`` (one latent
@@ -80,6 +81,7 @@ def measure(mode: str, frames: int, height: int, width: int, threads: int) -> di
     torch.save(x, os.environ["OSP_BENCH_OUT"])
     return {"mode": mode, "frames": frames, "height": height, "width": width, "start_mib": start,
             "after_weights_mib": after_weights, "peak_mib": peak, "working_mib": peak - after_weights,
+            "estimate_mib": vae.decode_memory_bytes(tuple(z.shape), frames, tiling=tiling) / 2**20,
             "wall_s": wall, "cpu_s": cpu}
 
 
@@ -93,10 +95,11 @@ def run_child(mode: str, frames: int, height: int, width: int, threads: int, out
 
 def report(results: list[dict], diffs: dict) -> None:
     print(f"{'mode':8s} {'frames':>6s} {'size':>7s} {'weights MiB':>11s} {'peak MiB':>9s} {'working MiB':>11s} "
-          f"{'wall s':>7s} {'cpu s':>7s}")
+          f"{'estimate MiB':>12s} {'est/working':>11s} {'wall s':>7s} {'cpu s':>7s}")
     for r in results:
         print(f"{r['mode']:8s} {r['frames']:6d} {r['height']:>3d}x{r['width']:<3d} {r['after_weights_mib']:11.0f} "
-              f"{r['peak_mib']:9.0f} {r['working_mib']:11.0f} {r['wall_s']:7.1f} {r['cpu_s']:7.1f}")
+              f"{r['peak_mib']:9.0f} {r['working_mib']:11.0f} {r['estimate_mib']:12.0f} "
+              f"{r['estimate_mib'] / max(r['working_mib'], 1):11.2f} {r['wall_s']:7.1f} {r['cpu_s']:7.1f}")
     by = {(r["mode"], r["frames"]): r for r in results}
     frames = sorted({r["frames"] for r in results})
     print("\nratios (target in brackets):")

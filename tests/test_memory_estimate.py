@@ -38,4 +38,5 @@ def test_stdit3_estimate_is_within_15_percent_of_the_peak(dtype, condition_frame
     model = build_model("STDiT3", CONFIG).to(dtype).eval().requires_grad_(False)
     latent_size = (5, 16, 20)
     peak = _guided_step_peak(model, latent_size, condition_frame)
-    assert abs(model.sampling_memory_bytes(1, latent_size) / peak - 1) <= 0.15
+    # the live tensors: without what kernels allocate inside one op (no tensor of theirs is visible here)
+    assert abs(model.sampling_memory_bytes(1, latent_size, backend_workspace=False) / peak - 1) <= 0.15

@@ -553,6 +553,18 @@ def test_decode_joins_loop_clips_and_reads_plain_latents(env, v12):
         env.run("OpenSoraVAEDecode", vae, tampered, OFF, 512, 128)
 
 
+def test_decode_asks_comfyui_for_the_vaes_own_estimate(env, v12):
+    """The decode stage loads the VAE through ComfyUI's memory manager asking for the decode's working memory,
+    as the VAE estimates it for this latent (two loop clips decode one after another: the larger one)."""
+    _, vae, _ = v12
+    latent = {"samples": torch.randn(1, 4, 5, 4, 6)}
+    env.model_management.LOADS.clear()
+    env.model_management.REQUIRED.clear()
+    env.run("OpenSoraVAEDecode", vae, latent, OFF, 512, 128)
+    expected = vae.module.decode_memory_bytes((1, 4, 5, 4, 6), 17)
+    assert expected > 0 and env.model_management.REQUIRED == [expected]
+
+
 def test_encode_then_decode_keeps_frame_count_and_size(env, v12):
     _, vae, _ = v12
     frames = _image(5, frames=17)[:, :36, :52]  # 36x52: the VAE floors it to a 4x6 latent, as the official VAEs

@@ -76,8 +76,12 @@ def test_t2v_and_i2v_head_sample_and_decode(env, v2):
     i2v = _sample(env, model, vae, caption, references=refs)
     assert t2v["samples"].shape == i2v["samples"].shape == (1, 16, 3, 4, 6)
     assert (t2v["samples"] - i2v["samples"]).abs().max() > 1e-3
+    env.model_management.REQUIRED.clear()
     frames, fps = env.run("OpenSoraVAEDecode", vae, i2v, "on", 256, 64)
     assert tuple(frames.shape) == (9, 32, 48, 3) and fps == 24
+    vae_package = importlib.import_module(type(vae.module).__module__.rsplit(".", 1)[0])  # the pack's own classes
+    tiling = vae_package.TilingOptions(256 // 8, 64 // 8)  # the node's tile widgets in latent pixels
+    assert env.model_management.REQUIRED == [vae.module.decode_memory_bytes((1, 16, 3, 4, 6), 9, tiling=tiling)] != [0]
 
 
 def test_guidance_options_change_the_result_and_are_refused_for_v1(env, v2):

@@ -102,8 +102,10 @@ def test_mask_builder_presets_condition_the_i2v_model(env, osp, preset, frames, 
 def test_decode_and_encode_keep_4n_plus_1_frames(env, osp):
     t2v, _, vae, mt5 = osp
     latent = _sample(env, t2v, vae, _encode(env, mt5, t2v))
+    env.model_management.REQUIRED.clear()
     images, fps = env.run("OpenSoraVAEDecode", vae, latent, "off (retry tiled on out-of-memory)", 512, 128)
     assert images.shape == (9, 32, 64, 3) and fps == 18.0
+    assert env.model_management.REQUIRED == [vae.module.decode_memory_bytes(tuple(latent["samples"].shape), 9)] != [0]
     (again,) = env.run("OpenSoraVAEEncode", vae, images)
     assert again["samples"].shape == (1, 8, 3, 4, 8)
 

@@ -56,6 +56,9 @@ class RecordingVAE(torch.nn.Module):
         self.decoded.append(z.clone())
         return torch.zeros(z.shape[0], 3, num_frames, z.shape[3] * 8, z.shape[4] * 8)
 
+    def decode_memory_bytes(self, latent_shape, num_frames=None, **kwargs):
+        return 0
+
     def get_latent_size(self, input_size):
         return self.geometry.get_latent_size(input_size)
 

@@ -71,4 +71,48 @@ def test_v1_2_decode_estimate_is_within_15_percent_of_the_peak(tiling):
     z = torch.randn(1, 4, *latent)
     with torch.no_grad(), LiveTensors(ignore=[*vae.parameters(), *vae.buffers(), z]) as live:
         vae.decode(z, frames, tiling=tiling)
-    assert abs(vae.decode_memory_bytes(1, latent, frames, tiling=tiling) / live.peak - 1) <= 0.15
+    estimate = vae.decode_memory_bytes((1, 4, *latent), frames, tiling=tiling, backend_workspace=False)
+    assert abs(estimate / live.peak - 1) <= 0.15
+
+
+# ---------------------------------------------------------------------------
+# Every family's VAE: the one estimate the decode node hands ComfyUI
+# ---------------------------------------------------------------------------
+
+
+def _osp_vaes():
+    from test_osp_vae import causal_vae, wfvae
+
+    from opensora_core.vae.causal_vae import CausalVAETiling
+    from opensora_core.vae.osp import OpenSoraPlanVAE, WFVAEChunking
+
+    tiles = CausalVAETiling.for_version("v1.2", tile_sample_min_size=32, tile_latent_min_size=4,
+                                        tile_overlap_factor=0.25)
+    return {"causal": (OpenSoraPlanVAE.wrap(causal_vae()).eval(), tiles),
+            "wfvae": (OpenSoraPlanVAE.wrap(wfvae()).eval(), WFVAEChunking())}
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
+@pytest.mark.parametrize("kind", ["causal", "wfvae"])
+@pytest.mark.parametrize("latent", [(3, 4, 6), (5, 8, 8)])
+def test_open_sora_plan_decode_estimate_is_within_15_percent_of_the_peak(kind, tiled, latent):
+    """The Open-Sora-Plan decoders' shape model (widest activation x DECODE_WIDTHS + the output videos) against
+    the live tensors of the decode: whole, in tiles (CausalVAE) or in chunks with causal caches (WF-VAE)."""
+    vae, tiling = _osp_vaes()[kind]
+    tiling = tiling if tiled else None
+    z = torch.randn(1, vae.latent_channels, *latent)
+    with torch.no_grad(), LiveTensors(ignore=[*vae.parameters(), *vae.buffers(), z]) as live:
+        vae.decode(z, tiling=tiling)
+    estimate = vae.decode_memory_bytes(tuple(z.shape), tiling=tiling, backend_workspace=False)
+    assert abs(estimate / live.peak - 1) <= 0.15
+
+
+def test_every_vae_estimate_adds_the_backend_share():
+    """With ``backend_workspace`` (the default, what a memory manager is given) each family's estimate holds more
+    than its live tensors: the kernels' weight copies and retained state (models/workspace.py)."""
+    from test_hunyuan_vae import tiny_vae
+
+    vaes = [(tiny.vae_v1_2().eval(), (1, 4, 5, 6, 10)), (tiny_vae(), (1, 16, 3, 2, 2))]
+    vaes += [(vae, (1, vae.latent_channels, 3, 4, 6)) for vae, _ in _osp_vaes().values()]
+    for vae, shape in vaes:
+        assert vae.decode_memory_bytes(shape) > vae.decode_memory_bytes(shape, backend_workspace=False) > 0

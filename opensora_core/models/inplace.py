@@ -78,6 +78,12 @@ def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
 STATISTICS_CHUNK = 1 << 22  # elements whose float32 statistics are taken at once (16 MiB)
 
 
+def qk_statistics_bytes(elements: int, dtype: torch.dtype) -> int:
+    """Bytes :func:`rms_normalise_` of ``elements`` values in ``dtype`` holds besides them: the float32 copy of
+    one chunk that a bf16/fp16 tensor's statistics read (none for float32)."""
+    return 0 if dtype == torch.float32 else min(elements, STATISTICS_CHUNK) * 4
+
+
 def rms_normalise_(x: torch.Tensor, eps: float) -> torch.Tensor:
     """In-place :func:`rms_normalise` of ``x`` (N, ..., D) (float32 statistics, no full-size temporary).
 

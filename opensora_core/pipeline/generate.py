@@ -21,6 +21,7 @@ from .stages import (
     TextEncoder,
     check_caption_length,
     decode_clips,
+    decode_memory_bytes,
     encode_conditions,
     encode_prompts,
     sample_clips,
@@ -61,7 +62,7 @@ def generate(
         if plan.negative_prompts is not None:  # the spec's, or the family's default negative prompt
             negatives = _encode_rounds(components, plan, [plan.negative_prompts] * spec.loops)
     clips = _sample_planned(components, plan, captions, references, negatives, tiling, callback, noise)
-    with components.placement.use(components.vae):
+    with components.placement.use(components.vae, decode_memory_bytes(components.vae, clips, tiling=tiling)):
         frames = decode_clips(components.vae, clips, tiling=tiling)
     return GenerationResult(frames, plan.save_fps, clips, plan)
 

@@ -224,6 +224,13 @@ def frames_from_video(video: torch.Tensor) -> torch.Tensor:
 
 
 
+def decode_memory_bytes(vae: nn.Module, clips: Sequence[Clip], *, tiling=None) -> int:
+    """Working memory :func:`decode_clips` asks of the placement: the largest clip's decode (clips decode one
+    after another; a clip a later round already decoded needs none), from the VAE's own shape model."""
+    return max((vae.decode_memory_bytes(tuple(clip.latent.shape), clip.num_frames, tiling=tiling)
+                for clip in clips if clip.frames is None), default=0)
+
+
 def decode_clips(vae: nn.Module, clips: Sequence[Clip], *, tiling=None) -> torch.Tensor:
     """Decode every clip (reusing frames a later round already decoded) and join them: (B, T, H, W, 3)."""
     parts = []

@@ -305,6 +305,18 @@ class Encoder(nn.Module):
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # (N, 2L, H/8, W/8)
 
 
+def backend_layout(x: Tensor) -> Tensor:
+    """``x`` [N, C, H, W] in the memory layout the decoder's convolutions run in without copying their input.
+
+    On the CPU that is channels-last: oneDNN convolves NHWC tensors directly but reorders every NCHW input
+    into its blocked layout first, a copy of each conv's input (the official decode runs channels-last by
+    accident: diffusers' mid-block attention returns an NHWC view that its residual sum passes on). Every
+    later op (GroupNorm, SiLU, nearest upsampling, the convs, the attention's tokens) keeps the layout.
+    Other devices keep the layout they are given.
+    """
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+
+
 class Decoder(nn.Module):
     """Latent [N, latent, h, w] (after post_quant_conv) -> image [N, 3, 8h, 8w]."""
 
@@ -327,18 +339,19 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         # one flat loop over the blocks of every level: a nested loop would keep each level's input alive
         # (its caller's reference) until the level ends, which at the last level is the largest tensor
-        x = self.mid_block(self.conv_in(z))  # (N, C_last, h, w)
+        x = self.mid_block(self.conv_in(backend_layout(z)))  # (N, C_last, h, w)
         for block in self._level_blocks(0):
             x = block(x)
         return self._out(x)
 
     def trunk(self, z: Tensor) -> Tensor:
         """The low-resolution levels, mid-block attention over the whole frame: latent -> 2x latent resolution."""
-        x = self.mid_block(self.conv_in(z))  # (N, C_last, h, w)
+        x = self.mid_block(self.conv_in(backend_layout(z)))  # (N, C_last, h, w)
         return self.up_blocks[0](x)  # (N, C_last, 2h, 2w)
 
     def tail(self, x: Tensor) -> Tensor:
         """The high-resolution levels (tileable): features at 2x the latent resolution -> image."""
+        x = backend_layout(x)  # a tile: a strided view of the trunk's output
         for block in self._level_blocks(1):
             x = block(x)
         return self._out(x)

@@ -738,6 +738,16 @@ class HunyuanVAE(OfficialConstructors, nn.Module):
 
     # -- sizes and checks -------------------------------------------------------------------------
 
+    def decode_memory_bytes(self, latent_shape: Sequence[int], num_frames: int | None = None, *,
+                            tiling: HunyuanTiling | TilingOptions | None = None, dtype: torch.dtype | None = None,
+                            backend_workspace: bool = True) -> int:
+        """Working memory of :meth:`decode` of a (B, 16, t, h, w) latent in bytes, weights excluded (see
+        :class:`~.pipeline.VideoVAE`; the shape model is :func:`estimate_decode_memory`)."""
+        dtype = dtype or self.post_quant_conv.weight.dtype
+        return estimate_decode_memory(self.config, tuple(latent_shape), dtype=dtype, tiling=self._tiling(tiling),
+                                      backend_workspace=backend_workspace)
+
+
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through), as the official ``get_latent_size``."""
         return self.geometry.get_latent_size(input_size)

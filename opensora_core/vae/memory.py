@@ -5,15 +5,23 @@ runs. The SD-VAE decoder runs its blocks in one flat loop, so at any time it hol
 input and what that block makes: a ResNet block its activated norm and a conv output (the sum is written
 into the latter), an upsampler its nearest-upsampled copy and the conv output. Beside the micro-batch of
 frames being decoded the decode keeps the output video, and for VAE v1.2 the temporal stage's output.
-The temporal stage itself works on the 8x smaller latents and peaks far lower than the image stage.
-Calibrated against live-tensor peaks (``tests/test_vae_memory.py``) and the process's resident peak
-(``benchmarks/memory_calibration.py``).
+The temporal stage works on the 8x smaller latents: its widest tensors are at the first level (the most
+channels, a chunk's latent frames plus the causal padding). With ``backend_workspace`` the estimate adds
+what the kernels hold (:mod:`opensora_core.models.workspace`): the largest conv's weight copies of the
+stage that peaks, and the backend's retained state. Calibrated against live-tensor peaks
+(``tests/test_vae_memory.py``) and the process's resident peak (``benchmarks/memory_calibration.py``).
 """
 
 from __future__ import annotations
 
+import torch
+
+from ..models.workspace import retained_state_bytes, weight_copies_bytes
 from .autoencoder_kl import AutoencoderKLConfig
+from .temporal import TemporalVAEConfig
 from .tiling import TilingOptions, plan_tiles
+
+TEMPORAL_LIVE_WIDTHS = 4  # a temporal ResBlock: its input, the activated norm, the padded copy, the conv output
 
 
 def decoder_peak_elements(config: AutoencoderKLConfig, frames: int, h: int, w: int, part: str = "whole") -> int:
@@ -69,3 +77,25 @@ def per_frame_decode_bytes(config: AutoencoderKLConfig, micro_batch_size: int | 
     video = frames * config.out_channels * 64 * h * w
     scaled = min(at_once, frames) * config.latent_channels * h * w  # the micro-batch's latents / 0.18215
     return (spatial_decode_peak_elements(config, min(at_once, frames), h, w, tiling) + video + scaled) * itemsize
+
+
+def spatial_conv_weights(config: AutoencoderKLConfig) -> int:
+    """Weights of the SD-VAE decoder's largest convolution (3x3 at the widest level)."""
+    return max(config.block_out_channels) ** 2 * 9
+
+
+def temporal_decode_peak_elements(config: TemporalVAEConfig, batch: int, chunk_latent_frames: int, h: int,
+                                  w: int) -> int:
+    """Most elements live at once while the temporal VAE decodes one chunk (its widest level, causal padding)."""
+    widest = config.filters * max(config.channel_multipliers)
+    return TEMPORAL_LIVE_WIDTHS * batch * widest * (chunk_latent_frames + 2) * h * w
+
+
+def temporal_conv_weights(config: TemporalVAEConfig) -> int:
+    """Weights of the temporal decoder's largest convolution (3x3x3 at the widest level)."""
+    return (config.filters * max(config.channel_multipliers)) ** 2 * 27
+
+
+def backend_bytes(conv_weights: int, dtype: torch.dtype) -> int:
+    """What the kernels hold beside the live tensors while a stage whose largest conv has ``conv_weights`` runs."""
+    return weight_copies_bytes(conv_weights, dtype) + retained_state_bytes(dtype)

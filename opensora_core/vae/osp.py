@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..geometry import SPATIAL_FACTOR, LatentGeometry
 from .causal_vae import CAUSAL_VAE_PRESETS, CausalVAEModel, CausalVAETiling
 from .causal_vae import loadable_state_dict as causal_loadable
+from .memory import backend_bytes
 from .posterior import DiagonalGaussian, NoiseFn
 from .tiling import TilingOptions
 from .wfvae import WFVAE_PRESETS, WFVAEModel
@@ -59,6 +60,13 @@ class WFVAEChunking:
 
 
 OspTiling = CausalVAETiling | WFVAEChunking | TilingOptions
+
+# Working-memory shape model of the decoders, in units of their widest activation (``_widest_elements``):
+# measured live-tensor peaks on tiny configs (tests/test_vae_memory.py) are 5.1-5.2 of it for a CausalVAE and,
+# with the output video counted apart, 5.0-5.2 for a WF-VAE; chunked WF-VAE decodes hold one more (the causal
+# caches); the tiled and chunked paths keep the decoded parts and their join (two videos).
+DECODE_WIDTHS = 5
+CHUNK_CACHE_WIDTHS = 1
 
 
 # ==================================================================================================
@@ -166,6 +174,43 @@ class OpenSoraPlanVAE(nn.Module):
         if isinstance(self.vae, WFVAEModel):
             return self.vae.chunked_decode(z, _wf_chunking(tiling).latent_frames_per_chunk)
         return self.vae.tiled_decode(z, _causal_tiling(tiling))
+
+    def decode_memory_bytes(self, latent_shape: Sequence[int], num_frames: int | None = None, *,
+                            tiling: OspTiling | None = None, dtype: torch.dtype | None = None,
+                            backend_workspace: bool = True) -> int:
+        """Working memory of :meth:`decode` of a (B, C, t, h, w) latent in bytes, weights excluded (see
+        :class:`~.pipeline.VideoVAE`): the widest activations of the piece decoded at once (the whole latent, a
+        chunk of latent frames, a tile) and the output video(s), plus the kernels' share."""
+        b, _, t, h, w = latent_shape
+        dtype = dtype or next(self.vae.parameters()).dtype
+        f_t, f_s = self.geometry.time_factor, self.geometry.spatial_factor
+        video = b * 3 * (f_t * (t - 1) + 1) * h * w * f_s * f_s
+        if tiling is None:
+            live = DECODE_WIDTHS * self._widest_elements(b, t, h, w) + video
+        elif isinstance(self.vae, WFVAEModel):
+            piece = min(t, _wf_chunking(tiling).latent_frames_per_chunk)
+            live = (DECODE_WIDTHS + CHUNK_CACHE_WIDTHS) * self._widest_elements(b, piece, h, w) + 2 * video
+        else:
+            plan = _causal_tiling(tiling)
+            piece = (min(t, plan.tile_latent_min_size_t if plan.temporal else t),
+                     min(h, plan.tile_latent_min_size), min(w, plan.tile_latent_min_size))
+            live = DECODE_WIDTHS * self._widest_elements(b, *piece) + 2 * video
+        return live * dtype.itemsize + (backend_bytes(self._widest_conv_weights(), dtype) if backend_workspace else 0)
+
+    def _widest_elements(self, b: int, t: int, h: int, w: int) -> int:
+        """The decoder's widest activation for a (t, h, w) latent: a CausalVAE's last level (full size); a
+        WF-VAE's second upsampling level (2 x base channels, 2t - 1 frames, a quarter of the pixels)."""
+        if isinstance(self.vae, WFVAEModel):
+            return b * 2 * self.vae.config.base_channels * (2 * t - 1) * 16 * h * w
+        config = self.vae.config
+        return b * config.hidden_size * config.hidden_size_mult[0] * (4 * t - 3) * 64 * h * w
+
+    def _widest_conv_weights(self) -> int:
+        """Weights of the decoder's largest 3x3x3 convolution."""
+        if isinstance(self.vae, WFVAEModel):
+            return (4 * self.vae.config.base_channels) ** 2 * 27
+        config = self.vae.config
+        return (config.hidden_size * max(config.hidden_size_mult)) ** 2 * 27
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through)."""
