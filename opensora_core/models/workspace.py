@@ -13,8 +13,15 @@ from __future__ import annotations
 import torch
 
 WEIGHT_COPIES = 2  # reordered weight + scratch of one conv / Linear call, in weights (oneDNN, measured)
-# resident state the backend keeps after a call's first convolutions / GEMMs, bytes per compute dtype (measured)
-RETAINED_STATE = {torch.float32: 24 << 20, torch.bfloat16: 24 << 20, torch.float16: 24 << 20}
+# resident state the backend keeps after a call's first convolutions / GEMMs, bytes per compute dtype, for 3-D
+# convolutions (the video VAEs' temporal/causal stages, and whatever runs after them in the process) and for 2-D
+# ones alone (an image VAE). Measured (benchmarks/memory_calibration.py) as the constant part of a decode's working
+# memory, it varied by about 12 MiB between runs on one machine (3-D: 12-24 MiB, 2-D fp32 0-8, bf16 9-21): the
+# table holds the middle, so the estimate errs by at most ~6 MiB either way (10 % of a 64x112 decode).
+RETAINED_STATE = {
+    3: {torch.float32: 18 << 20, torch.bfloat16: 18 << 20, torch.float16: 18 << 20},
+    2: {torch.float32: 3 << 20, torch.bfloat16: 15 << 20, torch.float16: 15 << 20},
+}
 
 
 def weight_copies_bytes(weight_elements: int, dtype: torch.dtype) -> int:
@@ -22,6 +29,7 @@ def weight_copies_bytes(weight_elements: int, dtype: torch.dtype) -> int:
     return WEIGHT_COPIES * weight_elements * dtype.itemsize
 
 
-def retained_state_bytes(dtype: torch.dtype) -> int:
-    """The backend's per-process state that a first call allocates (kept afterwards)."""
-    return RETAINED_STATE.get(dtype, RETAINED_STATE[torch.float32])
+def retained_state_bytes(dtype: torch.dtype, conv_dims: int = 3) -> int:
+    """The backend's per-process state that a first call of ``conv_dims``-D convolutions allocates (kept)."""
+    table = RETAINED_STATE[conv_dims]
+    return table.get(dtype, table[torch.float32])

@@ -96,6 +96,7 @@ def temporal_conv_weights(config: TemporalVAEConfig) -> int:
     return (config.filters * max(config.channel_multipliers)) ** 2 * 27
 
 
-def backend_bytes(conv_weights: int, dtype: torch.dtype) -> int:
-    """What the kernels hold beside the live tensors while a stage whose largest conv has ``conv_weights`` runs."""
-    return weight_copies_bytes(conv_weights, dtype) + retained_state_bytes(dtype)
+def backend_bytes(conv_weights: int, dtype: torch.dtype, conv_dims: int = 3) -> int:
+    """What the kernels hold beside the live tensors while a stage whose largest (``conv_dims``-D) conv has
+    ``conv_weights`` runs."""
+    return weight_copies_bytes(conv_weights, dtype) + retained_state_bytes(dtype, conv_dims)

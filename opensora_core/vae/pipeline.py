@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..geometry import PER_FRAME, VAE_V1_2, LatentGeometry
+from ..models.workspace import retained_state_bytes
 from ..official_config import HF_BOOKKEEPING_KEYS
 from .autoencoder_kl import TORCH_OPS, AutoencoderKL, AutoencoderKLConfig, autoencoder_config_for
 from .memory import (
@@ -169,7 +170,8 @@ class VideoAutoencoderKL(nn.Module):
         b, _, t, h, w = latent_shape
         dtype = dtype or _parameter(self).dtype
         live = per_frame_decode_bytes(self.module.config, self.micro_batch_size, b, (t, h, w), dtype.itemsize, tiling)
-        return live + (backend_bytes(spatial_conv_weights(self.module.config), dtype) if backend_workspace else 0)
+        return live + (backend_bytes(spatial_conv_weights(self.module.config), dtype, conv_dims=2)
+                       if backend_workspace else 0)
 
     def _frames_at_once(self, tiling: TilingOptions | None) -> int | None:
         return self.micro_batch_size if tiling is None else tiling.frames_per_batch
@@ -299,6 +301,8 @@ class VideoAutoencoderPipeline(nn.Module):
         temporal = temporal_decode_peak_elements(self.temporal_vae.config, b, chunk, h, w) * dtype.itemsize
         if backend_workspace:
             temporal += backend_bytes(temporal_conv_weights(self.temporal_vae.config), dtype)
+            # the image stage runs after the temporal one: the 3-D convolutions' backend state is still held
+            spatial += retained_state_bytes(dtype, 3) - retained_state_bytes(dtype, 2)
         latents = b * self.latent_channels * (t + num_frames) * h * w * dtype.itemsize  # z, x_z
         return max(spatial, temporal) + latents
 
