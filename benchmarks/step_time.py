@@ -22,6 +22,7 @@ Run it under ``MALLOC_MMAP_THRESHOLD_=131072`` for memory figures that follow th
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -50,6 +51,15 @@ if aten._scaled_dot_product_flash_attention_for_cpu.default not in torch.utils.f
     @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
     def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+_LINEAR_POINTWISE = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+if _LINEAR_POINTWISE is not None and _LINEAR_POINTWISE.default not in torch.utils.flop_counter.flop_registry:
+
+    # The fused CPU Linear (opensora_core/models/fused.py) is invisible to FlopCounterMode: count its GEMM.
+    @register_flop_formula(_LINEAR_POINTWISE)
+    def _linear_pointwise_flop(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+        rows = math.prod(input_shape[:-1])
+        return 2 * rows * weight_shape[0] * weight_shape[1]  # (N, C_in) @ (C_in, C_out)
 
 
 def build_model(dtype: torch.dtype = torch.float32, seed: int = 0) -> STDiT3:

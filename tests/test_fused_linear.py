@@ -75,3 +75,12 @@ def test_fused_path_is_skipped_where_it_would_change_the_call(case):
         out = fused.linear(layer, x)
         expected = layer(x.contiguous())
     torch.testing.assert_close(out, expected)
+
+
+def test_fused_path_is_left_to_inductor_under_torch_compile(monkeypatch):
+    """Traced by torch.compile, the module's own Linear is kept: inductor cannot lower oneDNN's fused op on
+    weights it has not frozen (it failed with an AssertionError in mkldnn_lowerings) and fuses the bias itself."""
+    layer, x = _layer(), _tokens()
+    assert fused.can_fuse(layer, x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not fused.can_fuse(layer, x)

@@ -6,7 +6,8 @@ project's benchmark (STDiT3, 240p) that takes 9 % off an fp32 step and 2-3 % off
 (``benchmarks/step_time.py --no-fused`` measures it). The fused call is taken only where it computes the
 same thing as the module: a plain ``torch.nn.Linear`` (subclasses, e.g. ComfyUI's casting or offloading
 operations and LoRA wrappers, keep their own forward), CPU tensors of one dtype (float32 or bfloat16), no
-autograd recording, no autocast. Anything else runs the module itself.
+autograd recording, no autocast, not under ``torch.compile`` (inductor fuses the epilogue itself and cannot
+lower this op on unfrozen weights). Anything else runs the module itself.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _OP = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkl
 
 def can_fuse(layer: nn.Module, x: torch.Tensor) -> bool:
     """True when oneDNN's fused linear computes exactly ``layer(x)`` (see the module docstring)."""
-    if not ENABLED or _OP is None or type(layer) is not nn.Linear:
+    if not ENABLED or _OP is None or type(layer) is not nn.Linear or torch.compiler.is_compiling():
         return False
     weight, bias = layer.weight, layer.bias
     return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype in FUSED_DTYPES
