@@ -26,17 +26,10 @@ from opensora_train.config import ConfigError, TrainConfig, from_dict
 from opensora_train.trainer import train
 from opensora_train.validate import validate_config
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tiny ops on shared cores: one thread
 H, W, FRAMES = 32, 64, 9  # a 32-pixel-multiple bucket, 4n+1 frames
 LORA_TARGETS = ["attn1.to_q", "attn1.to_v", "attn2.to_k", "ff.net.2"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------

@@ -22,17 +22,10 @@ from opensora_train.rng import StepRandomness
 from opensora_train.trainer import make_task, train
 from opensora_train.validate import validate_config
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tiny ops on shared cores: one thread
 H, W = train_support.H, train_support.W
 TARGETS = ["img_attn.q_proj", "img_attn.v_proj", "txt_attn.q_proj", "img_mlp.0", "single_blocks.*.q_proj", "v_mlp"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
