@@ -109,3 +109,21 @@ def test_the_memory_loader_stores_fp8_and_swaps_blocks(env, v2):
     _, vae, t5, clip_l = v2
     latent = _sample(env, model, vae, _encode(env, model, t5, clip_l))
     assert torch.isfinite(latent["samples"]).all()
+
+
+def test_a_lora_applies_to_fp8_weights(env, v2):
+    """The LoRA Loader merges into the memory loader's fp8 layers (re-quantized) and leaves the input model."""
+    from safetensors.torch import save_file
+
+    (model,) = env.run("OpenSoraModelLoaderMemory", "Open_Sora_v2.safetensors", "fp32", "sdpa", "fp8 e4m3fn", -1)
+    layer = model.module.img_in
+    g = torch.Generator().manual_seed(0)
+    loras = env.models / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    save_file({"diffusion_model.img_in.lora_A.weight": torch.randn(2, layer.in_features, generator=g),
+               "diffusion_model.img_in.lora_B.weight": torch.randn(layer.out_features, 2, generator=g)},
+              str(loras / "img_in.safetensors"))
+    before = layer.dequantized()
+    (patched,) = env.run("OpenSoraLoraLoader", model, "img_in.safetensors", 1.0)
+    assert (patched.module.img_in.dequantized() - before).abs().mean() > 0.1
+    torch.testing.assert_close(model.module.img_in.dequantized(), before, rtol=0, atol=0)  # the input is untouched
