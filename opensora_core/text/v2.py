@@ -33,8 +33,26 @@ from .t5 import T5_V2_0, T5TextEncoder, load_t5_encoder
 NEGATIVE_PROMPT = ""
 
 
+class _T5Shape:
+    """``batch_size``, ``max_length`` and ``channels`` of the T5 states ``txt`` [B, L, C]."""
+
+    txt: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.txt.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        return self.txt.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.txt.shape[2]
+
+
 @dataclass
-class CaptionV2:
+class CaptionV2(_T5Shape):
     """Encoded prompts as the MMDiT takes them: T5 states ``txt`` [B, L, 4096] (no mask: every token, padding
     included, takes part) and the pooled CLIP vector ``y_vec`` [B, 768]. What :meth:`TextEncoderV2.encode`
     gives the generation pipeline; a prompt's caption and its negative's together make a :class:`TextV2`."""
@@ -47,18 +65,6 @@ class CaptionV2:
             raise ValueError(f"CaptionV2 needs txt [B, L, C] and y_vec [B, C'] of one batch, got "
                              f"{tuple(self.txt.shape)} and {tuple(self.y_vec.shape)}")
 
-    @property
-    def batch_size(self) -> int:
-        return self.txt.shape[0]
-
-    @property
-    def max_length(self) -> int:
-        return self.txt.shape[1]
-
-    @property
-    def channels(self) -> int:
-        return self.txt.shape[2]
-
     def guidance_inputs(self, negative: CaptionV2 | None, model, device) -> tuple[TextV2, None, None]:
         """The text arguments of the three-pass denoiser (``Sampler.denoiser``): this caption and its
         ``negative`` as one :class:`TextV2` (moved to ``device``), no null caption, no mask."""
@@ -70,7 +76,7 @@ class CaptionV2:
 
 
 @dataclass
-class TextV2:
+class TextV2(_T5Shape):
     """Encoded prompts and negative prompts, B rows each (a 1-row negative is repeated).
 
     txt / neg_txt: [B, L, 4096] T5 states (512 tokens, no attention mask); y_vec / neg_y_vec: [B, 768] pooled
@@ -81,18 +87,6 @@ class TextV2:
     y_vec: torch.Tensor
     neg_txt: torch.Tensor
     neg_y_vec: torch.Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return self.txt.shape[0]
-
-    @property
-    def max_length(self) -> int:
-        return self.txt.shape[1]
-
-    @property
-    def channels(self) -> int:
-        return self.txt.shape[2]
 
     def guidance_inputs(self, negative: object, model, device) -> tuple[TextV2, None, None]:
         """The denoiser's text arguments: this text already carries its negative prompt (moved to ``device``)."""
