@@ -54,15 +54,8 @@ def time_snr_shift(alpha, t):
     return alpha * t / (1 + (alpha - 1) * t) if alpha != 1.0 else t
 
 
-class ModelSamplingDiscreteFlow(nn.Module):
-    def __init__(self, model_config=None):
-        super().__init__()
-        settings = {} if model_config is None else model_config.sampling_settings
-        self.set_parameters(shift=settings.get("shift", 1.0), multiplier=settings.get("multiplier", 1000))
-
-    def set_parameters(self, shift=1.0, timesteps=1000, multiplier=1000):
-        self.shift, self.multiplier = shift, multiplier
-        self.sigmas = self.sigma(torch.arange(1, timesteps + 1, dtype=torch.float32) / timesteps * multiplier)
+class _SigmaTable(nn.Module):
+    """The ends of a model sampling's sigma table (``self.sigmas``, ascending), as ComfyUI's classes give them."""
 
     @property
     def sigma_min(self):
@@ -72,6 +65,17 @@ class ModelSamplingDiscreteFlow(nn.Module):
     def sigma_max(self):
         return self.sigmas[-1]
 
+
+class ModelSamplingDiscreteFlow(_SigmaTable):
+    def __init__(self, model_config=None):
+        super().__init__()
+        settings = {} if model_config is None else model_config.sampling_settings
+        self.set_parameters(shift=settings.get("shift", 1.0), multiplier=settings.get("multiplier", 1000))
+
+    def set_parameters(self, shift=1.0, timesteps=1000, multiplier=1000):
+        self.shift, self.multiplier = shift, multiplier
+        self.sigmas = self.sigma(torch.arange(1, timesteps + 1, dtype=torch.float32) / timesteps * multiplier)
+
     def timestep(self, sigma):
         return sigma * self.multiplier
 
@@ -79,7 +83,7 @@ class ModelSamplingDiscreteFlow(nn.Module):
         return time_snr_shift(self.shift, torch.as_tensor(timestep, dtype=torch.float32) / self.multiplier)
 
 
-class ModelSamplingDiscrete(nn.Module):
+class ModelSamplingDiscrete(_SigmaTable):
     """DDPM betas ("linear": squared sqrt-spaced; "sqrt_linear": linear) -> sigma = sqrt((1 - acp) / acp)."""
 
     def __init__(self, model_config=None):
@@ -93,14 +97,6 @@ class ModelSamplingDiscrete(nn.Module):
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
         self.log_sigmas = self.sigmas.log()
-
-    @property
-    def sigma_min(self):
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self):
-        return self.sigmas[-1]
 
     def timestep(self, sigma):
         dists = torch.as_tensor(sigma).log() - self.log_sigmas[:, None]
