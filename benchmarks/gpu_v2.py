@@ -80,11 +80,12 @@ def _random_(module: torch.nn.Module, generator: torch.Generator) -> None:
                     p.normal_(0.0, 0.02, generator=generator)
 
 
-def build(config: MMDiTConfig, device: torch.device, fp8: bool, blocks_on_device: int | None):
+def build(config: MMDiTConfig, device: torch.device, fp8: bool, blocks_on_device: int | None,
+          dtype: torch.dtype = torch.bfloat16):
     """The model on ``device`` (swapped blocks in CPU RAM when blocks_on_device is set) and the BlockSwap."""
     ops = Fp8Operations if fp8 else torch.nn
     with torch.device("meta"):
-        model = MMDiTModel(config, dtype=torch.bfloat16, operations=ops)
+        model = MMDiTModel(config, dtype=dtype, operations=ops)
     generator = torch.Generator(device=device).manual_seed(0)
     swapped = set() if blocks_on_device is None else {id(b) for b in model.blocks[blocks_on_device:]}
     for unit in _units(model):

@@ -22,6 +22,7 @@ estimate within 0.7x..1.5x of the measurement.
 
     nice -n 10 python benchmarks/hunyuan_vae_memory.py            # all runs (tens of minutes on 2 CPUs)
     nice -n 10 python benchmarks/hunyuan_vae_memory.py --quick    # tiny sizes, to check the script
+    nice -n 10 python benchmarks/hunyuan_vae_memory.py --multiples 1   # 65 frames only (minutes)
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def ratios(results: list[dict]) -> None:
     for dtype in DTYPES:
         for mode in MODES:
             row = [by[(mode, dtype, f)]["working_mib"] for f in lengths if (mode, dtype, f) in by]
-            if len(row) == len(lengths):
+            if len(row) == len(lengths) > 1:
                 growth = ", ".join(f"{row[i] / row[0]:.2f}" for i in range(1, len(row)))
                 print(f"  {mode:8s} {dtype:8s} working memory at {lengths[1:]} frames / at {lengths[0]}: {growth}"
                       + ("  [4x/2x <= 1.2]" if mode == "bounded" else ""))
@@ -177,6 +178,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that the script runs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--multiples", nargs="+", type=int, default=[1, 2, 4],
+                        help="lengths as multiples of the base length (default 1 2 4; 1 alone takes minutes)")
     parser.add_argument("--child", nargs=5, metavar=("MODE", "DTYPE", "FRAMES", "H", "W"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -184,7 +187,7 @@ def main() -> None:
         print(json.dumps(measure(mode, dtype, *map(int, numbers), args.threads)))
         return
     base, height, width = QUICK if args.quick else (BASE_FRAMES, HEIGHT, WIDTH)
-    lengths = [m * (base - 1) + 1 for m in (1, 2, 4)]  # 1x, 2x, 4x the length, each 4k + 1
+    lengths = [m * (base - 1) + 1 for m in args.multiples]  # 1x, 2x, 4x the length, each 4k + 1
     print(f"CPU load average at start: {os.getloadavg()}, cores: {os.cpu_count()}, torch threads per run: "
           f"{args.threads}; lengths {lengths} at {height}x{width}")
     results = []

@@ -8,13 +8,26 @@ without being pip-installed, so the nodes always run the core of the same checko
 prefixed ``OpenSora`` and never renamed (saved workflows refer to them).
 """
 
+import logging
+
 from . import comfy_bridge as bridge
 from .comfy_bridge import ComfyExtension, io
-from .loaders import OpenSoraLoraLoader, OpenSoraModelLoader, OpenSoraT5Loader, OpenSoraVAELoader
-from .references import OpenSoraMaskBuilder
-from .sampling import OpenSoraResolution, OpenSoraSampler
+from .loaders import (
+    OpenSoraCLIPLoader,
+    OpenSoraLoraLoader,
+    OpenSoraModelLoader,
+    OpenSoraModelLoaderMemory,
+    OpenSoraT5Loader,
+    OpenSoraVAELoader,
+)
+from .references import OpenSoraConditionImages, OpenSoraMaskBuilder
+from .sampling import OpenSoraGuidance, OpenSoraResolution, OpenSoraSampler
+from .native_nodes import NATIVE_NODES
+from .native_v2_nodes import NATIVE_V2_NODES
 from .text import OpenSoraTextEncode
 from .video import OpenSoraSaveVideo, OpenSoraVAEDecode, OpenSoraVAEEncode
+
+log = logging.getLogger("opensora")
 
 NODES: list[type[io.ComfyNode]] = [
     OpenSoraModelLoader,
@@ -28,7 +41,21 @@ NODES: list[type[io.ComfyNode]] = [
     OpenSoraVAEDecode,
     OpenSoraVAEEncode,
     OpenSoraSaveVideo,
+    OpenSoraModelLoaderMemory,
+    OpenSoraCLIPLoader,
+    OpenSoraConditionImages,
+    OpenSoraGuidance,
 ]
+
+
+def native_nodes() -> list[type[io.ComfyNode]]:
+    """The native MODEL nodes, when ComfyUI's internal API is as they expect (probed); else none, logged."""
+    try:
+        bridge.native_api()
+    except bridge.NativeUnavailable as err:
+        log.warning("Open-Sora: the native MODEL nodes are not registered (%s); the other Open-Sora nodes work", err)
+        return []
+    return list(NATIVE_NODES) + list(NATIVE_V2_NODES)
 
 
 class OpenSoraExtension(ComfyExtension):
@@ -37,7 +64,7 @@ class OpenSoraExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         # ComfyUI 0.3.x calls get_node_list (not on_load) once when it loads the pack
         bridge.watch_queued_prompts()
-        return list(NODES)
+        return list(NODES) + native_nodes()
 
 
 def comfy_entrypoint() -> OpenSoraExtension:

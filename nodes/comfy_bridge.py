@@ -1,5 +1,5 @@
 """The one module that talks to ComfyUI: the V3 node schema, model folders, devices and memory, progress,
-interruption, outputs.
+interruption, outputs (and, for the native MODEL path, the probed internal API in :func:`native_api`).
 
 The V3 schema (``comfy_api.v0_0_2``: ``io``, ``ComfyExtension``) is the only ComfyUI import at module
 level: node classes subclass ``io.ComfyNode`` when they are defined. The version is pinned here, so a
@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,14 +66,35 @@ def folder_roots(folder: str) -> list[str]:
     return [p for p in folder_paths.get_folder_paths(folder) if os.path.isdir(p)]
 
 
+def user_folder(name: str) -> str | None:
+    """``<ComfyUI user directory>/<name>`` (created), or None when ComfyUI has no user directory."""
+    import folder_paths
+
+    root = getattr(folder_paths, "get_user_directory", lambda: None)()
+    if not root:
+        return None
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 def bundled_t5_tokenizer() -> str | None:
     """ComfyUI's own T5-XXL tokenizer folder (``comfy/text_encoders/t5_tokenizer``), if present."""
+    return _bundled("text_encoders", "t5_tokenizer")
+
+
+def bundled_clip_tokenizer() -> str | None:
+    """ComfyUI's own CLIP-L tokenizer folder (``comfy/sd1_tokenizer``), if present."""
+    return _bundled("sd1_tokenizer")
+
+
+def _bundled(*parts: str) -> str | None:
     try:
         import comfy  # a namespace package in ComfyUI (no __init__.py, so no __file__)
     except ImportError:
         return None
     for root in getattr(comfy, "__path__", []):
-        folder = os.path.join(root, "text_encoders", "t5_tokenizer")
+        folder = os.path.join(root, *parts)
         if os.path.isdir(folder):
             return folder
     return None
@@ -199,6 +221,18 @@ class ComfyPlacement:
         mm.load_models_gpu([entry.patcher], memory_required=working_memory, force_full_load=True)
         yield entry.devices.load
 
+    @contextlib.contextmanager
+    def use_all(self, module: nn.Module, working_memory: int = 0) -> Iterator[torch.device]:
+        """Load every managed module at once (T5 and CLIP-L for one encode); ``module`` holds them all."""
+        import comfy.model_management as mm
+
+        entries = list(self._by_module.values())
+        if not entries:
+            yield device_of(module)
+            return
+        mm.load_models_gpu([e.patcher for e in entries], memory_required=working_memory, force_full_load=True)
+        yield entries[0].devices.load
+
 
 # ---------------------------------------------------------------------------
 # Queue-time checks that need another node's widget
@@ -288,39 +322,38 @@ def check_interrupted() -> None:
     mm.throw_exception_if_processing_interrupted()
 
 
-def step_reporter(total: int, preview_factors: list[list[float]] | None = None) -> Callable[[dict], None]:
+def step_reporter(total: int, preview=None) -> Callable[[dict], None]:
     """A sampler callback: ComfyUI progress bar per step, Cancel honoured every step, optional preview.
 
-    The callback receives the core's step dict (``step``/``steps`` over all loop rounds, ``denoised``).
+    The callback receives the core's step dict (``step``/``steps`` over all loop rounds, ``denoised``);
+    ``preview`` is a ``LatentRGB`` map (``opensora_core.vae.preview``) or None.
     """
     from comfy.utils import ProgressBar
 
     bar = ProgressBar(total)
-    previewer = _previewer(preview_factors)
+    previewer = _previewer(preview)
 
     def report(info: dict) -> None:
         check_interrupted()
-        preview = None
+        image = None
         if previewer is not None:
-            preview = previewer.decode_latent_to_preview_image("JPEG", info["denoised"])
-        bar.update_absolute(info["step"], info["steps"], preview)
+            image = previewer.decode_latent_to_preview_image("JPEG", info["denoised"])
+        bar.update_absolute(info["step"], info["steps"], image)
 
     return report
 
 
-def latent_rgb_factors(latent_format: str | None) -> list[list[float]] | None:
-    """ComfyUI's latent -> RGB factors of a latent format (``comfy.latent_formats``), or None without one."""
-    if latent_format is None:
-        return None
+def previews_enabled() -> bool:
+    """False when ComfyUI runs with ``--preview-method none`` (then no preview map is fitted either)."""
     try:
-        from comfy import latent_formats
+        from comfy.cli_args import LatentPreviewMethod, args
     except ImportError:
-        return None
-    return getattr(latent_formats, latent_format)().latent_rgb_factors
+        return False
+    return args.preview_method != LatentPreviewMethod.NoPreviews
 
 
-def _previewer(factors):
-    if factors is None:
+def _previewer(preview):
+    if preview is None:
         return None
     try:
         import latent_preview
@@ -330,4 +363,102 @@ def _previewer(factors):
         return None
     if args.preview_method == LatentPreviewMethod.NoPreviews:
         return None
-    return latent_preview.Latent2RGBPreviewer(factors)
+    return latent_preview.Latent2RGBPreviewer([list(row) for row in preview.weight], list(preview.bias))
+
+
+# ---------------------------------------------------------------------------
+# The native MODEL path: ComfyUI's internal API, probed
+# ---------------------------------------------------------------------------
+
+
+class NativeUnavailable(RuntimeError):
+    """ComfyUI's internal API lacks something the native MODEL path needs (the message says what)."""
+
+
+@dataclass(frozen=True)
+class NativeAPI:
+    """The ComfyUI internals the native MODEL path builds on (``comfy.*`` is not a public API: each is probed)."""
+
+    BaseModel: type  # comfy.model_base.BaseModel
+    ModelType: Any  # comfy.model_base.ModelType
+    model_sampling: Callable  # comfy.model_base.model_sampling(model_config, model_type)
+    BASE: type  # comfy.supported_models_base.BASE (a model config)
+    LatentFormat: type  # comfy.latent_formats.LatentFormat
+    CONDRegular: type  # comfy.conds.CONDRegular
+    ModelPatcher: type  # comfy.model_patcher.ModelPatcher
+    pick_operations: Callable  # comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=...)
+    unet_dtype: Callable  # comfy.model_management.unet_dtype(model_params=, supported_dtypes=)
+    unet_manual_cast: Callable  # comfy.model_management.unet_manual_cast(dtype, device, supported_dtypes)
+    CFGGuider: type  # comfy.samplers.CFGGuider (a GUIDER; Open-Sora 2.0's three-pass guider subclasses it)
+    calc_cond_batch: Callable  # comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+
+
+# (what, object path, attributes it must have, source fragments its code must contain)
+_PROBES = (
+    ("BaseModel", "comfy.model_base.BaseModel", ("_apply_model", "extra_conds", "scale_latent_inpaint",
+                                                 "memory_required", "process_latent_in"),
+     ("disable_unet_model_creation",)),
+    ("ModelType", "comfy.model_base.ModelType", ("FLOW", "EPS"), ()),
+    ("model_sampling", "comfy.model_base.model_sampling", (), ("ModelSamplingDiscreteFlow", "CONST")),
+    ("BASE", "comfy.supported_models_base.BASE", ("set_inference_dtype", "sampling_settings"), ()),
+    ("LatentFormat", "comfy.latent_formats.LatentFormat", ("process_in", "process_out"), ()),
+    ("CONDRegular", "comfy.conds.CONDRegular", ("process_cond", "can_concat", "concat"), ()),
+    ("ModelPatcher", "comfy.model_patcher.ModelPatcher", ("clone", "add_object_patch", "set_model_denoise_mask_function",
+                                                          "set_model_sampler_cfg_function", "add_patches"), ()),
+    ("pick_operations", "comfy.ops.pick_operations", (), ()),
+    ("unet_dtype", "comfy.model_management.unet_dtype", (), ()),
+    ("unet_manual_cast", "comfy.model_management.unet_manual_cast", (), ()),
+    ("CFGGuider", "comfy.samplers.CFGGuider", ("predict_noise", "inner_set_conds", "sample", "set_cfg"),
+     ("self.conds", "inner_model")),
+    ("calc_cond_batch", "comfy.samplers.calc_cond_batch", (), ()),
+    # behaviour the path relies on: the inpainting wrapper calls our mask rule and our scale_latent_inpaint
+    (None, "comfy.samplers.KSamplerX0Inpaint.__call__", (), ("denoise_mask_function", "scale_latent_inpaint")),
+    (None, "comfy.samplers.encode_model_conds", (), ("model_conds",)),
+)
+
+
+def _resolve(path: str):
+    import importlib
+
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(f"no module in {path}")
+
+
+def _probe(path: str, attributes: tuple[str, ...], fragments: tuple[str, ...]):
+    import inspect
+
+    try:
+        obj = _resolve(path)
+    except (ImportError, AttributeError) as err:
+        raise NativeUnavailable(f"{path} is missing ({err})") from err
+    missing = [name for name in attributes if not hasattr(obj, name)]
+    if missing:
+        raise NativeUnavailable(f"{path} has no {', '.join(missing)}")
+    if fragments:
+        try:
+            source = inspect.getsource(obj)
+        except (OSError, TypeError) as err:
+            raise NativeUnavailable(f"cannot read the code of {path} to check it ({err})") from err
+        absent = [f for f in fragments if f not in source]
+        if absent:
+            raise NativeUnavailable(f"{path} no longer uses {', '.join(absent)}")
+    return obj
+
+
+def native_api() -> NativeAPI:
+    """ComfyUI's internals for the native MODEL, each probed; raises :class:`NativeUnavailable` naming the
+    first that is missing or changed (the native nodes are then not registered; the rest of the pack works)."""
+    found = {}
+    for name, path, attributes, fragments in _PROBES:
+        obj = _probe(path, attributes, fragments)
+        if name is not None:
+            found[name] = obj
+    return NativeAPI(**found)

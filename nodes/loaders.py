@@ -9,18 +9,23 @@ import os
 
 from ..opensora_core.loading import load_dit, load_vae
 from ..opensora_core.lora import merge_lora
+from ..opensora_core.models.block_swap import enable_block_swap
+from ..opensora_core.text.clip import TOKENIZER_FILES, load_clip_encoder
 from ..opensora_core.text.t5 import TOKENIZER_CONFIG, load_t5_encoder
 from . import comfy_bridge as bridge
+from . import preview
 from . import widgets as w
 from .comfy_bridge import io
-from .types import ModelSocket, T5Handle, T5Socket, VAEHandle, VAESocket, ModelHandle
+from .types import ClipHandle, ClipSocket, ModelHandle, ModelSocket, T5Handle, T5Socket, VAEHandle, VAESocket
 
 log = logging.getLogger("opensora")
 
 
 class OpenSoraModelLoader(io.ComfyNode):
-    """Loads an Open-Sora diffusion transformer; the version (STDiT v1.0, STDiT2 v1.1, STDiT3 v1.2) and
-    its size are read from the file. The stock 'Load Diffusion Model' cannot load these files."""
+    """Loads an Open-Sora diffusion transformer (STDiT v1.0, STDiT2 v1.1, STDiT3 v1.2) or an Open-Sora-Plan
+    v1.3 one (OpenSoraT2V_v1_3 text to video, OpenSoraInpaint_v1_3 image to video: the released folder's
+    diffusion_pytorch_model.safetensors, read with the config.json beside it); the kind and size are read
+    from the file. The stock 'Load Diffusion Model' cannot load these files."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -30,7 +35,8 @@ class OpenSoraModelLoader(io.ComfyNode):
             inputs=[
                 w.file_choice("model_name", "diffusion_models",
                               "File in models/diffusion_models, e.g. OpenSora-STDiT-v3.safetensors "
-                              "(hpcai-tech/OpenSora-STDiT-v3 model.safetensors, renamed)."),
+                              "(hpcai-tech/OpenSora-STDiT-v3 model.safetensors, renamed), or Open-Sora-Plan's "
+                              "any93x640x640/diffusion_pytorch_model.safetensors (the folder as released)."),
                 w.choice("weight_dtype", ["bf16", "fp16", "fp32"], "bf16",
                          "Precision of the weights and the computation (official: bf16)."),
                 w.choice("attention", bridge.attention_options(), bridge.ATTENTION_DEFAULT,
@@ -49,6 +55,54 @@ class OpenSoraModelLoader(io.ComfyNode):
         handle = ModelHandle(loaded.model, loaded.family, loaded.preset, path, attention,
                              bridge.manage(loaded.model, "diffusion"))
         log.info("loaded %s from %s (%s)", handle.describe(), model_name, weight_dtype)
+        return io.NodeOutput(handle)
+
+
+ALL_BLOCKS = -1  # blocks_on_device: no block swap
+WEIGHT_STORAGE = ["as in the file", "fp8 e4m3fn"]
+
+
+class OpenSoraModelLoaderMemory(io.ComfyNode):
+    """Loads an Open-Sora diffusion transformer with memory settings, for models that have them (the
+    Open-Sora 2.0 MMDiT): fp8 weights (e4m3fn with a per-layer scale, computing in weight_dtype; about half
+    the memory of bf16) and block swap (only blocks_on_device of the 57 blocks stay on the GPU, the others
+    are copied in per step from CPU memory). A model with block swap stays on the GPU between runs."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraModelLoaderMemory", display_name="Open-Sora Model Loader (memory settings)",
+            category=f"{w.CATEGORY}/loaders", description=cls.__doc__,
+            inputs=[
+                w.file_choice("model_name", "diffusion_models", "File in models/diffusion_models, e.g. "
+                              "Open_Sora_v2.safetensors (hpcai-tech/Open-Sora-v2)."),
+                w.choice("weight_dtype", ["bf16", "fp16", "fp32"], "bf16", "Precision of the computation."),
+                w.choice("attention", bridge.attention_options(), bridge.ATTENTION_DEFAULT,
+                         "Scaled-dot-product attention kernel ('sdpa_math': the exact reference kernel)."),
+                w.choice("weight_storage", WEIGHT_STORAGE, WEIGHT_STORAGE[1],
+                         "fp8 e4m3fn: weights stored in 8 bits with a per-layer scale (quantised while loading; "
+                         "an fp8 file always loads so)."),
+                w.integer("blocks_on_device", ALL_BLOCKS, ALL_BLOCKS, 1024, "Block swap: blocks kept on the GPU "
+                          "(-1 = all, no swap; 2.0 at 768px on 24 GB: 20). Fewer = less memory, slower steps."),
+            ],
+            outputs=[ModelSocket.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model_name, weight_dtype, attention, weight_storage, blocks_on_device) -> io.NodeOutput:
+        path = bridge.model_path("diffusion_models", model_name)
+        where = bridge.devices("diffusion")
+        fp8 = weight_storage != WEIGHT_STORAGE[0]
+        loaded = load_dit(path, dtype=w.torch_dtype(weight_dtype), device=where.offload, fp8=fp8)
+        managed = bridge.manage(loaded.model, "diffusion")
+        if blocks_on_device != ALL_BLOCKS:
+            if not loaded.family.model.block_swap:
+                raise ValueError(f"blocks_on_device: block swap is not available for {loaded.family.title}; set -1")
+            enable_block_swap(loaded.model, where.load, blocks_on_device, where.offload)
+            managed = None  # placed by the swap itself; ComfyUI's manager would move every block to the GPU
+        handle = ModelHandle(loaded.model, loaded.family, loaded.preset, path, attention, managed)
+        log.info("loaded %s from %s (%s, %s, blocks on device: %s)", handle.describe(), model_name, weight_dtype,
+                 weight_storage, "all" if blocks_on_device == ALL_BLOCKS else blocks_on_device)
         return io.NodeOutput(handle)
 
 
@@ -80,8 +134,9 @@ class OpenSoraLoraLoader(io.ComfyNode):
 
 
 class OpenSoraVAELoader(io.ComfyNode):
-    """Loads a video VAE: the Open-Sora VAE v1.2 (for v1.2 models) or an SD-VAE in the diffusers or
-    LDM/ComfyUI key layout (for v1.0/v1.1 models); the kind is read from the file."""
+    """Loads a video VAE: the Open-Sora VAE v1.2 (for v1.2 models), an SD-VAE in the diffusers or
+    LDM/ComfyUI key layout (for v1.0/v1.1 models), or an Open-Sora-Plan VAE (the v1.3 WF-VAE, the
+    CausalVideoVAE v1.0-v1.2: the released vae/ folder's file); the kind is read from the file."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -90,7 +145,8 @@ class OpenSoraVAELoader(io.ComfyNode):
             description=cls.__doc__,
             inputs=[
                 w.file_choice("vae_name", "vae", "File in models/vae, e.g. OpenSora-VAE-v1.2.safetensors "
-                              "(hpcai-tech/OpenSora-VAE-v1.2 model.safetensors, renamed) or an SD-VAE."),
+                              "(hpcai-tech/OpenSora-VAE-v1.2 model.safetensors, renamed), an SD-VAE, or "
+                              "Open-Sora-Plan's vae/diffusion_pytorch_model.safetensors (folder as released)."),
                 w.choice("dtype", ["bf16", "fp32"], "bf16", "Precision of the VAE (official v1.2: bf16)."),
             ],
             outputs=[VAESocket.Output(display_name="vae")],
@@ -101,7 +157,9 @@ class OpenSoraVAELoader(io.ComfyNode):
         path = bridge.model_path("vae", vae_name)
         vae = load_vae(path, dtype=w.torch_dtype(dtype), device=bridge.devices("vae").offload)
         log.info("loaded %s from %s (%s)", type(vae).__name__, vae_name, dtype)
-        return io.NodeOutput(VAEHandle(vae, path, bridge.manage(vae, "vae")))
+        handle = VAEHandle(vae, path, bridge.manage(vae, "vae"))
+        preview.activate(vae.geometry, preview.rgb_map(handle))  # live previews of this latent space
+        return io.NodeOutput(handle)
 
 
 # ---------------------------------------------------------------------------
@@ -148,7 +206,8 @@ def t5_location(name: str) -> tuple[str, str | None]:
 class OpenSoraT5Loader(io.ComfyNode):
     """Loads the T5-XXL text encoder: a single file as Flux/SD3 users have it (t5xxl_fp16.safetensors,
     fp8 variants too; tokenizer from ComfyUI or a folder beside it) or a Hugging Face folder
-    (DeepFloyd/t5-v1_1-xxl). ComfyUI's own CLIPLoader (type sd3 or pixart) also works with Text Encode."""
+    (DeepFloyd/t5-v1_1-xxl; google/mt5-xxl for Open-Sora-Plan, an mT5 folder loads as MT5EncoderModel).
+    ComfyUI's own CLIPLoader (type sd3 or pixart) also works with Text Encode for Open-Sora."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -170,3 +229,49 @@ class OpenSoraT5Loader(io.ComfyNode):
         encoder = load_t5_encoder(path, tokenizer, dtype=w.torch_dtype(dtype), device=bridge.devices("text").offload)
         log.info("loaded T5 (%d channels) from %s (%s)", encoder.output_dim, t5_name, dtype)
         return io.NodeOutput(T5Handle(encoder, path, bridge.manage(encoder.model, "text")))
+
+
+# ---------------------------------------------------------------------------
+# CLIP-L (Open-Sora 2.0)
+# ---------------------------------------------------------------------------
+
+CLIP_TOKENIZER_BESIDE = ("{stem}_tokenizer", "clip_tokenizer")
+
+
+def clip_location(name: str) -> tuple[str, str | None]:
+    """(weights path, tokenizer folder): a folder beside the file, else ComfyUI's comfy/sd1_tokenizer."""
+    path = bridge.model_path("text_encoders", name)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    beside = [os.path.join(os.path.dirname(path), f.format(stem=stem)) for f in CLIP_TOKENIZER_BESIDE]
+    for folder in [*beside, bridge.bundled_clip_tokenizer()]:
+        if folder and all(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+            return path, folder
+    raise FileNotFoundError(
+        f"clip_name: no CLIP tokenizer for {name}; put {' and '.join(TOKENIZER_FILES)} in {beside[0]} "
+        "(ComfyUI's comfy/sd1_tokenizer is used when present)"
+    )
+
+
+class OpenSoraCLIPLoader(io.ComfyNode):
+    """Loads CLIP-L (clip_l.safetensors, as Flux users have it in models/text_encoders) for Open-Sora 2.0,
+    which adds CLIP's pooled vector to the T5 states. Connect it to Text Encode's clip_l input."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraCLIPLoader", display_name="Open-Sora CLIP Loader", category=f"{w.CATEGORY}/loaders",
+            description=cls.__doc__,
+            inputs=[
+                w.file_choice("clip_name", "text_encoders", "models/text_encoders: clip_l.safetensors "
+                              "(openai/clip-vit-large-patch14 text model)."),
+                w.choice("dtype", ["bf16", "fp32"], "bf16", "Precision of CLIP (official: bf16)."),
+            ],
+            outputs=[ClipSocket.Output(display_name="clip_l")],
+        )
+
+    @classmethod
+    def execute(cls, clip_name, dtype) -> io.NodeOutput:
+        path, tokenizer = clip_location(clip_name)
+        encoder = load_clip_encoder(path, tokenizer, dtype=w.torch_dtype(dtype), device=bridge.devices("text").offload)
+        log.info("loaded CLIP from %s (%s)", clip_name, dtype)
+        return io.NodeOutput(ClipHandle(encoder, path, bridge.manage(encoder.model, "text")))

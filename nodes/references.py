@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..opensora_core.conditioning import LATENT, PIXEL, MaskGroup, check_groups, parse_mask_strategy
+from ..opensora_core.conditioning.v2 import COND_TYPES, check_cond_type
 from ..opensora_core.geometry import V1_2_MICRO_FRAMES
 from . import widgets as w
 from .comfy_bridge import io
@@ -52,7 +53,9 @@ class OpenSoraMaskBuilder(io.ComfyNode):
             inputs=[
                 io.Image.Input("image_1", tooltip="Reference 0: an image, or a video as an image batch."),
                 w.choice("preset", list(w.TASK_LABELS), "first frame (image to video)",
-                         "What the references do; 'custom' uses mask_strategy."),
+                         "What the references do; 'custom' uses mask_strategy. Open-Sora-Plan v1.3 image to "
+                         "video: first frame = i2v, first and last frame = transition, extend = continuation "
+                         "(editing has no Open-Sora-Plan equivalent)."),
                 w.text("mask_strategy", "0", STRATEGY_HELP),
                 w.choice("units", w.UNITS, "latent frames",
                          "Units of ref_start/target_start/length in mask_strategy. The v1.2 VAE packs "
@@ -88,3 +91,31 @@ class OpenSoraMaskBuilder(io.ComfyNode):
         groups = parse_custom_strategy(mask_strategy, units, len(images)) if task is None else []
         frames_list = [image_frames(f"image_{i}", image) for i, image in enumerate(images, start=1)]  # (T, H, W, 3)
         return io.NodeOutput(References(frames_list, groups, task, frames, edit_ratio))
+
+
+class OpenSoraConditionImages(io.ComfyNode):
+    """Open-Sora 2.0 references: image_1 (and image_2) with an official condition type instead of a mask
+    strategy: i2v_head (image_1 is the first frame), i2v_tail (the last image is the last frame), i2v_loop
+    (first frame from image_1, last frame from the last image; one image: both), v2v_head / v2v_tail (the
+    first / last 33 frames of a video in image_1). Connect it to the Sampler's references."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraConditionImages", display_name="Open-Sora 2.0 Condition (references)",
+            category=f"{w.CATEGORY}/conditioning", description=cls.__doc__,
+            inputs=[
+                io.Image.Input("image_1", tooltip="Reference 0: an image, or a video as an image batch (v2v)."),
+                w.choice("condition_type", [t for t in COND_TYPES if t != "t2v"], "i2v_head",
+                         "How the references condition the video (the official cond_type)."),
+                io.Image.Input("image_2", optional=True, tooltip="Reference 1: the last frame for i2v_tail / i2v_loop."),
+            ],
+            outputs=[ReferencesSocket.Output(display_name="references")],
+        )
+
+    @classmethod
+    def execute(cls, image_1, condition_type, image_2=None) -> io.NodeOutput:
+        check_cond_type(condition_type)
+        images = [("image_1", image_1)] + ([("image_2", image_2)] if image_2 is not None else [])
+        frames = [image_frames(name, image) for name, image in images]  # (T, H, W, 3)
+        return io.NodeOutput(References(frames, condition_type=condition_type))

@@ -6,10 +6,13 @@ from ..opensora_core import geometry
 from ..opensora_core.loading import model_family
 from ..opensora_core.pipeline import Components, GenerationSpec, sample_video
 from . import comfy_bridge as bridge
+from . import preview
 from . import widgets as w
 from .comfy_bridge import io
 from .types import (
     CaptionSocket,
+    GuidanceOptions,
+    GuidanceSocket,
     ModelHandle,
     ModelSocket,
     PromptCaptions,
@@ -54,13 +57,27 @@ class OpenSoraResolution(io.ComfyNode):
 MODEL_PASS_THROUGH = {"OpenSoraLoraLoader": "model"}
 
 
-def check_frames_at_queue(node_id: str | None, num_frames) -> bool | str:
+def check_pixel_size(width, height) -> bool | str:
+    """Queue time: sizes no Open-Sora VAE gives exactly (every one has 8 pixels per latent, official preset
+    sizes such as 426 excepted); linked sizes (None here) are checked when the node runs."""
+    if width is None or height is None:
+        return True
+    try:
+        geometry.LatentGeometry().check_output_hw(height, width)
+    except ValueError as err:
+        return str(err)
+    return True
+
+
+def check_frames_at_queue(node_id: str | None, num_frames, loader: str = "OpenSoraModelLoader",
+                          through: dict[str, str] = MODEL_PASS_THROUGH) -> bool | str:
     """Queue time: frame counts the model's sampler cannot take (v1.2: 2..16), when the queued prompt shows
-    which file the model comes from (a Model Loader upstream); otherwise the check runs with the node."""
+    which file the model comes from (a ``loader`` node upstream, reached through the node types in
+    ``through``); otherwise the check runs with the node."""
     if num_frames is None:
         return True
-    source = bridge.queued_source(node_id, "model", MODEL_PASS_THROUGH)
-    if source is None or source.get("class_type") != "OpenSoraModelLoader":
+    source = bridge.queued_source(node_id, "model", through)
+    if source is None or source.get("class_type") != loader:
         return True
     name = source.get("inputs", {}).get("model_name")
     try:
@@ -79,7 +96,8 @@ class OpenSoraSampler(io.ComfyNode):
     """Generates an Open-Sora video latent: text to video, or with references (Mask Builder) image to video,
     stitching, extension and video to video. loops > 1 extends the video: each round continues from the
     last condition_frame_length latent frames of the previous one (per-round prompts: '|0|...|2|...').
-    The sampler (rectified flow for v1.2, IDDPM for v1.0/v1.1) comes from the model."""
+    The sampler (rectified flow for v1.2, IDDPM for v1.0/v1.1, Euler-ancestral v-prediction for
+    Open-Sora-Plan v1.3, the shifted flow with text and image guidance for Open-Sora 2.0) comes from the model."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -107,9 +125,13 @@ class OpenSoraSampler(io.ComfyNode):
                 w.integer("align", 0, 0, 64, "v1.2: snap strategy starts to multiples of this (official "
                           "sample config: 5); 0 = off."),
                 CaptionSocket.Input("negative", optional=True, tooltip="Negative prompt; without it the model's "
-                                    "learned null caption is used, as in the official code."),
+                                    "learned null caption (Open-Sora) or the release negative prompt the Text "
+                                    "Encode adds (Open-Sora-Plan) is used, as in the official code."),
                 ReferencesSocket.Input("references", optional=True,
-                                       tooltip="Open-Sora Mask Builder output (needs the VAE)."),
+                                       tooltip="Open-Sora Mask Builder output (needs the VAE); Open-Sora 2.0: "
+                                       "Open-Sora 2.0 Condition."),
+                GuidanceSocket.Input("guidance", optional=True, tooltip="Open-Sora 2.0 Guidance: image guidance and "
+                                     "oscillation (without it: the official 3.0 and on)."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Video latent (B, C, T, H, W) with the clip "
                                       "bookkeeping the Open-Sora VAE Decode needs.")],
@@ -127,21 +149,47 @@ class OpenSoraSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: ModelHandle, vae: VAEHandle, positive: PromptCaptions, width, height, num_frames, fps,
                 steps, cfg, seed, loops, condition_frame_length, condition_frame_edit, align,
-                negative: PromptCaptions | None = None, references: References | None = None) -> io.NodeOutput:
+                negative: PromptCaptions | None = None, references: References | None = None,
+                guidance: GuidanceOptions | None = None) -> io.NodeOutput:
         strategy = references.strategy if references is not None else ""  # parsed groups or a named task
         spec = GenerationSpec(
             prompts=[positive.prompt], height=height, width=width, num_frames=num_frames, fps=fps, steps=steps,
             cfg_scale=cfg, seed=seed, mask_strategy=strategy, loops=loops,
             condition_frame_length=condition_frame_length or None, condition_frame_edit=condition_frame_edit,
-            align=align or None,
+            align=align or None, condition_type=references.condition_type if references is not None else None,
+            image_cfg_scale=guidance.image_cfg_scale if guidance is not None else None,
+            oscillation=guidance.oscillation if guidance is not None else None,
         )
         placement = bridge.ComfyPlacement([model.managed, vae.managed])
         components = Components(model.module, vae.module, placement=placement)
-        previews = bridge.latent_rgb_factors(model.family.vae[0].comfy_latent_format)
-        report = bridge.step_reporter(steps * loops, previews)
+        report = bridge.step_reporter(steps * loops, preview.rgb_map(vae))
         with bridge.attention_backend(model.attention):
             result = sample_video(
                 components, spec, positive.per_round(loops), references.frames if references is not None else [],
-                negatives=negative.per_round(loops) if negative is not None else None, callback=report,
+                negatives=(negative.negative_per_round(loops) if negative is not None
+                           else positive.default_negatives(loops)),
+                callback=report,
             )
         return io.NodeOutput(latent_from_clips(result.clips, result.plan))
+
+
+class OpenSoraGuidance(io.ComfyNode):
+    """Open-Sora 2.0 guidance besides the Sampler's cfg (its text guidance, official 7.5): the image guidance
+    scale (official 3.0; for i2v it ramps from 1 on the first latent frame to this value on the last, and
+    decays over the steps) and the oscillation (both scales 1 on odd steps from step 10, official on)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OpenSoraGuidance", display_name="Open-Sora 2.0 Guidance", category=f"{w.CATEGORY}/sampling",
+            description=cls.__doc__,
+            inputs=[
+                w.number("image_cfg", 3.0, 0.0, 30.0, "Image guidance scale (official 3.0; 1 = off).", step=0.1),
+                w.boolean("oscillation", True, "Guidance 1 on odd steps from step 10 (official on)."),
+            ],
+            outputs=[GuidanceSocket.Output(display_name="guidance")],
+        )
+
+    @classmethod
+    def execute(cls, image_cfg, oscillation) -> io.NodeOutput:
+        return io.NodeOutput(GuidanceOptions(image_cfg, oscillation))

@@ -25,12 +25,16 @@ VAE = "OPENSORA_VAE"
 T5 = "OPENSORA_T5"
 CAPTION = "OPENSORA_CAPTION"
 REFERENCES = "OPENSORA_REFERENCES"
+CLIP_L = "OPENSORA_CLIP"
+GUIDANCE = "OPENSORA_GUIDANCE"
 
 ModelSocket = io.Custom(MODEL)
 VAESocket = io.Custom(VAE)
 T5Socket = io.Custom(T5)
 CaptionSocket = io.Custom(CAPTION)
 ReferencesSocket = io.Custom(REFERENCES)
+ClipSocket = io.Custom(CLIP_L)
+GuidanceSocket = io.Custom(GUIDANCE)
 
 
 # ---------------------------------------------------------------------------
@@ -76,6 +80,16 @@ class T5Handle:
     managed: Managed | None = None
 
 
+@dataclass(eq=False)
+class ClipHandle:
+    """OPENSORA_CLIP: a loaded CLIP text encoder (``opensora_core.text.clip.CLIPTextEncoder``), the pooled
+    vector of Open-Sora 2.0."""
+
+    encoder: object
+    source: str
+    managed: Managed | None = None
+
+
 # ---------------------------------------------------------------------------
 # Captions
 # ---------------------------------------------------------------------------
@@ -93,6 +107,12 @@ class PromptCaptions:
     segments: list[tuple[int, Caption]]
     texts: list[str]  # the text the encoder saw, per segment
     release: str  # Open-Sora release the text was prepared for (scores, caption length)
+    # The segments as written, where the family wraps prompts in a template (Open-Sora-Plan): what this prompt
+    # gives when connected as the negative (the official code does not wrap the negative prompt); None: segments
+    plain: list[tuple[int, Caption]] | None = None
+    # The family's default negative prompt, encoded (Open-Sora-Plan's release one, Open-Sora 2.0's ""): the
+    # Sampler's negative when none is connected; None: the model's learned null caption
+    default_negative: Caption | None = None
 
     @property
     def max_length(self) -> int:
@@ -103,6 +123,15 @@ class PromptCaptions:
 
     def per_round(self, rounds: int) -> list[Caption]:
         return [self.for_round(i) for i in range(rounds)]
+
+    def negative_per_round(self, rounds: int) -> list[Caption]:
+        """This prompt as the negative: its text as written (no template), per round."""
+        segments = self.plain if self.plain is not None else self.segments
+        return [[caption for start, caption in segments if start <= i][-1] for i in range(rounds)]
+
+    def default_negatives(self, rounds: int) -> list[Caption] | None:
+        """What guides when no negative is connected: the encoded default negative per round, or None."""
+        return None if self.default_negative is None else [self.default_negative] * rounds
 
 
 # ---------------------------------------------------------------------------
@@ -124,6 +153,7 @@ class References:
     task: str | None = None
     task_frames: int = 1
     edit_ratio: float = 0.0
+    condition_type: str | None = None  # Open-Sora 2.0: how the references condition (i2v_head, ...), no strategy
 
     @property
     def frame_counts(self) -> list[int]:
@@ -135,6 +165,15 @@ class References:
         if self.task is None:
             return list(self.groups)
         return Task(self.task, self.task_frames, self.edit_ratio)
+
+
+@dataclass(frozen=True)
+class GuidanceOptions:
+    """OPENSORA_GUIDANCE: guidance settings only some families take (Open-Sora 2.0); the plan refuses them
+    for a family that does not."""
+
+    image_cfg_scale: float
+    oscillation: bool
 
 
 def image_frames(name: str, image) -> torch.Tensor:
@@ -167,15 +206,24 @@ class LatentInfo:
     drop_frames: list[int]
     fps: float  # frames per second to save at
     family: str = ""  # official class name of the model that made it ("" if unknown)
+    height: int | None = None  # requested pixel size (426 for 240p 9:16, decoded as 424), when a node knows it
+    width: int | None = None
 
     def as_dict(self) -> dict:
+        size = {} if self.height is None else {"height": int(self.height), "width": int(self.width)}
         return {
             "clip_latent_frames": list(self.clip_latent_frames),
             "clip_num_frames": list(self.clip_num_frames),
             "drop_frames": list(self.drop_frames),
             "fps": float(self.fps),
             "family": self.family,
-        }
+        } | size
+
+    @classmethod
+    def of(cls, latent: dict) -> LatentInfo | None:
+        """The bookkeeping of a LATENT, or None for a LATENT from another node."""
+        raw = latent.get(LATENT_INFO)
+        return None if raw is None else cls(**raw)
 
 
 def latent_from_clips(clips: list[Clip], plan: GenerationPlan) -> dict:

@@ -6,7 +6,7 @@ import json
 import logging
 
 from ..opensora_core import media
-from ..opensora_core.pipeline import decode_clips
+from ..opensora_core.pipeline import decode_clips, decode_memory_bytes
 from ..opensora_core.vae import TilingOptions
 from . import comfy_bridge as bridge
 from . import widgets as w
@@ -50,7 +50,8 @@ class OpenSoraVAEDecode(io.ComfyNode):
         if tiling == "on" and not tile_overlap < tile_size:
             raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
         options = TilingOptions(tile_size // factor, tile_overlap // factor) if tiling == "on" else None
-        with bridge.ComfyPlacement([vae.managed]).use(vae.module):
+        working_memory = decode_memory_bytes(vae.module, clips, tiling=options)  # the VAE's own estimate
+        with bridge.ComfyPlacement([vae.managed]).use(vae.module, working_memory):
             frames = decode_clips(vae.module, clips, tiling=options)  # (B, T, H, W, 3)
         images = frames.reshape(-1, *frames.shape[2:]).to(bridge.intermediate_device())
         return io.NodeOutput(images, fps)

@@ -69,8 +69,11 @@ def torch_dtype(name: str) -> torch.dtype:
 # Text encoding
 # ---------------------------------------------------------------------------
 
-# label -> release whose caption length (text encoder max length) and prompt rules apply, from the families
-CAPTION_LENGTHS = {"from model": None} | {f"{f.release} ({f.caption_length} tokens)": f.release for f in families()}
+# label -> name of the family whose caption length (text encoder max length) and prompt rules apply; families
+# that share a label (Open-Sora-Plan v1.3 text and image to video) share both, the first registered one answers
+CAPTION_LENGTHS = {"from model": None}
+for _family in families():
+    CAPTION_LENGTHS.setdefault(f"{_family.short_label} ({_family.caption_length} tokens)", _family.name)
 
 # v1.2 camera-motion phrases (the official Gradio app's choices)
 CAMERA_MOTIONS = ["none", *prompts.CAMERA_MOTIONS]

@@ -5,7 +5,9 @@ Formats read (``read_checkpoint``):
 * ``.safetensors`` files (read lazily: tensors are only loaded when used, so a
   4.8 GB checkpoint is never held twice in memory);
 * Hugging Face style folders (``config.json`` + ``model.safetensors`` or a sharded
-  ``*.safetensors.index.json``), as the v1.1 / v1.2 releases are published, and
+  ``*.safetensors.index.json``), as the v1.1 / v1.2 releases are published (the weights file of such a
+  folder read on its own also gets the ``config.json`` beside it), diffusers folders
+  (``diffusion_pytorch_model.safetensors``, Open-Sora-Plan), and
   Open-Sora training folders (``<dir>/model/`` or ``<dir>/ema.pt``);
 * ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` through ``torch.load(weights_only=True)``
   only: arbitrary pickled code is never executed.
@@ -208,7 +210,15 @@ def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
             f"{path.name}: unsupported checkpoint type; expected one of {', '.join(WEIGHT_SUFFIXES)} or a folder"
         )
     config, class_name = _config_from_metadata(metadata)
+    if config is None and _is_folder_weights(path):  # a released folder's weights file, picked on its own
+        config, class_name = read_hf_config(path.parent / "config.json")
     return Checkpoint(path, strip_prefixes(state), config, class_name, metadata)
+
+
+def _is_folder_weights(path: Path) -> bool:
+    """``path`` is the weights file of a Hugging Face / diffusers folder with its ``config.json`` (what the
+    folder itself would read), e.g. ``any93x640x640/diffusion_pytorch_model.safetensors`` chosen in a file list."""
+    return (path.parent / "config.json").is_file() and _folder_weight_files(path.parent) == [path]
 
 
 def _read_folder(path: Path, device) -> Checkpoint:
@@ -257,7 +267,7 @@ def read_json(path: Path) -> dict:
 def read_hf_config(path: Path) -> tuple[dict, str | None]:
     """Constructor kwargs and class name from a Hugging Face ``config.json``."""
     raw = read_json(path)
-    class_name = (raw.get("architectures") or [None])[0] or raw.get("model_type")
+    class_name = (raw.get("architectures") or [None])[0] or raw.get("_class_name") or raw.get("model_type")
     config = {k: v for k, v in raw.items() if k not in HF_BOOKKEEPING_KEYS}
     return config, class_name
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import save_checkpoint
+from .models.fp8 import Fp8Linear
 
 COMFY_PREFIX = "diffusion_model."
 UNET_PREFIX = "lora_unet_"  # kohya spelling: module path with dots as underscores
@@ -294,28 +295,34 @@ def _resolve_names(model: nn.Module, lora: LoRA) -> dict[str, str]:
 def merge_lora(model: nn.Module, lora: LoRA | str | os.PathLike, strength: float = 1.0) -> list[str]:
     """Add ``strength * alpha / rank * up @ down`` to each adapted Linear weight of ``model``, in place.
 
-    Computed in float32 and cast to the weight's dtype. Returns the merged module paths; raises
-    ``ValueError`` naming any module the model lacks or whose shape differs (a LoRA of another model).
+    Computed in float32 and cast to the weight's dtype; an fp8-stored layer (:class:`Fp8Linear`, the memory
+    loader's fp8 weights) is dequantized, updated and quantized again with a new per-layer scale (one more fp8
+    rounding, as ComfyUI patches fp8 weights). Returns the merged module paths; raises ``ValueError`` naming
+    any module the model lacks or whose shape differs (a LoRA of another model).
     """
     if not isinstance(lora, LoRA):
         lora = load_lora(lora)
     names = _resolve_names(model, lora)
     modules = dict(model.named_modules())
-    missing = [names[n] for n in lora.layers if not isinstance(modules.get(names[n]), nn.Linear)]
+    missing = [names[n] for n in lora.layers if not isinstance(modules.get(names[n]), (nn.Linear, Fp8Linear))]
     if missing:
         raise ValueError(
             f"this LoRA adapts {len(missing)} layer(s) {type(model).__name__} does not have as a Linear "
             f"(e.g. {', '.join(missing[:3])}): it was trained for another model family or size"
         )
     for name, weights in lora.layers.items():
-        target = modules[names[name]].weight
+        layer = modules[names[name]]
+        target = layer.weight
         delta = weights.up.float().to(target.device) @ weights.down.float().to(target.device)  # (out, in)
         if delta.shape != target.shape:
             raise ValueError(
                 f"LoRA layer {name} gives a {tuple(delta.shape)} update for a {tuple(target.shape)} weight: "
                 "it was trained for another model size"
             )
-        target.add_((delta * (weights.scale * strength)).to(target.dtype))
+        if isinstance(layer, Fp8Linear):
+            layer.set_weight(layer.dequantized() + delta * (weights.scale * strength))  # re-quantized
+        else:
+            target.add_((delta * (weights.scale * strength)).to(target.dtype))
     return [names[n] for n in lora.layers]
 
 

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 FILES = {
     "OpenSoraModelLoader": [Path(demo.FILES["model"]).name, "fp32", "sdpa"],
+    "OpenSoraNativeModelLoader": [Path(demo.FILES["model"]).name, "default"],
     "OpenSoraVAELoader": [Path(demo.FILES["vae"]).name, "fp32"],
     "OpenSoraT5Loader": [Path(demo.FILES["text_encoder"]).name + "/", "fp32"],
 }
@@ -38,7 +39,10 @@ TASKS = {
                                      "|1|a red circle moves down on a black background", "loops": 2},
     "video_to_video": {"prompt": "a red circle moves to the left on a gray background",
                        "video": "opensora_demo_source.mp4", "strategy": f"0,0,0,0,5,{demo.V2V_EDIT_RATIO}"},
+    "native_text_to_video": {"prompt": "a blue square moves to the left on a black background"},
+    "native_image_to_video": {"prompt": demo.PROMPT, "images": [Path(demo.FILES["reference"]).name]},
 }
+KSAMPLER_STEPS = 25  # KSampler's 'simple' schedule hits Open-Sora's grid when the steps divide 1000
 NOTE = """## Open-Sora demo model (bundled, no download)
 
 This is the *{task}* example switched to the tiny demo model this repository ships and rebuilds
@@ -86,7 +90,28 @@ def convert(workflow: dict, task: str) -> dict:
         elif kind == "MarkdownNote":
             values[0] = NOTE.format(task=task, model=FILES["OpenSoraModelLoader"][0],
                                     vae=FILES["OpenSoraVAELoader"][0], t5=FILES["OpenSoraT5Loader"][0][:-1])
+        else:
+            _convert_native(kind, values, task)
     return out
+
+
+def _convert_native(kind: str, values: list, task: str) -> None:
+    """The native MODEL workflows' nodes: demo size, frames, fps, steps and seed."""
+    size = [S["width"], S["height"], S["num_frames"]]
+    if kind == "OpenSoraEmptyLatentVideo":
+        values[:3] = size
+    elif kind == "OpenSoraSamplingSettings":
+        values[:4] = [*size, S["fps"]]
+    elif kind == "OpenSoraSigmas":
+        values[0] = S["steps"]
+    elif kind == "KSampler":
+        values[0], values[2], values[3] = S["seed"], KSAMPLER_STEPS, S["cfg_scale"]
+    elif kind in ("RandomNoise", "OpenSoraReferenceLatent"):
+        values[0] = S["seed"]
+    elif kind == "CreateVideo":
+        values[0] = S["fps"]
+    elif kind == "SaveVideo":
+        values[0] = f"OpenSora/demo_{task}"
 
 
 def _drop_resolution_node(workflow: dict) -> None:

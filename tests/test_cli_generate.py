@@ -147,7 +147,7 @@ def test_zero_is_a_value_not_a_missing_option(files, tmp_path, capsys, extra, me
         (["--seed", str(2**64)], r"--seed must be from 0 to 18446744073709551615"),
         (["--fps", "inf"], "--fps must be a positive number"),
         (["--width", "70"], "width 70 is not a multiple of 8.*use width 64 or 72"),
-        (["--reference", "first.png"], "--reference given without --mask-strategy"),
+        (["--reference", "first.png"], "reference.* mask strategy is empty"),
         (["--prompt-file", "missing.txt"], "--prompt-file missing.txt: cannot be read"),
         (["--device", "gpu7"], "--device gpu7: not a device name"),
         (["--lora", "x.safetensors:nan"], "strength must be a finite number"),

@@ -15,7 +15,9 @@ from torch.utils._pytree import tree_flatten
 
 from opensora_core.geometry import HUNYUAN_VAE, VAE_V1_2
 from opensora_core.families import build_model
-from opensora_core.loading import load_hunyuan_vae
+from opensora_core.checkpoints import save_checkpoint
+from opensora_core.families import by_release
+from opensora_core.loading import load_vae
 from opensora_core.vae.hunyuan import (
     BOUNDED_TILING,
     PRESETS,
@@ -92,18 +94,20 @@ def test_layers_come_from_the_injected_operations():
     assert len(made) == sum(isinstance(m, nn.Conv3d) for m in vae.modules()) > 40
 
 
-def test_load_hunyuan_vae_reads_a_file_strictly_in_the_wanted_dtype(tmp_path):
-    from safetensors.torch import save_file
-
+def test_load_vae_detects_a_hunyuan_file_and_loads_it_strictly_in_the_wanted_dtype(tmp_path):
+    """The registry recognises the file (its keys also carry the SD-VAE's norm names) and reads the widths from
+    the shapes; the group count comes from the file's saved config."""
     state = tiny_vae().state_dict()
-    save_file(state, str(tmp_path / "vae.safetensors"))
-    vae = load_hunyuan_vae(tmp_path / "vae.safetensors", dtype=torch.bfloat16, config=tiny_config())
+    save_checkpoint(state, tmp_path / "vae.safetensors", config={"norm_num_groups": 8})
+    vae = load_vae(tmp_path / "vae.safetensors", expect=by_release("v2.0").vae, dtype=torch.bfloat16)
+    assert isinstance(vae, HunyuanVAE) and vae.geometry == HUNYUAN_VAE
+    assert vae.config == tiny_config(use_spatial_tiling=True)  # the released tiling: no tensor shows it
     assert not vae.training and {p.dtype for p in vae.parameters()} == {torch.bfloat16}
     key = "decoder.conv_out.conv.weight"
     assert torch.equal(vae.state_dict()[key], state[key].to(torch.bfloat16))  # a cast copy, no arithmetic
     del state["quant_conv.bias"]
     with pytest.raises(ValueError, match="quant_conv.bias"):
-        load_hunyuan_vae(state, config=tiny_config())
+        load_vae(state, norm_num_groups=8)
 
 
 def test_dtype_argument_builds_and_runs_in_bfloat16():

@@ -115,3 +115,24 @@ def test_other_spellings_load_and_mismatches_raise():
     with pytest.raises(ValueError, match="matches the LoRA targets"):
         add_lora(tiny.stdit3(), 4, targets=["nothing.here"])
     assert comfy_lora_from_state({"a.lora_A.weight": down, "a.lora_B.weight": up}, 3.0)["diffusion_model.a.alpha"] == 3
+
+
+def test_merging_into_fp8_weights_requantizes_the_updated_weight():
+    """The memory loader's fp8 layers take a LoRA: dequantize, add, quantize again (a new per-layer scale)."""
+    from opensora_core.models.fp8 import Fp8Linear
+
+    g = torch.Generator().manual_seed(0)
+    fp8 = Fp8Linear(64, 192, bias=False)
+    fp8.set_weight(torch.randn(192, 64, generator=g) * 0.05)
+    before = fp8.dequantized()
+    plain = torch.nn.Linear(64, 192, bias=False).requires_grad_(False)
+    plain.weight.copy_(before)
+    lora = load_lora({"diffusion_model.qkv.lora_A.weight": torch.randn(4, 64, generator=g) * 0.2,
+                      "diffusion_model.qkv.lora_B.weight": torch.randn(192, 4, generator=g) * 0.2,
+                      "diffusion_model.qkv.alpha": torch.tensor(4.0)})
+    assert merge_lora(torch.nn.ModuleDict({"qkv": fp8}), lora) == ["qkv"]
+    merge_lora(torch.nn.ModuleDict({"qkv": plain}), lora)
+    expected, got = plain.weight, fp8.dequantized()
+    # e4m3 keeps 3 mantissa bits: each element is within 2^-4 of its magnitude, or of the subnormal step
+    assert ((got - expected).abs() <= expected.abs() * 2**-4 + fp8.scale_weight * 2**-9).all()
+    assert (got - before).abs().mean() > 4 * (got - expected).abs().mean()  # the update is well above rounding

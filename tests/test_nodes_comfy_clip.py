@@ -75,7 +75,7 @@ def encode_node(comfy):  # comfy: ComfyUI on sys.path first (the nodes import it
 
 
 def _caption(node, text, **inputs):
-    (caption,) = node.execute(text, "v1.2 (300 tokens)", 6.5, -1.0, "none", True, **inputs).args
+    caption, _ = node.execute(text, "v1.2 (300 tokens)", 6.5, -1.0, "none", True, **inputs).args
     ((_, result),) = caption.segments
     return result
 

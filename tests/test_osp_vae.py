@@ -9,6 +9,7 @@ moves the output by 1e-2 ... 1 (the official tiling's bugs: 0.03-0.5).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from types import SimpleNamespace
 
@@ -16,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from opensora_core.families import build_model
-from opensora_core.loading.osp_vae import load_osp_vae
+from opensora_core.checkpoints import CheckpointError, save_checkpoint
+from opensora_core.families import build_model, by_name, detect
+from opensora_core.loading import load_vae
 from opensora_core.vae.causal_vae import CausalVAEModel, CausalVAETiling, _time_chunks
 from opensora_core.vae.osp import (
     OpenSoraPlanVAE,
     WFVAEChunking,
-    detect_osp_vae,
     to_official_btchw,
 )
 from opensora_core.vae.posterior import DiagonalGaussian
@@ -289,21 +290,34 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("preset, layout", [
-    ("CausalVAEModel_4x8x8-v1.0", "causalvae_v1_0"),
-    ("CausalVAEModel_4x8x8-v1.1", "causalvae_v1_1"),
-    ("CausalVAEModel_D4_4x8x8", "causalvae_v1_2"),
+@pytest.mark.parametrize("preset, kind", [
+    ("CausalVAEModel_4x8x8-v1.0", "osp_causalvae_v1_0"),
+    ("CausalVAEModel_4x8x8-v1.1", "osp_causalvae_v1_1"),
+    ("CausalVAEModel_D4_4x8x8", "osp_causalvae_v1_2"),
 ])
-def test_layouts_are_detected_from_keys(preset, layout):
-    assert detect_osp_vae(_state(causal_vae(preset))) == layout
+def test_layouts_are_detected_by_the_registry(preset, kind):
+    """Each CausalVAE layout is its own kind, not the LDM SD-VAE whose marker key its files contain too."""
+    assert detect(_state(causal_vae(preset)), role="vae").kind.name == kind
 
 
-def test_load_round_trip_with_config_and_dropped_loss_keys(caplog):
+def test_both_wfvae_key_spellings_are_detected_and_load(tmp_path):
+    state = _state(wfvae())
+    main = {k.replace("wavelet_tranform", "wavelet_transform"): v for k, v in state.items()}
+    assert detect(state).kind.name == "osp_wfvae" and detect(main).kind.name == "osp_wfvae_main"
+    save_checkpoint(main, tmp_path / "main.safetensors", config=dataclasses.asdict(wfvae().config))
+    loaded = load_vae(tmp_path / "main.safetensors")
+    assert len(loaded.vae.replaced_constants) == 24  # every constant rebuilt, in the v1.3.1 spelling
+    z = torch.randn(1, 8, 2, 2, 2)
+    torch.testing.assert_close(loaded.decode(z), OpenSoraPlanVAE.wrap(wfvae()).decode(z), rtol=0, atol=0)
+
+
+def test_load_round_trip_with_saved_config_and_dropped_loss_keys(tmp_path, caplog):
     model = causal_vae("CausalVAEModel_4x8x8-v1.0")
     state = {**_state(model), "loss.logvar": torch.zeros(()), "loss.discriminator.main.0.weight": torch.zeros(2)}
     config = {**TINY_CAUSAL, **{k: v for k, v in vars(model.config).items() if k not in TINY_CAUSAL}}
+    save_checkpoint(state, tmp_path / "vae.safetensors", config=config)
     with caplog.at_level(logging.INFO, logger="opensora"):
-        loaded = load_osp_vae(state, config=config, expect="causalvae_v1_0")
+        loaded = load_vae(tmp_path / "vae.safetensors")
     assert sorted(loaded.vae.ignored_training_keys) == ["loss.discriminator.main.0.weight", "loss.logvar"]
     assert "ignored 2 training-only" in caplog.text
     z = torch.randn(1, 4, 2, 2, 2)
@@ -311,29 +325,23 @@ def test_load_round_trip_with_config_and_dropped_loss_keys(caplog):
         assert torch.equal(loaded.vae.decode(z), model.decode(z))
 
 
-def test_another_vae_layout_is_named():
-    with pytest.raises(ValueError, match="expected the Open-Sora-Plan v1.2 CausalVideoVAE.*holds the "
-                                         "Open-Sora-Plan v1.3 WF-VAE"):
-        load_osp_vae(_state(wfvae()), expect="causalvae_v1_2")
+def test_another_vae_than_the_model_needs_is_named():
+    v1_3 = by_name("open-sora-plan-v1.3")
+    with pytest.raises(ValueError, match="holds the Open-Sora-Plan v1.2 CausalVideoVAE.*Open-Sora-Plan v1.3 "
+                                         "models need the WF-VAE"):
+        load_vae(_state(causal_vae()), expect=v1_3.vae)
 
 
 def test_a_transformer_given_as_vae_is_named():
     state = {"pos_embed.proj.weight": torch.zeros(1), "transformer_blocks.0.attn1.to_q.weight": torch.zeros(1),
              "adaln_single.linear.weight": torch.zeros(1)}
-    with pytest.raises(ValueError, match="diffusion transformer"):
-        load_osp_vae(state)
+    with pytest.raises(ValueError, match="not a VAE file.*Open-Sora-Plan v1.3 text-to-video transformer"):
+        load_vae(state)
 
 
-def test_an_sd_vae_given_as_osp_vae_is_named():
-    state = {"encoder.conv_in.weight": torch.zeros(1), "decoder.conv_in.weight": torch.zeros(1),
-             "encoder.down.0.block.0.norm1.weight": torch.zeros(1)}
-    with pytest.raises(ValueError, match="SD-VAE"):
-        load_osp_vae(state)
-
-
-def test_release_preset_is_used_without_config_and_a_size_mismatch_asks_for_it():
-    with pytest.raises(ValueError, match="does not fit WFVAEModel.*pass its config.json"):
-        load_osp_vae(_state(wfvae()))  # a tiny model is not the release size
+def test_release_preset_is_used_without_config_and_a_size_mismatch_says_so():
+    with pytest.raises(CheckpointError, match="WFVAEModel|shape"):
+        load_vae(_state(wfvae()))  # a tiny model is not the release size and carries no config
 
 
 def test_wrong_haar_constant_is_refused():

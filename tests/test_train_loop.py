@@ -23,16 +23,8 @@ from opensora_core.text.t5 import load_t5_encoder
 from opensora_train.config import TrainConfig, from_dict
 from opensora_train.trainer import train
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops on shared cores run far faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tiny ops on shared cores: one thread
 
 
 @pytest.fixture(scope="module")

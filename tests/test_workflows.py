@@ -22,14 +22,20 @@ from opensora_core import media
 from opensora_core.conditioning import extension_drop_frames
 from opensora_core.geometry import VAE_V1_2
 
-WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("*.json") if not p.name.startswith("opensora_demo_"))
-TASKS = {"text_to_video", "image_to_video", "stitch_two_images", "infinite_extension", "video_to_video"}
+# Open-Sora v1.x's workflows, ours and the native ones (the other systems' are tested in their own files:
+# test_osp_workflows.py, test_workflows_v2.py)
+WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("opensora_*.json") if not p.name.startswith("opensora_demo_"))
+NATIVE_TASKS = {"native_text_to_video", "native_image_to_video"}  # the native MODEL with ComfyUI's samplers
+TASKS = {"text_to_video", "image_to_video", "stitch_two_images", "infinite_extension", "video_to_video"} | NATIVE_TASKS
 OFFICIAL_FILES = {
     "OpenSoraModelLoader": "OpenSora-STDiT-v3.safetensors",
+    "OpenSoraNativeModelLoader": "OpenSora-STDiT-v3.safetensors",
     "OpenSoraVAELoader": "OpenSora-VAE-v1.2.safetensors",
     "OpenSoraT5Loader": "t5xxl_fp16.safetensors",
 }
+MODEL_LOADERS = {"OpenSoraModelLoader", "OpenSoraNativeModelLoader"}
 SMALL = {"width": 48, "height": 32, "steps": 2}
+SIZED = ("OpenSoraSampler", "OpenSoraEmptyLatentVideo", "OpenSoraSamplingSettings")  # nodes with width/height/frames
 
 
 @pytest.fixture(scope="module")
@@ -73,34 +79,53 @@ def test_workflow_nodes_links_and_values_are_valid(env, path):
 def test_workflow_uses_the_official_file_names_and_explains_them(path):
     workflow = _load(path)
     loaders = {n["type"]: n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in OFFICIAL_FILES}
-    assert loaders == OFFICIAL_FILES
+    assert len(set(loaders) & MODEL_LOADERS) == 1 and len(loaders) == 3
+    assert loaders == {kind: OFFICIAL_FILES[kind] for kind in loaders}
     notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "MarkdownNote")
     for folder, name in [("diffusion_models", "OpenSora-STDiT-v3"), ("vae", "OpenSora-VAE-v1.2"), ("text_encoders", "t5xxl")]:
         assert folder in notes and name in notes
 
 
 def _expected_frames(sampler_inputs: dict) -> int:
-    frames, loops = sampler_inputs["num_frames"], sampler_inputs["loops"]
-    condition = sampler_inputs["condition_frame_length"] or 5
+    frames, loops = sampler_inputs["num_frames"], sampler_inputs.get("loops", 1)
+    condition = sampler_inputs.get("condition_frame_length") or 5
     drop = extension_drop_frames(condition, frames, VAE_V1_2) if loops > 1 else 0
     return frames + (loops - 1) * (frames - drop)
+
+
+def shrink(prompt: dict) -> dict:
+    """The shipped prompt at 48x32 pixels and 2 steps (17 frames, 34 with loops), to stay fast on a CPU."""
+    for entry in prompt.values():
+        kind, inputs = entry["class_type"], entry["inputs"]
+        if kind in SIZED:
+            inputs.update(width=SMALL["width"], height=SMALL["height"], num_frames=34 if inputs.get("loops", 1) > 1 else 17)
+        if kind in ("OpenSoraSampler", "OpenSoraSigmas", "KSampler"):
+            inputs["steps"] = SMALL["steps"]
+    return prompt
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs_to_an_mp4(env, path):
     workflow = _load(path)
-    prompt = workflow_api.to_api(workflow, env.defs)
-    (sampler_id,) = [i for i, e in prompt.items() if e["class_type"] == "OpenSoraSampler"]
-    sampler = prompt[sampler_id]["inputs"]
-    sampler.update(SMALL, num_frames=34 if sampler["loops"] > 1 else 17)
+    prompt = shrink(workflow_api.to_api(workflow, env.defs))
+    sized = next(e["inputs"] for e in prompt.values() if e["class_type"] in SIZED)
     run = workflow_api.execute(prompt, env.defs, extra_pnginfo={"workflow": workflow})
     (decode_id,) = [i for i, e in prompt.items() if e["class_type"] == "OpenSoraVAEDecode"]
     images, fps = run.outputs[decode_id]
-    assert images.shape == (_expected_frames(sampler), 32, 48, 3) and fps == 24.0
+    assert images.shape == (_expected_frames(sized), 32, 48, 3) and fps == 24.0
     ((save_id, ui),) = run.ui.items()
     (saved,) = ui["images"]
     file = env.output / saved["subfolder"] / saved["filename"]
     assert file.suffix == ".mp4" and media.probe(file).num_frames == images.shape[0]
+
+
+def test_native_workflows_use_comfyui_samplers_and_save_nodes():
+    """The native examples: our loader/settings/latent nodes, ComfyUI's own sampler and video save nodes."""
+    for task in NATIVE_TASKS:
+        used = {n["type"] for n in _load(REPO / "workflows" / f"opensora_{task}.json")["nodes"]}
+        assert {"OpenSoraNativeModelLoader", "OpenSoraSamplingSettings", "OpenSoraEmptyLatentVideo",
+                "OpenSoraNullConditioning", "CreateVideo", "SaveVideo"} <= used
+        assert used & {"KSampler", "SamplerCustomAdvanced"} and "OpenSoraSampler" not in used
 
 
 # app/custom_node_manager.py (ComfyUI): the folders a pack's templates may sit in, in the order tried.
@@ -112,7 +137,7 @@ def test_comfyui_lists_and_serves_the_official_and_the_demo_workflows():
     templates from the first of them that exists only; so all of them must sit directly in one folder."""
     present = [name for name in COMFY_TEMPLATE_FOLDERS if (REPO / name).is_dir()]
     assert present == ["workflows"]
-    listed = {p.stem for name in present for p in (REPO / name).glob("*.json")}
+    listed = {p.stem for name in present for p in (REPO / name).glob("opensora_*.json")}  # v1.x (2.0: open_sora_2_*)
     tasks = {t.replace("_", " ") for t in TASKS}
     assert {n.removeprefix("opensora_").replace("_", " ") for n in listed if "_demo_" not in n} == tasks
     assert {n.removeprefix("opensora_demo_").replace("_", " ") for n in listed if "_demo_" in n} == tasks

@@ -18,6 +18,11 @@ smaller resolution is tried (never a smaller frame count at the same resolution)
 row * num_buckets, so assignments are reproducible per seed and epoch. The aspect ratio is the table
 key closest to H/W. Each clip thus lands in a bucket no larger than itself (pixels within 0.8, frames
 strictly fewer than it has).
+
+A family whose ``Training`` declares its own tables and rule (Open-Sora 2.0: ``bucket_sizes``,
+``bucket_rule = "v2"``, 2.0's ``opensora/datasets/bucket.py``) gets its resolutions ("256px", "768px", aspect keys
+"W:H") and draws: one ``default_rng(seed)`` stream per clip, the largest t with T // frame_interval >= t, a lost
+keep draw tries the next resolution, a (keep_prob, frame_prob) pair skips to the next t with frame_prob.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from opensora_core import geometry
+from opensora_core.families import Training
+from opensora_core.geometry import opensora_v2
 
 from .config import ConfigError
 
@@ -65,12 +72,20 @@ class Resolution:
 # ---------------------------------------------------------------------------
 
 
-def resolution_tables(custom: Mapping | None = None, key: str = "data.resolutions") -> dict[str, Resolution]:
-    """The official resolution tables plus custom ones ``{name: {pixels = N, sizes = {"1.00" = [H, W]}}}``."""
-    tables = {
-        name: Resolution(name, geometry.resolution_pixels(name), geometry.aspect_ratio_table(name))
-        for name in geometry.resolutions()
-    }
+def resolution_tables(custom: Mapping | None = None, key: str = "data.resolutions", *,
+                      training: Training | None = None) -> dict[str, Resolution]:
+    """The official resolution tables plus custom ones ``{name: {pixels = N, sizes = {"1.00" = [H, W]}}}``.
+
+    The official tables are the model family's training buckets where it declares them (Open-Sora 2.0:
+    "256px" / "768px" with "W:H" aspect keys), else the Open-Sora v1 tables of :mod:`opensora_core.geometry`.
+    """
+    if training is not None and training.bucket_sizes is not None:
+        tables = {name: Resolution(name, *training.bucket_sizes(name)) for name in training.bucket_resolutions}
+    else:
+        tables = {
+            name: Resolution(name, geometry.resolution_pixels(name), geometry.aspect_ratio_table(name))
+            for name in geometry.resolutions()
+        }
     for name, spec in (custom or {}).items():
         tables[name] = _custom_resolution(name, spec, f"{key}.{name}")
     return tables
@@ -151,8 +166,10 @@ def _check_prob(p, key: str) -> None:
 class BucketTable:
     """Parsed buckets with the official ordering, ids and assignment rule (see the module docstring)."""
 
-    def __init__(self, config: Mapping, custom_resolutions: Mapping | None = None) -> None:
-        tables = resolution_tables(custom_resolutions)
+    def __init__(self, config: Mapping, custom_resolutions: Mapping | None = None, *,
+                 training: Training | None = None) -> None:
+        tables = resolution_tables(custom_resolutions, training=training)
+        self.rule = training.bucket_rule if training is not None else "v1"
         parsed = parse_bucket_config(config, tables)
         names = sorted(parsed, key=lambda r: tables[r].pixels, reverse=True)  # stable, as the official sort
         self.resolutions = {r: tables[r] for r in names}
@@ -176,6 +193,8 @@ class BucketTable:
 
     def assign(self, T: int, H: int, W: int, frame_interval: int = 1, seed: int = 0) -> BucketKey | None:
         """The bucket of a clip with T frames of H x W pixels, or None if it fits none (or draws lose)."""
+        if self.rule == "v2":
+            return self._assign_v2(T, H, W, frame_interval, seed)
         for res, entries in self.entries.items():
             if H * W < self.resolutions[res].pixels * PIXEL_TOLERANCE:
                 continue
@@ -201,6 +220,33 @@ class BucketTable:
                 return t if keep else None
         return None
 
+    def _assign_v2(self, T: int, H: int, W: int, interval: int, seed: int) -> BucketKey | None:
+        """Open-Sora 2.0's ``Bucket.get_bucket_id``: one draw stream per clip, a video takes the largest t with
+        T // interval >= t; (keep_prob, frame_prob) pairs skip to the next t with frame_prob; a lost keep draw
+        tries the next resolution."""
+        rng = np.random.default_rng(seed)
+        frames = T // interval if T > 1 else T
+        for res, entries in self.entries.items():
+            if H * W < self.resolutions[res].pixels * PIXEL_TOLERANCE:
+                continue
+            picked = self._pick_frames_v2(entries, frames, rng)
+            if picked is not None:
+                return BucketKey(res, picked, _closest_aspect(H, W, self.resolutions[res].sizes))
+        return None
+
+    @staticmethod
+    def _pick_frames_v2(entries: dict[int, FrameEntry], T: int, rng: np.random.Generator) -> int | None:
+        if T == 1:
+            entry = entries.get(1)
+            return 1 if entry is not None and rng.random() < entry.keep_prob else None
+        for t, entry in entries.items():  # largest frame count first
+            if t == 1 or T < t:
+                continue
+            if entry.frame_prob is not None and (entry.frame_prob >= 1 or rng.random() <= entry.frame_prob):
+                continue
+            return t if entry.keep_prob >= 1 or rng.random() <= entry.keep_prob else None
+        return None
+
     def size(self, key: BucketKey) -> tuple[int, int, int]:
         """(num_frames, height, width) of a bucket."""
         height, width = self.resolutions[key.resolution].sizes[key.aspect]
@@ -208,6 +254,13 @@ class BucketTable:
 
     def batch_size(self, key: BucketKey) -> int:
         return self.entries[key.resolution][key.num_frames].batch_size
+
+
+def _closest_aspect(height: int, width: int, sizes: Mapping[str, tuple[int, int]]) -> str:
+    """The aspect key nearest to height/width: "W:H" keys (Open-Sora 2.0 tables) or height/width numbers."""
+    if all(":" in key for key in sizes):
+        return opensora_v2.closest_aspect_ratio(height, width, sizes)
+    return geometry.closest_ratio_key(height, width, sizes)
 
 
 # ---------------------------------------------------------------------------

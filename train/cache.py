@@ -11,6 +11,9 @@ seed, and the VAE file's fingerprint; for a caption, the text, the caption lengt
 fingerprint. Changing any of them gives new files; old ones are simply unused. Files are written
 atomically, so an interrupted cache run resumes where it stopped.
 
+Open-Sora 2.0 keeps every T5 position and the pooled CLIP vector per caption (:func:`cache_captions_v2`)
+and, for its image-to-video conditions, the first and last frame of a clip encoded alone.
+
 Latents are a posterior *sample* (``posterior = "sample"``, the official encode; one draw per clip
 and epoch variant, seeded) or the posterior mean (``"mean"``). Captions keep only the real tokens
 (the padding rows never reach the model) and are padded back to the model's length when read.
@@ -18,6 +21,7 @@ and epoch variant, seeded) or the posterior mean (``"mean"``). Captions keep onl
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -53,13 +57,14 @@ def _digest(parts: Iterable) -> str:
     return hashlib.sha256(json.dumps(list(parts), default=str).encode()).hexdigest()
 
 
-def latent_key(clip: Clip, vae_id: str, posterior: str, seed: int) -> str:
+def latent_key(clip: Clip, vae_id: str, posterior: str, seed: int, *, ends: bool = False) -> str:
     source = clip.entry.path
     stat = source.stat() if source.exists() else None
-    return _digest([
+    parts = [
         "latent", str(source.resolve()), stat and stat.st_size, stat and stat.st_mtime_ns, clip.frames,
         clip.num_frames, clip.height, clip.width, vae_id, posterior, posterior_seed(clip, seed),
-    ])
+    ]
+    return _digest(parts + ["ends"] if ends else parts)
 
 
 def posterior_seed(clip: Clip, seed: int) -> int:
@@ -95,8 +100,11 @@ def shard(items: Sequence, index: int, count: int) -> list:
 
 @torch.no_grad()
 def cache_latents(clips: Sequence[Clip], paths: Sequence[Path], vae, *, posterior: str, seed: int,
-                  dtype: torch.dtype, progress: Callable | None = None) -> list[tuple[Clip, str]]:
-    """Encode every clip whose file is missing; returns (clip, error) for clips that failed to read."""
+                  dtype: torch.dtype, progress: Callable | None = None, ends: bool = False) -> list[tuple[Clip, str]]:
+    """Encode every clip whose file is missing; returns (clip, error) for clips that failed to read.
+
+    ``ends``: also the first and the last frame, each encoded alone (``head``, ``tail``: (C, 1, h, w)), the
+    reference latents of Open-Sora 2.0's image-to-video training conditions."""
     failed = []
     for clip, path in zip(clips, paths, strict=True):
         if not path.exists():
@@ -107,8 +115,12 @@ def cache_latents(clips: Sequence[Clip], paths: Sequence[Path], vae, *, posterio
                 log.warning("cannot read %s for the latent cache: %s", clip.entry.path, err)
                 continue
             generator = torch.Generator().manual_seed(posterior_seed(clip, seed))
-            z = vae.encode(video, sample=posterior == "sample", generator=generator)[0]  # (C, t, h, w)
-            save_checkpoint({"latent": z.to(dtype)}, path)
+            sample = posterior == "sample"
+            tensors = {"latent": vae.encode(video, sample=sample, generator=generator)[0]}  # (C, t, h, w)
+            if ends:  # (C, 1, h, w) each, drawn after the clip's own posterior
+                tensors["head"] = vae.encode(video[:, :, :1], sample=sample, generator=generator)[0]
+                tensors["tail"] = vae.encode(video[:, :, -1:], sample=sample, generator=generator)[0]
+            save_checkpoint({k: v.to(dtype) for k, v in tensors.items()}, path)
         if progress is not None:
             progress()
     return failed
@@ -125,6 +137,21 @@ def cache_captions(texts: Sequence[str], paths: Sequence[Path], text_encoder, *,
         for row, (_, path) in enumerate(chunk):
             n = int(caption.mask[row].sum())
             save_checkpoint({"y": caption.y[row, 0, :n].to(dtype)}, path)  # (n, C)
+        if progress is not None:
+            progress(len(chunk))
+
+
+@torch.no_grad()
+def cache_captions_v2(texts: Sequence[str], paths: Sequence[Path], text_encoder, *, batch_size: int,
+                      dtype: torch.dtype, progress: Callable | None = None) -> None:
+    """Open-Sora 2.0 captions (``text.v2.TextEncoderV2``): every T5 position (the model sees the padding too)
+    and the pooled CLIP vector, {"txt": (L, C), "y_vec": (C',)} per caption."""
+    todo = [(t, p) for t, p in zip(texts, paths, strict=True) if not p.exists()]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        caption = text_encoder.encode([t for t, _ in chunk])  # txt (B, L, C), y_vec (B, C')
+        for row, (_, path) in enumerate(chunk):
+            save_checkpoint({"txt": caption.txt[row].to(dtype), "y_vec": caption.y_vec[row].to(dtype)}, path)
         if progress is not None:
             progress(len(chunk))
 
@@ -173,5 +200,19 @@ class CachedTextEncoder:
         return Caption(torch.stack(ys), torch.stack(masks))  # (B, 1, L, C), (B, L)
 
 
-__all__ = ["CacheDir", "CachedTextEncoder", "cache_captions", "cache_latents", "caption_key", "file_fingerprint",
-           "latent_key", "posterior_seed", "read_caption", "read_tensor", "shard"]
+def free_memory() -> None:
+    """Return what a caching pass freed (the encoders leave before training)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def progress_bar(accelerator, total: int, desc: str):
+    """A tqdm bar of a caching pass, shown by the main process only."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not accelerator.is_main_process or total == 0, dynamic_ncols=True)
+
+
+__all__ = ["CacheDir", "CachedTextEncoder", "cache_captions", "cache_captions_v2", "cache_latents", "caption_key", "file_fingerprint",
+           "free_memory", "latent_key", "posterior_seed", "progress_bar", "read_caption", "read_tensor", "shard"]

@@ -9,6 +9,7 @@
     opensora-train cache  --config ...            # T5 + VAE caches only (train does this too)
     opensora-train train  --config ... [--set run.max_steps=200]
     opensora-train export --config ... [--checkpoint outputs/run/checkpoints/checkpoint-00000200]
+    opensora-train train  --config train/configs/v2_lora.toml   # Open-Sora 2.0 MMDiT LoRA (fp8/bf16 base, block swap)
 
 Multi-GPU: ``accelerate launch [--config_file train/configs/accelerate_ddp.yaml] -m opensora_train train ...``
 (see train/README.md). Errors in the config name the key and exit with status 2.

@@ -56,6 +56,9 @@ class ModelConfig:
     preset: str = ""  # ... or a preset such as "STDiT3-XL/2"
     config: dict = field(default_factory=dict)  # official constructor kwargs (from scratch) or overrides
     gradient_checkpointing: bool = True
+    dtype: str = "fp32"  # LoRA: the frozen base's dtype ("bf16" halves its memory; adapters stay float32)
+    fp8: bool = False  # LoRA on Open-Sora 2.0: the frozen base in fp8 e4m3fn with per-layer scales
+    blocks_on_device: int = 0  # LoRA on Open-Sora 2.0: block swap, frozen blocks kept on the device (0 = all)
 
 
 @dataclass
@@ -72,6 +75,8 @@ class TextEncoderConfig:
     tokenizer: str = ""  # tokenizer folder (needed for a single file)
     dtype: str = "fp32"
     batch_size: int = 16
+    clip: str = ""  # Open-Sora 2.0: CLIP-L folder or clip_l.safetensors (the pooled caption)
+    clip_tokenizer: str = ""  # its tokenizer folder (needed for a single file)
 
 
 @dataclass
@@ -205,6 +210,11 @@ class TrainConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     mask_ratios: dict = field(default_factory=dict)  # {"image_head": 0.22, ...}; identity = the rest
+    # Open-Sora 2.0: condition types drawn per sample with these weights (official ``condition_config``,
+    # stage1_i2v.py: {t2v = 1, i2v_head = 5, i2v_loop = 1, i2v_tail = 1}); empty = text-to-video only
+    condition_config: dict = field(default_factory=dict)
+    # Open-Sora 2.0: probability of each encoder's null caption {t5 = p, clip = p}; empty = the official 0.316
+    dropout_ratio: dict = field(default_factory=dict)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)

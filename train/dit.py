@@ -1,4 +1,5 @@
-"""Training the diffusion transformer (STDiT3 with rectified flow, STDiT2 with IDDPM) on cached latents.
+"""Training the diffusion transformer (STDiT3 with rectified flow, STDiT2 with IDDPM, Open-Sora-Plan's
+OpenSoraT2V_v1_3 with v-prediction on the zero-SNR schedule) on cached latents.
 
 Data phase: metadata -> clips per epoch variant (buckets, frame windows) -> T5 outputs and VAE latents
 cached to disk (T5 and the VAE are loaded, used and freed before the DiT is built). Model phase:
@@ -11,7 +12,6 @@ layout + config (``load_dit`` reads it), or a ComfyUI-style LoRA file.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import statistics
 from collections import Counter
@@ -39,7 +39,9 @@ from .cache import (
     cache_latents,
     caption_key,
     file_fingerprint,
+    free_memory,
     latent_key,
+    progress_bar,
     read_caption,
     read_tensor,
     shard,
@@ -89,21 +91,19 @@ class CachedClipDataset(torch.utils.data.Dataset):
 
 
 class DiTTask:
+    places_model = False  # accelerate moves the model to the device
+
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.class_name = model_class_name(cfg)
         self.family = for_class(self.class_name)
-        obj = cfg.objective
-        kind = obj.kind or self.family.training.objective
-        options = {}
-        if kind == "rflow":
-            options = dict(sample_method=obj.sample_method, loc=obj.loc, scale=obj.scale,
-                           use_timestep_transform=obj.timestep_transform, transform_scale=obj.transform_scale)
+        kind, options = _objective_options(cfg, self.family.training)
         self.objective = build_objective(kind, **options)
         self.masks = MaskGenerator(cfg.mask_ratios) if cfg.mask_ratios else None
         self.cache = CacheDir(cfg.cache_dir)
         self.model_config = self._model_config()
-        self.max_length = int(self.model_config["model_max_length"])
+        # STDiT stores its caption length; Open-Sora-Plan's transformer takes any, the family's encoder pads to 512
+        self.max_length = int(self.model_config.get("model_max_length", self.family.caption_length))
         self.t5_id = _t5_fingerprint(cfg)
         self.text_encoder = CachedTextEncoder(self.cache, self.t5_id, self.max_length)
         self.vae = None  # kept on the CPU for validation samples
@@ -133,7 +133,7 @@ class DiTTask:
         cfg = self.cfg
         entries = read_datasets(cfg.data)
         self.carried = caption_phrases([e.text for e in entries])
-        table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
+        table = BucketTable(cfg.data.buckets, cfg.data.resolutions, training=self.family.training)
         plans = [plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, v)
                  for v in range(cfg.data.epoch_variants)]
         summary = bucket_summary(table, [c.bucket if c else None for c in plans[0]], [str(e.path) for e in entries])
@@ -176,11 +176,11 @@ class DiTTask:
                                       device=accelerator.device)
             self._check_caption_channels(encoder.output_dim)
             mine = shard(todo, accelerator.process_index, accelerator.num_processes)
-            with _bar(accelerator, len(mine), "caching T5 outputs") as bar:
+            with progress_bar(accelerator, len(mine), "caching T5 outputs") as bar:
                 cache_captions(mine, [paths[t] for t in mine], encoder, batch_size=cfg.text_encoder.batch_size,
                                dtype=DTYPES[cfg.cache.dtype], progress=bar.update)
             del encoder
-            _free_memory()
+            free_memory()
         accelerator.wait_for_everyone()
         return paths
 
@@ -199,14 +199,14 @@ class DiTTask:
         if todo or cfg.validation.every:
             self.vae = self._load_vae(accelerator.device)
             mine = shard(todo, accelerator.process_index, accelerator.num_processes)
-            with _bar(accelerator, len(mine), "caching VAE latents") as bar:
+            with progress_bar(accelerator, len(mine), "caching VAE latents") as bar:
                 failed = cache_latents([clips[i] for i in mine], [paths[i] for i in mine], self.vae,
                                        posterior=cfg.cache.posterior, seed=cfg.run.seed,
                                        dtype=DTYPES[cfg.cache.dtype], progress=bar.update)
             self.vae.to("cpu")
             if not cfg.validation.every:
                 self.vae = None
-            _free_memory()
+            free_memory()
         accelerator.wait_for_everyone()
         return paths, failed
 
@@ -224,7 +224,7 @@ class DiTTask:
             model, self.model_config = loaded.model, _jsonable(loaded.config)
         else:
             model = build_model(self.class_name, self.model_config)
-            model.initialize_weights()
+            _initialize(model)
         model.train()
         if cfg.lora.enabled:
             model.requires_grad_(False)
@@ -233,7 +233,8 @@ class DiTTask:
             log.info("LoRA rank %d on %d layers", cfg.lora.rank, len(self.lora_paths))
         else:
             model.requires_grad_(True)
-            model._apply_freeze_flags()  # the official freeze_y_embedder / only_train_temporal flags
+            if hasattr(model, "_apply_freeze_flags"):  # STDiT's official freeze_y_embedder / only_train_temporal
+                model._apply_freeze_flags()
         model.gradient_checkpointing = cfg.model.gradient_checkpointing
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("%s: %.2fM trainable of %.2fM weights", self.class_name, trainable / 1e6,
@@ -255,7 +256,7 @@ class DiTTask:
         noise = torch.randn(x0.shape, generator=rng.torch, device=rng.torch.device).to(x0.device)
         x_t = self.objective.noisy_input(x0, noise, t, frame_mask)
         rng.seed_global()  # caption dropout inside the model draws from the global RNG
-        out = model(x_t, t, batch["y"], mask=batch["mask"], x_mask=frame_mask, **sizes)
+        out = self.family.training.forward(model, x_t, t, batch["y"], batch["mask"], frame_mask, sizes)
         terms = self.objective.losses(out, x0, x_t, noise, t, frame_mask)
         return {k: v.mean() for k, v in terms.items()}
 
@@ -304,6 +305,27 @@ class DiTTask:
 # ---------------------------------------------------------------------------
 
 
+def _objective_options(cfg: TrainConfig, training) -> tuple[str, dict]:
+    """The objective kind (config, else the family's) and its options."""
+    obj = cfg.objective
+    kind = obj.kind or training.objective
+    if kind == "rflow":
+        return kind, dict(sample_method=obj.sample_method, loc=obj.loc, scale=obj.scale,
+                          use_timestep_transform=obj.timestep_transform, transform_scale=obj.transform_scale)
+    if kind == "vprediction":
+        return kind, dict(zero_snr=training.zero_snr, snr_gamma=training.snr_gamma)
+    return kind, {}
+
+
+def _initialize(model: nn.Module) -> None:
+    """The official initialisation of a model trained from scratch (STDiT's ``initialize_weights``); a class
+    without one keeps its layers' default init, as its official constructor does."""
+    if hasattr(model, "initialize_weights"):
+        model.initialize_weights()
+    else:
+        log.info("%s: trained from its constructor's initialisation", type(model).__name__)
+
+
 def _settings(clips: list[Clip], sizes: list[dict[str, float]], carried: frozenset[str]) -> TrainedSettings | None:
     """The commonest video bucket and the median fps of the clips trained on."""
     videos = [(c, s) for c, s in zip(clips, sizes) if not c.is_image]
@@ -323,18 +345,6 @@ def _t5_fingerprint(cfg: TrainConfig) -> str:
 
 def _jsonable(config: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _bar(accelerator, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not accelerator.is_main_process or total == 0, dynamic_ncols=True)
 
 
 __all__ = ["CachedClipDataset", "DiTTask"]

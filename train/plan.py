@@ -24,6 +24,7 @@ from .data import DEFAULT_FPS, MetadataEntry, plan_epoch
 from .datasets import read_datasets
 from .model_facts import TrainedSettings
 from .sampler import BucketBatchSampler
+from .validate import bucket_table
 from .validation import caption_phrases, validation_aesthetic
 
 FPS_TOLERANCE = 0.15  # a clip frame rate within 15 % of the model's passes (30 fps // 4 = 7 for an 8 fps model)
@@ -45,7 +46,7 @@ class RunPlan:
 
 def make_plan(cfg: TrainConfig, processes: int = 1) -> RunPlan:
     entries = read_datasets(cfg.data)
-    table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
+    table = bucket_table(cfg)
     clips = plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, 0)
     groups: dict[BucketKey, list[int]] = {}
     for i, clip in enumerate(clips):
@@ -71,10 +72,12 @@ def drop_reason(entry: MetadataEntry, table: BucketTable, frame_interval: int) -
             return "an image, and no fitting resolution has a 1-frame bucket"
         return "not drawn this epoch (keep_prob < 1)"
     counts = [t for r in fitting for t in table.entries[r] if t != 1]
-    if not counts or entry.num_frames <= min(counts) * frame_interval:
-        need = min(counts) * frame_interval if counts else None
-        return (f"too few frames: {entry.num_frames}; the smallest video bucket needs more than "
-                f"{min(counts)} x {frame_interval} = {need}" if counts else "no video bucket at its resolution")
+    if not counts:
+        return "no video bucket at its resolution"
+    need, at_least = min(counts) * frame_interval, table.rule == "v2"  # 2.0: T // interval >= t; v1: T > t * interval
+    if entry.num_frames < need or (entry.num_frames == need and not at_least):
+        return (f"too few frames: {entry.num_frames}; the smallest video bucket needs {'at least' if at_least else 'more than'} "
+                f"{min(counts)} x {frame_interval} = {need}")
     return "not drawn this epoch (keep_prob < 1 or frame_prob)"
 
 
@@ -137,7 +140,7 @@ def mismatch_warnings(cfg: TrainConfig, entries: list[MetadataEntry], trained: T
         warnings.append(f"data.frame_interval = {cfg.data.frame_interval}: your clips ({source_fps:g} fps) are "
                         f"trained at {fps:g} fps, but {trained.source} was trained at {trained.fps:g} fps; "
                         f"set data.frame_interval = {better}")
-    table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
+    table = bucket_table(cfg)
     sizes = sorted({(t, *res.sizes[a]) for r, res in table.resolutions.items() for a in res.sizes
                     for t in table.entries[r] if t != 1})
     wanted = (trained.num_frames, trained.height, trained.width)

@@ -24,6 +24,8 @@ class TaskData:
 
 
 class Task(Protocol):
+    places_model: bool  # build_model puts the model on the device itself (block swap): accelerate must not move it
+
     def prepare_data(self, accelerator) -> TaskData: ...
 
     def build_model(self) -> nn.Module: ...

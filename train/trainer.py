@@ -27,6 +27,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 
 from opensora_core.checkpoints import CheckpointError, check_finite
+from opensora_core.families import for_class
 
 from .checkpointing import (
     Progress,
@@ -41,10 +42,11 @@ from .checkpointing import (
 from .config import TrainConfig
 from .dit import DiTTask
 from .ema import EMA
+from .mmdit_task import MMDiTLoRATask
 from .rng import StepRandomness, mix_seed
 from .task import Task, TaskData
 from .vae_task import VAETask
-from .validate import validate_config
+from .validate import model_class_name, validate_config
 
 log = logging.getLogger("opensora")
 
@@ -56,7 +58,12 @@ WHOLE_MODEL = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MU
 
 
 def make_task(cfg: TrainConfig) -> Task:
-    return VAETask(cfg) if cfg.run.task == "vae" else DiTTask(cfg)
+    """The VAE task, the Open-Sora 2.0 MMDiT LoRA task (its family's objective is "v2_flow"), or the DiT task."""
+    if cfg.run.task == "vae":
+        return VAETask(cfg)
+    if for_class(model_class_name(cfg)).training.objective == "v2_flow":
+        return MMDiTLoRATask(cfg)
+    return DiTTask(cfg)
 
 
 @dataclass
@@ -87,7 +94,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     scheduler = warmup_scheduler(optimizer, cfg.optimizer.warmup_steps, decay=cfg.optimizer.decay,
                                  total_steps=cfg.run.max_steps, min_ratio=cfg.optimizer.min_lr_ratio)
     loader = make_loader(data, cfg)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)  # prepare
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader,  # prepare
+                                                   device_placement=[not task.places_model, True, True])
     loop = Loop(cfg, accelerator, task, model, optimizer, scheduler, loader, data.sampler)
     loop.register_state()
     loop.resume()  # resume

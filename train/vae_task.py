@@ -191,6 +191,8 @@ class VAEWithLoss(nn.Module):
 
 
 class VAETask:
+    places_model = False  # accelerate moves the model to the device
+
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.dataset: PixelClipDataset | None = None

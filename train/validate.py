@@ -18,16 +18,17 @@ from opensora_core.dtypes import DTYPES
 from opensora_core.families import describe, detect, families, for_class
 from opensora_core.loading import read_dit_config
 from opensora_core.models import presets
-from opensora_core.sampling.losses import RF_SAMPLE_METHODS
+from opensora_core.sampling.losses import OBJECTIVES, RF_SAMPLE_METHODS
 from opensora_core.sampling.rflow import TRANSFORM_CHUNK_FRAMES
 
 from .buckets import BucketTable
 from .config import ConfigError, TrainConfig
 from .data import REQUIRED_COLUMNS
 from .masks import parse_mask_ratios
+from .mmdit_lora import I2V_TYPES
 from .validation import validation_texts
 
-TRAINABLE_CLASSES = tuple(f.model.class_name for f in families() if f.training is not None)  # STDiT3, STDiT2
+TRAINABLE_CLASSES = tuple(f.model.class_name for f in families() if f.training is not None)  # STDiT3, STDiT2, ...
 VAE_CLASSES = ("VideoAutoencoderPipeline", "VideoAutoencoderKL")
 
 
@@ -43,9 +44,14 @@ def validate_config(cfg: TrainConfig) -> None:
     class_name = model_class_name(cfg)
     _check_encoders(cfg)
     _check_encoders_fit(cfg, class_name)
-    _check_objective(cfg, class_name)
     _check_masks(cfg, class_name)
+    _check_bucket_sizes(cfg, class_name)
     _check_lora(cfg)
+    if for_class(class_name).training.objective == "v2_flow":
+        _check_v2(cfg)
+        return
+    _check_conditions_unused(cfg)
+    _check_objective(cfg, class_name)
     _check_validation(cfg, class_name)
 
 
@@ -75,7 +81,7 @@ def _check_data(cfg: TrainConfig) -> None:
     for i, spec in enumerate(dataset_specs(data)):
         key = "data.csv" if data.csv and i == 0 else f"data.datasets[{i - bool(data.csv)}].csv"
         _check_data_csv(key, spec.csv)
-    BucketTable(data.buckets, data.resolutions)  # raises ConfigError naming the bucket key
+    bucket_table(cfg)  # raises ConfigError naming the bucket key
     _at_least("data.frame_interval", data.frame_interval, 1)
     _at_least("data.num_workers", data.num_workers, 0)
     _at_least("data.epoch_variants", data.epoch_variants, 1)
@@ -204,7 +210,10 @@ def _caption_channels(cfg: TrainConfig) -> int | None:
             _, config = read_dit_config(read_checkpoint(model.checkpoint))
         except CheckpointError as err:
             raise ConfigError("model.checkpoint", str(err)) from None
-        return config["caption_channels"]
+        for name in ("caption_channels", "context_in_dim"):  # STDiT / Open-Sora-Plan, the MMDiT
+            if name in config:
+                return config[name]
+        return None
     if "caption_channels" in model.config:
         return model.config["caption_channels"]
     return getattr(presets()[model.preset][1], "caption_channels", None) if model.preset else 4096
@@ -212,8 +221,12 @@ def _caption_channels(cfg: TrainConfig) -> int | None:
 
 def _check_objective(cfg: TrainConfig, class_name: str) -> None:
     obj = cfg.objective
-    kind = obj.kind or for_class(class_name).training.objective
-    _one_of("objective.kind", kind, ("rflow", "iddpm"))
+    trained = for_class(class_name).training.objective
+    kind = obj.kind or trained
+    _one_of("objective.kind", kind, tuple(OBJECTIVES))
+    if (kind == "vprediction") != (trained == "vprediction"):  # the output is v, or it is not
+        raise ConfigError("objective.kind", f"{class_name} was trained with the '{trained}' objective and its "
+                                            f"output does not fit '{kind}'; leave objective.kind empty")
     _one_of("objective.sample_method", obj.sample_method, RF_SAMPLE_METHODS)
     _finite("objective.loc", obj.loc)
     for name in ("scale", "transform_scale"):
@@ -221,7 +234,7 @@ def _check_objective(cfg: TrainConfig, class_name: str) -> None:
         if not getattr(obj, name) > 0:
             raise ConfigError(f"objective.{name}", f"must be positive, got {getattr(obj, name)}")
     if kind == "rflow" and obj.timestep_transform:
-        table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
+        table = bucket_table(cfg)
         bad = sorted(t for t in table.frame_counts if 1 < t < TRANSFORM_CHUNK_FRAMES)
         if bad:
             raise ConfigError(
@@ -234,7 +247,37 @@ def _check_objective(cfg: TrainConfig, class_name: str) -> None:
 
 def _check_masks(cfg: TrainConfig, class_name: str) -> None:
     if cfg.mask_ratios:
+        if not for_class(class_name).training.frame_masks:
+            raise ConfigError("mask_ratios", f"{class_name} trains without condition-frame masks; remove the section")
         parse_mask_ratios(cfg.mask_ratios)
+
+
+def _check_bucket_sizes(cfg: TrainConfig, class_name: str) -> None:
+    """Every bucket's frame count and size fit the model (Open-Sora-Plan v1.3: 4n+1 frames, sides multiples
+    of 32, the training stride ``--hw_stride 32``)."""
+    family = for_class(class_name)
+    multiple = family.training.side_multiple
+    table = BucketTable(cfg.data.buckets, cfg.data.resolutions, training=family.training)
+    if family.geometry.causal:  # a causal VAE (Hunyuan, Open-Sora-Plan): 4k+1 frames, else frames are lost
+        for name, entries in table.entries.items():
+            for frames in entries:
+                try:
+                    family.geometry.check_num_frames(frames)
+                except ValueError as err:
+                    raise ConfigError("data.buckets", f"{name} {frames} frames: {err}") from None
+    if family.check_size is None and multiple is None:
+        return
+    for name, resolution in table.resolutions.items():
+        for height, width in resolution.sizes.values():
+            if multiple is not None and (height % multiple or width % multiple):
+                raise ConfigError("data.resolutions", f"{name}: {height}x{width} (HxW): {class_name} trains on sides "
+                                                      f"that are multiples of {multiple}")
+            for frames in table.entries[name]:
+                try:
+                    if family.check_size is not None:
+                        family.check_size(frames, height, width)
+                except ValueError as err:
+                    raise ConfigError("data.buckets", f"{name} {frames} frames: {err}") from None
 
 
 def _check_lora(cfg: TrainConfig) -> None:
@@ -300,6 +343,70 @@ def _check_vae_training(cfg: TrainConfig) -> None:
         if getattr(vt, name) > 0 and vt.class_name != "VideoAutoencoderPipeline":
             raise ConfigError(f"vae_training.{name}", "only for the VAE v1.2 pipeline (VideoAutoencoderPipeline)")
     _at_least("vae_training.calibrate_batches", vt.calibrate_batches, 0)
+
+
+def _check_v2(cfg: TrainConfig) -> None:
+    """LoRA on the Open-Sora 2.0 MMDiT (train/mmdit_task.py): what it takes and what it refuses."""
+    model, lora = cfg.model, cfg.lora
+    if not lora.enabled:
+        raise ConfigError("lora.enabled", "Open-Sora 2.0 trains LoRA adapters on the frozen MMDiT here; set "
+                                          "lora.enabled = true")
+    if lora.dropout:
+        raise ConfigError("lora.dropout", "the Open-Sora 2.0 adapters have no dropout; set lora.dropout = 0")
+    _one_of("model.dtype", model.dtype, DTYPES)
+    _at_least("model.blocks_on_device", model.blocks_on_device, 0)
+    if model.blocks_on_device and not model.gradient_checkpointing:
+        raise ConfigError("model.blocks_on_device", "block swap in training needs model.gradient_checkpointing = "
+                                                    "true (the backward pass copies each block in again)")
+    if not cfg.text_encoder.clip:
+        raise ConfigError("text_encoder.clip", "Open-Sora 2.0 takes T5 and CLIP-L: set text_encoder.clip to the "
+                                               "CLIP-L folder or clip_l.safetensors")
+    _existing_path("text_encoder.clip", cfg.text_encoder.clip, "a CLIP folder or single .safetensors file")
+    if not cfg.text_encoder.clip_tokenizer and Path(cfg.text_encoder.clip).is_file():
+        raise ConfigError("text_encoder.clip_tokenizer", "a single-file CLIP needs a tokenizer folder")
+    _check_condition_config(cfg.condition_config)
+    for name, p in cfg.dropout_ratio.items():
+        if name not in ("t5", "clip"):
+            raise ConfigError(f"dropout_ratio.{name}", "the encoders are t5 and clip")
+        _check_probability(f"dropout_ratio.{name}", p)
+    if cfg.validation.every:
+        raise ConfigError("validation.every", "samples during Open-Sora 2.0 training are not implemented; set "
+                                              "validation.every = 0 and sample the export with opensora-generate "
+                                              "--lora")
+
+
+def _check_condition_config(conditions: dict) -> None:
+    allowed = ("t2v", *I2V_TYPES)
+    for name, weight in conditions.items():
+        if name not in allowed:
+            raise ConfigError(f"condition_config.{name}", f"unknown or not trained here; use {', '.join(allowed)} "
+                                                          "(the v2v conditions are not ported)")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ConfigError(f"condition_config.{name}", f"weights are numbers >= 0, got {weight!r}")
+    if conditions and not sum(conditions.values()) > 0:
+        raise ConfigError("condition_config", "at least one weight must be positive")
+
+
+def _check_conditions_unused(cfg: TrainConfig) -> None:
+    for key in ("condition_config", "dropout_ratio"):
+        if getattr(cfg, key):
+            raise ConfigError(key, "only for Open-Sora 2.0 (the MMDiT); remove the section")
+    if cfg.text_encoder.clip:
+        raise ConfigError("text_encoder.clip", "only Open-Sora 2.0 takes a CLIP encoder; remove it")
+    if cfg.model.fp8 or cfg.model.blocks_on_device or cfg.model.dtype != "fp32":
+        raise ConfigError("model", "model.fp8, model.blocks_on_device and model.dtype are for Open-Sora 2.0 LoRA; "
+                                   "leave them at their defaults")
+
+
+def _check_probability(key: str, p) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ConfigError(key, f"a probability in [0, 1], got {p!r}")
+
+
+def bucket_table(cfg: TrainConfig) -> BucketTable:
+    """The run's buckets with its model family's tables and draws (the VAE task: the Open-Sora v1 tables)."""
+    training = None if cfg.run.task == "vae" else for_class(model_class_name(cfg)).training
+    return BucketTable(cfg.data.buckets, cfg.data.resolutions, training=training)
 
 
 # ---------------------------------------------------------------------------

@@ -69,11 +69,13 @@ def validation_items(cfg: ValidationConfig, carried: frozenset[str] = frozenset(
 
 
 def validation_texts(family: Family, cfg: ValidationConfig, carried: frozenset[str] = frozenset()) -> list[str]:
-    """The exact texts the pipeline will give T5 (cleaned, with the release's suffixes), to cache."""
+    """The exact texts the pipeline will give the text encoder (cleaned, with the release's suffixes or
+    template, and the release's negative prompt), to cache."""
     texts = []
     for item in validation_items(cfg, carried):
         plan = plan_generation(family, item.spec, [1] if item.reference else [])
         texts += [t for prompts in plan.round_prompts for t in prompts]
+        texts += plan.negative_prompts or []  # the family's default negative prompt (Open-Sora-Plan)
     return list(dict.fromkeys(texts))
 
 

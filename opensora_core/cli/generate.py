@@ -1,10 +1,18 @@
 """``opensora-generate``: prompt(s) -> MP4 (or PNG for one frame) with the same code the nodes run.
 
+Every registered family runs: Open-Sora v1.0-v1.2 (STDiT, T5) and Open-Sora-Plan v1.3 (OpenSoraT2V_v1_3 /
+OpenSoraInpaint_v1_3 folders, the WF-VAE folder, an mT5 folder); the defaults (frames, size, steps, guidance,
+prompt template, negative prompt) are the family's.
+
 Every input is checked before any weights are loaded: sizes, frame counts, the mask
 strategy against the references, reference files, and that the VAE belongs to the model
 (both read from the checkpoint headers only). Prompts may carry official per-prompt options,
 ``text{"reference_path": "a.png;b.mp4", "mask_strategy": "0;0,1,0,-1,1"}``, and per-round
 texts for loops, ``|0|text|2|text``.
+
+Open-Sora 2.0 (``Open_Sora_v2.safetensors``, ``hunyuan_vae.safetensors``) takes T5 as ``--text-encoder`` and
+CLIP-L as ``--clip``, references through ``--condition-type`` (i2v_head, i2v_tail, i2v_loop) and the memory
+settings ``--fp8`` (fp8 weights) and ``--blocks-on-device N`` (block swap); ``--tile`` decodes in tiles.
 
 ``--demo`` uses the small model shipped in the repository's ``demo/`` folder (no downloads) with the
 settings it was trained for; without ``--prompt`` it animates the demo's first frame (image-to-video).
@@ -26,12 +34,12 @@ from ..checkpoints import CheckpointError, read_checkpoint, trained_score_phrase
 from ..conditioning import LATENT, PIXEL, MaskGroup, parse_mask_strategy
 from ..demo import load_demo
 from ..dtypes import DTYPES
-from ..families import Family, describe, detect, families
+from ..families import Family, TextFile, describe, detect, families
 from ..loading import load_dit, load_vae, model_family
 from ..lora import merge_lora
-from ..pipeline import SEED_RANGE, Components, GenerationSpec, check_vae_fits, generate, plan_generation
+from ..models.block_swap import enable_block_swap
+from ..pipeline import SEED_RANGE, Components, GenerationSpec, Offload, check_vae_fits, generate, plan_generation
 from ..text.prompts import AESTHETIC_PHRASE, parse_prompt_options
-from ..text.t5 import load_t5_encoder
 from ..vae import TilingOptions
 
 log = logging.getLogger("opensora")
@@ -45,12 +53,19 @@ log = logging.getLogger("opensora")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opensora-generate", description=__doc__.split("\n\n")[0])
     files = p.add_argument_group("model files")
-    files.add_argument("--model", help="STDiT/STDiT2/STDiT3 checkpoint (.safetensors, HF folder or .pth)")
+    files.add_argument("--model", help="diffusion transformer: STDiT/STDiT2/STDiT3 checkpoint (.safetensors, HF "
+                                       "folder or .pth) or an Open-Sora-Plan v1.3 folder (any93x640x640, "
+                                       "any93x640x640_i2v)")
     files.add_argument("--preset", help="model preset, for a file that does not store its size (e.g. a renamed "
                                         "v1.0 .pth: STDiT-XL/2-16x512x512)")
-    files.add_argument("--vae", help="VAE v1.2 (for STDiT3) or SD-VAE (for STDiT/STDiT2)")
-    files.add_argument("--text-encoder", help="T5 folder, or a single t5xxl .safetensors with --tokenizer")
-    files.add_argument("--tokenizer", help="T5 tokenizer folder (needed for a single-file T5)")
+    files.add_argument("--vae", help="VAE v1.2 (for STDiT3), SD-VAE (for STDiT/STDiT2) or the Open-Sora-Plan "
+                                     "v1.3 vae/ folder (WF-VAE)")
+    files.add_argument("--text-encoder", help="T5 (or mT5 for Open-Sora-Plan) folder, or a single .safetensors "
+                                              "with --tokenizer")
+    files.add_argument("--tokenizer", help="T5/mT5 tokenizer folder (needed for a single-file encoder)")
+    files.add_argument("--clip", help="CLIP-L text encoder for Open-Sora 2.0: folder, or clip_l.safetensors with "
+                                      "--clip-tokenizer")
+    files.add_argument("--clip-tokenizer", help="CLIP tokenizer folder (needed for a single-file CLIP)")
     files.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
                        help="merge a LoRA (opensora-train export) into the model; repeatable")
     files.add_argument("--demo", action="store_true",
@@ -63,11 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--reference", action="append", default=[], help="reference image/video (repeatable; ref_id = order)")
     what.add_argument("--mask-strategy", default="", help="loop_id,ref_id,ref_start,target_start,length[,edit_ratio];...")
     what.add_argument("--pixel-positions", action="store_true", help="frame numbers in --mask-strategy are pixel frames")
-    what.add_argument("--negative-prompt", help="instead of the model's learned null caption")
+    what.add_argument("--negative-prompt", help="text guided away from (default: Open-Sora v1.x's learned null "
+                                                "caption; Open-Sora-Plan's release negative prompt; 2.0: the empty "
+                                                "prompt)")
+    what.add_argument("--no-prompt-template", action="store_true",
+                      help="give the prompt to the text encoder as written (Open-Sora-Plan wraps it in its release "
+                           "template 'high quality, high aesthetic, {}')")
+    what.add_argument("--condition-type", help="Open-Sora 2.0: t2v (default), i2v_head (reference = first frame), "
+                                               "i2v_tail (last frame), i2v_loop (first and last)")
 
     size = p.add_argument_group("size and length")
-    size.add_argument("--resolution", default="240p", help=f"preset: {', '.join(geometry.resolutions())}")
-    size.add_argument("--aspect-ratio", default="9:16", help="H:W preset, e.g. 9:16 (landscape), 1:1, 16:9 (portrait)")
+    size.add_argument("--resolution", help=f"preset: {', '.join(geometry.resolutions())} (v1.x); 256px, 768px "
+                                           f"(2.0); default: {_default_sizes()}")
+    size.add_argument("--aspect-ratio", help="v1.x: H:W preset, e.g. 9:16 (landscape, default), 1:1, 16:9 (portrait); "
+                                             "2.0: W:H, 16:9 (landscape, default), 9:16, 1:1, 2.39:1")
     size.add_argument("--height", type=int, help="pixel height (overrides --resolution/--aspect-ratio with --width)")
     size.add_argument("--width", type=int, help="pixel width")
     size.add_argument("--num-frames", type=int, help=f"pixel frames (default: {_family_defaults('num_frames')})")
@@ -87,21 +111,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-aesthetic-score", action="store_true")
     run.add_argument("--motion-score", type=float)
     run.add_argument("--camera-motion")
+    run.add_argument("--image-cfg-scale", type=float, help="Open-Sora 2.0 image guidance (default 3.0)")
+    run.add_argument("--no-oscillation", action="store_true", help="Open-Sora 2.0: keep the guidance scales on "
+                                                                   "every step (official: 1 on odd steps from 10)")
 
     dev = p.add_argument_group("device")
     dev.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     dev.add_argument("--dtype", choices=sorted(DTYPES), help="model and VAE dtype (default bf16 on GPU, fp32 on CPU)")
     dev.add_argument("--t5-dtype", choices=sorted(DTYPES), help="T5 dtype (default bf16 on GPU, fp32 on CPU)")
     dev.add_argument("--tile", action="store_true", help="decode in spatial tiles (less memory)")
+    dev.add_argument("--fp8", action="store_true", help="store the Open-Sora 2.0 MMDiT's weights in fp8 (e4m3fn, "
+                                                        "per-layer scale; computes in --dtype): about half the memory")
+    dev.add_argument("--blocks-on-device", type=int, metavar="N", help="block swap: keep N of the MMDiT's 57 blocks "
+                     "on the GPU, stream the rest from CPU memory per step (slower, less GPU memory)")
 
     p.add_argument("--output", "-o", default="outputs/sample.mp4", help="output file; with several prompts, _0, _1, ... are added")
     p.add_argument("--quiet", action="store_true")
     return p
 
 
+def _default_sizes() -> str:
+    """"240p 9:16 for v1.2, ..., 352x640 for Open-Sora-Plan v1.3" from the family declarations."""
+    values = {}
+    for f in families():
+        d = f.defaults
+        size = f"{d.size[0]}x{d.size[1]}" if d.size is not None else f"{d.resolution} {d.aspect_ratio}"
+        values[f"{size} for {f.short_label}"] = None
+    return ", ".join(values)
+
+
 def _family_defaults(field: str) -> str:
-    """"30 for v1.2, 100 for v1.1, ..." from the family declarations."""
-    return ", ".join(f"{getattr(f.defaults, field)} for {f.release}" for f in families())
+    """"30 for v1.2, 100 for v1.1, ..." from the family declarations (one entry per release)."""
+    values = {f"{getattr(f.defaults, field)} for {f.short_label}": None for f in families()}
+    return ", ".join(values)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -150,11 +192,6 @@ def collect_jobs(args: argparse.Namespace, version: str = "v1.2") -> list[Job]:
         options = parse_prompt_options(raw, version)
         refs = options.reference_path.split(";") if options.reference_path else list(args.reference)
         strategy = options.mask_strategy if options.mask_strategy is not None else args.mask_strategy
-        if any(refs) and not strategy.strip():
-            raise ValueError(
-                f"--reference given without --mask-strategy (prompt {index + 1}): the reference would not be used; "
-                "add --mask-strategy 0 (reference as the first frame) or see --help for the format"
-            )
         groups = parse_mask_strategy(strategy, PIXEL if args.pixel_positions else LATENT)
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}_{index}{out.suffix}")
         jobs.append(Job(options.text, [Path(r) for r in refs if r], groups, path))
@@ -177,8 +214,15 @@ def resolve_size(args: argparse.Namespace, family: Family) -> tuple[int, int, in
         raise ValueError("give both --height and --width, or neither (then --resolution and --aspect-ratio apply)")
     if args.height is not None:
         height, width = args.height, args.width
+    elif family.image_size is None:
+        if args.resolution is not None or args.aspect_ratio is not None:
+            raise ValueError(f"{family.title} has no size presets: give --height and --width (default "
+                             f"{family.defaults.size[0]}x{family.defaults.size[1]}) instead of --resolution / "
+                             "--aspect-ratio")
+        height, width = family.defaults.size
     else:
-        height, width = geometry.image_size(args.resolution, args.aspect_ratio)
+        height, width = family.image_size(args.resolution or family.defaults.resolution,
+                                          args.aspect_ratio or family.defaults.aspect_ratio)
     if args.duration is not None and args.num_frames is not None:
         raise ValueError("give --num-frames or --duration, not both")
     if args.duration is not None:
@@ -203,8 +247,11 @@ def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int],
         cfg_scale=args.cfg_scale, seed=args.seed, mask_strategy=job.mask_strategy,
         loops=args.loops, condition_frame_length=args.condition_frame_length,
         condition_frame_edit=args.condition_frame_edit, align=args.align, aesthetic_score=aesthetic,
-        motion_score=args.motion_score, camera_motion=args.camera_motion,
+        motion_score="auto" if args.motion_score is None else args.motion_score, camera_motion=args.camera_motion,
         negative_prompts=None if args.negative_prompt is None else [args.negative_prompt], save_fps=args.save_fps,
+        prompt_template=None if args.no_prompt_template else "auto",
+        image_cfg_scale=args.image_cfg_scale, oscillation=False if args.no_oscillation else None,
+        condition_type=args.condition_type,
     )
 
 
@@ -260,8 +307,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise ValueError("--pixel-positions only changes --mask-strategy; give a mask strategy (or leave it out)")
     if args.camera_motion is not None and not args.camera_motion.strip():
         raise ValueError("--camera-motion is empty; leave it out or give a motion such as 'pan left'")
-    if args.tokenizer and not Path(args.tokenizer).is_dir():
-        raise FileNotFoundError(f"--tokenizer {args.tokenizer}: not a folder (a T5 tokenizer folder is needed)")
+    for flag in ("tokenizer", "clip_tokenizer"):
+        folder = getattr(args, flag)
+        if folder and not Path(folder).is_dir():
+            raise FileNotFoundError(f"--{flag.replace('_', '-')} {folder}: not a folder (a tokenizer folder is needed)")
 
 
 def check_model(args: argparse.Namespace) -> Family:
@@ -283,8 +332,10 @@ def check_files(args: argparse.Namespace, jobs: list[Job]) -> Family:
     for path, _ in map(parse_lora, args.lora):
         if not path.is_file():
             raise FileNotFoundError(f"--lora {path}: not found")
-    if not Path(args.text_encoder).exists():
-        raise FileNotFoundError(f"--text-encoder {args.text_encoder}: not found")
+    for flag, path in _text_files(args, family):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{flag} {path}: not found")
+    _check_memory_options(args, family)
     for job in jobs:
         for ref in job.references:
             if not ref.is_file():
@@ -293,24 +344,64 @@ def check_files(args: argparse.Namespace, jobs: list[Job]) -> Family:
     return family
 
 
+def _text_files(args: argparse.Namespace, family: Family) -> list[tuple[str, str]]:
+    """(flag, path) of each text encoder the family declares (T5; Open-Sora 2.0: T5 then CLIP-L)."""
+    given = [("--text-encoder", args.text_encoder), ("--clip", args.clip)][: len(family.text)]
+    missing = [f"{flag} ({encoder.name})" for (flag, path), encoder in zip(given, family.text) if not path]
+    if missing:
+        raise ValueError(f"{family.title} needs {', '.join(missing)}")
+    if args.clip and len(family.text) < 2:
+        raise ValueError(f"--clip is for Open-Sora 2.0 models; {family.title} uses T5 only: leave it out")
+    return given
+
+
+def check_condition_type(args: argparse.Namespace, family: Family, jobs: list[Job]) -> None:
+    """References for a family conditioned by a condition type (``Defaults.condition_type``: Open-Sora 2.0) need
+    ``--condition-type``: its default (t2v) reads none."""
+    if family.defaults.condition_type is None or args.condition_type is not None:
+        return
+    if any(job.references for job in jobs):
+        raise ValueError(f"--reference given without --condition-type: {family.title} would use none (default "
+                         f"{family.defaults.condition_type}); add --condition-type i2v_head (reference = first frame), "
+                         "i2v_tail (last frame) or i2v_loop (first and last)")
+
+
+def _check_memory_options(args: argparse.Namespace, family: Family) -> None:
+    if args.fp8 and not family.model.fp8_weights:
+        raise ValueError(f"--fp8 is not available for {family.title} ({family.model.class_name}); leave it out")
+    if args.blocks_on_device is not None:
+        if not family.model.block_swap:
+            raise ValueError(f"--blocks-on-device (block swap) is not available for {family.title}; leave it out")
+        if args.blocks_on_device < 0:
+            raise ValueError(f"--blocks-on-device must be 0 or more, got {args.blocks_on_device}")
+
+
 # ---------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------
 
 
-def load_components(args: argparse.Namespace, device: torch.device) -> Components:
+def load_components(args: argparse.Namespace, device: torch.device, family: Family) -> Components:
+    """Everything loaded on the CPU; on a GPU each stage moves its module there and back (:class:`Offload`:
+    the text encoders are released before sampling), except a block-swapped model, placed once."""
     on_gpu = device.type != "cpu"
     dtype = DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")]
     t5_dtype = DTYPES[args.t5_dtype or ("bf16" if on_gpu else "fp32")]
-    loaded = load_dit(args.model, preset=args.preset, dtype=dtype, device=device)
+    loaded = load_dit(args.model, preset=args.preset, dtype=dtype, device="cpu", fp8=args.fp8)
     log.info("model: %s (%s) from %s", loaded.class_name, loaded.preset or "custom size", args.model)
     for path, strength in map(parse_lora, args.lora):
         merged = merge_lora(loaded.model, path, strength)
         log.info("merged LoRA %s (%d layers, strength %g)", path, len(merged), strength)
-    vae = load_vae(args.vae, dtype=dtype, device=device)
-    max_length, _ = loaded.model.caption_shape
-    text = load_t5_encoder(args.text_encoder, args.tokenizer, max_length=max_length, dtype=t5_dtype, device=device)
-    return Components(loaded.model, vae, text)
+    if args.blocks_on_device is not None:
+        enable_block_swap(loaded.model, device, args.blocks_on_device)
+        log.info("block swap: %d of %d blocks stay on %s", min(args.blocks_on_device, len(loaded.model.blocks)),
+                 len(loaded.model.blocks), device)
+    vae = load_vae(args.vae, dtype=dtype, device="cpu")
+    tokenizers = [args.tokenizer, args.clip_tokenizer]
+    files = [TextFile(path, tokenizers[i]) for i, (_, path) in enumerate(_text_files(args, family))]
+    max_length = loaded.model.caption_shape[0] or family.caption_length
+    text = family.load_text(files, max_length=max_length, dtype=t5_dtype, device="cpu")
+    return Components(loaded.model, vae, text, placement=Offload(device))
 
 
 def _progress(quiet: bool):
@@ -335,6 +426,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     device = resolve_device(args.device)
     jobs = collect_jobs(args, check_model(args).prompt_syntax)
     family = check_files(args, jobs)
+    check_condition_type(args, family, jobs)
     size = resolve_size(args, family)
     if Path(args.output).suffix.lower() == ".png" and size[2] > 1:
         raise ValueError(f"--output {args.output}: a PNG holds one frame, not {size[2]}; end the name in .mp4")
@@ -345,7 +437,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     specs = [make_spec(args, job, size, phrases) for job in jobs]
     for job, spec in zip(jobs, specs, strict=True):
         plan_generation(family, spec, [media.probe(r).num_frames for r in job.references])
-    components = load_components(args, device)
+    components = load_components(args, device, family)
     written = []
     for job, spec in zip(jobs, specs, strict=True):
         refs = [media.read_frames(r)[0] for r in job.references]

@@ -7,9 +7,14 @@ counts); a family's :class:`MaskStrategyConditioning` converts, checks and place
 placed reference latents into the noise and gives the frame mask the sampler reads
 (:mod:`opensora_core.sampling`), and :func:`describe_placements` reports the same placements.
 :func:`apply_mask_strategy` places and inserts in one call, as the official function does.
+
+Open-Sora-Plan v1.3 (image to video) is conditioned on whole pixel frames instead:
+:class:`InpaintConditioning` (:mod:`.osp_frames`) places given frames and builds the inpainting channels
+of :mod:`.osp_inpaint`.
 """
 
 from .loop import continuation_groups, extension_drop_frames, extension_total_frames
+from .osp_frames import GivenFrames, InpaintConditioning
 from .plan import (
     TASKS,
     MaskStrategyConditioning,
@@ -17,6 +22,7 @@ from .plan import (
     describe_mask_strategy,
     describe_placements,
     edit_strategy,
+    encode_references,
     extend_strategy,
     first_frame_strategy,
     first_last_strategy,
@@ -47,6 +53,8 @@ from .strategy import (
 
 __all__ = [
     "FIELDS",
+    "GivenFrames",
+    "InpaintConditioning",
     "LATENT",
     "PIXEL",
     "TASKS",
@@ -65,6 +73,7 @@ __all__ = [
     "describe_mask_strategy",
     "describe_placements",
     "edit_strategy",
+    "encode_references",
     "extend_strategy",
     "extension_drop_frames",
     "extension_total_frames",

@@ -168,8 +168,9 @@ def _to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     return 2.0 * (pixels / 255.0) - 1.0
 
 
-def _pack(pixels: torch.Tensor, mask: torch.Tensor) -> InpaintPixels:
-    """(T, 3, H, W) 0..255 pixels and (T, 1, H, W) mask -> masked, normalised, (1, C, T, H, W) layout."""
+def pack_pixels(pixels: torch.Tensor, mask: torch.Tensor) -> InpaintPixels:
+    """(T, 3, H, W) 0..255 pixels and (T, 1, H, W) mask (1 = generate) -> masked (hidden frames -1),
+    normalised, in the (1, C, T, H, W) layout."""
     masked = _to_unit_range(pixels * (mask < 0.5))  # (T, 3, H, W)
     return InpaintPixels(pixel_mask=mask.transpose(0, 1)[None], masked_pixels=masked.transpose(0, 1)[None])
 
@@ -196,7 +197,7 @@ def inpaint_pixels(
     N, _, H, W = pixels.shape
     if N == num_frames:
         mask = frame_mask(mask_type, num_frames, rng=rng, clear_ratios=clear_ratios).to(pixels)
-        return _pack(pixels, mask[:, None, None, None].expand(N, 1, H, W).contiguous())
+        return pack_pixels(pixels, mask[:, None, None, None].expand(N, 1, H, W).contiguous())
     if indices is None or len(indices) != N:
         raise ValueError(f"{N} condition frames for a {num_frames}-frame video need {N} frame indices, got {indices}")
     if any(not -num_frames <= i < num_frames for i in indices):
@@ -205,7 +206,7 @@ def inpaint_pixels(
     mask = torch.ones(num_frames, 1, H, W, dtype=dtype, device=pixels.device)
     video[list(indices)] = pixels
     mask[list(indices)] = 0
-    return _pack(video, mask)
+    return pack_pixels(video, mask)
 
 
 # ==================================================================================================
@@ -357,6 +358,7 @@ __all__ = [
     "frame_mask",
     "inpaint_pixels",
     "max_area_size",
+    "pack_pixels",
     "parse_mask_type",
     "resize_condition_frames",
     "resolve_mask_type",

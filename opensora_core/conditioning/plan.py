@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import media
 from ..geometry import LatentGeometry
 from .loop import continuation_groups
 from .strategy import (
@@ -327,6 +328,28 @@ def task_groups(
 
 
 # ---------------------------------------------------------------------------
+# Encoding references
+# ---------------------------------------------------------------------------
+
+
+def encode_references(vae, references: Sequence[torch.Tensor], height: int, width: int, noise) -> list[torch.Tensor]:
+    """Fit each reference (T, H, W, 3) to the requested size and encode it: (C, t, h, w) float32 latents.
+
+    As ``collect_references_batch`` + ``read_from_path(..., transform_name="resize_crop")``: images are
+    resized with bicubic and videos with bilinear filtering to cover ``height`` x ``width`` (the requested
+    size, e.g. 240x426, not the decoded 240x424), centre-cropped to it, and encoded one by one; the VAE
+    floors sizes that are not multiples of 8 and samples its posterior with ``noise`` (a ``vae.NoiseFn``).
+    """
+    latents = []
+    for frames in references:
+        mode = "bicubic" if frames.shape[0] == 1 else "bilinear"
+        fitted = media.resize_cover_crop(frames, height, width, mode=mode)
+        x = media.to_model_range(fitted).unsqueeze(0)  # (1, 3, T, H, W)
+        latents.append(vae.encode(x, noise=noise).float()[0])  # (C, t, h, w)
+    return latents
+
+
+# ---------------------------------------------------------------------------
 # The conditioning a family declares
 # ---------------------------------------------------------------------------
 
@@ -337,9 +360,9 @@ class MaskStrategyConditioning:
 
     :meth:`place` turns one sample's groups (any units) into its placements for every loop round: the user
     groups against the user references, then one continuation group per later round (official loop mode),
-    which takes the previous clip's last ``condition_frames`` latent frames. :meth:`insert` and
-    :meth:`describe` read those placements (the pipeline calls these three; another family's conditioning
-    implements the same three).
+    which takes the previous clip's last ``condition_frames`` latent frames. :meth:`encode` encodes the
+    references, :meth:`insert` and :meth:`describe` read the placements (the pipeline calls these four;
+    another family's conditioning implements the same four).
     """
 
     version: str
@@ -347,9 +370,18 @@ class MaskStrategyConditioning:
     def __post_init__(self) -> None:
         check_version(self.version)
 
-    def place(self, groups: Sequence[MaskGroup], *, geometry: LatentGeometry, num_frames: int,
+    def place(self, strategy: Sequence[MaskGroup] | Task, *, geometry: LatentGeometry, num_frames: int,
               reference_frames: Sequence[int], loops: int, condition_frames: int, condition_edit: float,
               align: int | None) -> list[PlacedGroup]:
+        if isinstance(strategy, Task):
+            groups = strategy.groups(geometry=geometry, num_frames=num_frames, ref_num_frames=reference_frames)
+        elif reference_frames and not strategy:
+            raise ValueError(
+                f"{len(reference_frames)} reference(s) given but the mask strategy is empty, so none would be used; "
+                "give a mask strategy (e.g. '0': reference 0 as the first frame) or leave the references out"
+            )
+        else:
+            groups = list(strategy)
         check_groups(groups, references=len(reference_frames), loops=loops, version=self.version)
         latent_frames = geometry.latent_frames(num_frames)
         latent = _to_latent_checked(groups, geometry, num_frames, reference_frames)
@@ -358,6 +390,12 @@ class MaskStrategyConditioning:
         for group in continuation_groups(loops, len(reference_frames), condition_frames, condition_edit):
             placed.append(place_group(group, latent_frames, latent_frames, self.version, align))  # ref: a clip
         return placed
+
+    def encode(self, vae, references: Sequence[torch.Tensor], placements: Sequence[Sequence[PlacedGroup]], *,
+               height: int, width: int, num_frames: int, noise) -> list[list[torch.Tensor]]:
+        """Every sample gets the same references, encoded once (:func:`encode_references`)."""
+        latents = encode_references(vae, references, height, width, noise)
+        return [list(latents) for _ in placements]
 
     def insert(self, z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]],
                placements: Sequence[Sequence[PlacedGroup]], loop_i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .plan import encode_references
+
 logger = logging.getLogger("opensora")
 
 COND_TYPES = ("t2v", "i2v_head", "i2v_tail", "i2v_loop", "v2v_head", "v2v_tail", "v2v_head_easy", "v2v_tail_easy")
@@ -180,19 +182,8 @@ def reference_clips(cond_type: str, videos: Sequence[torch.Tensor], *, causal: b
         return []
     if not videos:
         raise ValueError(f"cond_type {cond_type!r} needs at least one reference image or video")
-    if cond_type == "i2v_head":
-        return [videos[0][:, :1]]
-    if cond_type == "i2v_tail":
-        return [videos[-1][:, -1:]]
-    if cond_type == "i2v_loop":
-        return [videos[0][:, :1], videos[-1][:, -1:]]
-    video = videos[0]
-    available = video.shape[1]
-    needed = (2 * V2V_PIXEL_FRAMES if available >= 2 * V2V_PIXEL_FRAMES and "easy" in cond_type else V2V_PIXEL_FRAMES)
-    needed += int(causal)
-    if available < needed:
-        raise ValueError(f"{cond_type} needs a reference video of at least {needed} frames, got {available}")
-    return [video[:, :needed] if "head" in cond_type else video[:, -needed:]]
+    uses = _uses(cond_type, [int(v.shape[1]) for v in videos], causal=causal)
+    return [videos[use.ref_id][:, use.frames] for use in uses]
 
 
 # ---------------------------------------------------------------------------
@@ -228,9 +219,120 @@ def replace_reference_frames(x: torch.Tensor, condition: ConditionV2, *, all_ite
     return x
 
 
+# ---------------------------------------------------------------------------
+# The family's conditioning (what the generation pipeline calls)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReferenceUse:
+    """One reference clip a condition type reads: reference ``ref_id``, its pixel ``frames`` (encoded alone,
+    as ``collect_references_batch`` does), and its ``role`` in the condition ("head", "tail" or "clip")."""
+
+    cond_type: str
+    ref_id: int
+    frames: slice
+    role: str
+
+
+class ConditionTypes:
+    """Open-Sora 2.0's conditioning as the generation pipeline uses it (``Family.conditioning``).
+
+    The request names a ``condition_type`` (t2v, i2v_head, i2v_tail, i2v_loop, v2v_*) instead of a mask
+    strategy; :meth:`place` picks the reference clips it reads (i2v_head: frame 0 of reference 0; i2v_tail:
+    the last frame of the last reference; i2v_loop: both; v2v: the first / last 33 or 65 frames of reference 0),
+    each encoded alone; :meth:`insert` leaves the noise as it is and returns the :class:`ConditionV2` the sampler
+    takes as its ``mask``. There is no loop mode.
+    """
+
+    def place(self, strategy, *, geometry, num_frames: int, reference_frames: Sequence[int], loops: int,
+              condition_frames: int | None, condition_edit: float, align: int | None,
+              condition_type: str) -> list[ReferenceUse]:
+        check_cond_type(condition_type)
+        if strategy:  # mask groups or a named task
+            raise ValueError(f"Open-Sora 2.0 is conditioned by condition_type ({condition_type}), not a mask "
+                             "strategy: leave mask_strategy empty")
+        if loops != 1 or condition_edit or align is not None:
+            raise ValueError("Open-Sora 2.0 has no loop mode: loops must be 1 (no condition_frame_edit / align)")
+        frames = geometry.latent_frames(num_frames)
+        if condition_type == "t2v":
+            if reference_frames:
+                raise ValueError(f"{len(reference_frames)} reference(s) given but condition_type is t2v, which uses "
+                                 "none: pick i2v_head (first frame), i2v_tail (last frame) or i2v_loop (both)")
+            return []
+        if not reference_frames:
+            raise ValueError(f"condition_type {condition_type} needs a reference image (or video); give one")
+        if frames == 1:
+            raise ValueError(f"a one-frame output takes no reference (the official code ignores {condition_type} "
+                             "there): generate 5 or more frames, or use condition_type t2v")
+        uses = _uses(condition_type, list(reference_frames))
+        needed = len(conditioned_frames(condition_type, frames))
+        if condition_type.startswith("v2v") and needed < V2V_FRAMES[condition_type] + 1:
+            raise ValueError(f"{condition_type} conditions {V2V_FRAMES[condition_type] + 1} latent frames but "
+                             f"{num_frames} frames give {frames}; generate more frames")
+        return uses
+
+    def encode(self, vae, references: Sequence[torch.Tensor], placements: Sequence[Sequence[ReferenceUse]], *,
+               height: int, width: int, num_frames: int, noise) -> list[list[torch.Tensor]]:
+        """The clips of the first sample's uses ((T, H, W, 3) frames of a reference), in order, each fitted and
+        encoded on its own (:func:`~opensora_core.conditioning.encode_references`, as ``collect_references_batch``:
+        i2v_loop with one image encodes it twice, two posterior samples); every sample uses the same latents."""
+        uses = placements[0] if placements else []
+        latents = encode_references(vae, [references[use.ref_id][use.frames] for use in uses], height, width, noise)
+        return [list(latents) for _ in placements]
+
+    def insert(self, z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]],
+               placements: Sequence[Sequence[ReferenceUse]], loop_i: int) -> tuple[torch.Tensor, ConditionV2]:
+        """z unchanged and the condition built from each sample's encoded clips (``refs[b]`` in the order of
+        :meth:`encode`)."""
+        types = {use.cond_type for sample in placements for use in sample} or {"t2v"}
+        if len(types) != 1:
+            raise ValueError(f"one condition type per generation, got {sorted(types)}")
+        cond_type = types.pop()
+        if cond_type == "t2v":
+            return z, build_condition(z, "t2v")
+        per_item = [list(refs[b][: len(sample)]) for b, sample in enumerate(placements)]
+        return z, build_condition(z, cond_type, per_item)
+
+    def describe(self, placements: Sequence[ReferenceUse], *, loop_i: int, geometry, num_frames: int) -> str:
+        if not placements:
+            return "t2v: no reference"
+        frames = geometry.latent_frames(num_frames)
+        cond_type = placements[0].cond_type
+        where = conditioned_frames(cond_type, frames)
+        used = ", ".join(f"reference {u.ref_id} frames {_slice_text(u.frames)} ({u.role})" for u in placements)
+        return f"{cond_type}: {used} -> latent frame(s) {where[0]}..{where[-1]} of {frames}"
+
+
+def _uses(cond_type: str, reference_frames: list[int], *, causal: bool = True) -> list[ReferenceUse]:
+    """The clips ``collect_references_batch`` reads for ``cond_type`` from references of these frame counts."""
+    last = len(reference_frames) - 1
+    if cond_type == "i2v_head":
+        return [ReferenceUse(cond_type, 0, slice(0, 1), "head")]
+    if cond_type == "i2v_tail":
+        n = reference_frames[last]
+        return [ReferenceUse(cond_type, last, slice(n - 1, n), "tail")]
+    if cond_type == "i2v_loop":
+        n = reference_frames[last]
+        return [ReferenceUse(cond_type, 0, slice(0, 1), "head"), ReferenceUse(cond_type, last, slice(n - 1, n), "tail")]
+    available = reference_frames[0]
+    needed = 2 * V2V_PIXEL_FRAMES if "easy" in cond_type and available >= 2 * V2V_PIXEL_FRAMES else V2V_PIXEL_FRAMES
+    needed += int(causal)
+    if available < needed:
+        raise ValueError(f"{cond_type} needs a reference video of at least {needed} frames, got {available}")
+    frames = slice(0, needed) if "head" in cond_type else slice(available - needed, available)
+    return [ReferenceUse(cond_type, 0, frames, "clip")]
+
+
+def _slice_text(frames: slice) -> str:
+    return str(frames.start) if frames.stop - frames.start == 1 else f"{frames.start}..{frames.stop - 1}"
+
+
 __all__ = [
     "COND_TYPES",
+    "ConditionTypes",
     "ConditionV2",
+    "ReferenceUse",
     "UNIMPLEMENTED_COND_TYPES",
     "build_condition",
     "check_cond_type",

@@ -10,7 +10,8 @@ A new family: add ``families/<name>.py`` that builds a :class:`Family` (and its 
 :func:`register`, and import it below. See docs/architecture.md.
 """
 
-from . import common, opensora_v1  # noqa: F401  (each registers its families when imported)
+# registration order = detection order
+from . import common, opensora_v1, open_sora_plan, opensora_v2  # noqa: F401, I001
 from .registry import (
     Conditioning,
     Defaults,
@@ -18,9 +19,11 @@ from .registry import (
     Family,
     FileKind,
     ModelKind,
+    PromptSettings,
     Role,
     Sampler,
     TextEncoder,
+    TextFile,
     Training,
     VAEKind,
     build_model,
@@ -31,14 +34,17 @@ from .registry import (
     expect,
     families,
     families_using,
+    families_with_geometry,
     family_of,
     fix_for,
     for_class,
     kinds,
+    load_t5_text,
     official_class,
     register,
     register_kind,
     releases_text,
+    score_phrase_prompt,
 )
 
 __all__ = [
@@ -48,9 +54,11 @@ __all__ = [
     "Family",
     "FileKind",
     "ModelKind",
+    "PromptSettings",
     "Role",
     "Sampler",
     "TextEncoder",
+    "TextFile",
     "Training",
     "VAEKind",
     "build_model",
@@ -61,12 +69,15 @@ __all__ = [
     "expect",
     "families",
     "families_using",
+    "families_with_geometry",
     "family_of",
     "fix_for",
     "for_class",
     "kinds",
+    "load_t5_text",
     "official_class",
     "register",
     "register_kind",
     "releases_text",
+    "score_phrase_prompt",
 ]

@@ -24,7 +24,6 @@ _SD_VAE = dict(
     short_name="the SD-VAE",
     source="stabilityai/sd-vae-ft-ema",
     build=autoencoder_kl_for,  # the per-frame wrapper (VideoAutoencoderKL) of v1.0/v1.1
-    comfy_latent_format="SD15",  # scaled SD-VAE latents: ComfyUI's SD1.5 RGB factors preview them
 )
 SD_VAE_DIFFUSERS = VAEKind(
     name="sd_diffusers",

@@ -26,8 +26,10 @@ from torch import nn
 
 from .. import models, vae
 from ..checkpoints import CheckpointError
-from ..geometry import LatentGeometry
-from ..sampling import Denoiser, GuidedModel, ScheduleRequest
+from ..geometry import LatentGeometry, image_size
+from ..sampling import Denoiser, GuidedModel, ScheduleRequest, stream_noise
+from ..text import prompts
+from ..text.t5 import load_t5_encoder
 
 Role = Literal["diffusion", "vae", "text"]
 
@@ -59,6 +61,9 @@ class ModelKind(FileKind):
     # Official release file names -> the preset they were built with, for files whose shapes cannot tell
     # the size (v1.0 .pth files omit their fixed position tables).
     released_files: Mapping[str, str] = field(default_factory=dict)
+    fp8_weights: bool = False  # the class can store its Linear weights in fp8 (built with models.fp8.Fp8Operations)
+    stores_fp8: bool = False  # such files hold fp8 weights with their scales: they always load with fp8 layers
+    block_swap: bool = False  # the class has a ``blocks`` list models.block_swap can stream
 
     @property
     def cls(self) -> type[nn.Module]:
@@ -73,10 +78,10 @@ class VAEKind(FileKind):
     geometry: LatentGeometry
     short_name: str  # "the video VAE", "the SD-VAE"
     source: str  # where to get the released file ("hpcai-tech/OpenSora-VAE-v1.2, model.safetensors")
-    # (state dict without the file's prefix, micro batch, norm groups) -> (video VAE on the meta device,
-    # the module to load strictly, the state dict in that module's layout); see vae.shapes
-    build: Callable[[Mapping[str, torch.Tensor], int | None, int], tuple[nn.Module, nn.Module, Mapping]]
-    comfy_latent_format: str | None = None  # ComfyUI latent format whose RGB factors preview this latent space
+    # (state dict without the file's prefix, micro batch, norm groups, the config saved with the file or None)
+    # -> (video VAE on the meta device, the module to load strictly, the state dict in that module's layout);
+    # see vae.shapes, vae.osp
+    build: Callable[[Mapping[str, torch.Tensor], int | None, int, Mapping | None], tuple[nn.Module, nn.Module, Mapping]]
 
 
 @dataclass(frozen=True)
@@ -118,19 +123,32 @@ class Sampler:
     guidance_channels: int | None = None  # prediction channels guided (None: all)
     check_frames: Callable[[int], None] | None = None  # raises for frame counts the schedule cannot take
     step_range: tuple[int, int | None] = (1, None)  # sampling steps the schedule takes (None: no upper bound)
+    # (shape, seed, the generation's sampling.NoiseSource, model dtype) -> the start latent; default: float32 from
+    # the shared stream after the reference encodes (Open-Sora v1.x, Open-Sora-Plan)
+    start_noise: Callable[..., torch.Tensor] = stream_noise
 
 
 class Conditioning(Protocol):
     """How a family puts reference frames into the latent (``conditioning.MaskStrategyConditioning`` for
-    Open-Sora v1.1/v1.2). The pipeline calls these three and nothing else."""
+    Open-Sora v1.1/v1.2, ``conditioning.InpaintConditioning`` for Open-Sora-Plan v1.3 i2v,
+    ``conditioning.v2.ConditionTypes`` for Open-Sora 2.0). The pipeline calls these four and nothing else."""
 
-    def place(self, groups: Sequence, *, geometry: LatentGeometry, num_frames: int, reference_frames: Sequence[int],
-              loops: int, condition_frames: int, condition_edit: float, align: int | None) -> list:
-        """One sample's placements for every loop round, checked against the frame counts."""
+    def place(self, strategy, *, geometry: LatentGeometry, num_frames: int, reference_frames: Sequence[int],
+              loops: int, condition_frames: int | None, condition_edit: float, align: int | None,
+              **options) -> list:
+        """One sample's placements for every loop round, checked against the frame counts. ``strategy``:
+        the sample's typed groups (``conditioning.MaskGroup``, any units) or a named ``conditioning.Task``;
+        ``options``: the family's conditioning options (``Defaults.condition_type``), where it has them."""
+
+    def encode(self, vae: nn.Module, references: Sequence[torch.Tensor], placements: Sequence[Sequence], *,
+               height: int, width: int, num_frames: int, noise) -> list[list[torch.Tensor]]:
+        """Per sample, what :meth:`insert` takes: the references ((T, H, W, 3) frames) fitted to the output size
+        and encoded with ``vae``; ``noise`` is the posterior's ``vae.NoiseFn``."""
 
     def insert(self, z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]], placements: Sequence[Sequence],
                loop_i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The round's start latent with the references inserted, and the frame mask the sampler reads."""
+        """The round's start latent with the references inserted, and the ``mask`` the sampler reads (a frame
+        mask, or condition channels)."""
 
     def describe(self, placements: Sequence, *, loop_i: int, geometry: LatentGeometry, num_frames: int) -> str:
         """Where each reference lands in round ``loop_i``, for the log."""
@@ -145,17 +163,100 @@ class Defaults:
     num_frames: int  # pixel frames of one clip
     fps: float
     aesthetic_score: float | None  # appended to prompts (None: no score phrases)
-    condition_frame_length: int  # latent frames a loop round continues from
+    condition_frame_length: int | None  # latent frames a loop round continues from (None: no loop mode)
     frame_interval: int  # saved fps = fps / frame_interval
+    motion_score: float | None = None  # appended to prompts (None: no motion score unless the request gives one)
+    negative_prompt: str | None = None  # encoded for guidance (None: the model's learned null caption)
+    prompt_template: str | None = None  # wraps every prepared prompt ("...{}..."; None: the text as prepared)
+    # Options only some families take (None: the family does not take it; a request that gives it is refused).
+    # The plan hands them, as keywords of the same names, to the component that interprets them: the sampler's
+    # denoiser (image_cfg_scale, oscillation) or the conditioning's ``place`` (condition_type).
+    image_cfg_scale: float | None = None  # guidance on the image condition
+    oscillation: bool | None = None  # guidance scales of 1 on odd steps from step 10
+    condition_type: str | None = None  # how references condition the video (t2v, i2v_head, ...)
+    # The size a request gets when it names none: the preset names ``Family.image_size`` reads (v1.x "240p",
+    # "9:16" as H:W; 2.0 "256px", "16:9" as W:H), or, for a release without size presets (``image_size`` None),
+    # the official sample script's (height, width) (Open-Sora-Plan v1.3: 352x640).
+    resolution: str | None = "240p"
+    aspect_ratio: str | None = "9:16"
+    size: tuple[int, int] | None = None
+
+
+def stdit_training_call(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                        x_mask: torch.Tensor | None, sizes: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The STDiT call of a training step: noisy latent, timesteps, caption (B, 1, L, C), its token mask (B, L),
+    the frame mask (B, T) of condition frames and the per-sample size arguments."""
+    return model(x, t, y, mask=mask, x_mask=x_mask, **sizes)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Training:
     """How the trainer treats the family's model (None on a family: not trainable here)."""
 
-    objective: str  # sampling.losses.build_objective kind ("rflow", "iddpm")
-    aspect_ratio: Literal["height/width", "width/height"]  # the ``ar`` argument the official dataset gives
-    fps_per_frame_interval: bool  # fps argument = source fps // frame_interval (else the source fps)
+    objective: str  # sampling.losses.build_objective kind ("rflow", "iddpm", "vprediction", "v2_flow")
+    # the ``ar`` argument the official dataset gives (None: the model takes no aspect-ratio argument)
+    aspect_ratio: Literal["height/width", "width/height"] | None
+    fps_per_frame_interval: bool | None  # fps argument = source fps // frame_interval (else the source fps; None: none)
+    zero_snr: bool = False  # the training schedule is rescaled to zero terminal SNR (Lin et al. 2023)
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (None: unweighted)
+    side_multiple: int | None = None  # bucket sides are multiples of this (None: the VAE's spatial factor)
+    # the frame rate the official trainer resamples clips to (None: the source rate / frame_interval); opensora-train
+    # does not resample yet (data.frame_interval picks frames)
+    fps: float | None = None
+    # (model, x_t, t, caption y, caption mask, frame mask or None, size args) -> the model's output
+    forward: Callable[..., torch.Tensor] = stdit_training_call
+    frame_masks: bool = True  # trains with condition-frame masks (mask_ratios); False: refused
+    # (caption, fps, motion score) -> the training caption, for families whose captions carry them as text
+    caption_suffix: Callable[[str, int | None, float | None], str] | None = None
+    bucket_resolutions: tuple[str, ...] = ()  # resolution names of the official training buckets ("256px", ...)
+    # name -> (pixel count, {aspect key: (height, width)}) of those buckets (None: the v1 tables of ``geometry``)
+    bucket_sizes: Callable[[str], tuple[int, dict[str, tuple[int, int]]]] | None = None
+    # "v1": Open-Sora v1.x/Plan bucket draws (T > t * interval, a draw per frame entry); "v2": Open-Sora 2.0's
+    # (T // interval >= t, one draw stream per clip, a lost keep draw tries the next resolution)
+    bucket_rule: Literal["v1", "v2"] = "v1"
+    # the official training's caption dropout: encoder name -> probability of its null caption (2.0: t5, clip)
+    caption_dropout: tuple[tuple[str, float], ...] = ()
+    fp8_base: bool = False  # the frozen base may be stored in fp8 (LoRA training)
+    block_swap: bool = False  # the model has a ``blocks`` list block swap can stream
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """What a family may add to a prompt; each value is already resolved (None: not added)."""
+
+    fps: float
+    aesthetic_score: float | None
+    motion_score: float | str | None
+    camera_motion: str | None
+    clean: bool
+
+
+def score_phrase_prompt(text: str, settings: PromptSettings) -> str:
+    """Open-Sora v1.x prompts: score phrases appended, cleaned like the official code (``text.prompts``)."""
+    return prompts.prepare_prompt(text, settings.aesthetic_score, settings.motion_score, settings.camera_motion,
+                                  clean=settings.clean)
+
+
+def prompt_as_written(text: str, settings: PromptSettings) -> str:
+    """The text as written, no preprocessing (Open-Sora-Plan: its scripts give the prompt to mT5 unchanged)."""
+    return text
+
+
+@dataclass(frozen=True)
+class TextFile:
+    """A text-encoder file (a single ``.safetensors`` or a Hugging Face folder) and its tokenizer folder."""
+
+    path: str
+    tokenizer: str | None = None
+
+
+def load_t5_text(files: Sequence[TextFile], *, max_length: int, dtype: torch.dtype, device) -> Any:
+    """The text encoder of a family with one T5 (or mT5): ``text.t5.T5TextEncoder`` (captions with a token mask)."""
+    (t5,) = files
+    return load_t5_encoder(t5.path, t5.tokenizer, max_length=max_length, dtype=dtype, device=device)
+
+
+
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,10 +276,27 @@ class Family:
     score_phrases: bool = False  # prompts take " aesthetic score: X." / motion / camera phrases (text.prompts)
     prompt_syntax: str = "v1.2"  # JSON options after a prompt text (text.prompts.parse_prompt_options version)
     training: Training | None = None
+    label: str | None = None  # name in choice lists (the Text Encode's caption_length); None: the release
+    # (text, PromptSettings) -> the text the encoders see, before ``Defaults.prompt_template``
+    prepare_prompt: Callable[[str, PromptSettings], str] = score_phrase_prompt
+    # (files in ``text`` order, max_length, dtype, device) -> the pipeline's text encoder (``encode(texts)``)
+    load_text: Callable[..., Any] = load_t5_text
+    # (num_frames, height, width) -> raises for a size the model cannot take (None: the VAE geometry's checks)
+    check_size: Callable[[int, int, int], None] | None = None
+    # (resolution, aspect ratio) -> (height, width): the release's size presets (v1.x: "240p", "9:16" as H:W;
+    # None: the release has none, sizes are given in pixels)
+    image_size: Callable[[str, str], tuple[int, int]] | None = image_size
 
     def __post_init__(self) -> None:
         if len({kind.geometry for kind in self.vae}) != 1:
             raise ValueError(f"{self.name}: every VAE kind of a family must share one latent geometry")
+        named = (self.defaults.resolution, self.defaults.aspect_ratio)
+        if self.image_size is None and (self.defaults.size is None or named != (None, None)):
+            raise ValueError(f"{self.name}: a family without size presets declares Defaults.size (height, width) "
+                             "and resolution=None, aspect_ratio=None")
+        if self.image_size is not None and (self.defaults.size is not None or None in named):
+            raise ValueError(f"{self.name}: a family with size presets declares Defaults.resolution and aspect_ratio, "
+                             "not Defaults.size")
 
     @property
     def title(self) -> str:
@@ -191,6 +309,15 @@ class Family:
     @property
     def caption_length(self) -> int:
         return self.text[0].max_length
+
+    @property
+    def short_label(self) -> str:
+        return self.label or self.release
+
+    def takes_phrase(self, name: str) -> bool:
+        """Whether prompts take this phrase ("aesthetic_score", "motion_score", "camera_motion"): every one for a
+        family trained with score phrases (v1.2), the motion score also for one with a default (2.0)."""
+        return self.score_phrases or (name == "motion_score" and self.defaults.motion_score is not None)
 
 
 # ---------------------------------------------------------------------------
@@ -262,13 +389,18 @@ def families_using(vae: Iterable[FileKind]) -> list[Family]:
     return [f for f in _FAMILIES.values() if any(kind.name in names for kind in f.vae)]
 
 
+def families_with_geometry(geometry: LatentGeometry) -> list[Family]:
+    """Families whose VAE makes latents of ``geometry`` (the latent space a LATENT belongs to)."""
+    return [f for f in _FAMILIES.values() if f.geometry == geometry]
+
+
 def releases_text(families_: list[Family]) -> str:
     """"Open-Sora v1.2" for one family, "Open-Sora v1.0/v1.1 models" for several."""
     if len(families_) == 1:
         return families_[0].title
     systems = dict.fromkeys(f.system for f in families_)
     if len(systems) == 1:
-        return f"{next(iter(systems))} {'/'.join(sorted(f.release for f in families_))} models"
+        return f"{next(iter(systems))} {'/'.join(sorted({f.release for f in families_}))} models"
     return " or ".join(f.title for f in families_) + " models"
 
 
@@ -353,9 +485,11 @@ __all__ = [
     "Family",
     "FileKind",
     "ModelKind",
+    "PromptSettings",
     "Role",
     "Sampler",
     "TextEncoder",
+    "TextFile",
     "Training",
     "VAEKind",
     "build_model",
@@ -370,8 +504,12 @@ __all__ = [
     "fix_for",
     "for_class",
     "kinds",
+    "load_t5_text",
     "official_class",
     "register",
     "register_kind",
     "releases_text",
+    "prompt_as_written",
+    "score_phrase_prompt",
+    "stdit_training_call",
 ]

@@ -9,7 +9,11 @@ note [3]), so 32 is the multiple to prefer.
 
 from __future__ import annotations
 
+import logging
+
 from .latent import OSP_WF_VAE, SPATIAL_FACTOR, check_frame_count
+
+log = logging.getLogger("opensora")
 
 OSP_V1_3_VAE = OSP_WF_VAE  # the VAE of the v1.3 release
 OSP_V1_3_PATCH = 2  # transformer patch over the latent height and width
@@ -42,6 +46,19 @@ def check_osp_v1_3_size(num_frames: int, height: int, width: int,
         raise ValueError("Open-Sora-Plan v1.3 size: " + "; ".join(problems))
 
 
+def check_osp_v1_3_request(num_frames: int, height: int, width: int) -> None:
+    """The family's size check: :func:`check_osp_v1_3_size` (4n+1 frames, sides multiples of 16), and a warning
+    when a side is off the 32-pixel training grid (the release README asks for multiples of 32)."""
+    check_osp_v1_3_size(num_frames, height, width)
+    off = [f"{name} {value}" for name, value in (("height", height), ("width", width))
+           if value % OSP_V1_3_TRAINED_SIDE_MULTIPLE]
+    if off:
+        log.warning("Open-Sora-Plan v1.3 was trained on sides that are multiples of %d; %s is not (nearest: %s)",
+                    OSP_V1_3_TRAINED_SIDE_MULTIPLE, " and ".join(off),
+                    ", ".join(_nearest_multiples(v, OSP_V1_3_TRAINED_SIDE_MULTIPLE) for v in (height, width)
+                              if v % OSP_V1_3_TRAINED_SIDE_MULTIPLE))
+
+
 def osp_v1_3_latent_size(num_frames: int, height: int, width: int) -> tuple[int, int, int]:
     """(T, H, W) of the v1.3 latent after :func:`check_osp_v1_3_size` (``prepare_latents``)."""
     check_osp_v1_3_size(num_frames, height, width)
@@ -53,6 +70,7 @@ __all__ = [
     "OSP_V1_3_SIDE_MULTIPLE",
     "OSP_V1_3_TRAINED_SIDE_MULTIPLE",
     "OSP_V1_3_VAE",
+    "check_osp_v1_3_request",
     "check_osp_v1_3_size",
     "osp_v1_3_latent_size",
 ]

@@ -94,9 +94,34 @@ def image_size(resolution: str, aspect_ratio: str, *, training: bool = False,
     return table[aspect_ratio]
 
 
+def training_buckets(resolution: str) -> tuple[int, dict[str, tuple[int, int]]]:
+    """(pixel count, {"W:H": (height, width)}) of a training bucket resolution (the official bucket's
+    ``get_resolution_with_aspect_ratio``): the ``training=True`` sizes of :func:`aspect_ratio_sizes`."""
+    return resolution_pixels(resolution), aspect_ratio_sizes(resolution, training=True)
+
+
+def closest_aspect_ratio(height: float, width: float, ratios) -> str:
+    """The "W:H" key of ``ratios`` whose height/width is closest to the clip's (``get_closest_ratio``; ties
+    keep the first)."""
+    def height_over_width(name: str) -> float:
+        w, h = (float(v) for v in name.split(":"))
+        return h / w
+
+    return min(ratios, key=lambda name: abs(height / width - height_over_width(name)))
+
+
 def round_up_size(height: int, width: int) -> tuple[int, int]:
     """Height and width rounded up to multiples of 16 px (``sanitize_sampling_option``)."""
     return -(-int(height) // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-int(width) // SIZE_MULTIPLE) * SIZE_MULTIPLE
+
+
+def check_size(num_frames: int, height: int, width: int) -> None:
+    """The family's size check (``Family.check_size``): sides multiples of 16 px, which the official code would
+    round up to (:func:`round_up_size`); frame counts are the sampler's check (:func:`check_num_frames`)."""
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        up_h, up_w = round_up_size(height, width)
+        raise ValueError(f"Open-Sora 2.0 generates sizes in multiples of {SIZE_MULTIPLE} pixels, got {height}x{width} "
+                         f"(HxW); use {up_h}x{up_w} (the official code rounds up to it)")
 
 
 def sampling_size(resolution: str | None = None, aspect_ratio: str | None = None, height: int | None = None,
@@ -205,6 +230,8 @@ __all__ = [
     "RESOLUTIONS",
     "aspect_ratio_sizes",
     "check_num_frames",
+    "closest_aspect_ratio",
+    "check_size",
     "decoded_frames",
     "image_size",
     "latent_frames",
@@ -212,5 +239,6 @@ __all__ = [
     "resolution_pixels",
     "round_up_size",
     "sampling_size",
+    "training_buckets",
     "vae_latent_size",
 ]

@@ -1,5 +1,5 @@
-"""Loading weights files into models: diffusion transformers (:mod:`.dit`) and video VAEs (:mod:`.vae`; the
-Open-Sora-Plan VAEs in :mod:`.osp_vae` and the Hunyuan VAE in :mod:`.hunyuan_vae` until their families register).
+"""Loading weights files into models: diffusion transformers (:mod:`.dit`) and video VAEs (:mod:`.vae`, every
+registered VAE kind incl. the Open-Sora-Plan VAEs and the Open-Sora 2.0 Hunyuan VAE).
 
 Both read files with :mod:`opensora_core.checkpoints` (generic, safe IO), ask the family registry
 (:mod:`opensora_core.families`) what a file holds, build the model from its shapes and load it with the
@@ -7,8 +7,6 @@ one strict routine, ``checkpoints.load_into``. T5 files are loaded by :mod:`open
 """
 
 from .dit import LoadedModel, infer_dit_config, load_dit, load_dit_weights, model_family, read_dit_config
-from .hunyuan_vae import load_hunyuan_vae
-from .osp_vae import load_osp_vae
 from .vae import load_vae, read_state_dict
 
 __all__ = [
@@ -16,8 +14,6 @@ __all__ = [
     "infer_dit_config",
     "load_dit",
     "load_dit_weights",
-    "load_hunyuan_vae",
-    "load_osp_vae",
     "load_vae",
     "model_family",
     "read_dit_config",

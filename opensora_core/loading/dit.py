@@ -18,6 +18,7 @@ a renamed v1.0 ``.pth`` file) is an error that names the value and how to give i
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import Checkpoint, CheckpointError, Mismatch, StateDict, load_into, read_checkpoint, shape_of
-from ..families import Family, ModelKind, describe, detect, expect, families, family_of, fix_for, kinds
+from ..checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    Mismatch,
+    StateDict,
+    load_into,
+    model_state_entries,
+    read_checkpoint,
+    shape_of,
+)
+from ..families import Family, ModelKind, describe, detect, expect, family_of, fix_for, for_class, kinds
 from ..models import find_preset
+from ..models.fp8 import Fp8Operations, load_streaming, scale_keys
 
-# Values that decide the model's keys and shapes; loading cannot go on without them.
+log = logging.getLogger("opensora")
+
+# Values that decide the model's keys and shapes; loading cannot go on without them (a class may name its own,
+# ``REQUIRED_FIELDS``).
 REQUIRED_FIELDS = ("num_heads", "input_size")
 
 
@@ -106,7 +120,8 @@ def _plain(value):
 
 
 def _check_known(kind: ModelKind, config: dict, source: str) -> None:
-    unknown = [k for k in REQUIRED_FIELDS if k in config and config[k] is None]
+    required = getattr(kind.cls, "REQUIRED_FIELDS", REQUIRED_FIELDS)
+    unknown = [k for k in required if k in config and config[k] is None]
     if unknown:
         presets = ", ".join(kind.cls.PRESETS)
         raise CheckpointError(
@@ -124,20 +139,61 @@ def load_dit(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     config_overrides: dict | None = None,
+    fp8: bool = False,
+    operations=nn,
 ) -> LoadedModel:
-    """Read, detect, build and strictly load a diffusion transformer of any registered family."""
+    """Read, detect, build and strictly load a diffusion transformer of any registered family.
+
+    ``fp8``: store the Linear weights as float8 e4m3fn with a per-layer scale and compute in ``dtype``
+    (:mod:`opensora_core.models.fp8`; for model kinds that declare ``fp8_weights``); a high-precision file is
+    quantised while it loads. A file of fp8 weights with their scales (a kind with ``stores_fp8``) always
+    loads that way. A model whose every entry is in the file is built on the meta device and takes the
+    file's tensors, so the weights are held once and never in float32 on the way.
+    ``operations`` builds the Linear/Conv layers of a high-precision model (default :mod:`torch.nn`; a ComfyUI
+    ``comfy.ops`` class for the native MODEL, whose layers cast their weights where used when partially loaded).
+    """
     ckpt = read_checkpoint(path, device="cpu")
     kind, config = read_dit_config(ckpt, class_name=class_name, preset=preset, overrides=config_overrides)
-    with torch.device(device):
-        model = kind.cls.from_official_config(config).to(dtype=dtype)
-    load_dit_weights(model, ckpt.state_dict, source=str(ckpt.path))
+    source = str(ckpt.path)
+    if kind.stores_fp8 and not fp8:
+        log.info("%s holds fp8 weights with their scales: loaded as fp8 weights computing in %s", source, dtype)
+    fp8 = fp8 or kind.stores_fp8
+    if fp8 and not kind.fp8_weights:
+        raise CheckpointError(f"{source}: fp8 weights are not available for {describe(kind)}; load it in bf16/fp16")
+    if fp8 and operations is not nn:
+        raise ValueError("fp8 weights bring their own layers: load with operations=torch.nn, or without fp8")
+    model = _build(kind, config, dtype=dtype, device=device, fp8=fp8, operations=operations)
+    if fp8:
+        load_streaming(model, ckpt.state_dict, source=source)
+    else:
+        load_dit_weights(model, ckpt.state_dict, source=source)
+    model = model.to(device=device, dtype=dtype) if not fp8 else model
     model.eval().requires_grad_(False)
     return LoadedModel(model, kind.class_name, config, find_preset(kind.class_name, config), ckpt.path)
 
 
+def _build(kind: ModelKind, config: dict, *, dtype: torch.dtype, device, fp8: bool, operations=nn) -> nn.Module:
+    """The model to load into: fp8 layers on ``device``; on the meta device when the file gives every entry
+    (no optional keys, no tables the model computes); else built on ``device`` and cast."""
+    if fp8:
+        with torch.device(device):
+            return kind.cls.from_official_config(config, dtype=dtype, operations=Fp8Operations)
+    if not kind.cls.OPTIONAL_KEYS:
+        with torch.device("meta"):
+            model = kind.cls.from_official_config(config, dtype=dtype, operations=operations)
+        if len(model_state_entries(model)) == len([*model.parameters(), *model.buffers()]):
+            return model
+    with torch.device(device):
+        return kind.cls.from_official_config(config, operations=operations).to(dtype=dtype)
+
+
 def load_dit_weights(model: nn.Module, state_dict: StateDict, *, source: str = "checkpoint") -> None:
-    """Strict load into a built diffusion model; a mismatch names its likely cause."""
+    """Strict load into a built diffusion model (one with fp8 layers quantises on the way); a mismatch names
+    its likely cause."""
     kind = family_of(model).model
+    if scale_keys(model):
+        load_streaming(model, state_dict, source=source)
+        return
     load_into(model, state_dict, source=source, optional=kind.cls.OPTIONAL_KEYS, hint=_hint(state_dict, kind))
 
 
@@ -161,7 +217,7 @@ def model_family(path: str | os.PathLike) -> Family:
     """The family of a diffusion-model file, from its header (no weights are loaded)."""
     ckpt = read_checkpoint(path)
     kind = expect(ckpt.state_dict, dit_kinds(), str(ckpt.path), class_name=ckpt.class_name).kind
-    return next(f for f in families() if f.model is kind)
+    return for_class(kind.class_name)
 
 
 __all__ = [

@@ -1,12 +1,15 @@
 """Loading a video VAE from a file or state dict: detect the kind and layout, build, load strictly.
 
-``load_vae`` accepts every registered VAE kind (``opensora_core.families``): today the Open-Sora VAE
-v1.2 (``hpcai-tech/OpenSora-VAE-v1.2`` ``model.safetensors``) and raw SD-VAE files in the diffusers
-(incl. legacy attention names) or LDM / ComfyUI layout, with prefixes such as ``first_stage_model.``,
-``vae.`` or ``module.``. An SD-VAE becomes the per-frame v1.0/v1.1 wrapper (``VideoAutoencoderKL``).
-Each kind's ``build`` reads the architecture from the tensor shapes (:mod:`opensora_core.vae.shapes`);
-only the GroupNorm group count cannot be read, and defaults to the released 32 unless the file's saved
-config says otherwise.
+``load_vae`` accepts every registered VAE kind (``opensora_core.families``): the Open-Sora VAE v1.2
+(``hpcai-tech/OpenSora-VAE-v1.2`` ``model.safetensors``), raw SD-VAE files in the diffusers (incl. legacy
+attention names) or LDM / ComfyUI layout, with prefixes such as ``first_stage_model.``, ``vae.`` or
+``module.`` (an SD-VAE becomes the per-frame v1.0/v1.1 wrapper, ``VideoAutoencoderKL``), and the
+Open-Sora-Plan CausalVideoVAE v1.0-v1.2 and WF-VAE v1.3 (files or released folders with ``config.json``;
+:class:`~opensora_core.vae.osp.OpenSoraPlanVAE`). Each kind's ``build`` gets the state dict and the config
+saved with it: the Open-Sora VAEs read their architecture from the tensor shapes
+(:mod:`opensora_core.vae.shapes`; only the GroupNorm group count cannot be read, and defaults to the
+released 32 unless the saved config says otherwise), the Open-Sora-Plan VAEs from the saved config, else
+their release preset (:func:`opensora_core.vae.osp.release_build`).
 """
 
 from __future__ import annotations
@@ -46,14 +49,15 @@ def load_vae(
     ``checkpoints.save_checkpoint(..., config={"norm_num_groups": n})`` carries it).
     """
     source = "state dict" if isinstance(state_dict_or_path, Mapping) else str(state_dict_or_path)
+    saved: dict = {}
     if isinstance(state_dict_or_path, Mapping):
         state_dict = state_dict_or_path
     else:
         state_dict, saved = read_state_dict(state_dict_or_path)
-        norm_num_groups = saved.get("norm_num_groups", norm_num_groups)  # written by our trainer / tests
+        norm_num_groups = saved.pop("norm_num_groups", norm_num_groups)  # written by our trainer / tests
     found = _expect_vae(state_dict, expect, source)
     state_dict = {k[len(found.prefix):]: v for k, v in state_dict.items() if k.startswith(found.prefix)}
-    model, target, state_dict = found.kind.build(state_dict, micro_batch_size, norm_num_groups)
+    model, target, state_dict = found.kind.build(state_dict, micro_batch_size, norm_num_groups, saved or None)
     load_into(target, state_dict, source=source, hint=_hint(state_dict, found.kind))
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -14,8 +14,12 @@ from ..model_args import multi_resolution_args
 from ..official_config import OfficialConstructors
 from ..text.caption import null_caption
 from .captions import Captions, caption_mask, packed_captions
+from .inplace import qk_statistics_bytes
 
-SAMPLING_LIVE_COPIES = 3  # copies of the widest activation alive at once (input, MLP hidden, output): an estimate
+# Token-wide tensors alive at a block's widest moment besides the MLP hidden layer (residual stream, its
+# modulated norm, the MLP output), and the attention's own (q, k, v, output, projection: 4 beyond the 3).
+SAMPLING_LIVE_WIDTHS = 3
+ATTENTION_WIDTHS = 4
 
 
 class STDiTBase(OfficialConstructors, nn.Module):
@@ -98,16 +102,35 @@ class STDiTBase(OfficialConstructors, nn.Module):
         """Video tokens per sample for a latent of ``latent_size`` (t, h, w): the patch grid, padded up."""
         return math.prod(self.x_embedder.grid(latent_size))
 
-    def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int]) -> int:
-        """Rough activation memory of one guided denoising step in bytes, for a memory manager to make room.
+    def forward_memory_bytes(self, samples: int, latent_size: tuple[int, int, int], *,
+                             backend_workspace: bool = True) -> int:
+        """Peak activation memory of one no-grad forward over ``samples`` latents of ``latent_size`` (t, h, w),
+        in bytes (ComfyUI's ``memory_required`` for the native MODEL).
 
-        The prompt and null-caption passes run as one batch of 2 x ``batch_size`` over every latent token;
-        the widest activation is the MLP's (hidden x mlp_ratio) next to the block input, and attention runs
-        through SDPA without materialising the scores. An estimate from the shapes, not calibrated on a GPU.
+        Without autograd the blocks update the residual stream in place, so the widest moments hold
+        ``3 + max(mlp_ratio, 4)`` token-wide tensors: the stream, its modulated norm, the MLP hidden layer and
+        its output; or the q, k, v, attention output and projection (SDPA keeps no score matrix). Beside them:
+        the caption features cast to the model dtype (held through the forward); the output comes after the
+        blocks have freed theirs (with the sampler's guided batch: the caption batch it concatenates per step).
+        ``backend_workspace`` adds what kernels allocate inside one op: with q/k RMS norm in a reduced-precision
+        dtype, the float32 copy the statistics read (:func:`.inplace.qk_statistics_bytes`). Calibrated for
+        STDiT3 against measured peaks of live tensors (``tests/test_memory_estimate.py``) and the process's
+        resident peak (``benchmarks/memory_calibration.py``).
         """
-        width = self.config.hidden_size * (1 + self.config.mlp_ratio)
+        tokens = samples * self.token_count(latent_size)
         element = torch.empty((), dtype=self.dtype).element_size()
-        return int(2 * batch_size * self.token_count(latent_size) * width * element * SAMPLING_LIVE_COPIES)
+        widths = SAMPLING_LIVE_WIDTHS + max(self.config.mlp_ratio, ATTENTION_WIDTHS)
+        activations = tokens * self.config.hidden_size * widths * element
+        captions = samples * math.prod(self.caption_shape) * element
+        statistics = qk_statistics_bytes(2 * tokens * self.config.hidden_size, self.dtype)
+        kernels = statistics if backend_workspace and getattr(self.config, "qk_norm", False) else 0
+        return int(activations + captions + kernels)
+
+    def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int], *,
+                              backend_workspace: bool = True) -> int:
+        """Peak activation memory of one guided denoising step in bytes, for a memory manager to make room: the
+        prompt and null-caption passes run as one batch of 2 x ``batch_size`` (:meth:`forward_memory_bytes`)."""
+        return self.forward_memory_bytes(2 * batch_size, latent_size, backend_workspace=backend_workspace)
 
     def encode_text(self, y: torch.Tensor, mask: torch.Tensor | None, batch: int) -> Captions:
         """Caption features (B, 1, L, C_cap) + token mask -> projected valid tokens per sample.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import fused
 from .layers import Mlp, attention
 from .tensors import cast_to, tile_rows
 
@@ -39,11 +40,11 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, captions: Captions) -> torch.Tensor:
         shape = x.shape  # (B, ..., C)
         B = shape[0]
-        q = self.q_linear(x).reshape(B, -1, self.num_heads, self.head_dim)  # (B, N, H, D)
-        kv = self.kv_linear(captions.tokens).reshape(B, -1, 2, self.num_heads, self.head_dim)  # (B, Lk, 2, H, D)
+        q = fused.linear(self.q_linear, x).reshape(B, -1, self.num_heads, self.head_dim)  # (B, N, H, D)
+        kv = fused.linear(self.kv_linear, captions.tokens).reshape(B, -1, 2, self.num_heads, self.head_dim)  # (B, Lk, 2, H, D)
         k, v = kv.unbind(2)  # (B, Lk, H, D)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), captions.key_mask)  # (B, H, N, D)
-        return self.proj(out.transpose(1, 2).reshape(shape))
+        return fused.linear(self.proj, out.transpose(1, 2).reshape(shape))
 
 
 class CaptionEmbedder(nn.Module):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def can_overwrite(*tensors: torch.Tensor) -> bool:
@@ -59,10 +60,40 @@ def gelu_tanh(h: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_(h, approximate="tanh") if can_overwrite(h) else F.gelu(h, approximate="tanh")
 
 
+# activation modules -> their functional form, which takes ``inplace=True``
+IN_PLACE_ACTIVATIONS = {nn.SiLU: F.silu, nn.ReLU: F.relu, nn.Mish: F.mish}
+
+
+def activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; without autograd ``x`` (a norm's output) is overwritten when ``act`` has an in-place form
+    (SiLU, ReLU, Mish, GELU). The same values either way; other activations run out of place."""
+    if not can_overwrite(x):
+        return act(x)
+    if isinstance(act, nn.GELU):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    functional = IN_PLACE_ACTIVATIONS.get(type(act))
+    return act(x) if functional is None else functional(x, inplace=True)
+
+
+STATISTICS_CHUNK = 1 << 22  # elements whose float32 statistics are taken at once (16 MiB)
+
+
+def qk_statistics_bytes(elements: int, dtype: torch.dtype) -> int:
+    """Bytes :func:`rms_normalise_` of ``elements`` values in ``dtype`` holds besides them: the float32 copy of
+    one chunk that a bf16/fp16 tensor's statistics read (none for float32)."""
+    return 0 if dtype == torch.float32 else min(elements, STATISTICS_CHUNK) * 4
+
+
 def rms_normalise_(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """In-place :func:`rms_normalise` (float32 statistics, no full-size temporary)."""
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # sqrt(sum x^2)
-    return x.mul_(torch.rsqrt(norm.square_().div_(x.shape[-1]).add_(eps)))
+    """In-place :func:`rms_normalise` of ``x`` (N, ..., D) (float32 statistics, no full-size temporary).
+
+    The statistics of a bf16/fp16 ``x`` read a float32 copy of it: they are taken a chunk of rows at a time
+    so that copy stays small (a whole q|k in float32 was the largest transient of a bf16 step).
+    """
+    for part in x.split(max(1, STATISTICS_CHUNK // max(1, x[0].numel()))):
+        norm = torch.linalg.vector_norm(part, dim=-1, keepdim=True, dtype=torch.float32)  # sqrt(sum x^2)
+        part.mul_(torch.rsqrt(norm.square_().div_(x.shape[-1]).add_(eps)))
+    return x
 
 
 def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import inplace
+from . import fused, inplace
 from .positions import FREQUENCY_EMBEDDING_SIZE, apply_rope, timestep_sinusoid
 from .tensors import cast_to, layer_norm, tile_rows
 
@@ -84,6 +84,9 @@ def attention(
 class Attention(nn.Module):
     """Self-attention over the L axis of (B, G, L, C) tokens: fused qkv, optional q/k RMS norm and RoPE.
 
+    ``x`` may be a transposed view (a temporal block's (B, S, T, C) view of (B, T, S, C) tokens): it is
+    copied once so that the projection runs as one 2-D GEMM (:func:`.tensors.gemm_rows`, in :mod:`.fused`).
+
     Follows opensora/models/layers/blocks.py ``Attention`` (qkv output read as [3, heads, head_dim]).
     ``rope_before_norm`` reproduces v1.1, which rotated q/k before the RMS norm.
     """
@@ -109,7 +112,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, G, L, C = x.shape
-        qkv = self.qkv(x).reshape(B * G, L, 3, self.num_heads, self.head_dim)  # (BG, L, 3, H, D)
+        qkv = fused.linear(self.qkv, x).reshape(B * G, L, 3, self.num_heads, self.head_dim)  # (BG, L, 3, H, D)
         if inplace.can_overwrite(qkv):
             gains, eps = None, RMS_NORM_EPS
             if self.q_norm is not None:
@@ -122,7 +125,7 @@ class Attention(nn.Module):
             q, k = self._norm_and_rotate(q, k, rope)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (BG, H, L, D)
         out = out.transpose(1, 2).reshape(B, G, L, C)  # (B, G, L, C)
-        return self.proj(out)
+        return fused.linear(self.proj, out)
 
     def _norm_and_rotate(self, q, k, rope):
         """q, k (BG, L, H, D) -> RMS-normed and rotated copies (autograd path, official op order)."""
@@ -152,9 +155,8 @@ class Mlp(nn.Module):
         self.fc2 = operations.Linear(hidden_features, out_features, bias=True, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        h = inplace.gelu_tanh(h)
-        return self.fc2(h)
+        h = fused.linear_gelu(self.fc1, x)  # (..., hidden)
+        return fused.linear(self.fc2, h)
 
 
 class PatchEmbed3D(nn.Module):
@@ -274,7 +276,7 @@ class FinalLayer(nn.Module):
             shift0, scale0 = (table[None] + t0[:, None])[:, :, None, None].unbind(1)
             h0 = inplace.modulate(layer_norm(h), shift0, scale0)
             h = torch.where(frame_mask[:, :, None, None], h, h0)
-        return self.linear(h)
+        return fused.linear(self.linear, h)
 
 
 def unpatchify(

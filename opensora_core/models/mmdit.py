@@ -14,8 +14,9 @@ kwargs with ``build_model("MMDiTModel", config)``; works under ``with torch.devi
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -23,8 +24,12 @@ from einops import rearrange
 from torch import nn
 
 from ..official_config import OfficialConstructors
+from ..text.t5 import T5_V2_0
+from .block_swap import in_flight_bytes
+from .fp8 import Fp8Linear
 from .inplace import add
 from .layers import run_block
+from .mmdit_activations import MemorySetting, activation_bytes, input_bytes
 from .mmdit_layers import (
     TIMESTEP_DIM,
     DoubleStreamBlock,
@@ -208,6 +213,11 @@ class MMDiTModel(OfficialConstructors, nn.Module):
         "depth_single_blocks", "axes_dim", "theta", "qkv_bias", "guidance_embed", "cond_embed", "fused_qkv",
         "use_liger_rope", "patch_size",
     )
+    # What the loader needs (opensora_core.loading.dit): every entry is in the released file, and the values no
+    # tensor shows come from the presets or the file's saved config.
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ()
+    UNREADABLE_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    REQUIRED_FIELDS: ClassVar[tuple[str, ...]] = ("axes_dim", "theta", "use_liger_rope")
 
     def __init__(self, config: MMDiTConfig, *, device=None, dtype=None, operations=nn) -> None:
         super().__init__()
@@ -217,6 +227,9 @@ class MMDiTModel(OfficialConstructors, nn.Module):
         self.patch_size = cfg.patch_size
         self.gradient_checkpointing = False
         self.compute_dtype: torch.dtype | None = None
+        # the three guidance passes as one call of 3B rows (official) or three calls of B rows (a third of the
+        # activation memory, the same result up to rounding); read by the sampler through model_args
+        self.batch_passes = True
 
         self.pe_embedder = EmbedND(cfg.head_dim, cfg.theta, cfg.axes_dim, rotate_half=cfg.use_liger_rope)
         self.img_in = operations.Linear(cfg.in_channels, dim, bias=True, device=device, dtype=dtype)
@@ -249,6 +262,34 @@ class MMDiTModel(OfficialConstructors, nn.Module):
         if config.get("type", "flux") != "flux":
             raise ValueError(f"MMDiTModel: config type {config['type']!r} is not the MMDiT ('flux')")
         return super().config_from_kwargs(config)
+
+    @classmethod
+    def config_from_shapes(cls, keys: Collection[str], shape: Callable[[str], tuple[int, ...]]) -> dict[str, Any]:
+        """Official kwargs a state dict's keys and shapes tell; ``None`` for the RoPE settings (``axes_dim``,
+        ``theta``, ``use_liger_rope``), which no tensor shows (the released preset or a saved config gives them)."""
+        hidden, in_channels = shape("img_in.weight")
+        norm = next(k for k in ("double_blocks.0.img_attn.norm.query_norm.scale", "single_blocks.0.norm.query_norm.scale")
+                    if k in keys)
+        fused = "double_blocks.0.img_attn.qkv.weight" in keys or "single_blocks.0.linear1.weight" in keys
+        cond = shape("cond_in.weight")[1] if "cond_in.weight" in keys else None
+        return {
+            "in_channels": in_channels,
+            "vec_in_dim": shape("vector_in.in_layer.weight")[1],
+            "context_in_dim": shape("txt_in.weight")[1],
+            "hidden_size": hidden,
+            "mlp_ratio": _mlp_ratio(keys, shape, hidden),
+            "num_heads": hidden // shape(norm)[0],
+            "depth": _count(keys, "double_blocks."),
+            "depth_single_blocks": _count(keys, "single_blocks."),
+            "axes_dim": None,
+            "theta": None,
+            "qkv_bias": any(k.endswith(("img_attn.q_proj.bias", "img_attn.qkv.bias")) for k in keys),
+            "guidance_embed": "guidance_in.in_layer.weight" in keys,
+            "cond_embed": cond is not None,
+            "fused_qkv": fused,
+            "use_liger_rope": None,
+            "patch_size": None if cond is None else math.isqrt(cond - in_channels),
+        }
 
     @property
     def dtype(self) -> torch.dtype:
@@ -302,6 +343,52 @@ class MMDiTModel(OfficialConstructors, nn.Module):
         return x, self.txt_in(txt.to(dtype)), vec, pe
 
     # ----------------------------------------------------------------------------------------------
+    # What a sampling pipeline asks the model (opensora_core.pipeline)
+    # ----------------------------------------------------------------------------------------------
+
+    @property
+    def caption_shape(self) -> tuple[int | None, int]:
+        """(tokens, channels) of the T5 states the model takes: any number of tokens (no mask, no learned
+        caption table; the release encodes 512), ``context_in_dim`` channels."""
+        return None, self.config.context_in_dim
+
+    def null_caption(self, batch: int) -> torch.Tensor:
+        raise ValueError("the Open-Sora 2.0 MMDiT has no learned null caption: it guides against an encoded "
+                         "negative prompt (official: the empty prompt), which the caption must carry")
+
+    def model_args(self, batch: int, height: int, width: int, num_frames: int, fps: float, *,
+                   device: torch.device | str | None = None) -> dict[str, Any]:
+        """What the three-pass denoiser reads besides the text: the patch size and :attr:`batch_passes` (the
+        model takes no size or fps arguments; the frame rate is part of the prompt)."""
+        return {"patch_size": self.patch_size, "batch_passes": self.batch_passes}
+
+    def token_count(self, latent_size: tuple[int, int, int]) -> int:
+        """Image tokens per sample for a latent (t, h, w): one per patch."""
+        t, h, w = latent_size
+        return t * (h // self.patch_size) * (w // self.patch_size)
+
+    def forward_memory_bytes(self, samples: int, latent_size: tuple[int, int, int]) -> int:
+        """Working memory of one forward over ``samples`` rows of a latent (t, h, w), from shapes
+        (:mod:`.mmdit_activations`): activations and model inputs with the released 512 text tokens, no sampler
+        latents (ComfyUI's ``memory_required`` for the native MODEL, whose sampler holds its own)."""
+        setting = MemorySetting(dtype=self.dtype, fp8=isinstance(self.img_in, Fp8Linear))
+        tokens, text = self.token_count(latent_size), T5_V2_0.max_length
+        return activation_bytes(self.config, samples, tokens, text, setting) + input_bytes(
+            self.config, samples, tokens, text, 0, setting)
+
+    def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int]) -> int:
+        """Working memory of one sampling step on the compute device, from shapes (:mod:`.mmdit_activations`):
+        the activations of one model call (3 x batch rows, or batch rows without :attr:`batch_passes`) with the
+        released 512 text tokens, the model inputs and the sampler's latents, and with block swap the swapped
+        block in flight. Weights kept on the device are not included."""
+        setting = MemorySetting(dtype=self.dtype, fp8=isinstance(self.img_in, Fp8Linear),
+                                batch_passes=self.batch_passes)
+        rows = batch_size * (setting.passes if self.batch_passes else 1)
+        tokens, text = self.token_count(latent_size), T5_V2_0.max_length
+        working = activation_bytes(self.config, rows, tokens, text, setting)
+        return working + input_bytes(self.config, rows, tokens, text, batch_size, setting) + in_flight_bytes(self)
+
+    # ----------------------------------------------------------------------------------------------
     # initialisation
     # ----------------------------------------------------------------------------------------------
 
@@ -310,6 +397,21 @@ class MMDiTModel(OfficialConstructors, nn.Module):
         if self.config.cond_embed:
             nn.init.zeros_(self.cond_in.weight)
             nn.init.zeros_(self.cond_in.bias)
+
+
+def _count(keys: Collection[str], prefix: str) -> int:
+    """Numbered children under ``prefix`` (max index + 1; 0 when there is none)."""
+    indices = [int(k[len(prefix):].split(".", 1)[0]) for k in keys if k.startswith(prefix)]
+    return max(indices) + 1 if indices else 0
+
+
+def _mlp_ratio(keys: Collection[str], shape, hidden: int) -> float:
+    if "double_blocks.0.img_mlp.0.weight" in keys:
+        return shape("double_blocks.0.img_mlp.0.weight")[0] / hidden
+    widths = shape("single_blocks.0.v_mlp.weight" if "single_blocks.0.v_mlp.weight" in keys
+                   else "single_blocks.0.linear1.weight")[0]
+    fused = "single_blocks.0.linear1.weight" in keys
+    return (widths - (3 if fused else 1) * hidden) / hidden
 
 
 def _per_sample(value, like: torch.Tensor, name: str) -> torch.Tensor:

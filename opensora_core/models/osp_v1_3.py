@@ -15,13 +15,16 @@ everywhere, and the output is float32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..official_config import OfficialConstructors
+from ..text.t5 import MT5_V1_3
 from .inplace import modulate, residual
 from .layers import run_block
 from .tensors import layer_norm, scalar_per_sample
@@ -41,6 +44,8 @@ from .osp_layers import (
 
 # Official factory/training arguments that change no weight and no maths.
 IGNORED_KEYS = {"skip_connection": "popped by the OpenSoraT2V_v1_3_2B_122 factory"}
+SAMPLING_LIVE_COPIES = 3  # copies of the widest activation alive at once (block input, MLP hidden, output): an estimate
+FF_MULT = 4  # diffusers FeedForward inner width = 4 x hidden
 
 
 # ==================================================================================================
@@ -188,6 +193,15 @@ class OpenSoraT2V_v1_3(OfficialConstructors, nn.Module):  # noqa: N801 (official
         "norm_elementwise_affine", "caption_channels", "interpolation_scale_h", "interpolation_scale_w",
         "interpolation_scale_t", "sparse1d", "sparse_n",
     )
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ()
+    # what loading.dit needs known before it builds the model (the head count and width no shape tells apart)
+    REQUIRED_FIELDS: ClassVar[tuple[str, ...]] = ("num_attention_heads", "attention_head_dim")
+    # values no tensor shows, as the release sets them (factory OpenSoraT2V_v1_3_2B_122, train_t2v_v1_3.sh)
+    UNREADABLE_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "dropout": 0.0, "sparse1d": True, "sparse_n": 4, "activation_fn": "gelu-approximate", "norm_eps": 1e-6,
+        "interpolation_scale_h": 1.0, "interpolation_scale_w": 1.0, "interpolation_scale_t": 1.0,
+        "upcast_attention": False, "only_cross_attention": False, "double_self_attention": False,
+    }
 
     def __init__(self, config: OpenSoraT2VConfig, *, device=None, dtype=None, operations=nn) -> None:
         super().__init__()
@@ -223,6 +237,66 @@ class OpenSoraT2V_v1_3(OfficialConstructors, nn.Module):  # noqa: N801 (official
     def attention_pattern(self) -> list[Skiparse | None]:
         """Per layer: None (full 3D attention) or its :class:`~.osp_layers.Skiparse` grouping."""
         return [block.sparse for block in self.transformer_blocks]
+
+    # ----------------------------------------------------------------------------------------------
+    # loading: what a state dict tells (see opensora_core.loading.dit)
+    # ----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def config_from_shapes(cls, keys: Collection[str], shape: Callable[[str], tuple[int, ...]]) -> dict[str, Any]:
+        """Official kwargs the keys and shapes tell; ``None`` for the rest (the head split of the hidden width,
+        the sparsity, the exact GELU, the position scales: the file's config.json or a preset gives them)."""
+        hidden, in_channels, patch, _ = shape("pos_embed.proj.weight")
+        out = shape("proj_out.weight")[0] // (patch * patch)
+        config: dict[str, Any] = {f.name: None for f in fields(cls.CONFIG)}
+        config.update(
+            in_channels=in_channels, out_channels=out, patch_size=patch, patch_size_t=1,
+            num_layers=1 + max(int(k.split(".")[1]) for k in keys if k.startswith("transformer_blocks.")),
+            cross_attention_dim=hidden, caption_channels=shape("caption_projection.linear_1.weight")[1],
+            attention_bias="transformer_blocks.0.attn1.to_q.bias" in keys,
+            norm_elementwise_affine="transformer_blocks.0.norm1.weight" in keys,
+            sample_size_h=None, sample_size_w=None, sample_size_t=None,
+        )
+        if shape("transformer_blocks.0.ff.net.0.proj.weight")[0] == 2 * FF_MULT * hidden:
+            config["activation_fn"] = "geglu"  # a gated projection is twice as wide
+        return config
+
+    # ----------------------------------------------------------------------------------------------
+    # what a sampling pipeline asks the model (docs/architecture.md, "The model interface")
+    # ----------------------------------------------------------------------------------------------
+
+    @property
+    def caption_shape(self) -> tuple[int, int]:
+        """(L, C): the mT5 tokens of the release (``max_sequence_length`` 512) and the caption channels. The
+        transformer itself takes any L; the text encoder pads to this one."""
+        return MT5_V1_3.max_length, self.config.caption_channels
+
+    def null_caption(self, batch: int) -> torch.Tensor:
+        """There is none: v1.3 guides against an encoded negative prompt (the family's
+        ``Defaults.negative_prompt``)."""
+        raise ValueError(
+            f"{self.OFFICIAL_NAME} has no learned null caption: classifier-free guidance uses an encoded negative "
+            "prompt; give one (the release's is the default of generate() and the Text Encode node)"
+        )
+
+    def model_args(self, batch: int, height: int, width: int, num_frames: int, fps: float, *,
+                   device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """No size or fps arguments: positions enter through RoPE only."""
+        return {}
+
+    def token_count(self, latent_size: tuple[int, int, int]) -> int:
+        """Video tokens per sample for a latent of ``latent_size`` (t, h, w): the 1x2x2 patch grid."""
+        t, h, w = latent_size
+        p = self.config.patch_size
+        return t * math.ceil(h / p) * math.ceil(w / p)
+
+    def sampling_memory_bytes(self, batch_size: int, latent_size: tuple[int, int, int]) -> int:
+        """Rough activation memory of one guided step (negative and positive prompt in one batch of
+        2 x ``batch_size``): the feed-forward's widest activation next to the block input, attention through
+        SDPA without materialising the scores. An estimate from the shapes, not calibrated on a GPU."""
+        width = self.config.hidden_size * (1 + FF_MULT)
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return int(2 * batch_size * self.token_count(latent_size) * width * element * SAMPLING_LIVE_COPIES)
 
     # ----------------------------------------------------------------------------------------------
     # forward
@@ -337,6 +411,11 @@ class OpenSoraInpaint_v1_3(OpenSoraT2V_v1_3):  # noqa: N801 (official class name
             [PatchEmbed2D(cfg.patch_size, cfg.vae_scale_factor_t, dim, **kw),
              operations.Linear(dim, dim, bias=False, device=device, dtype=dtype)]
         )
+
+    @classmethod
+    def config_from_shapes(cls, keys: Collection[str], shape: Callable[[str], tuple[int, ...]]) -> dict[str, Any]:
+        """The T2V kwargs plus ``vae_scale_factor_t`` (the mask channels of ``pos_embed_mask``)."""
+        return {**super().config_from_shapes(keys, shape), "vae_scale_factor_t": shape("pos_embed_mask.0.proj.weight")[1]}
 
     @property
     def condition_channels(self) -> int:

@@ -13,6 +13,21 @@ def cast_to(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return tensor.to(device=like.device, dtype=like.dtype)
 
 
+def gemm_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (..., C) as a Linear can read it in one 2-D GEMM: unchanged when its leading dims fold into one
+    row stride (torch's ``matmul`` rule), else a contiguous copy.
+
+    On a view that does not fold (a transposed or sliced token grid, an expanded batch) ``matmul`` runs a
+    batched GEMM instead whenever the weight records no gradient (a frozen model, autocast's cast copy,
+    bf16 weights), expanding the weight over the leading dims; in bf16 it materialises that
+    [rows/L, C_in, C_out] copy. One copy of the input costs far less.
+    """
+    sizes, strides = x.shape, x.stride()
+    if all(strides[i] == strides[i + 1] * sizes[i + 1] for i in range(x.dim() - 2)):
+        return x
+    return x.contiguous()
+
+
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
     """LayerNorm over the channels without affine parameters (eps 1e-6), as every STDiT norm."""
     return F.layer_norm(x, (x.shape[-1],), eps=LAYER_NORM_EPS)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..families import family_of
+from ..sampling import GeneratorNoise, NoiseSource
 from ..text.caption import Caption
 from .plan import GenerationPlan, GenerationSpec, check_memory, check_vae_fits, plan_generation
 from .stages import (
@@ -20,8 +21,9 @@ from .stages import (
     TextEncoder,
     check_caption_length,
     decode_clips,
+    decode_memory_bytes,
+    encode_conditions,
     encode_prompts,
-    encode_references,
     sample_clips,
 )
 
@@ -44,18 +46,23 @@ def generate(
     *,
     tiling=None,
     callback: Callable[[StepInfo], None] | None = None,
+    noise: NoiseSource | None = None,
 ) -> GenerationResult:
-    """Prompts -> decoded video. ``references``: (T, H, W, 3) frames (uint8 or 0..1), an image is T = 1."""
+    """Prompts -> decoded video. ``references``: (T, H, W, 3) frames (uint8 or 0..1), an image is T = 1.
+
+    ``noise``: every random draw (reference encodes, then per round the start noise and the sampler's
+    steps); default: a CPU generator seeded with ``spec.seed``.
+    """
     plan = _checked_plan(components, spec, references)
     if components.text_encoder is None:
         raise ValueError("generate() needs a text encoder; pass Components(text_encoder=...)")
     with components.placement.use(_module_of(components.text_encoder)):
         captions = _encode_rounds(components, plan, plan.round_prompts)
         negatives = None
-        if spec.negative_prompts is not None:
-            negatives = _encode_rounds(components, plan, [list(spec.negative_prompts)] * spec.loops)
-    clips = _sample_planned(components, plan, captions, references, negatives, tiling, callback)
-    with components.placement.use(components.vae):
+        if plan.negative_prompts is not None:  # the spec's, or the family's default negative prompt
+            negatives = _encode_rounds(components, plan, [plan.negative_prompts] * spec.loops)
+    clips = _sample_planned(components, plan, captions, references, negatives, tiling, callback, noise)
+    with components.placement.use(components.vae, decode_memory_bytes(components.vae, clips, tiling=tiling)):
         frames = decode_clips(components.vae, clips, tiling=tiling)
     return GenerationResult(frames, plan.save_fps, clips, plan)
 
@@ -77,6 +84,7 @@ def sample_video(
     negatives: Sequence[Caption] | None = None,
     tiling=None,
     callback: Callable[[StepInfo], None] | None = None,
+    noise: NoiseSource | None = None,
 ) -> SampleResult:
     """Already encoded captions -> latent clips: :func:`generate` without text encoding and final decode.
 
@@ -94,7 +102,7 @@ def sample_video(
             check_caption_length(caption, components.model)
             if caption.batch_size != plan.batch_size:
                 raise ValueError(f"{name}: a caption holds {caption.batch_size} prompt(s) for {plan.batch_size} sample(s)")
-    clips = _sample_planned(components, plan, list(captions), references, negatives, tiling, callback)
+    clips = _sample_planned(components, plan, list(captions), references, negatives, tiling, callback, noise)
     return SampleResult(clips, plan)
 
 
@@ -109,12 +117,12 @@ def _checked_plan(components: Components, spec: GenerationSpec, references: Sequ
 
 
 
-def _sample_planned(components, plan, captions, references, negatives, tiling, callback) -> list[Clip]:
-    generator = torch.Generator().manual_seed(int(plan.spec.seed))
+def _sample_planned(components, plan, captions, references, negatives, tiling, callback, noise) -> list[Clip]:
+    noise = noise if noise is not None else GeneratorNoise.from_seed(int(plan.spec.seed))
     with components.placement.use(components.vae):
-        ref_latents = encode_references(components.vae, references, plan.spec.height, plan.spec.width, generator)
+        conditions = encode_conditions(components.vae, plan, references, noise)
     return sample_clips(
-        components, plan, captions, ref_latents, generator, negatives=negatives, tiling=tiling, callback=callback
+        components, plan, captions, conditions, noise, negatives=negatives, tiling=tiling, callback=callback
     )
 
 

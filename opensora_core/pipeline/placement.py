@@ -9,6 +9,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..models.block_swap import block_swap_of
+
 
 class Placement(Protocol):
     """Moves a module to its compute device for a stage and back (ComfyUI's memory manager in the nodes)."""
@@ -33,3 +35,25 @@ def device_of(module: nn.Module) -> torch.device:
     tensor = next(module.parameters(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
 
+
+
+class Offload:
+    """Each module on ``device`` only while a stage uses it, then back on the CPU (the command line on a GPU:
+    T5 and CLIP are released before sampling, the model before the decode). A model with block swap
+    (:func:`~opensora_core.models.block_swap.enable_block_swap`) is left as the swap placed it."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+
+    @contextlib.contextmanager
+    def use(self, module: nn.Module, working_memory: int = 0) -> Iterator[torch.device]:
+        if block_swap_of(module) is not None or self.device.type == "cpu":
+            yield self.device
+            return
+        module.to(self.device)
+        try:
+            yield self.device
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -28,9 +28,10 @@ from ..conditioning import (
     extension_total_frames,
     parse_mask_strategy,
 )
-from ..families import Family, families
+from ..families import Family, PromptSettings, families
 from ..geometry import LatentGeometry, check_frame_count
-from ..text.prompts import loop_prompt_text, loop_segments, prepare_prompt
+from ..models.block_swap import resident_bytes
+from ..text.prompts import apply_template, loop_prompt_text, loop_segments
 
 log = logging.getLogger("opensora")
 
@@ -72,11 +73,20 @@ class GenerationSpec:
     condition_frame_edit: float = 0.0
     align: int | None = None  # snap strategy starts to multiples of this (v1.2 sample config: 5)
     aesthetic_score: float | None | Literal["auto"] = "auto"  # "auto": 6.5 for v1.2, none before
-    motion_score: float | None = None
+    motion_score: float | str | None = "auto"  # "auto": the family default (2.0: 4; v1.x: none)
     camera_motion: str | None = None
-    clean_prompts: bool = True
-    negative_prompts: list[str] | None = None  # None: the model's learned null caption (official)
+    clean_prompts: bool = True  # Open-Sora's caption cleaning, where the family preprocesses prompts
+    # one for all samples or one per sample; None: the family's default (Defaults.negative_prompt: Open-Sora-Plan's
+    # release negative prompt, 2.0's empty prompt; v1.x: the model's learned null caption), as the official scripts
+    negative_prompts: list[str] | None = None
+    # "auto": the family's (Defaults.prompt_template: Open-Sora-Plan's), None: none, or a template with one "{}"
+    prompt_template: str | None | Literal["auto"] = "auto"
     save_fps: float | None = None  # None: fps / frame_interval of the family
+    # Options of some families only (None: the family default; refused for a family that does not take them,
+    # see Defaults): 2.0 image guidance scale, guidance oscillation and condition type.
+    image_cfg_scale: float | None = None
+    oscillation: bool | None = None
+    condition_type: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):
@@ -96,11 +106,13 @@ class GenerationPlan:
     fps: float  # the spec's, else the family default
     cfg_scale: float
     steps: int
-    condition_frames: int
-    round_prompts: list[list[str]]  # [round][sample] final text given to T5
+    condition_frames: int | None  # None: the family has no loop mode
+    round_prompts: list[list[str]]  # [round][sample] final text given to the text encoder
     placements: list[list[PlacedGroup]]  # per sample, placed once: user groups, then one continuation per later round
     reference_frames: list[int]  # pixel frames of each user reference
     drop_frames: int  # pixel frames each later clip drops when joined
+    negative_prompts: list[str] | None = None  # per sample, encoded for guidance (None: the model's null caption)
+    denoiser_options: dict = field(default_factory=dict)  # family options for the sampler's denoiser
 
     @property
     def batch_size(self) -> int:
@@ -159,28 +171,82 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
     _check_prompts(spec)
     latent_size = family.geometry.latent_size(spec.num_frames, spec.height, spec.width)
     condition = _given_or(spec.condition_frame_length, family.defaults.condition_frame_length)
+    if spec.loops > 1 and condition is None:
+        raise ValueError(f"{family.model.class_name} ({family.title}) has no loop (extension) mode: loops must be 1, "
+                         f"got {spec.loops}")
     drop = extension_drop_frames(condition, spec.num_frames, family.geometry) if spec.loops > 1 else 0
-    placements = _plan_placements(family, spec, list(reference_frames), condition)
+    conditioning_options = family_options(family, spec, CONDITIONING_OPTIONS)
+    placements = _plan_placements(family, spec, list(reference_frames), condition, conditioning_options)
+    fps = _given_or(spec.fps, family.defaults.fps)
     plan = GenerationPlan(
         spec=spec,
         family=family,
         latent_size=latent_size,
-        fps=_given_or(spec.fps, family.defaults.fps),
+        fps=fps,
         cfg_scale=_given_or(spec.cfg_scale, family.defaults.cfg_scale),
         steps=_given_or(spec.steps, family.defaults.steps),
         condition_frames=condition,
-        round_prompts=[_round_prompts(family, spec, i) for i in range(spec.loops)],
+        round_prompts=[_round_prompts(family, spec, i, fps) for i in range(spec.loops)],
         placements=placements,
         reference_frames=list(reference_frames),
         drop_frames=drop,
+        negative_prompts=_negative_prompts(family, spec),
+        denoiser_options=family_options(family, spec, DENOISER_OPTIONS),
     )
     check_memory(plan)
     return plan
 
 
+def place_references(family: Family, strategy: Strategy, *, height: int, width: int, num_frames: int,
+                     reference_frames: Sequence[int], condition_type: str | None = None) -> list[PlacedGroup]:
+    """One clip's reference placements (no loop rounds), checked as :func:`plan_generation` checks them; for
+    a sampler outside the pipeline (ComfyUI's, on the native MODEL), which needs only the latent and its mask
+    (Open-Sora 2.0: the condition). ``condition_type``: the family option of that name (2.0: i2v_head, ...)."""
+    spec = GenerationSpec(prompts=["(references only)"], height=height, width=width, num_frames=num_frames,
+                          mask_strategy=strategy, condition_type=condition_type)
+    _check_size(family, spec)
+    check_frame_count(num_frames)
+    if family.sampler.check_frames is not None:
+        family.sampler.check_frames(num_frames)
+    condition = family.defaults.condition_frame_length
+    options = family_options(family, spec, CONDITIONING_OPTIONS)
+    return _plan_placements(family, spec, list(reference_frames), condition, options)[0]
+
+
 def _given_or(value, default):
     """The request's value, else the family default; 0 is a value (checked), not "not given"."""
     return default if value is None else value
+
+
+# Request fields only some families take (``Defaults`` says which: None there = not taken), by the component that
+# receives them as keywords of the same name.
+DENOISER_OPTIONS = ("image_cfg_scale", "oscillation")  # -> family.sampler.denoiser(...)
+CONDITIONING_OPTIONS = ("condition_type",)  # -> family.conditioning.place(...)
+
+
+def family_options(family: Family, spec: GenerationSpec, names: Sequence[str]) -> dict:
+    """{name: the request's value, else the family default} for the options the family takes; a value given
+    for an option the family does not take is refused."""
+    options = {}
+    for name in names:
+        value, default = getattr(spec, name), getattr(family.defaults, name)
+        if default is None and value is not None:
+            raise ValueError(f"{name} is not an option of {family.title} ({family.model.class_name}); leave it out")
+        if default is not None:
+            options[name] = _given_or(value, default)
+    return options
+
+
+def _negative_prompts(family: Family, spec: GenerationSpec) -> list[str] | None:
+    """One negative prompt per sample: the spec's (one for all, or one per prompt), else the family's default
+    (``Defaults.negative_prompt``; None: the model's learned null caption)."""
+    if spec.negative_prompts is not None:
+        if len(spec.negative_prompts) not in (1, len(spec.prompts)):
+            raise ValueError(f"{len(spec.negative_prompts)} negative prompts for {len(spec.prompts)} prompts: give "
+                             "one, or one per prompt")
+        return list(spec.negative_prompts) * (len(spec.prompts) // len(spec.negative_prompts))
+    default = family.defaults.negative_prompt
+    return None if default is None else [default] * len(spec.prompts)
 
 
 
@@ -189,6 +255,8 @@ def _check_size(family: Family, spec: GenerationSpec) -> None:
     if spec.height < 2 * f or spec.width < 2 * f:
         raise ValueError(f"size {spec.height}x{spec.width} (HxW) is too small; use at least {2 * f}x{2 * f} pixels")
     family.geometry.check_output_hw(spec.height, spec.width)
+    if family.check_size is not None:
+        family.check_size(spec.num_frames, spec.height, spec.width)
     for name in ("fps", "save_fps"):
         value = getattr(spec, name)
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -216,6 +284,8 @@ def _check_sampling(family: Family, spec: GenerationSpec) -> None:
         value = getattr(spec, name)
         if isinstance(value, (int, float)) and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value}")
+    if spec.image_cfg_scale is not None and not (math.isfinite(spec.image_cfg_scale) and spec.image_cfg_scale >= 0):
+        raise ValueError(f"image_cfg_scale must be a finite number >= 0 (official 3.0), got {spec.image_cfg_scale}")
 
 
 def _check_steps(family: Family, steps: int | None) -> None:
@@ -245,7 +315,7 @@ def _strategies(spec: GenerationSpec) -> list[Strategy]:
 
 
 def _plan_placements(family: Family, spec: GenerationSpec, reference_frames: list[int],
-                     condition: int) -> list[list[PlacedGroup]]:
+                     condition: int | None, options: dict) -> list[list[PlacedGroup]]:
     """Per sample: its strategy parsed (when text), checked against the frame counts and placed, once."""
     per_sample = []
     for strategy in _strategies(spec):
@@ -256,25 +326,13 @@ def _plan_placements(family: Family, spec: GenerationSpec, reference_frames: lis
                 )
             per_sample.append([])
             continue
-        if reference_frames and _is_empty(strategy):
-            raise ValueError(
-                f"{len(reference_frames)} reference(s) given but the mask strategy is empty, so none would be used; "
-                "give a mask strategy (e.g. '0': reference 0 as the first frame) or leave the references out"
-            )
-        groups = _groups(strategy, family, spec, reference_frames)
         per_sample.append(family.conditioning.place(
-            groups, geometry=family.geometry, num_frames=spec.num_frames, reference_frames=reference_frames,
-            loops=spec.loops, condition_frames=condition, condition_edit=spec.condition_frame_edit, align=spec.align,
+            _typed(strategy, spec), geometry=family.geometry, num_frames=spec.num_frames,
+            reference_frames=reference_frames, loops=spec.loops, condition_frames=condition,
+            condition_edit=spec.condition_frame_edit, align=spec.align, **options,
         ))
     _warn_unused_references(per_sample, len(reference_frames))
     return per_sample
-
-
-def _is_empty(strategy: Strategy) -> bool:
-    """No group at all: empty text or an empty group list (a named task always places its references)."""
-    if isinstance(strategy, Task):
-        return False
-    return not (strategy.strip() if isinstance(strategy, str) else list(strategy))
 
 
 def _warn_unused_references(per_sample: list[list[PlacedGroup]], references: int) -> None:
@@ -285,20 +343,37 @@ def _warn_unused_references(per_sample: list[list[PlacedGroup]], references: int
 
 
 
-def _groups(strategy: Strategy, family: Family, spec: GenerationSpec, reference_frames: list[int]) -> list[MaskGroup]:
+def _typed(strategy: Strategy, spec: GenerationSpec) -> list[MaskGroup] | Task:
+    """Text parsed once into groups (units from ``pixel_positions``); groups and named tasks as they are (the
+    family's conditioning resolves a task with the clip length and the references)."""
     if isinstance(strategy, str):
         return parse_mask_strategy(strategy, PIXEL if spec.pixel_positions else LATENT)
-    if isinstance(strategy, Task):
-        return strategy.groups(geometry=family.geometry, num_frames=spec.num_frames, ref_num_frames=reference_frames)
-    return list(strategy)
+    return strategy if isinstance(strategy, Task) else list(strategy)
 
 
-def _round_prompts(family: Family, spec: GenerationSpec, round_index: int) -> list[str]:
-    aesthetic = family.defaults.aesthetic_score if spec.aesthetic_score == "auto" else spec.aesthetic_score
-    return [
-        prepare_prompt(loop_prompt_text(p, round_index), aesthetic, spec.motion_score, spec.camera_motion, clean=spec.clean_prompts)
-        for p in spec.prompts
-    ]
+def _round_prompts(family: Family, spec: GenerationSpec, round_index: int, fps: float) -> list[str]:
+    """Round ``round_index``'s text of every prompt as the family prepares it (``Family.prepare_prompt``: score
+    phrases, cleaning, frame rate), then wrapped in the prompt template (``Defaults.prompt_template``)."""
+    settings = _prompt_settings(family, spec, fps)
+    template = family.defaults.prompt_template if spec.prompt_template == "auto" else spec.prompt_template
+    return [apply_template(family.prepare_prompt(loop_prompt_text(p, round_index), settings), template)
+            for p in spec.prompts]
+
+
+def _prompt_settings(family: Family, spec: GenerationSpec, fps: float) -> PromptSettings:
+    """The request's score phrases resolved against the family defaults; a phrase the family was not trained
+    with (``Family.takes_phrase``) is refused."""
+    phrases = {
+        "aesthetic_score": family.defaults.aesthetic_score if spec.aesthetic_score == "auto" else spec.aesthetic_score,
+        "motion_score": family.defaults.motion_score if spec.motion_score == "auto" else spec.motion_score,
+        "camera_motion": spec.camera_motion,
+    }
+    refused = [name for name, value in phrases.items() if value is not None and not family.takes_phrase(name)]
+    if refused:
+        what = " or ".join(name.replace("_", " ") for name in refused)
+        raise ValueError(f"{', '.join(refused)}: {family.title} prompts take no {what} (the model was not trained "
+                         "with score phrases for them); leave them out")
+    return PromptSettings(fps=fps, clean=spec.clean_prompts, **phrases)
 
 
 # ---------------------------------------------------------------------------
@@ -342,3 +417,28 @@ def check_memory(plan: GenerationPlan, model: nn.Module | None = None) -> None:
                 f"needs about {size / 2**30:.1f} GiB but this machine has {available / 2**30:.1f} GiB; "
                 "lower height/width, num_frames or loops"
             )
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of a CUDA device; None for other devices (the CPU's RAM is :func:`check_memory`'s)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
+
+
+def check_device_memory(plan: GenerationPlan, model: nn.Module, device: torch.device | str) -> None:
+    """Refuse, before sampling, a request whose weights on ``device`` plus one step's working memory
+    (``model.sampling_memory_bytes``, a shape-based estimate) exceed the device's memory."""
+    total = device_memory_bytes(torch.device(device))
+    if total is None:
+        return
+    weights = resident_bytes(model)
+    working = model.sampling_memory_bytes(plan.batch_size, plan.latent_size)
+    if weights + working > total:
+        spec, gib = plan.spec, 2**30
+        raise ValueError(
+            f"{spec.num_frames} frames of {spec.height}x{spec.width} (batch {plan.batch_size}) cannot fit on {device}: "
+            f"about {(weights + working) / gib:.1f} GiB (weights on the device {weights / gib:.1f} GiB + one step "
+            f"{working / gib:.1f} GiB, an estimate from the shapes) of {total / gib:.1f} GiB; lower the size, the "
+            "frames or the batch, or keep fewer weights on the device (fp8 weights, block swap) where the model has them"
+        )

@@ -2,9 +2,11 @@
 rounds, decode and join the clips (:func:`opensora_core.pipeline.generate` chains them; the nodes call
 them one by one).
 
-Randomness comes from one CPU ``torch.Generator`` seeded with ``spec.seed`` (the same video on every
-device), drawn in the official order: reference encodes, then per round the start noise and the
-sampler's per-step draws.
+Randomness comes from one :class:`~opensora_core.sampling.NoiseSource` (by default a CPU ``torch.Generator``
+seeded with ``spec.seed``: the same video on every device), drawn in the official order: reference
+encodes, then per round the start noise (``Sampler.start_noise``: Open-Sora 2.0 draws it from its own
+seeded generator, as the official code) and the sampler's per-step draws. Recorded draws
+(:class:`~opensora_core.sampling.RecordedNoise`) replay a reference run.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .. import media
-from ..sampling import GeneratorNoise, ScheduleRequest
+from .. import conditioning, media
+from ..sampling import NoiseSource, ScheduleRequest
 from ..text.caption import Caption
-from ..vae import decode_with_fallback
+from ..vae import NoiseFn, decode_with_fallback
 from ..vae.posterior import gaussian_noise
 from .placement import Placement, StayPut
-from .plan import GenerationPlan
+from .plan import GenerationPlan, check_device_memory
 
 
 class TextEncoder(Protocol):
@@ -56,43 +58,52 @@ def encode_prompts(text_encoder: TextEncoder, prompts: list[str], model: nn.Modu
 
 
 def check_caption_length(caption: Caption, model: nn.Module) -> None:
-    """Raise unless ``caption`` has the model's caption length and width (``model.caption_shape``)."""
+    """Raise unless ``caption`` has the model's caption length (None: any) and width (``model.caption_shape``)."""
     length, channels = model.caption_shape
-    if caption.max_length != length:
+    if length is not None and caption.max_length != length:
         raise ValueError(
             f"the text encoder gives {caption.max_length} tokens but {type(model).__name__} expects {length} "
             f"(model_max_length); set the T5 max length to {length}"
         )
-    if caption.y.shape[-1] != channels:
+    if caption.channels != channels:
         raise ValueError(
-            f"the caption has {caption.y.shape[-1]} channels but {type(model).__name__} expects {channels} "
+            f"the caption has {caption.channels} channels but {type(model).__name__} expects {channels} "
             f"(caption_channels); use the T5 the model was trained with (T5-XXL: 4096)"
         )
 
 
 
+_DRAW_LIKE = torch.empty(0)  # draws are float32 on the CPU (a noise source's device), as the official CPU runs
+
+
+def posterior_noise(noise: NoiseSource) -> NoiseFn:
+    """The VAE posterior's ``NoiseFn`` drawing from ``noise`` (float32, the generator's stream)."""
+    return lambda stage, shape: noise.draw(shape, _DRAW_LIKE)
+
+
 def encode_references(
     vae: nn.Module, references: Sequence[torch.Tensor], height: int, width: int, generator: torch.Generator
 ) -> list[torch.Tensor]:
-    """Fit each reference (T, H, W, 3) to the requested size and encode it: (C, t, h, w) float32 latents.
-
-    As ``collect_references_batch`` + ``read_from_path(..., transform_name="resize_crop")``: images are
-    resized with bicubic and videos with bilinear filtering to cover ``height`` x ``width`` (the requested
-    size, e.g. 240x426, not the decoded 240x424), centre-cropped to it, and encoded one by one; the VAE
-    floors sizes that are not multiples of 8 and samples its posterior.
-    """
-    latents = []
-    for frames in references:
-        mode = "bicubic" if frames.shape[0] == 1 else "bilinear"
-        fitted = media.resize_cover_crop(frames, height, width, mode=mode)
-        x = media.to_model_range(fitted).unsqueeze(0)  # (1, 3, T, H, W)
-        latents.append(encode_video(vae, x, generator)[0])  # (C, t, h, w)
-    return latents
+    """Open-Sora's reference encode (:func:`opensora_core.conditioning.encode_references`) with posterior
+    draws from ``generator``: (C, t, h, w) float32 latents."""
+    return conditioning.encode_references(vae, references, height, width, gaussian_noise(generator))
 
 
-def encode_video(vae: nn.Module, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def encode_conditions(vae: nn.Module, plan: GenerationPlan, references: Sequence[torch.Tensor],
+                      noise: NoiseSource) -> list[list[torch.Tensor]]:
+    """Per sample, the references as the family's conditioning inserts them (``Conditioning.encode``: Open-Sora
+    latents, Open-Sora-Plan inpainting channels, Open-Sora 2.0 reference clips); none without a conditioning."""
+    family_conditioning, spec = plan.family.conditioning, plan.spec
+    if family_conditioning is None:
+        return [[] for _ in range(plan.batch_size)]
+    return family_conditioning.encode(vae, references, plan.placements, height=spec.height, width=spec.width,
+                                      num_frames=spec.num_frames, noise=posterior_noise(noise))
+
+
+def encode_video(vae: nn.Module, video: torch.Tensor, noise: torch.Generator | NoiseSource) -> torch.Tensor:
     """Encode (B, 3, T, H, W) in about [-1, 1] as it is, sampling the posterior: (B, C, t, h, w) float32."""
-    return vae.encode(video, noise=gaussian_noise(generator)).float()
+    draw = gaussian_noise(noise) if isinstance(noise, torch.Generator) else posterior_noise(noise)
+    return vae.encode(video, noise=draw).float()
 
 
 
@@ -102,7 +113,7 @@ def sample_clip(
     caption: Caption,
     z: torch.Tensor,
     mask: torch.Tensor | None,
-    noise: GeneratorNoise,
+    noise: NoiseSource,
     *,
     negative: Caption | None = None,
     callback: Callable[[dict], None] | None = None,
@@ -111,18 +122,13 @@ def sample_clip(
     sampler, spec = plan.family.sampler, plan.spec
     batch, device = z.shape[0], z.device
     args = model.model_args(batch, spec.height, spec.width, spec.num_frames, plan.fps, device=device)
-    y_null = negative.y if negative is not None else model.null_caption(batch)
+    text, y_null, null_mask = caption.guidance_inputs(negative, model, device)
     denoiser = sampler.denoiser(
-        model, _on(caption, device), y_null.to(device), args, scale=plan.cfg_scale, channels=sampler.guidance_channels,
-        null_mask=None if negative is None else negative.mask.to(device),
+        model, text, y_null, args, scale=plan.cfg_scale, channels=sampler.guidance_channels, null_mask=null_mask,
+        **plan.denoiser_options,
     )
     schedule = sampler.schedule(ScheduleRequest(plan.steps, spec.height, spec.width, spec.num_frames, model.dtype))
     return sampler.sample(denoiser, z, schedule, mask=mask, noise=noise, callback=callback)
-
-
-
-def _on(caption: Caption, device: torch.device) -> Caption:
-    return Caption(caption.y.to(device), caption.mask.to(device))
 
 
 
@@ -141,30 +147,32 @@ def sample_clips(
     components: Components,
     plan: GenerationPlan,
     captions: Sequence[Caption],
-    references: Sequence[torch.Tensor],
-    generator: torch.Generator,
+    references: Sequence[Sequence[torch.Tensor]],
+    noise: NoiseSource,
     *,
     negatives: Sequence[Caption | None] | None = None,
     tiling=None,
     callback: Callable[[StepInfo], None] | None = None,
 ) -> list[Clip]:
-    """Run every loop round; ``captions[i]`` is round i's caption, ``references`` the encoded user references."""
+    """Run every loop round; ``captions[i]`` is round i's caption, ``references[b]`` sample b's encoded
+    references (:func:`encode_conditions`)."""
     model, vae, place = components.model, components.vae, components.placement
     spec, clips = plan.spec, []
-    refs = [list(references) for _ in range(plan.batch_size)]  # per sample
-    noise = GeneratorNoise(generator)
+    refs = [list(sample) for sample in references]  # per sample; loop rounds append the previous clip
     for round_index in range(spec.loops):
         if round_index > 0:
             previous = clips[-1]
             with place.use(vae):  # append_generated: the decoded clip, not clamped, is encoded as it is
                 video = decode_video(vae, previous.latent, spec.num_frames, tiling=tiling)  # (B, 3, T, H, W)
                 previous.frames = frames_from_video(video)
-                again = encode_video(vae, video, generator)  # (B, C, t, h, w)
+                again = encode_video(vae, video, noise)  # (B, C, t, h, w)
             for b in range(plan.batch_size):
                 refs[b].append(again[b])
         working = model.sampling_memory_bytes(plan.batch_size, plan.latent_size)  # activations of one step
         with place.use(model, working) as device:
-            z = torch.randn((plan.batch_size, model.in_channels, *plan.latent_size), generator=generator).to(device)
+            check_device_memory(plan, model, device)
+            shape = (plan.batch_size, plan.geometry.latent_channels, *plan.latent_size)
+            z = plan.family.sampler.start_noise(shape, spec.seed, noise, model.dtype).to(device)
             z, mask = _insert_references(plan, z, refs, round_index, device)
             negative = negatives[round_index] if negatives else None
             step_cb = _round_callback(callback, round_index, plan)
@@ -214,6 +222,13 @@ def frames_from_video(video: torch.Tensor) -> torch.Tensor:
     """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) float32 frames in 0..1 (clamped) on the CPU."""
     return torch.stack([media.from_model_range(v) for v in video.float().cpu()])
 
+
+
+def decode_memory_bytes(vae: nn.Module, clips: Sequence[Clip], *, tiling=None) -> int:
+    """Working memory :func:`decode_clips` asks of the placement: the largest clip's decode (clips decode one
+    after another; a clip a later round already decoded needs none), from the VAE's own shape model."""
+    return max((vae.decode_memory_bytes(tuple(clip.latent.shape), clip.num_frames, tiling=tiling)
+                for clip in clips if clip.frames is None), default=0)
 
 
 def decode_clips(vae: nn.Module, clips: Sequence[Clip], *, tiling=None) -> torch.Tensor:

@@ -26,11 +26,19 @@ from .core import (
     SamplingInterrupted,
     ScheduleRequest,
     StepCallback,
+    stream_noise,
 )
 from .frames import FrameSets, IDDPMFrameRule, ReferenceFrames, RFlowFrameRule
 from .guidance import CaptionLike, GuidedModel
 from .iddpm import DIFFUSION_STEPS, SpacedSchedule, iddpm_schedule, linear_betas, sample_iddpm, space_timesteps
-from .rflow import check_transform_frames, rflow_schedule, rflow_timesteps, sample_rflow, timestep_transform
+from .rflow import (
+    check_transform_frames,
+    rflow_schedule,
+    rflow_timesteps,
+    sample_rflow,
+    timestep_transform,
+    transform_shift,
+)
 
 # Official scheduler names (opensora registry) -> sampler.
 SAMPLERS: dict[str, Callable] = {
@@ -73,5 +81,7 @@ __all__ = [
     "sample_iddpm",
     "sample_rflow",
     "space_timesteps",
+    "stream_noise",
     "timestep_transform",
+    "transform_shift",
 ]

@@ -112,6 +112,13 @@ class RecordedNoise:
         return sample.to(device=like.device, dtype=like.dtype)
 
 
+def stream_noise(shape: Sequence[int], seed: int, noise: NoiseSource, dtype: torch.dtype) -> torch.Tensor:
+    """A generation's start latent in Open-Sora v1.x's order: float32 on the CPU from the generation's shared
+    ``noise`` stream (after the reference encodes); ``seed`` and ``dtype`` are not used (a family
+    ``Sampler.start_noise``)."""
+    return noise.draw(tuple(shape), torch.empty(0))
+
+
 def draw_like(noise: NoiseSource | None, x: torch.Tensor, copies: int = 1) -> torch.Tensor:
     """A draw shaped like ``x``. ``copies`` > 1 draws for a batch ``copies`` times larger and keeps
     the first part, which consumes the random stream as a sampler that carries a CFG-doubled state."""

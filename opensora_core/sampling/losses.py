@@ -27,6 +27,7 @@ import torch
 
 from .iddpm import DIFFUSION_STEPS, SpacedSchedule, iddpm_schedule
 from .rflow import NUM_TIMESTEPS, timestep_transform
+from .vpred_losses import VPredictionObjective
 
 RF_SAMPLE_METHODS = ("logit-normal", "uniform")
 LOG2 = math.log(2.0)
@@ -229,19 +230,21 @@ class IDDPMObjective:
 # Choosing an objective
 # ---------------------------------------------------------------------------
 
-TrainingObjective = RectifiedFlowObjective | IDDPMObjective
+TrainingObjective = RectifiedFlowObjective | IDDPMObjective | VPredictionObjective
+OBJECTIVES = {"rflow": RectifiedFlowObjective, "iddpm": IDDPMObjective, "vprediction": VPredictionObjective}
 
-# official class name -> the objective its release was trained with
+
 def build_objective(kind: str, **options) -> TrainingObjective:
-    """``"rflow"`` -> :class:`RectifiedFlowObjective`, ``"iddpm"`` -> :class:`IDDPMObjective` (with ``options``)."""
-    if kind == "rflow":
-        return RectifiedFlowObjective(**options)
-    if kind == "iddpm":
-        return IDDPMObjective(**options)
-    raise ValueError(f"unknown training objective {kind!r}; use 'rflow' (v1.2) or 'iddpm' (v1.1)")
+    """``"rflow"`` -> :class:`RectifiedFlowObjective` (v1.2), ``"iddpm"`` -> :class:`IDDPMObjective` (v1.1),
+    ``"vprediction"`` -> :class:`~.vpred_losses.VPredictionObjective` (Open-Sora-Plan v1.3), with ``options``."""
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown training objective {kind!r}; use 'rflow' (v1.2), 'iddpm' (v1.1) or "
+                         "'vprediction' (Open-Sora-Plan v1.3)")
+    return OBJECTIVES[kind](**options)
 
 
 __all__ = [
+    "OBJECTIVES",
     "RF_SAMPLE_METHODS",
     "IDDPMObjective",
     "RectifiedFlowObjective",

@@ -63,13 +63,30 @@ def timestep_transform(
     as in the official code; :func:`rflow_schedule` rejects those counts.
     """
     s = t / num_timesteps
+    ratio = _shift_ratio(height, width, num_frames, base_resolution, base_num_frames, scale)
+    return ratio * s / (1 + (ratio - 1) * s) * num_timesteps
+
+
+def _shift_ratio(height, width, num_frames, base_resolution, base_num_frames, scale) -> torch.Tensor:
+    """The official ratio sqrt(H*W / base) * sqrt(n / base_frames) * scale, op for op, in the args' dtype."""
     ratio_space = (height * width / base_resolution).sqrt()
     if num_frames[0] == 1:
         frames = torch.ones_like(num_frames)
     else:
         frames = num_frames // TRANSFORM_CHUNK_FRAMES * TRANSFORM_CHUNK_LATENTS
-    ratio = ratio_space * (frames / base_num_frames).sqrt() * scale
-    return ratio * s / (1 + (ratio - 1) * s) * num_timesteps
+    return ratio_space * (frames / base_num_frames).sqrt() * scale
+
+
+def transform_shift(height: int, width: int, num_frames: int, *, args_dtype: torch.dtype = torch.float32) -> float:
+    """The shift of the v1.2 timestep transform as one number: ``timestep_transform`` is
+    ``1000 * shift*s / (1 + (shift - 1)*s)`` with s = t / 1000 (ComfyUI's ``time_snr_shift``).
+
+    ``args_dtype=torch.bfloat16`` gives the shift of official bf16 inference (H*W and the ratio rounded to
+    bf16). Raises for frame counts the transform cannot take (2..16).
+    """
+    check_transform_frames(num_frames)
+    args = [torch.tensor([float(v)], dtype=args_dtype) for v in (height, width, num_frames)]
+    return float(_shift_ratio(*args, BASE_RESOLUTION, 1, 1.0)[0])
 
 
 def check_transform_frames(num_frames: int) -> None:

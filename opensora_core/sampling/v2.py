@@ -39,7 +39,7 @@ from ..conditioning.v2 import ConditionV2, build_condition, replace_reference_fr
 from ..geometry.opensora_v2 import latent_shape
 from ..models.mmdit import pack, position_ids, text_ids, unpack
 from ..text.v2 import TextV2
-from .core import ScheduleRequest, StepCallback, StepResult, run_steps
+from .core import NoiseSource, ScheduleRequest, StepCallback, StepResult, run_steps
 
 OSCILLATION_START = 10  # get_oscillation_gs(force_num=10)
 SHIFT_POINTS = ((256, 1.0), (4096, 3.0))  # (tokens per latent frame, alpha) of the linear shift rule
@@ -147,6 +147,19 @@ def guided_velocity(c: torch.Tensor, u: torch.Tensor, u2: torch.Tensor, text_sca
     return u2 + image_scale * (u - u2) + text_scale * (c - u)
 
 
+def combine_passes(c: torch.Tensor, u: torch.Tensor, u2: torch.Tensor, guidance: GuidanceV2, *, step: int,
+                   num_steps: int, cond_type: str) -> torch.Tensor:
+    """The guided result at ``step`` of ``num_steps`` from the three passes c, u, u2 [B, C, T, H, W]
+    (:func:`guided_velocity` with the step's oscillated scales and, for i2v, the per-frame image scale).
+
+    The weights (1 - image, image - text, text) sum to 1 for every frame, so the same call guides any affine
+    map of the velocities with the same x, e.g. ComfyUI's denoised estimate x - sigma v."""
+    image_scale = guidance.image_scale(step, num_steps, c.shape[2], cond_type)
+    if isinstance(image_scale, torch.Tensor):
+        image_scale = image_scale.to(c.device, c.dtype)[None, None, :, None, None]  # (1, 1, T, 1, 1)
+    return guided_velocity(c, u, u2, guidance.text_scale(step), image_scale)
+
+
 # ---------------------------------------------------------------------------
 # The guided denoiser and the sampler
 # ---------------------------------------------------------------------------
@@ -197,15 +210,22 @@ class ThreePassGuidance:
     @classmethod
     def for_sampler(cls, model: ModelFn, caption: TextV2, y_null: torch.Tensor | None = None,
                     model_args: dict | None = None, *, scale: float, channels: int | None = None,
-                    null_mask: torch.Tensor | None = None) -> ThreePassGuidance:
+                    null_mask: torch.Tensor | None = None, image_cfg_scale: float | None = None,
+                    oscillation: bool | None = None) -> ThreePassGuidance:
         """The family ``Sampler.denoiser`` signature: ``caption`` is the :class:`TextV2` (it carries the
-        negative prompt, so ``y_null``/``null_mask`` stay None), ``scale`` the text guidance; ``model_args``
-        may set the other :class:`GuidanceV2` fields and ``patch_size`` / ``batch_passes``."""
+        negative prompt, so ``y_null``/``null_mask`` stay None), ``scale`` the text guidance,
+        ``image_cfg_scale`` the image guidance and ``oscillation`` both oscillations (None: the
+        :class:`GuidanceV2` defaults); ``model_args`` may set the other :class:`GuidanceV2` fields and
+        ``patch_size`` / ``batch_passes``."""
         if y_null is not None or null_mask is not None or channels is not None:
             raise ValueError("Open-Sora 2.0 guides against the negative prompt inside TextV2 and every velocity "
                              "channel: pass y_null=None, null_mask=None, channels=None")
         options = dict(model_args or {})
         factory = {k: options.pop(k) for k in ("patch_size", "batch_passes") if k in options}
+        if image_cfg_scale is not None:
+            options["guidance_img"] = image_cfg_scale
+        if oscillation is not None:
+            options.update(text_osci=oscillation, image_osci=oscillation)
         return cls(model, caption, GuidanceV2(guidance=scale, **options), **factory)
 
     def __call__(self, x: torch.Tensor, t: float, condition: ConditionV2, *, step: int,
@@ -214,10 +234,7 @@ class ThreePassGuidance:
         args = self._passes_for(x, condition)
         outs = self._three_passes(pack(x, self.patch_size), t, args, skip_u2=condition.is_empty)
         c, u, u2 = (unpack(o, T, H, W, self.patch_size) for o in outs)  # (B, C, T, H, W) each
-        image_scale = self.guidance.image_scale(step, num_steps, T, condition.cond_type)
-        if isinstance(image_scale, torch.Tensor):
-            image_scale = image_scale.to(x.device, x.dtype)[None, None, :, None, None]  # (1, 1, T, 1, 1)
-        return guided_velocity(c, u, u2, self.guidance.text_scale(step), image_scale)
+        return combine_passes(c, u, u2, self.guidance, step=step, num_steps=num_steps, cond_type=condition.cond_type)
 
     def _passes_for(self, x: torch.Tensor, condition: ConditionV2) -> _Passes:
         key = (tuple(x.shape), x.dtype, x.device)
@@ -251,6 +268,12 @@ class ThreePassGuidance:
         else:
             outs = [self._call(img, t, args, [p])[0] for p in which]
         return outs[0], outs[1], outs[1] if skip_u2 else outs[2]
+
+
+def start_noise_v2(shape: Sequence[int], seed: int, noise: NoiseSource, dtype: torch.dtype) -> torch.Tensor:
+    """The family ``Sampler.start_noise``: :func:`get_noise` with the generation's seed in the model dtype, on
+    the CPU (the official z: its own generator, independent of the reference encodes, which draw from ``noise``)."""
+    return get_noise(shape, seed, dtype=dtype)
 
 
 def schedule_v2(request: ScheduleRequest) -> list[float]:
@@ -309,6 +332,7 @@ __all__ = [
     "GuidanceV2",
     "ModelFn",
     "ThreePassGuidance",
+    "combine_passes",
     "get_noise",
     "get_schedule",
     "guided_velocity",
@@ -317,5 +341,6 @@ __all__ = [
     "oscillation_scale",
     "sample_v2",
     "schedule_v2",
+    "start_noise_v2",
     "shift_alpha",
 ]

@@ -17,10 +17,12 @@ The latent mask (B, T, H, W) (1 = real latent pixel, 0 = bucket padding) is the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
-from .ddpm_schedule import NUM_TRAIN_TIMESTEPS
+from .ddpm_schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod
 
 SNR_GAMMA_V1_3 = 5.0  # train_t2v_v1_3.sh --snr_gamma
 
@@ -104,8 +106,55 @@ def explicit_uniform_timesteps(
     return torch.round(low + (high - low) * u).long()
 
 
+# ---------------------------------------------------------------------------
+# The objective the trainer runs (the interface of sampling.losses' objectives)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class VPredictionObjective:
+    """Open-Sora-Plan v1.3 training as one object with the trainer's four steps (see ``sampling.losses``)::
+
+        t = objective.sample_timesteps(batch, generator)           # (B,) int64, explicit uniform
+        x_t = objective.noisy_input(x0, noise, t)                   # sqrt(ac) x0 + sqrt(1 - ac) eps
+        v = model(x_t, t, ...)                                      # the v prediction (B, C, T, H, W)
+        terms = objective.losses(v, x0, x_t, noise, t)              # {"loss": (B,)}
+
+    The per-sample loss is the mean squared error to sqrt(ac) eps - sqrt(1 - ac) x0, times the min-SNR-gamma
+    weight when ``snr_gamma`` is set; its mean over the batch is the official scalar (every sample has the
+    same number of elements). No frame masks: the v1.3 text-to-video trainer has none.
+    """
+
+    zero_snr: bool = True
+    snr_gamma: float | None = SNR_GAMMA_V1_3
+    num_timesteps: int = NUM_TRAIN_TIMESTEPS
+    alphas_cumprod: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be positive (or None: unweighted), got {self.snr_gamma}")
+        self.alphas_cumprod = alphas_cumprod(zero_snr=self.zero_snr, num_train_timesteps=self.num_timesteps)
+
+    def sample_timesteps(self, batch: int, generator: torch.Generator, **_sizes) -> torch.Tensor:
+        """(B,) int64 timesteps on ``generator``'s device (size arguments are not used by this objective)."""
+        return explicit_uniform_timesteps(batch, generator, self.num_timesteps)
+
+    def noisy_input(self, x0, noise, t, frame_mask=None) -> torch.Tensor:
+        if frame_mask is not None:
+            raise ValueError("Open-Sora-Plan v1.3 text-to-video training takes no frame masks (mask_ratios)")
+        return add_noise(x0, noise, t, self.alphas_cumprod)
+
+    def losses(self, output, x0, x_t, noise, t, frame_mask=None) -> dict[str, torch.Tensor]:
+        target = velocity(x0, noise, t, self.alphas_cumprod)  # (B, C, T, H, W)
+        per_sample = F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
+        if self.snr_gamma is not None:
+            per_sample = per_sample * min_snr_weights(snr(t, self.alphas_cumprod), self.snr_gamma).to(per_sample)
+        return {"loss": per_sample}
+
+
 __all__ = [
     "SNR_GAMMA_V1_3",
+    "VPredictionObjective",
     "add_noise",
     "explicit_uniform_timesteps",
     "min_snr_weights",

@@ -43,6 +43,18 @@ class Caption:
     def max_length(self) -> int:
         return self.y.shape[2]
 
+    @property
+    def channels(self) -> int:
+        return self.y.shape[3]
+
+    def guidance_inputs(self, negative: Caption | None, model, device) -> tuple[Caption, torch.Tensor, torch.Tensor | None]:
+        """The text arguments of a guided denoiser (``Sampler.denoiser``) on ``device``: this caption, the
+        unconditional caption (the encoded ``negative``, else the model's learned null caption) and the
+        negative's token mask (None: the prompt's own mask applies to the null caption)."""
+        y_null = negative.y if negative is not None else model.null_caption(self.batch_size)
+        null_mask = None if negative is None else negative.mask.to(device)
+        return Caption(self.y.to(device), self.mask.to(device)), y_null.to(device), null_mask
+
     def token_counts(self) -> list[int]:
         """Real tokens (EOS included) per prompt."""
         return [int(n) for n in self.mask.sum(dim=1)]

@@ -8,6 +8,8 @@ official triple-quoted literals: they reach the mT5 tokenizer as they are. Both 
 
 from __future__ import annotations
 
+from .prompts import apply_template
+
 OSP_V1_3_PROMPT_TEMPLATE = "\n    high quality, high aesthetic, {}\n    "
 OSP_V1_3_NEGATIVE_PROMPT = (
     "\n    nsfw, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
@@ -18,11 +20,7 @@ OSP_V1_3_NEGATIVE_PROMPT = (
 
 def osp_v1_3_prompt(prompt: str, template: str | None = OSP_V1_3_PROMPT_TEMPLATE) -> str:
     """The text the v1.3 pipeline encodes for a user prompt: ``template.format(prompt)`` (None: unchanged)."""
-    if template is None:
-        return prompt
-    if template.count("{}") != 1:
-        raise ValueError(f"the prompt template must contain exactly one '{{}}' for the prompt, got {template!r}")
-    return template.format(prompt)
+    return apply_template(prompt, template)
 
 
 __all__ = ["OSP_V1_3_NEGATIVE_PROMPT", "OSP_V1_3_PROMPT_TEMPLATE", "osp_v1_3_prompt"]

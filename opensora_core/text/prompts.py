@@ -62,6 +62,16 @@ def append_scores(
     return prompt
 
 
+def apply_template(prompt: str, template: str | None) -> str:
+    """``template.format(prompt)`` (one ``{}`` for the prompt; Open-Sora-Plan's sample scripts), or the prompt
+    unchanged for None."""
+    if template is None:
+        return prompt
+    if template.count("{}") != 1:
+        raise ValueError(f"the prompt template must contain exactly one '{{}}' for the prompt, got {template!r}")
+    return template.format(prompt)
+
+
 def prepare_prompt(
     prompt: str,
     aesthetic: float | None = None,
@@ -69,7 +79,9 @@ def prepare_prompt(
     camera_motion: str | None = None,
     clean: bool = True,
 ) -> str:
-    """The text T5 tokenises for one (loop segment of a) prompt: scores appended, then cleaned twice."""
+    """The text T5 tokenises for one (loop segment of a) prompt in Open-Sora v1.x: scores appended, then cleaned
+    twice (or lower-cased only without ``clean``). A family's prompt template is applied after this
+    (:func:`apply_template`)."""
     return text_preprocessing(append_scores(prompt, aesthetic, motion, camera_motion), clean=clean)
 
 
@@ -235,6 +247,7 @@ __all__ = [
     "PromptOptions",
     "SCORE_PHRASES",
     "append_scores",
+    "apply_template",
     "is_loop_prompt",
     "loop_prompt_text",
     "loop_segments",

@@ -23,13 +23,20 @@ def ensure_period(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def add_fps_info(text: str, fps: int = DEFAULT_FPS) -> str:
+def number_text(value: float | int | str) -> str:
+    """A number as the official suffixes write it: whole numbers without a decimal part (24.0 -> "24")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def add_fps_info(text: str, fps: float = DEFAULT_FPS) -> str:
     """``"a cat"`` -> ``"a cat. 24 FPS."``; a prompt already ending in ``"<n> FPS."`` keeps its own rate."""
     text = ensure_period(text)
-    return text if _FPS_SUFFIX.search(text) else f"{text} {fps} FPS."
+    return text if _FPS_SUFFIX.search(text) else f"{text} {number_text(fps)} FPS."
 
 
-def add_motion_score(text: str, motion_score: int | str = DEFAULT_MOTION_SCORE) -> str:
+def add_motion_score(text: str, motion_score: float | str = DEFAULT_MOTION_SCORE) -> str:
     """``"... 24 FPS."`` -> ``"... 24 FPS. 4 motion score."``.
 
     The official ``"dynamic"`` setting asks an OpenAI model for a score; that is not available offline, so it
@@ -40,10 +47,10 @@ def add_motion_score(text: str, motion_score: int | str = DEFAULT_MOTION_SCORE) 
             "motion_score='dynamic' needs the official OpenAI prompt-refinement service; give a number instead "
             "(e.g. 4, the released default; higher = more motion)"
         )
-    return f"{text} {motion_score} motion score."
+    return f"{text} {number_text(motion_score)} motion score."
 
 
-def prepare_prompt(text: str, fps: int = DEFAULT_FPS, motion_score: int | str | None = DEFAULT_MOTION_SCORE) -> str:
+def prepare_prompt(text: str, fps: float = DEFAULT_FPS, motion_score: float | str | None = DEFAULT_MOTION_SCORE) -> str:
     """The prompt as the inference script feeds it to the encoders: FPS suffix, then the motion score (skipped
     when ``motion_score`` is None, as when the config has none)."""
     text = add_fps_info(text, fps)
@@ -67,6 +74,7 @@ __all__ = [
     "add_fps_info",
     "add_motion_score",
     "ensure_period",
+    "number_text",
     "prepare_prompt",
     "training_caption",
 ]

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.inplace import activate, add
+from ..models.tensors import gemm_rows
 from .keys import to_diffusers_layout
 
 log = logging.getLogger("opensora")
@@ -157,11 +159,13 @@ class ResnetBlock2D(nn.Module):
             self.conv_shortcut = ops.Conv2d(in_channels, out_channels, 1, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(self.nonlinearity(self.norm1(x)))  # (N, C_out, H, W)
-        h = self.conv2(self.nonlinearity(self.norm2(h)))
-        if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
-        return x + h
+        # one statement per op, so each temporary is freed as soon as the next exists; without autograd the
+        # activations overwrite the norms' outputs and the sum the last conv's: 3 frame-sized tensors at most
+        h = activate(self.nonlinearity, self.norm1(x))  # (N, C_in, H, W)
+        h = self.conv1(h)  # (N, C_out, H, W)
+        h = activate(self.nonlinearity, self.norm2(h))
+        h = self.conv2(h)
+        return add(h, x if self.conv_shortcut is None else self.conv_shortcut(x))  # h + x
 
 
 class Downsample2D(nn.Module):
@@ -203,10 +207,10 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        tokens = self.group_norm(x).flatten(2).transpose(1, 2)  # (N, HW, C)
+        tokens = gemm_rows(self.group_norm(x).flatten(2).transpose(1, 2))  # (N, HW, C), one copy for 3 GEMMs
         q, k, v = (proj(tokens).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # (N, 1, HW, C)
         out = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (N, HW, C)
-        out = self.to_out[0](out).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
+        out = self.to_out[0](gemm_rows(out)).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
         return x + out
 
 
@@ -251,9 +255,13 @@ class UpDecoderBlock2D(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, ops, **factory)] if upsample else [])
 
     def forward(self, x: Tensor) -> Tensor:
-        for block in [*self.resnets, *self.upsamplers]:
+        for block in self.blocks():
             x = block(x)
         return x
+
+    def blocks(self) -> list[nn.Module]:
+        """The ResNet blocks, then the upsampler if any, in order."""
+        return [*self.resnets, *self.upsamplers]
 
 
 # ---------------------------------------------------------------------------
@@ -297,6 +305,18 @@ class Encoder(nn.Module):
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # (N, 2L, H/8, W/8)
 
 
+def backend_layout(x: Tensor) -> Tensor:
+    """``x`` [N, C, H, W] in the memory layout the decoder's convolutions run in without copying their input.
+
+    On the CPU that is channels-last: oneDNN convolves NHWC tensors directly but reorders every NCHW input
+    into its blocked layout first, a copy of each conv's input (the official decode runs channels-last by
+    accident: diffusers' mid-block attention returns an NHWC view that its residual sum passes on). Every
+    later op (GroupNorm, SiLU, nearest upsampling, the convs, the attention's tokens) keeps the layout.
+    Other devices keep the layout they are given.
+    """
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+
+
 class Decoder(nn.Module):
     """Latent [N, latent, h, w] (after post_quant_conv) -> image [N, 3, 8h, 8w]."""
 
@@ -317,18 +337,30 @@ class Decoder(nn.Module):
         self.conv_out = ops.Conv2d(chans[-1], cfg.out_channels, 3, padding=1, **factory)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.tail(self.trunk(z))
+        # one flat loop over the blocks of every level: a nested loop would keep each level's input alive
+        # (its caller's reference) until the level ends, which at the last level is the largest tensor
+        x = self.mid_block(self.conv_in(backend_layout(z)))  # (N, C_last, h, w)
+        for block in self._level_blocks(0):
+            x = block(x)
+        return self._out(x)
 
     def trunk(self, z: Tensor) -> Tensor:
         """The low-resolution levels, mid-block attention over the whole frame: latent -> 2x latent resolution."""
-        x = self.mid_block(self.conv_in(z))  # (N, C_last, h, w)
+        x = self.mid_block(self.conv_in(backend_layout(z)))  # (N, C_last, h, w)
         return self.up_blocks[0](x)  # (N, C_last, 2h, 2w)
 
     def tail(self, x: Tensor) -> Tensor:
         """The high-resolution levels (tileable): features at 2x the latent resolution -> image."""
-        for block in self.up_blocks[1:]:
+        x = backend_layout(x)  # a tile: a strided view of the trunk's output
+        for block in self._level_blocks(1):
             x = block(x)
-        return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # (N, 3, 8h, 8w)
+        return self._out(x)
+
+    def _level_blocks(self, first: int) -> list[nn.Module]:
+        return [block for level in self.up_blocks[first:] for block in level.blocks()]
+
+    def _out(self, x: Tensor) -> Tensor:
+        return self.conv_out(activate(self.conv_act, self.conv_norm_out(x)))  # (N, 3, 8h, 8w)
 
 
 class AutoencoderKL(nn.Module):
@@ -392,7 +424,9 @@ class AutoencoderKL(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Unscaled latents [N, latent, h, w] -> images [N, C_out, 8h, 8w] (not clamped)."""
-        return self.decode_tail(self.decode_trunk(z))
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)  # trunk and tail in one pass: no caller holds the trunk's output
 
     def decode_trunk(self, z: Tensor) -> Tensor:
         if self.post_quant_conv is not None:

@@ -524,13 +524,22 @@ class CausalVAEModel(OfficialConstructors, nn.Module):
         return DiagonalGaussian.from_moments(moments)
 
 
+def loadable_state_dict(module: CausalVAEModel, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A file's state dict as ``module`` loads it strictly: the training loss entries ``loss.*`` dropped
+    (recorded in ``module.ignored_training_keys``)."""
+    state = dict(state_dict)
+    _drop_training_keys(module, state, "")
+    return state
+
+
 def _drop_training_keys(module: CausalVAEModel, state_dict, prefix, *args) -> None:
-    """Load-state-dict pre-hook: remove (and record) the training loss entries ``loss.*``."""
+    """Load-state-dict pre-hook: remove (and record) the training loss entries ``loss.*``. A state dict that
+    :func:`loadable_state_dict` already cleaned keeps the record of that first pass."""
     dropped = [k for k in state_dict if k.startswith(prefix + TRAINING_KEY_PREFIX)]
     for key in dropped:
         del state_dict[key]
-    module.ignored_training_keys = [k[len(prefix):] for k in dropped]
     if dropped:
+        module.ignored_training_keys = [k[len(prefix):] for k in dropped]
         log.info("CausalVAEModel: ignored %d training-only loss.* entries (LPIPS / discriminator weights)",
                  len(dropped))
 
@@ -697,4 +706,5 @@ __all__ = [
     "CausalVAETiling",
     "TILING_DEFAULTS",
     "causal_vae_parameter_counts",
+    "loadable_state_dict",
 ]

@@ -50,6 +50,7 @@ from ..geometry import LatentGeometry
 from ..official_config import OfficialConstructors, config_from_official
 from .autoencoder_kl import ACTIVATIONS
 from .posterior import DiagonalGaussian, NoiseFn
+from .tiling import TilingOptions
 
 NORM_EPS = 1e-6  # every GroupNorm of the model (resnet_eps)
 # keys of the official ae dict that name the file, not the model (weights are loaded separately, strictly)
@@ -670,7 +671,7 @@ class HunyuanVAE(OfficialConstructors, nn.Module):
 
     @torch.no_grad()
     def encode(self, x: Tensor, *, sample: bool = True, generator: torch.Generator | None = None,
-               noise: NoiseFn | None = None, tiling: HunyuanTiling | None = None,
+               noise: NoiseFn | None = None, tiling: HunyuanTiling | TilingOptions | None = None,
                return_posterior: bool = False) -> Tensor | tuple[Tensor, DiagonalGaussian]:
         """Video [B, 3, 4k + 1, H, W] in [-1, 1] -> diffusion latent [B, 16, k + 1, H/8, W/8].
 
@@ -706,7 +707,8 @@ class HunyuanVAE(OfficialConstructors, nn.Module):
     # -- decode -----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def decode(self, z: Tensor, num_frames: int | None = None, *, tiling: HunyuanTiling | None = None) -> Tensor:
+    def decode(self, z: Tensor, num_frames: int | None = None, *,
+               tiling: HunyuanTiling | TilingOptions | None = None) -> Tensor:
         """Diffusion latent [B, 16, t, h, w] -> video [B, 3, 4(t - 1) + 1, 8h, 8w] (not clamped).
 
         ``num_frames`` (optional) must be 4(t - 1) + 1, the frames ``t`` latent frames decode to.
@@ -736,16 +738,35 @@ class HunyuanVAE(OfficialConstructors, nn.Module):
 
     # -- sizes and checks -------------------------------------------------------------------------
 
+    def decode_memory_bytes(self, latent_shape: Sequence[int], num_frames: int | None = None, *,
+                            tiling: HunyuanTiling | TilingOptions | None = None, dtype: torch.dtype | None = None,
+                            backend_workspace: bool = True) -> int:
+        """Working memory of :meth:`decode` of a (B, 16, t, h, w) latent in bytes, weights excluded (see
+        :class:`~.pipeline.VideoVAE`; the shape model is :func:`estimate_decode_memory`)."""
+        dtype = dtype or self.post_quant_conv.weight.dtype
+        return estimate_decode_memory(self.config, tuple(latent_shape), dtype=dtype, tiling=self._tiling(tiling),
+                                      backend_workspace=backend_workspace)
+
+
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through), as the official ``get_latent_size``."""
         return self.geometry.get_latent_size(input_size)
 
-    def _tiling(self, tiling: HunyuanTiling | None) -> HunyuanTiling:
+    def _tiling(self, tiling: HunyuanTiling | TilingOptions | None) -> HunyuanTiling:
+        """The config's tiling for None; a :class:`~.tiling.TilingOptions` (the pack's generic tiled mode, e.g.
+        the out-of-memory retry or a node's tile widgets) becomes the official algorithm with spatial tiles of
+        its size and overlap and temporal tiles on (bounded memory)."""
         if tiling is None:
             return self.config.tiling
+        if isinstance(tiling, TilingOptions):
+            return HunyuanTiling(spatial=True, temporal=True,
+                                 sample_size=tiling.tile_size * self.config.spatial_compression_ratio,
+                                 sample_tsize=self.config.sample_tsize,
+                                 overlap_factor=tiling.tile_overlap / tiling.tile_size)
         if not isinstance(tiling, HunyuanTiling):
             raise TypeError(
-                f"the Hunyuan VAE tiles with HunyuanTiling (e.g. BOUNDED_TILING), got {type(tiling).__name__}"
+                f"the Hunyuan VAE tiles with HunyuanTiling (e.g. BOUNDED_TILING) or TilingOptions, got "
+                f"{type(tiling).__name__}"
             )
         return tiling
 

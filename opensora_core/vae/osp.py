@@ -12,10 +12,12 @@
   ``decode``, ``get_latent_size``; :class:`~.pipeline.VideoVAE`), except that ``decode`` returns
   (B, 3, T, H, W) where the official wrapper returns (B, T, C, H, W) (``to_official_btchw``).
 * ``tiling``: None = the official untiled path; a :class:`~.causal_vae.CausalVAETiling` = the official
-  CausalVAE tiling (changes the numbers); a :class:`WFVAEChunking` = the exact chunked WF-VAE path.
+  CausalVAE tiling (changes the numbers); a :class:`WFVAEChunking` = the exact chunked WF-VAE path; the
+  generic :class:`~.tiling.TilingOptions` (what the VAE Decode node and the out-of-memory retry pass) maps
+  to either (see ``_wf_chunking`` / ``_causal_tiling``).
 
-:func:`detect_osp_vae` names the layout of a state dict (``opensora_core.loading.osp_vae.load_osp_vae``
-detects, builds and loads strictly).
+:func:`release_build` is the ``VAEKind.build`` of each released layout (``families/open_sora_plan.py``
+declares the kinds and their marker keys; ``opensora_core.loading.load_vae`` detects, builds and loads).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..geometry import LatentGeometry
+from ..geometry import SPATIAL_FACTOR, LatentGeometry
 from .causal_vae import CAUSAL_VAE_PRESETS, CausalVAEModel, CausalVAETiling
+from .causal_vae import loadable_state_dict as causal_loadable
+from .memory import backend_bytes
 from .posterior import DiagonalGaussian, NoiseFn
+from .tiling import TilingOptions
 from .wfvae import WFVAE_PRESETS, WFVAEModel
+from .wfvae import loadable_state_dict as wfvae_loadable
 
 log = logging.getLogger("opensora")
 
@@ -53,7 +59,14 @@ class WFVAEChunking:
             raise ValueError(f"WFVAEChunking: chunk sizes must be >= 1, got {self}")
 
 
-OspTiling = CausalVAETiling | WFVAEChunking
+OspTiling = CausalVAETiling | WFVAEChunking | TilingOptions
+
+# Working-memory shape model of the decoders, in units of their widest activation (``_widest_elements``):
+# measured live-tensor peaks on tiny configs (tests/test_vae_memory.py) are 5.1-5.2 of it for a CausalVAE and,
+# with the output video counted apart, 5.0-5.2 for a WF-VAE; chunked WF-VAE decodes hold one more (the causal
+# caches); the tiled and chunked paths keep the decoded parts and their join (two videos).
+DECODE_WIDTHS = 5
+CHUNK_CACHE_WIDTHS = 1
 
 
 # ==================================================================================================
@@ -71,9 +84,10 @@ class OpenSoraPlanVAE(nn.Module):
         if len(scale) != vae.latent_channels or len(shift) != vae.latent_channels:
             raise ValueError(f"scale and shift need {vae.latent_channels} entries, got {len(scale)} and {len(shift)}")
         self.vae = vae
-        param = next(vae.parameters())
+        device = next(vae.parameters()).device
+        device = "cpu" if device.type == "meta" else device  # built on the meta device to load: real buffers
         for name, values in (("scale", scale), ("shift", shift)):  # [1, C, 1, 1, 1], not in the state dict
-            self.register_buffer(name, torch.tensor(values, device=param.device).reshape(1, -1, 1, 1, 1),
+            self.register_buffer(name, torch.tensor(values, device=device).reshape(1, -1, 1, 1, 1),
                                  persistent=False)
 
     @classmethod
@@ -161,6 +175,43 @@ class OpenSoraPlanVAE(nn.Module):
             return self.vae.chunked_decode(z, _wf_chunking(tiling).latent_frames_per_chunk)
         return self.vae.tiled_decode(z, _causal_tiling(tiling))
 
+    def decode_memory_bytes(self, latent_shape: Sequence[int], num_frames: int | None = None, *,
+                            tiling: OspTiling | None = None, dtype: torch.dtype | None = None,
+                            backend_workspace: bool = True) -> int:
+        """Working memory of :meth:`decode` of a (B, C, t, h, w) latent in bytes, weights excluded (see
+        :class:`~.pipeline.VideoVAE`): the widest activations of the piece decoded at once (the whole latent, a
+        chunk of latent frames, a tile) and the output video(s), plus the kernels' share."""
+        b, _, t, h, w = latent_shape
+        dtype = dtype or next(self.vae.parameters()).dtype
+        f_t, f_s = self.geometry.time_factor, self.geometry.spatial_factor
+        video = b * 3 * (f_t * (t - 1) + 1) * h * w * f_s * f_s
+        if tiling is None:
+            live = DECODE_WIDTHS * self._widest_elements(b, t, h, w) + video
+        elif isinstance(self.vae, WFVAEModel):
+            piece = min(t, _wf_chunking(tiling).latent_frames_per_chunk)
+            live = (DECODE_WIDTHS + CHUNK_CACHE_WIDTHS) * self._widest_elements(b, piece, h, w) + 2 * video
+        else:
+            plan = _causal_tiling(tiling)
+            piece = (min(t, plan.tile_latent_min_size_t if plan.temporal else t),
+                     min(h, plan.tile_latent_min_size), min(w, plan.tile_latent_min_size))
+            live = DECODE_WIDTHS * self._widest_elements(b, *piece) + 2 * video
+        return live * dtype.itemsize + (backend_bytes(self._widest_conv_weights(), dtype) if backend_workspace else 0)
+
+    def _widest_elements(self, b: int, t: int, h: int, w: int) -> int:
+        """The decoder's widest activation for a (t, h, w) latent: a CausalVAE's last level (full size); a
+        WF-VAE's second upsampling level (2 x base channels, 2t - 1 frames, a quarter of the pixels)."""
+        if isinstance(self.vae, WFVAEModel):
+            return b * 2 * self.vae.config.base_channels * (2 * t - 1) * 16 * h * w
+        config = self.vae.config
+        return b * config.hidden_size * config.hidden_size_mult[0] * (4 * t - 3) * 64 * h * w
+
+    def _widest_conv_weights(self) -> int:
+        """Weights of the decoder's largest 3x3x3 convolution."""
+        if isinstance(self.vae, WFVAEModel):
+            return (4 * self.vae.config.base_channels) ** 2 * 27
+        config = self.vae.config
+        return (config.hidden_size * max(config.hidden_size_mult)) ** 2 * 27
+
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through)."""
         return self.geometry.get_latent_size(input_size)
@@ -189,13 +240,24 @@ def to_official_btchw(video: Tensor) -> Tensor:
     return video.transpose(1, 2).contiguous()
 
 
-def _wf_chunking(tiling: OspTiling) -> WFVAEChunking:
+def _wf_chunking(tiling: OspTiling | TilingOptions) -> WFVAEChunking:
+    """The WF-VAE's own chunks; the generic :class:`~.tiling.TilingOptions` (the VAE Decode node, the
+    out-of-memory retry) mean the default chunks: WF-VAE chunks are exact, so no spatial tile is needed."""
+    if isinstance(tiling, TilingOptions):
+        return WFVAEChunking()
     if not isinstance(tiling, WFVAEChunking):
         raise ValueError(f"a WF-VAE takes tiling=WFVAEChunking(...) (exact chunks), got {type(tiling).__name__}")
     return tiling
 
 
-def _causal_tiling(tiling: OspTiling) -> CausalVAETiling:
+def _causal_tiling(tiling: OspTiling | TilingOptions) -> CausalVAETiling:
+    """The official CausalVAE tiling; generic :class:`~.tiling.TilingOptions` become square tiles of
+    ``tile_size`` latent pixels overlapping by ``tile_overlap`` (overlap factor = overlap / size) with the
+    v1.2 temporal chunks (33 pixel / 16 latent frames; our choice for every version: v1.0 itself has none)."""
+    if isinstance(tiling, TilingOptions):
+        return CausalVAETiling.for_version(
+            "v1.2", tile_sample_min_size=tiling.tile_size * SPATIAL_FACTOR, tile_latent_min_size=tiling.tile_size,
+            tile_overlap_factor=tiling.tile_overlap / tiling.tile_size)
     if not isinstance(tiling, CausalVAETiling):
         raise ValueError(f"a CausalVAE takes tiling=CausalVAETiling(...) (the official tiling), "
                          f"got {type(tiling).__name__}")
@@ -214,44 +276,44 @@ def presets() -> list[str]:
 
 
 # ==================================================================================================
-# What does a state dict hold?
+# Building from a file (the families' VAEKind.build)
 # ==================================================================================================
 
-# layout -> (official class, release preset, description)
-LAYOUTS: dict[str, tuple[str, str, str]] = {
-    "causalvae_v1_0": ("CausalVAEModel", "CausalVAEModel_4x8x8-v1.0",
-                       "the Open-Sora-Plan v1.0 CausalVideoVAE (CausalVAEModel_4x8x8, all-3D layout)"),
-    "causalvae_v1_1": ("CausalVAEModel", "CausalVAEModel_4x8x8-v1.1",
-                       "the Open-Sora-Plan v1.1 CausalVideoVAE (CausalVAEModel_4x8x8, TimeDownsampleRes2x layout)"),
-    "causalvae_v1_2": ("CausalVAEModel", "CausalVAEModel_D4_4x8x8",
-                       "the Open-Sora-Plan v1.2 CausalVideoVAE (CausalVAEModel_D4_4x8x8)"),
-    "wfvae": ("WFVAEModel", "WFVAEModel_D8_4x8x8", "the Open-Sora-Plan v1.3 WF-VAE (WFVAEModel_D8_4x8x8)"),
-}
-OSP_DIT_MARKERS = ("transformer_blocks.0.attn1.to_q.weight", "adaln_single.linear.weight")
+BuildResult = tuple["OpenSoraPlanVAE", nn.Module, dict[str, Tensor]]
 
 
-def detect_osp_vae(state_dict: StateDict) -> str | None:
-    """The Open-Sora-Plan VAE layout of ``state_dict`` (a key of :data:`LAYOUTS`), or None."""
-    keys = set(state_dict)
-    if "encoder.down1.0.weight" in keys and any("wavelet_tranform" in k or "wavelet_transform" in k for k in keys):
-        return "wfvae"
-    if "decoder.conv_in.conv.weight" not in keys or "encoder.down.0.block.0.norm1.weight" not in keys:
-        return None
-    if "encoder.conv_in.conv.weight" in keys:
-        return "causalvae_v1_0"
-    if any(k.endswith("time_downsample.mix_factor") for k in keys):
-        return "causalvae_v1_1"
-    return "causalvae_v1_2"
+def release_build(preset: str):
+    """A ``VAEKind.build`` for the files of one release: (state dict, micro batch, norm groups, saved config) ->
+    (wrapper on the meta device, the VAE to load strictly, the state dict in its layout).
+
+    The architecture is the file's saved config (a released folder's ``config.json``) when there is one, else
+    the release ``preset``; a file of another size then fails strict loading, naming its keys. CausalVAE
+    ``loss.*`` training entries are dropped (``vae.ignored_training_keys``); WF-VAE Haar constants are checked
+    and rebuilt in either key spelling (``vae.replaced_constants``).
+    """
+    class_name = "WFVAEModel" if preset in WFVAE_PRESETS else "CausalVAEModel"
+    if preset not in WFVAE_PRESETS and preset not in CAUSAL_VAE_PRESETS:
+        raise ValueError(f"unknown Open-Sora-Plan VAE preset {preset!r}; known: {', '.join(presets())}")
+
+    def build(state_dict: StateDict, micro_batch_size: int | None, norm_num_groups: int,
+              config: Mapping[str, Any] | None = None) -> BuildResult:
+        cls = osp_vae_class(class_name)
+        with torch.device("meta"):
+            vae = cls.from_official_config(dict(config)) if config else cls.from_preset(preset)
+        if not config:
+            log.info("%s: no config saved with the file; building the release layout %s", class_name, preset)
+        loadable = wfvae_loadable if class_name == "WFVAEModel" else causal_loadable
+        return OpenSoraPlanVAE.wrap(vae), vae, loadable(vae, state_dict)
+
+    return build
 
 
 __all__ = [
     "CAUSAL_VAE_SCALE",
-    "LAYOUTS",
     "OpenSoraPlanVAE",
     "WFVAEChunking",
-    "OSP_DIT_MARKERS",
-    "detect_osp_vae",
     "osp_vae_class",
     "presets",
+    "release_build",
     "to_official_btchw",
 ]

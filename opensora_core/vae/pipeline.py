@@ -14,8 +14,16 @@ import torch
 from torch import Tensor, nn
 
 from ..geometry import PER_FRAME, VAE_V1_2, LatentGeometry
+from ..models.workspace import retained_state_bytes
 from ..official_config import HF_BOOKKEEPING_KEYS
 from .autoencoder_kl import TORCH_OPS, AutoencoderKL, AutoencoderKLConfig, autoencoder_config_for
+from .memory import (
+    backend_bytes,
+    per_frame_decode_bytes,
+    spatial_conv_weights,
+    temporal_conv_weights,
+    temporal_decode_peak_elements,
+)
 from .posterior import NoiseFn, gaussian_noise, sample_posterior
 from .temporal import TemporalVAE, TemporalVAEConfig
 from .tiling import TilingOptions, tiled_map
@@ -48,6 +56,15 @@ class VideoVAE(Protocol):
                noise: NoiseFn | None = None, tiling: TilingOptions | None = None) -> Tensor: ...
 
     def decode(self, z: Tensor, num_frames: int, *, tiling: TilingOptions | None = None) -> Tensor: ...
+
+    def decode_memory_bytes(self, latent_shape: Sequence[int], num_frames: int | None = None, *,
+                            tiling: TilingOptions | None = None, dtype: torch.dtype | None = None,
+                            backend_workspace: bool = True) -> int:
+        """Bytes of working memory (weights excluded) that ``decode`` of a ``latent_shape`` (B, C, t, h, w)
+        latent to ``num_frames`` frames (None: the most it can decode to) needs in ``dtype`` (None: the VAE's),
+        from shapes only, for a memory manager to make room before it runs. ``backend_workspace`` adds what the
+        kernels hold beside the live tensors (:mod:`opensora_core.models.workspace`)."""
+        ...
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]: ...
 
@@ -144,6 +161,17 @@ class VideoAutoencoderKL(nn.Module):
                          options=tiling)
 
     # -- sizes --------------------------------------------------------------
+
+    def decode_memory_bytes(self, latent_shape: Sequence[int], num_frames: int | None = None, *,
+                            tiling: TilingOptions | None = None, dtype: torch.dtype | None = None,
+                            backend_workspace: bool = True) -> int:
+        """Working memory of :meth:`decode` of a (B, C, t, h, w) latent in bytes, weights excluded (see
+        :class:`VideoVAE`): a micro-batch's decode, its latents and the output video, plus the kernels' share."""
+        b, _, t, h, w = latent_shape
+        dtype = dtype or _parameter(self).dtype
+        live = per_frame_decode_bytes(self.module.config, self.micro_batch_size, b, (t, h, w), dtype.itemsize, tiling)
+        return live + (backend_bytes(spatial_conv_weights(self.module.config), dtype, conv_dims=2)
+                       if backend_workspace else 0)
 
     def _frames_at_once(self, tiling: TilingOptions | None) -> int | None:
         return self.micro_batch_size if tiling is None else tiling.frames_per_batch
@@ -257,6 +285,26 @@ class VideoAutoencoderPipeline(nn.Module):
             x_z[:, :, frame:frame + chunk.num_frames] = part  # (B, 4, n, h, w)
             frame += chunk.num_frames
         return self.spatial_vae.decode(x_z, num_frames, tiling=tiling)
+
+    def decode_memory_bytes(self, latent_shape: Sequence[int], num_frames: int | None = None, *,
+                            tiling: TilingOptions | None = None, dtype: torch.dtype | None = None,
+                            backend_workspace: bool = True) -> int:
+        """Working memory of :meth:`decode` to ``num_frames`` frames (None: the most ``t`` decodes to) in bytes,
+        weights excluded: the normalised latent and the temporal output beside the larger of the two stages'
+        peaks (the temporal VAE on a chunk; the image stage, :meth:`VideoAutoencoderKL.decode_memory_bytes`)."""
+        b, _, t, h, w = latent_shape
+        dtype = dtype or _parameter(self).dtype
+        num_frames = num_frames or self.geometry.pixel_frame_range(t)[1]
+        spatial = self.spatial_vae.decode_memory_bytes((b, self.latent_channels, num_frames, h, w), tiling=tiling,
+                                                       dtype=dtype, backend_workspace=backend_workspace)
+        chunk = min(t, self.geometry.latent_chunk or t)  # latent frames the temporal VAE decodes at once
+        temporal = temporal_decode_peak_elements(self.temporal_vae.config, b, chunk, h, w) * dtype.itemsize
+        if backend_workspace:
+            temporal += backend_bytes(temporal_conv_weights(self.temporal_vae.config), dtype)
+            # the image stage runs after the temporal one: the 3-D convolutions' backend state is still held
+            spatial += retained_state_bytes(dtype, 3) - retained_state_bytes(dtype, 2)
+        latents = b * self.latent_channels * (t + num_frames) * h * w * dtype.itemsize  # z, x_z
+        return max(spatial, temporal) + latents
 
     def get_latent_size(self, input_size: Sequence[int | None]) -> list[int | None]:
         """[T, H, W] -> [t, h, w] (None passes through), as the official ``get_latent_size``."""

@@ -7,12 +7,15 @@ built on the meta device, so the weights are never held twice while a file is lo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from .autoencoder_kl import AutoencoderKLConfig
+from .hunyuan import PRESETS as HUNYUAN_PRESETS
+from .hunyuan import HunyuanVAE, HunyuanVAEConfig
 from .keys import to_diffusers_layout
 from .pipeline import V1_2_MICRO_FRAME_SIZE, VideoAutoencoderKL, VideoAutoencoderPipeline
 from .temporal import TemporalVAEConfig
@@ -87,18 +90,48 @@ def build_autoencoder_kl(state_dict: StateDict, micro_batch_size: int | None, gr
         return VideoAutoencoderKL(infer_autoencoder_config(state_dict, groups), micro_batch_size)
 
 
-def pipeline_for(state_dict: StateDict, micro_batch_size: int | None, groups: int):
-    """(VAE v1.2 pipeline on meta, module to load, state dict in its layout) for a VAE v1.2 file."""
+def pipeline_for(state_dict: StateDict, micro_batch_size: int | None, groups: int, config: Mapping | None = None):
+    """(VAE v1.2 pipeline on meta, module to load, state dict in its layout) for a VAE v1.2 file (the shapes
+    tell the architecture; the saved ``config`` adds nothing but ``groups``, which the loader reads)."""
     state_dict = pipeline_in_diffusers_layout(state_dict)
     model = build_pipeline(state_dict, micro_batch_size, groups)
     return model, model, state_dict
 
 
-def autoencoder_kl_for(state_dict: StateDict, micro_batch_size: int | None, groups: int):
+def autoencoder_kl_for(state_dict: StateDict, micro_batch_size: int | None, groups: int,
+                       config: Mapping | None = None):
     """(per-frame SD-VAE wrapper on meta, its inner AutoencoderKL to load, diffusers-layout state dict)."""
     state_dict = to_diffusers_layout(state_dict)
     model = build_autoencoder_kl(state_dict, micro_batch_size, groups)
     return model, model.module, state_dict
+
+
+def infer_hunyuan_config(state_dict: StateDict, norm_num_groups: int = 32) -> HunyuanVAEConfig:
+    """``AutoencoderKLCausal3D`` config of a Hunyuan VAE state dict: widths, levels, blocks, channels and the
+    mid-block attention from the shapes; the rest (compression ratios, latent scale, tiling) as released."""
+    levels = _count(state_dict, "encoder.down_blocks.")
+    if not levels:
+        raise ValueError("not a Hunyuan VAE state dict: no encoder.down_blocks.* keys")
+    widths = tuple(_shape(state_dict, f"encoder.down_blocks.{i}.resnets.0.conv1.conv.weight")[0] for i in range(levels))
+    return dataclasses.replace(
+        HUNYUAN_PRESETS["hunyuan-vae"],
+        in_channels=_shape(state_dict, "encoder.conv_in.conv.weight")[1],
+        out_channels=_shape(state_dict, "decoder.conv_out.conv.weight")[0],
+        latent_channels=_shape(state_dict, "post_quant_conv.weight")[0],
+        layers_per_block=_count(state_dict, "encoder.down_blocks.0.resnets."),
+        block_out_channels=widths,
+        norm_num_groups=norm_num_groups,
+        mid_block_add_attention=any(k.startswith("encoder.mid_block.attentions.") for k in state_dict),
+    )
+
+
+def hunyuan_for(state_dict: StateDict, micro_batch_size: int | None, groups: int, config: Mapping | None = None):
+    """(Hunyuan VAE on meta, the same module to load, the state dict as it is) for a ``hunyuan_vae`` file
+    (the whole clip is one chunk: ``micro_batch_size`` does not apply; the shapes tell the config, so a saved
+    ``config.json`` is not read)."""
+    with torch.device("meta"):
+        model = HunyuanVAE(infer_hunyuan_config(state_dict, groups))
+    return model, model, state_dict
 
 
 def _shape(state_dict: StateDict, key: str) -> tuple[int, ...]:
@@ -118,7 +151,9 @@ __all__ = [
     "autoencoder_kl_for",
     "build_autoencoder_kl",
     "build_pipeline",
+    "hunyuan_for",
     "infer_autoencoder_config",
+    "infer_hunyuan_config",
     "infer_temporal_config",
     "pipeline_for",
     "pipeline_in_diffusers_layout",

@@ -21,6 +21,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.inplace import activate, add
 from .autoencoder_kl import TORCH_OPS
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"swish": nn.SiLU, "relu": nn.ReLU}
@@ -117,9 +118,13 @@ class ResBlock(nn.Module):
             self.conv3 = CausalConv3d(in_channels, filters, 1, bias=False, ops=ops, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(self.activate(self.norm1(x)))  # (B, F, T, H, W)
-        h = self.conv2(self.activate(self.norm2(h)))
-        return h + (x if self.conv3 is None else self.conv3(x))
+        # one statement per op: each temporary is freed as soon as the next exists (activations in place
+        # without autograd), as in the SD-VAE's ResnetBlock2D
+        h = activate(self.activate, self.norm1(x))  # (B, C_in, T, H, W)
+        h = self.conv1(h)  # (B, F, T, H, W)
+        h = activate(self.activate, self.norm2(h))
+        h = self.conv2(h)
+        return add(h, x if self.conv3 is None else self.conv3(x))  # h + shortcut
 
 
 def _res_stack(in_channels: int, filters: int, cfg: TemporalVAEConfig, ops, **factory) -> nn.ModuleList:
@@ -207,7 +212,7 @@ class TemporalDecoder(nn.Module):
                 x = block(x)
             if i > 0:
                 x = depth_to_time(self.conv_blocks[i - 1](x), self.time_strides[i - 1])  # T doubles if strided
-        return self.conv_out(self.activate(self.norm1(x)))  # (B, out, t * factor, h, w)
+        return self.conv_out(activate(self.activate, self.norm1(x)))  # (B, out, t * factor, h, w)
 
 
 class TemporalVAE(nn.Module):

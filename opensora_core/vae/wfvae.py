@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -488,6 +488,15 @@ _MAIN_ONLY_CONSTANTS = ("encoder.wavelet_transform_in.", "decoder.inverse_wavele
 CONSTANT_TOLERANCE = 1e-3  # a stored constant may be rounded (bf16/fp16 files); anything further is not Haar
 
 
+def loadable_state_dict(module: WFVAEModel, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A file's state dict as ``module`` loads it strictly: either key spelling (v1.3.1 ``wavelet_tranform`` or
+    ``main``'s ``wavelet_transform``), every Haar constant checked and replaced by its built value, the
+    ``main``-only in/out constants dropped (listed in ``module.replaced_constants``)."""
+    state = dict(state_dict)
+    _rebuild_constants(module, state, "")
+    return state
+
+
 def _rebuild_constants(module: WFVAEModel, state_dict, prefix, *args) -> None:
     """Load-state-dict pre-hook: accept both key spellings and replace every stored Haar constant by
     the built float32 value, after checking that it is that constant; the ``main``-only in/out
@@ -533,5 +542,6 @@ __all__ = [
     "WFVAE_PRESETS",
     "haar_filters_2d",
     "haar_filters_3d",
+    "loadable_state_dict",
     "wfvae_parameter_counts",
 ]

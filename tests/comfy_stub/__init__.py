@@ -56,6 +56,10 @@ class Env:
     def previews(self) -> list:
         return sys.modules["latent_preview"].SHOWN
 
+    @property
+    def preview_factors(self) -> list:
+        return sys.modules["latent_preview"].FACTORS
+
 
 def load_pack(name: str = PACK_NAME) -> ModuleType:
     """Import the repository root as a package (ComfyUI: spec_from_file_location on custom_nodes/<dir>)."""

@@ -54,6 +54,10 @@ def get_full_path_or_raise(folder_name: str, filename: str) -> str:
     return path
 
 
+def get_user_directory() -> str:
+    return os.path.join(os.path.dirname(output_directory), "user")
+
+
 def get_output_directory() -> str:
     return output_directory
 

@@ -44,3 +44,11 @@ def throw_exception_if_processing_interrupted():
     if _interrupted:
         _interrupted = False
         raise InterruptProcessingException()
+
+
+def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float32,), weight_dtype=None):
+    return torch.float32  # the stand-in computes on the CPU in float32
+
+
+def unet_manual_cast(weight_dtype, inference_device, supported_dtypes=(torch.float32,)):
+    return None if weight_dtype == torch.float32 else torch.float32
