@@ -174,3 +174,17 @@ def test_unreadable_data_is_named_at_config_time(base, tmp_path):
     rows.write_text("path,text,num_frames,height,width\nclips/gone.mp4,a cat,20,32,48\n")
     with pytest.raises(ConfigError, match=r"^data\.csv: 1 of 1 files it lists are missing, e\.g\. row 2: .*gone\.mp4"):
         validate_config(_config(base, data__csv=f'"{rows}"'))
+
+
+def test_vae_reconstruction_losses_and_their_names(base):
+    from opensora_train.vae_task import reconstruction
+
+    out, target = torch.tensor([0.0, 0.5, 3.0]), torch.tensor([0.0, 0.0, 0.0])
+    l1, mse = reconstruction("l1", out, target), reconstruction("mse", out, target)
+    assert float(l1) == pytest.approx(3.5 / 3) and float(mse) == pytest.approx(9.25 / 3)
+    assert float(reconstruction("l1+mse", out, target)) == pytest.approx(float(l1 + mse))
+    validate_config(_config(base, run__task='"vae"', vae_training__class_name='"VideoAutoencoderKL"',
+                            vae_training__recon_loss='"l1+mse"'))
+    with pytest.raises(ConfigError, match="vae_training.recon_loss"):
+        validate_config(_config(base, run__task='"vae"', vae_training__class_name='"VideoAutoencoderKL"',
+                                vae_training__recon_loss='"huber"'))

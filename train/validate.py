@@ -321,7 +321,7 @@ def _check_validation(cfg: TrainConfig, class_name: str) -> None:
 def _check_vae_training(cfg: TrainConfig) -> None:
     vt = cfg.vae_training
     _one_of("vae_training.class_name", vt.class_name, VAE_CLASSES)
-    _one_of("vae_training.recon_loss", vt.recon_loss, ("l1", "mse"))
+    _one_of("vae_training.recon_loss", vt.recon_loss, ("l1", "mse", "l1+mse"))
     if vt.checkpoint:
         _existing_file("vae_training.checkpoint", vt.checkpoint, "a VAE file load_vae reads")
         _check_weight_files("vae_training.checkpoint", Path(vt.checkpoint))
