@@ -113,17 +113,19 @@ class Work:
 def make_data(work: Work, clips: int = CLIPS, images: int = IMAGES, natural_images: bool = False) -> None:
     from .prepare import prepare_dataset
 
-    # The DiT's clips use the demo's vocabulary. The VAE's clips and stills have every colour, shape and
-    # background of the generator (a wider world reconstructs better and more evenly). The stills are 32x32
-    # windows of 64x64 frames: the same scale, a quarter of the pixels (the spatial VAE is convolutional).
+    # Every set uses the demo's vocabulary. (The VAE's sets had every colour, shape and background of the
+    # generator, 24 colour/background pairs: the small VAE then decoded some of the demo's own pairs in another
+    # colour, red on black as magenta, yellow on black as orange.) The stills are 32x32 windows of 64x64
+    # frames: the same scale, a quarter of the pixels (the spatial VAE is convolutional).
     # ``natural`` adds as many natural pictures to the stills (photographs of natural.TRAINING, recoloured, and
     # "dead leaves" pictures). The shipped demo leaves them out: beside them this small VAE reached 16.6 dB on
     # held-out photographs but decoded the demo's own shapes in the wrong colours (0 of 8 named), and the
     # temporal stages lost 5 dB on shapes with natural pan/zoom clips (demo/README.md).
     vae_clips = min(clips, VAE_CLIPS)
-    for name, count, frames, csv, words, photos in (("clips", clips, CLIP_FRAMES, work.clips_csv, VOCABULARY, False),
-                                                    ("vae_clips", vae_clips, CLIP_FRAMES, work.vae_clips_csv, {}, False),
-                                                    ("images", images, 1, work.images_csv, {}, natural_images)):
+    for name, count, frames, csv, words, photos in (
+            ("clips", clips, CLIP_FRAMES, work.clips_csv, VOCABULARY, False),
+            ("vae_clips", vae_clips, CLIP_FRAMES, work.vae_clips_csv, VOCABULARY, False),
+            ("images", images, 1, work.images_csv, VOCABULARY, natural_images)):
         if csv.is_file():
             continue
         folder = work.root / "data" / name
