@@ -60,7 +60,7 @@ FILES = {
     "text_encoder": "models/text_encoders/opensora-demo-t5",
     "reference": "inputs/opensora_demo_first_frame.png",
 }
-SAMPLING = {"height": SIZE, "width": SIZE, "num_frames": 17, "fps": FPS, "steps": 30, "cfg_scale": 7.0, "seed": 0,
+SAMPLING = {"height": SIZE, "width": SIZE, "num_frames": 17, "fps": FPS, "steps": 30, "cfg_scale": 3.0, "seed": 0,
             "condition_frame_length": 1}  # loops continue from the last latent frame (image_head training)
 PROMPT = "a red circle moves to the right on a black background"
 # Video-to-video (workflows/opensora_demo_video_to_video.json): the source clip re-captioned with another
