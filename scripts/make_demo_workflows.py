@@ -81,6 +81,7 @@ def convert(workflow: dict, task: str) -> dict:
             node["title"] = f"First {S['num_frames']} frames"  # the title says what the node takes
         elif kind == "OpenSoraMaskBuilder" and "strategy" in spec:
             values[1] = spec["strategy"]
+            values[4] = demo.V2V_EDIT_RATIO  # the edit_ratio widget: what the 'edit whole video' preset uses
         elif kind == "OpenSoraSampler":
             values[:7] = [S["width"], S["height"], S["num_frames"], S["fps"], S["steps"], S["cfg_scale"], S["seed"]]
             values[8] = spec.get("loops", 1)
