@@ -28,6 +28,33 @@ def test_random_clips_stay_inside_the_frame():
             assert clip.radius <= x <= 1 - clip.radius and clip.radius <= y <= 1 - clip.radius
 
 
+def test_short_travel_lets_opposite_directions_start_anywhere_in_between():
+    """The demo DiT's clips: a start must not give the direction away (only the caption does)."""
+    from opensora_train.demo import CLIP_TRAVEL
+
+    rng = random.Random(0)
+    starts = {"right": [], "left": []}
+    for _ in range(400):
+        clip = synthetic.random_clip(rng, 17, travel=CLIP_TRAVEL)
+        for t in (0, 16):
+            x, y = clip.centre(t)
+            assert clip.radius <= x <= 1 - clip.radius and clip.radius <= y <= 1 - clip.radius
+        if clip.direction in starts:
+            starts[clip.direction].append(clip.start[0])
+    shared = (min(starts["left"]), max(starts["right"]))  # starts both a rightward and a leftward clip can have
+    assert shared[1] - shared[0] > 0.15  # ~0.19: the middle fifth of the frame
+    default = [synthetic.random_clip(random.Random(i), 17) for i in range(200)]
+    assert max(c.start[0] for c in default if c.direction == "right") < min(
+        c.start[0] for c in default if c.direction == "left")  # the generator's default: the start tells
+
+
+def test_travel_that_cannot_fit_is_refused():
+    with pytest.raises(ValueError, match="travel"):
+        synthetic.random_clip(random.Random(0), 17, travel=(0.3, 0.8))
+    with pytest.raises(ValueError, match="travel"):
+        synthetic.random_clip(random.Random(0), 17, travel=(0.0, 0.3))
+
+
 @pytest.mark.parametrize("shape", synthetic.SHAPES)
 def test_shapes_cover_a_plausible_area(shape):
     clip = synthetic.ShapeClip(shape, "white", "black", "right", (0.5, 0.5), 0.2, 0.0)

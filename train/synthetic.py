@@ -70,8 +70,13 @@ def random_clip(rng: random.Random, num_frames: int, *, radius=(0.13, 0.18), tra
                 backgrounds: Sequence[str] = tuple(BACKGROUNDS)) -> ShapeClip:
     """A random clip whose shape stays inside the frame for ``num_frames`` frames.
 
-    ``colors``/``shapes``/``backgrounds`` narrow the vocabulary (names from the tables above).
+    ``colors``/``shapes``/``backgrounds`` narrow the vocabulary (names from the tables above); ``travel``: the
+    range of distances (fractions of the frame) the centre moves over the clip.
     """
+    room = 1 - 2 * (max(radius) + 0.02)
+    if not 0 < travel[0] <= travel[1] <= room:
+        raise ValueError(f"travel {travel}: need 0 < low <= high <= {room:.2f} (a shape of radius up to "
+                         f"{max(radius)} must stay inside the frame for the whole clip)")
     _check_names("colors", colors, COLORS)
     _check_names("shapes", shapes, SHAPES)
     _check_names("backgrounds", backgrounds, BACKGROUNDS)
@@ -142,7 +147,7 @@ def render(clip: ShapeClip, num_frames: int, height: int, width: int) -> torch.T
 
 def write_dataset(out_dir: str | Path, count: int, *, seed: int, num_frames: int, height: int, width: int, fps: int = 8,
                   lossless: bool = True, prefix: str = "clip", crop: int | None = None,
-                  **vocabulary: Sequence[str]) -> list[Path]:
+                  travel: tuple[float, float] = (0.35, 0.5), **vocabulary: Sequence[str]) -> list[Path]:
     """Write ``count`` clips as ``clip_00000.mp4`` + ``clip_00000.txt`` (the folder format of ``prepare``);
     with ``num_frames=1`` images ``clip_00000.png`` (training buckets put videos in frame buckets only).
 
@@ -151,6 +156,7 @@ def write_dataset(out_dir: str | Path, count: int, *, seed: int, num_frames: int
     ``prefix`` replaces ``clip`` in the names; ``vocabulary``: ``colors``/``shapes``/``backgrounds`` of
     :func:`random_clip`. ``crop`` (images only): write a ``crop`` x ``crop`` window of the frame that holds
     all or part of the shape (a convolutional VAE learns from it what it learns from the frame, 4x cheaper).
+    ``travel``: the range of distances (fractions of the frame) a shape moves over the clip (:func:`random_clip`).
     """
     from opensora_core.media import write_video
 
@@ -158,7 +164,7 @@ def write_dataset(out_dir: str | Path, count: int, *, seed: int, num_frames: int
     rng = random.Random(seed)
     paths = []
     for index in range(count):
-        clip = random_clip(rng, num_frames, **vocabulary)
+        clip = random_clip(rng, num_frames, travel=travel, **vocabulary)
         path = out_dir / f"{prefix}_{index:05d}{'.png' if num_frames == 1 else '.mp4'}"
         frames = render(clip, num_frames, height, width)
         if crop is not None:
