@@ -7,8 +7,8 @@ same trainer users fine-tune with); this module only chains them and copies the 
 the folder layout the loader nodes read. Stages whose output already exists are skipped, so
 an interrupted build continues where it stopped (``--fresh`` starts over).
 
-1. ``data``: 600 captioned 18-frame clips in the demo vocabulary (the DiT's), 600 more and 2000
-   still images with every colour/shape/background (the VAE's), 64x64, written losslessly and
+1. ``data``: 3000 captioned 18-frame clips in the demo vocabulary (the DiT's, moving CLIP_TRAVEL of the
+   frame), 600 clips and 4000 32x32 stills in the same vocabulary (the VAE's), 64x64, written losslessly and
    described by ``opensora-train prepare`` CSVs;
 2. ``t5``: a small random T5 encoder with the byte-level ByT5 tokenizer (frozen, as the real
    T5-XXL is frozen in Open-Sora training; the DiT learns to read its features);
