@@ -37,7 +37,7 @@ TASKS = {
                           "images": ["opensora_demo_stitch_first.png", "opensora_demo_stitch_last.png"]},
     "infinite_extension": {"prompt": "|0|a red circle moves to the right on a black background"
                                      "|1|a red circle moves down on a black background", "loops": 2},
-    "video_to_video": {"prompt": "a red circle moves to the left on a gray background",
+    "video_to_video": {"prompt": demo.v2v_edit(demo.SOURCE_CLIP).caption,  # the source's circle as a square
                        "video": "opensora_demo_source.mp4", "strategy": f"0,0,0,0,5,{demo.V2V_EDIT_RATIO}"},
     "native_text_to_video": {"prompt": "a blue square moves to the left on a black background"},
     "native_image_to_video": {"prompt": demo.PROMPT, "images": [Path(demo.FILES["reference"]).name]},

@@ -15,7 +15,7 @@ fills ~0.785, a square ~1.0) and its centre, whose least-squares track gives the
 3. ``extension``: image-to-video + one loop round with its own prompt, every turn (right->down, up->left ...);
    each round's direction, one object throughout, the seam step against the steps inside the rounds;
 4. ``stitching`` (first and last image of a held-out clip) and ``video_to_video`` (a held-out source clip,
-   the prompt changes the colour: the motion must stay and the colour must change);
+   the prompt names the other shape: the shape must change, the motion and the colour must stay);
 5. ``vae_synthetic`` / ``vae_natural``: VAE v1.2 round trips of held-out clips and of natural photographs
    the VAE never saw (64x64 stills and panned pseudo-videos).
 
@@ -43,7 +43,7 @@ from opensora_core import media
 from opensora_core.pipeline import Components, generate
 
 from . import synthetic
-from .demo import SEEDS, SIZE, V2V_EDIT_RATIO, VOCABULARY
+from .demo import SEEDS, SIZE, V2V_EDIT_RATIO, VOCABULARY, v2v_edit
 
 HELD_OUT_SEED = 999  # the build uses SEEDS (0, 1); every held-out draw below starts here
 assert HELD_OUT_SEED not in SEEDS.values()
@@ -344,31 +344,26 @@ STITCH_STRATEGY = "0;0,1,0,-1,1"  # reference 0 at the first latent frame, refer
 EDIT_STRATEGY = "0,0,0,0,5,{ratio}"  # the whole source video, edited with the ratio
 
 
-def recolor(clip: synthetic.ShapeClip) -> synthetic.ShapeClip:
-    """The v2v demo's edit: the same clip with the next colour of the vocabulary."""
-    colors = VOCABULARY["colors"]
-    return synthetic.ShapeClip(clip.shape, colors[(colors.index(clip.color) + 1) % len(colors)], clip.background,
-                               clip.direction, clip.start, clip.radius, clip.speed)
-
-
 @torch.no_grad()
 def video_to_video(components: Components, clips: Sequence[synthetic.ShapeClip], edit_ratio: float,
                    seed: int = HELD_OUT_SEED) -> list[VideoCheck]:
-    """Each source clip re-captioned with another colour: the motion must stay, the colour must change.
+    """Each source clip re-captioned by the demo's edit (:func:`~opensora_train.demo.v2v_edit`: the other shape):
+    the shape must change, the motion and the colour must stay.
 
-    ``extra``: the mean distance (pixels) between the output's centre and the source's, frame by frame.
+    ``extra``: the source's shape, and the mean distance (pixels) between the output's centre and the source's,
+    frame by frame.
     """
     checks = []
     for index, clip in enumerate(clips):
         source = written_mp4(synthetic.render(clip, FRAMES, SIZE, SIZE), 8)  # the source as an MP4 holds it
-        edited = recolor(clip)
+        edited = v2v_edit(clip)
         spec = demo_files.demo_spec(prompts=[edited.caption], seed=seed + index,
                                     mask_strategy=EDIT_STRATEGY.format(ratio=edit_ratio))
         video = written_mp4(generate(components, spec, [source]).frames[0], spec.fps)
         ours = torch.tensor([f.centre for f in synthetic.measure_video(video)])
         theirs = torch.tensor([f.centre for f in synthetic.measure_video(source)])
         offset = float(torch.nan_to_num((ours - theirs).norm(dim=-1), nan=float(SIZE)).mean())
-        checks.append(check_video(video, edited.caption, _wanted(edited), source_color=clip.color,
+        checks.append(check_video(video, edited.caption, _wanted(edited), source_shape=clip.shape,
                                   track_offset=offset))
     return checks
 
@@ -454,8 +449,9 @@ def report(components: Components | None = None, quick: bool = False, verbose: b
         f"    first frame {statistics.mean(c.extra['first_psnr'] for c in stitch):.1f} dB, last frame "
         f"{statistics.mean(c.extra['last_psnr'] for c in stitch):.1f} dB (means)"])
     v2v = video_to_video(components, held_out_clips(4 if quick else 8, seed=HELD_OUT_SEED + 4), V2V_EDIT_RATIO)
-    _emit(out, describe_checks(f"4b. video-to-video (colour edit, ratio {V2V_EDIT_RATIO})", v2v, verbose) + [
-        f"    colour changed to the prompt's: {_share([c.right('color') for c in v2v])}; motion kept (direction "
+    _emit(out, describe_checks(f"4b. video-to-video (shape edit, ratio {V2V_EDIT_RATIO})", v2v, verbose) + [
+        f"    shape changed to the prompt's: {_share([c.right('shape') for c in v2v])}, colour kept "
+        f"{_share([c.right('color') for c in v2v])}; motion kept (direction "
         f"{_share([c.right('direction') for c in v2v])}, centre within "
         f"{statistics.mean(c.extra['track_offset'] for c in v2v):.1f} px of the source's on average)"])
     synth = vae_synthetic(components)
