@@ -35,6 +35,20 @@ def test_lossless_mp4_decodes_to_the_written_frames(tmp_path):
     assert torch.equal(frames, written)
 
 
+def test_planar_rgb_frames_read_as_libswscale_converts_them(tmp_path):
+    """Lossless MP4s decode as planar RGB (gbrp), read plane by plane; a width whose rows are padded included."""
+    import av
+
+    written = torch.randint(0, 256, (3, 16, 30, 3), dtype=torch.uint8)
+    path = media.write_video(written, tmp_path / "padded.mp4", fps=8, lossless=True)
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(container.streams.video[0]))
+    assert decoded[0].format.name == "gbrp" and decoded[0].planes[0].line_size > 30
+    converted = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in decoded])
+    assert torch.equal(media.read_frames(path)[0], converted)
+    assert torch.equal(torch.stack([torch.from_numpy(f) for _, f in media.iter_frames(path)]), converted)
+
+
 def test_single_frame_is_saved_as_png(tmp_path):
     path = media.save_output(_clip(t=1), tmp_path / "one.mp4", fps=24)
     assert path.suffix == ".png"
