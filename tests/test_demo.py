@@ -82,6 +82,22 @@ def test_random_t5_writes_the_portable_tokenizer(tmp_path):
     assert not (folder / "added_tokens.json").exists() and not (folder / "special_tokens_map.json").exists()
 
 
+def test_only_the_dit_clips_move_the_shorter_distances(tmp_path, monkeypatch):
+    """The DiT's clips use CLIP_TRAVEL (a start that does not give the direction away); the VAE's keep the
+    generator's distances, so the shipped VAE's recipe is unchanged."""
+    drawn = {}
+
+    def record(folder, count, *, travel, **kwargs):
+        drawn[folder.name] = travel
+        return []
+
+    monkeypatch.setattr(demo.synthetic, "write_dataset", record)
+    monkeypatch.setattr("opensora_train.prepare.prepare_dataset", lambda folder, csv, **kw: type("R", (), {"rows": []}))
+    demo.make_data(demo.Work(tmp_path), clips=2, images=2)
+    assert drawn == {"clips": demo.CLIP_TRAVEL, "vae_clips": demo.synthetic.TRAVEL, "images": demo.synthetic.TRAVEL}
+    assert demo.CLIP_TRAVEL[0] < demo.synthetic.TRAVEL[0]
+
+
 def test_demo_json_matches_the_build_and_records_how_it_was_made():
     config = json.loads((DEMO / "demo.json").read_text())
     assert config["files"] == demo.FILES and config["sampling"] == demo.SAMPLING

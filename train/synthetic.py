@@ -65,7 +65,10 @@ class ShapeClip:
         return self.start[0] + dx * self.speed * frame, self.start[1] + dy * self.speed * frame
 
 
-def random_clip(rng: random.Random, num_frames: int, *, radius=(0.13, 0.18), travel=(0.35, 0.5),
+TRAVEL = (0.35, 0.5)  # how far (fractions of the frame) a shape moves over a clip, unless told otherwise
+
+
+def random_clip(rng: random.Random, num_frames: int, *, radius=(0.13, 0.18), travel=TRAVEL,
                 colors: Sequence[str] = tuple(COLORS), shapes: Sequence[str] = SHAPES,
                 backgrounds: Sequence[str] = tuple(BACKGROUNDS)) -> ShapeClip:
     """A random clip whose shape stays inside the frame for ``num_frames`` frames.
@@ -147,7 +150,7 @@ def render(clip: ShapeClip, num_frames: int, height: int, width: int) -> torch.T
 
 def write_dataset(out_dir: str | Path, count: int, *, seed: int, num_frames: int, height: int, width: int, fps: int = 8,
                   lossless: bool = True, prefix: str = "clip", crop: int | None = None,
-                  travel: tuple[float, float] = (0.35, 0.5), **vocabulary: Sequence[str]) -> list[Path]:
+                  travel: tuple[float, float] = TRAVEL, **vocabulary: Sequence[str]) -> list[Path]:
     """Write ``count`` clips as ``clip_00000.mp4`` + ``clip_00000.txt`` (the folder format of ``prepare``);
     with ``num_frames=1`` images ``clip_00000.png`` (training buckets put videos in frame buckets only).
 
