@@ -112,6 +112,24 @@ def test_accelerate_configs_load_in_accelerate():
     assert kinds == {"accelerate_ddp.yaml": "MULTI_GPU", "accelerate_fsdp.yaml": "FSDP"}
 
 
+def test_adamw_takes_the_fused_kernel_and_makes_the_same_update(base):
+    from opensora_train.trainer import build_optimizer, fused_adamw_supported
+
+    weights = [torch.nn.Parameter(torch.randn(3, 5, generator=torch.Generator().manual_seed(i))) for i in range(2)]
+    reference = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    fused = build_optimizer(_config(base, optimizer__weight_decay=0.1), torch.nn.ParameterList(weights))
+    plain = torch.optim.AdamW(reference, lr=fused.defaults["lr"], weight_decay=0.1)
+    assert fused.defaults["fused"] is True
+    for step in range(3):
+        for a, b in zip(weights, reference):
+            a.grad = b.grad = torch.randn(3, 5, generator=torch.Generator().manual_seed(10 + step))
+        fused.step()
+        plain.step()
+    for a, b in zip(weights, reference):  # one kernel vs per-tensor ops: the same update up to float rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not fused_adamw_supported([torch.zeros(2, device="meta")])
+
+
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     from opensora_train.trainer import warmup_scheduler
 
@@ -137,6 +155,9 @@ def test_decay_and_first_frame_settings_are_validated(base):
     with pytest.raises(ConfigError, match="vae_training.first_frame_weight"):
         validate_config(_config(base, run__task='"vae"', vae_training__class_name='"VideoAutoencoderKL"',
                                 vae_training__first_frame_weight=1.0))
+    for bad in ("-1.0", "nan"):  # a size of memory: not negative, not NaN
+        with pytest.raises(ConfigError, match="vae_training.spatial_cache_gb"):
+            validate_config(_config(base, run__task='"vae"', vae_training__spatial_cache_gb=bad))
 
 
 def test_output_dir_that_is_a_file_is_named(base, tmp_path):

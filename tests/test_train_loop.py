@@ -5,6 +5,7 @@ One module-wide workspace (clips, tiny T5 / VAE / DiT files, a shared cache) ser
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -251,6 +252,38 @@ def test_vae_v1_2_is_built_in_two_stages_as_the_demo_does(workspace):
     assert moved and all(k.startswith(("temporal_vae.encoder", "temporal_vae.quant_conv")) for k in moved), moved
     log = [json.loads(line) for line in (third.exports[0].parents[1] / "loss.jsonl").read_text().splitlines()]
     assert log[0]["anchor"] == pytest.approx(0.0, abs=1e-9) and log[-1]["anchor"] > 0.0  # starts at the teacher
+
+
+def test_frozen_spatial_moments_are_encoded_once_per_clip_and_give_the_same_loss():
+    from opensora_train.config import VAETrainingConfig
+    from opensora_train.vae_task import VAEWithLoss, build_vae
+
+    vt = VAETrainingConfig(spatial={"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 2},
+                           temporal={"filters": 8, "num_res_blocks": 1, "channel_multipliers": [1, 2, 2, 2],
+                                     "temporal_downsample": [False, True, True], "num_groups": 2},
+                           freeze_spatial=True, pixel_weight=0.0, latent_weight=1.0)
+    vae = build_vae(vt)
+    vae.spatial_vae.requires_grad_(False)
+    cached = VAEWithLoss(vae, vt)
+    uncached = VAEWithLoss(vae, dataclasses.replace(vt, spatial_cache_gb=0.0))
+    video = torch.rand(2, 3, 17, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    spatial = vae.spatial_vae.module
+    calls = []
+    encode = spatial.encode_moments
+    spatial.encode_moments = lambda x: calls.append(x.shape[0]) or encode(x)
+    losses = []
+    for step in range(3):  # the same clips every step, as every epoch of a small set
+        losses.append(float(cached(video, torch.Generator().manual_seed(step), ["a", "b"])["loss"]))
+    assert calls == [34]  # both clips' 17 frames, once
+    assert cached._spatial_cache.used == 2 * 17 * 8 * 2 * 2 * 4  # (T, 2C, h, w) float32 per clip
+    for step, loss in enumerate(losses):  # the posterior is still sampled every step: the loss of no cache
+        assert float(uncached(video, torch.Generator().manual_seed(step))["loss"]) == pytest.approx(loss, rel=1e-5)
+    assert len(set(losses)) == 3
+    full = VAEWithLoss(vae, dataclasses.replace(vt, spatial_cache_gb=(17 * 8 * 2 * 2 * 4) / 2**30))  # room for one
+    calls.clear()
+    full(video, torch.Generator().manual_seed(0), ["a", "b"])
+    full(video, torch.Generator().manual_seed(0), ["a", "b"])
+    assert calls == [34, 17] and list(full._spatial_cache.moments) == ["a"]
 
 
 def test_train_only_freezes_everything_else_and_names_unknown_prefixes():

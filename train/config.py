@@ -198,6 +198,8 @@ class VAETrainingConfig:
     init_logvar: float = 0.0  # from scratch: start every posterior log-variance here (e.g. -6: the decoder sees
     #                           the signal, not unit noise, from the first step); 0 = the layers' own init
     calibrate_batches: int = 8  # VAE v1.2: batches used to set shift/scale at export (0 = keep)
+    spatial_cache_gb: float = 1.0  # VAE v1.2 with freeze_spatial: keep each clip's spatial moments (the frozen
+    #   encoder's output) in CPU memory, up to this many GB per process, and encode a clip only once (0 = off)
 
 
 @dataclass

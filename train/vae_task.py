@@ -51,7 +51,8 @@ log = logging.getLogger("opensora")
 
 
 class PixelClipDataset(torch.utils.data.Dataset):
-    """Item ``(epoch, row)``: that entry's clip for that epoch as {"video": (3, T, H, W) in [-1, 1]}."""
+    """Item ``(epoch, row)``: that entry's clip for that epoch as {"video": (3, T, H, W) in [-1, 1], "clip": its
+    identity (the row, frames and size that decide the pixels: :class:`SpatialMomentCache`'s key)}."""
 
     def __init__(self, entries, table: BucketTable, frame_interval: int, seed: int) -> None:
         self.entries, self.table, self.frame_interval, self.seed = entries, table, frame_interval, seed
@@ -62,7 +63,7 @@ class PixelClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, sample: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, row = sample
         clip = plan_clip(self.entries[row], self.table, self.frame_interval, self.seed, epoch)
-        return {"video": read_clip(clip)}
+        return {"video": read_clip(clip), "clip": f"{row}:{clip.frames}:{clip.height}x{clip.width}"}
 
     def groups(self, epoch: int) -> dict:
         found: dict = {}
@@ -111,16 +112,19 @@ def sd_vae_losses(vae: VideoAutoencoderKL, video: torch.Tensor, generator, cfg: 
 
 
 def pipeline_losses(vae: VideoAutoencoderPipeline, video: torch.Tensor, generator, cfg: VAETrainingConfig,
-                    teacher: nn.Module | None = None) -> dict:
+                    teacher: nn.Module | None = None, spatial_moments: torch.Tensor | None = None) -> dict:
     """VAE v1.2: spatial encode per frame, temporal encode/decode per chunk, spatial decode.
 
-    ``teacher``: a frozen copy of the starting temporal VAE (``encoder_anchor_weight``).
+    ``teacher``: a frozen copy of the starting temporal VAE (``encoder_anchor_weight``). ``spatial_moments``:
+    the frozen spatial stage's moments of ``video`` (B*T, 2C, h, w), when already known (``freeze_spatial``).
     """
     noise = gaussian_noise(generator)
     B, _, T = video.shape[:3]
     spatial = vae.spatial_vae.module
     with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_spatial):
-        s_moments = spatial.encode_moments(video.transpose(1, 2).flatten(0, 1))  # (B*T, 8, h, w)
+        s_moments = spatial_moments
+        if s_moments is None:
+            s_moments = spatial.encode_moments(video.transpose(1, 2).flatten(0, 1))  # (B*T, 8, h, w)
         x_z = sample_posterior(s_moments, sample=True, noise=noise, stage="spatial") * SPATIAL_SCALING_FACTOR
     x_z = x_z.unflatten(0, (B, T)).transpose(1, 2)  # (B, 4, T, h, w)
     z_parts, kls, chunk_moments = [], [], []
@@ -176,8 +180,40 @@ def first_frame_consistency(vae: VideoAutoencoderPipeline, x_z: torch.Tensor, cl
     return reconstruction("mse", alone, in_clip) / in_clip.pow(2).mean().clamp_min(1e-6)
 
 
+class SpatialMomentCache:
+    """The frozen spatial stage's moments of each clip, computed once and kept in CPU memory.
+
+    With ``freeze_spatial`` the SD-VAE encoder is a fixed function of the frames (no dropout, GroupNorm only),
+    so a clip (the same frames of the same file at the same size) has the same moments every epoch. Keeping
+    them keeps the objective (the posterior is still sampled every step with the step's noise) and skips the
+    spatial encode, which was ~45 % of a step of the demo's temporal stage. Clips are added while the cache
+    holds fewer than ``max_bytes``; the others are encoded every time.
+    """
+
+    def __init__(self, max_bytes: float) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.moments: dict[str, torch.Tensor] = {}  # clip -> (T, 2C, h, w) on the CPU
+
+    @torch.no_grad()
+    def __call__(self, spatial: nn.Module, video: torch.Tensor, clips: list[str]) -> torch.Tensor:
+        """Moments of ``video`` (B, 3, T, H, W) as (B*T, 2C, h, w), the cached clips read, the others encoded."""
+        missing = [i for i, clip in enumerate(clips) if clip not in self.moments]
+        fresh = {}
+        if missing:
+            encoded = spatial.encode_moments(video[missing].transpose(1, 2).flatten(0, 1))  # (n*T, 2C, h, w)
+            fresh = dict(zip(missing, encoded.unflatten(0, (len(missing), video.shape[2]))))
+        for i, moments in fresh.items():
+            size = moments.numel() * moments.element_size()
+            if self.used + size <= self.max_bytes:
+                self.moments[clips[i]] = moments.cpu()
+                self.used += size
+        parts = [fresh[i] if i in fresh else self.moments[clip].to(video.device) for i, clip in enumerate(clips)]
+        return torch.stack(parts).flatten(0, 1)
+
+
 class VAEWithLoss(nn.Module):
-    """The trained module: ``forward(video, generator)`` returns the loss terms (so DDP sees a forward)."""
+    """The trained module: ``forward(video, generator, clips)`` returns the loss terms (so DDP sees a forward)."""
 
     def __init__(self, vae: nn.Module, cfg: VAETrainingConfig) -> None:
         super().__init__()
@@ -187,12 +223,20 @@ class VAEWithLoss(nn.Module):
         if cfg.encoder_anchor_weight > 0 and isinstance(vae, VideoAutoencoderPipeline):
             teacher = copy.deepcopy(vae.temporal_vae).eval().requires_grad_(False)
             object.__setattr__(self, "_teacher", teacher)
+        self._spatial_cache = None
+        if cfg.freeze_spatial and cfg.spatial_cache_gb > 0 and isinstance(vae, VideoAutoencoderPipeline):
+            self._spatial_cache = SpatialMomentCache(cfg.spatial_cache_gb * 2**30)
 
-    def forward(self, video: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def forward(self, video: torch.Tensor, generator: torch.Generator,
+                clips: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """``clips``: the identity of each clip (the dataset's ``clip``), for the spatial-moment cache."""
         if isinstance(self.vae, VideoAutoencoderPipeline):
             if self._teacher is not None:
                 self._teacher.to(video.device)
-            return pipeline_losses(self.vae, video, generator, self.cfg, self._teacher)
+            spatial_moments = None
+            if self._spatial_cache is not None and clips is not None:
+                spatial_moments = self._spatial_cache(self.vae.spatial_vae.module, video, clips)
+            return pipeline_losses(self.vae, video, generator, self.cfg, self._teacher, spatial_moments)
         return sd_vae_losses(self.vae, video, generator, self.cfg)
 
 
@@ -239,7 +283,7 @@ class VAETask:
 
     def compute_loss(self, model: nn.Module, batch: dict, rng: StepRandomness) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(rng.seed)  # posterior draws (CPU: same on every device)
-        return model(batch["video"], generator)  # video (B, 3, T, H, W)
+        return model(batch["video"], generator, batch.get("clip"))  # video (B, 3, T, H, W)
 
     def validate(self, model: nn.Module, step: int, accelerator, tracker) -> list[Path]:
         """Side-by-side MP4 (input | reconstruction) of the first clip of epoch 0."""
@@ -359,7 +403,7 @@ def calibrate_latent_scale(vae: VideoAutoencoderPipeline, dataset, sampler, batc
 
 
 __all__ = [
-    "PixelClipDataset", "VAETask", "VAEWithLoss", "build_vae", "calibrate_latent_scale", "first_frame_consistency",
+    "PixelClipDataset", "SpatialMomentCache", "VAETask", "VAEWithLoss", "build_vae", "calibrate_latent_scale", "first_frame_consistency",
     "freeze_all_but",
     "load_spatial_stage",
     "norm_groups", "pipeline_losses", "sd_vae_losses",

@@ -343,6 +343,8 @@ def _check_vae_training(cfg: TrainConfig) -> None:
         if getattr(vt, name) > 0 and vt.class_name != "VideoAutoencoderPipeline":
             raise ConfigError(f"vae_training.{name}", "only for the VAE v1.2 pipeline (VideoAutoencoderPipeline)")
     _at_least("vae_training.calibrate_batches", vt.calibrate_batches, 0)
+    _finite("vae_training.spatial_cache_gb", vt.spatial_cache_gb)
+    _at_least("vae_training.spatial_cache_gb", vt.spatial_cache_gb, 0)
 
 
 def _check_v2(cfg: TrainConfig) -> None:
