@@ -157,8 +157,8 @@ def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
     """torch's fused AdamW kernel (one kernel over all weights instead of a dozen small ops per tensor: on the
     demo's VAE, 2 instead of 12 ms per step on 2 CPU cores) takes floating-point weights on the CPU or CUDA.
 
-    It computes the same update as the per-tensor loop up to float rounding. The device is checked again at the
-    first step, where accelerate may have moved the weights to the GPU.
+    It computes the same update as the per-tensor loop up to float rounding. Weights that accelerate moves to the
+    GPU after this keep the fused kernel (it has a CUDA version too).
     """
     return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
