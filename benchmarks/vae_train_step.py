@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import tomllib
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import Timing, load_line  # noqa: E402
 
-from opensora_train.config import VAETrainingConfig  # noqa: E402
+from opensora_train.config import VAETrainingConfig, load_config  # noqa: E402
 from opensora_train.vae_task import VAEWithLoss, build_vae  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "demo" / "vae_temporal.toml"
@@ -35,10 +34,7 @@ BATCH = (4, 3, 17, 64, 64)  # (B, 3, T, H, W)
 
 
 def demo_config() -> VAETrainingConfig:
-    raw = tomllib.loads(CONFIG.read_text())["vae_training"]
-    keep = {"class_name", "spatial", "temporal", "freeze_spatial", "recon_loss", "pixel_weight", "latent_weight",
-            "kl_weight", "init_logvar"}
-    return VAETrainingConfig(**{k: v for k, v in raw.items() if k in keep})
+    return load_config(CONFIG).vae_training  # build_vae reads the architecture; the loss reads the weights
 
 
 def time_steps(cfg: VAETrainingConfig, fused: bool, steps: int) -> list[Timing]:
