@@ -42,7 +42,8 @@ TASKS = {
     "native_text_to_video": {"prompt": "a blue square moves to the left on a black background"},
     "native_image_to_video": {"prompt": demo.PROMPT, "images": [Path(demo.FILES["reference"]).name]},
 }
-KSAMPLER_STEPS = 25  # KSampler's 'simple' schedule hits Open-Sora's grid when the steps divide 1000
+# the demo samples with 60 steps; KSampler's 'simple' schedule hits Open-Sora's grid when the steps divide 1000
+KSAMPLER_STEPS = 50
 NOTE = """## Open-Sora demo model (bundled, no download)
 
 This is the *{task}* example switched to the tiny demo model this repository ships and rebuilds
