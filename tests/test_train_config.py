@@ -204,8 +204,13 @@ def test_vae_reconstruction_losses_and_their_names(base):
     l1, mse = reconstruction("l1", out, target), reconstruction("mse", out, target)
     assert float(l1) == pytest.approx(3.5 / 3) and float(mse) == pytest.approx(9.25 / 3)
     assert float(reconstruction("l1+mse", out, target)) == pytest.approx(float(l1 + mse))
+    assert float(reconstruction("l1+mse", out, target, mse_weight=10)) == pytest.approx(float(l1 + 10 * mse))
     validate_config(_config(base, run__task='"vae"', vae_training__class_name='"VideoAutoencoderKL"',
                             vae_training__recon_loss='"l1+mse"'))
     with pytest.raises(ConfigError, match="vae_training.recon_loss"):
         validate_config(_config(base, run__task='"vae"', vae_training__class_name='"VideoAutoencoderKL"',
                                 vae_training__recon_loss='"huber"'))
+    for weight, wanted in (("-1", ">= 0"), ("nan", "finite"), ("10", 'recon_loss = "l1\\+mse"')):
+        with pytest.raises(ConfigError, match=f"vae_training.mse_weight.*{wanted}"):
+            validate_config(_config(base, run__task='"vae"', vae_training__class_name='"VideoAutoencoderKL"',
+                                    vae_training__mse_weight=weight))

@@ -187,6 +187,7 @@ class VAETrainingConfig:
     train_only: list = field(default_factory=list)  # parameter-name prefixes to train (others frozen), e.g.
     #                      ["temporal_vae.encoder", "temporal_vae.quant_conv"]; empty = everything not frozen
     recon_loss: str = "l1"  # "l1" | "mse" | "l1+mse"
+    mse_weight: float = 1.0  # "l1+mse": the squared term's weight (L1 + mse_weight * MSE)
     pixel_weight: float = 1.0  # reconstruction of the video
     latent_weight: float = 0.0  # VAE v1.2: reconstruction of the spatial latent by the temporal stage
     first_frame_weight: float = 0.0  # VAE v1.2: a clip's first frame encoded alone (as image-to-video encodes its

@@ -335,13 +335,17 @@ def _check_vae_training(cfg: TrainConfig) -> None:
         raise ConfigError("vae_training.encoder_anchor_weight", "holds a VAE v1.2 to its starting model: needs "
                           "vae_training.checkpoint and class_name = \"VideoAutoencoderPipeline\"")
     _finite("vae_training.init_logvar", vt.init_logvar)
-    for name in ("pixel_weight", "latent_weight", "kl_weight", "first_frame_weight", "encoder_anchor_weight"):
+    for name in ("pixel_weight", "latent_weight", "kl_weight", "first_frame_weight", "encoder_anchor_weight",
+                 "mse_weight"):
         _finite(f"vae_training.{name}", getattr(vt, name))
         if getattr(vt, name) < 0:
             raise ConfigError(f"vae_training.{name}", "loss weights must be >= 0")
     for name in ("latent_weight", "first_frame_weight"):
         if getattr(vt, name) > 0 and vt.class_name != "VideoAutoencoderPipeline":
             raise ConfigError(f"vae_training.{name}", "only for the VAE v1.2 pipeline (VideoAutoencoderPipeline)")
+    if vt.mse_weight != 1.0 and vt.recon_loss != "l1+mse":
+        raise ConfigError("vae_training.mse_weight", f'weighs the squared term of recon_loss = "l1+mse", not of '
+                          f'"{vt.recon_loss}": set recon_loss = "l1+mse" or leave mse_weight at 1')
     _at_least("vae_training.calibrate_batches", vt.calibrate_batches, 0)
     _finite("vae_training.spatial_cache_gb", vt.spatial_cache_gb)
     _at_least("vae_training.spatial_cache_gb", vt.spatial_cache_gb, 0)
