@@ -130,7 +130,6 @@ STITCH = {"first_db": 25.0, "one_object": 0.95}  # target: one object throughout
 # video-to-video: measured 3/4 edited (7/8 on the full sample), motion and colour 4/4; target: every edit, motion kept
 V2V = {"edited": 2 / 4, "direction": 3 / 4, "color": 3 / 4, "track_within_3px": 3 / 4}
 VAE_SYNTHETIC_DB = 27.0
-VAE_WORST_PAIR_DB = 27.0  # every colour/background pair (a rebuild's VAE once kept green on gray at 24 dB)
 VAE_NATURAL_DB = 10.0  # target 22 dB: not reached (demo/README.md)
 
 
@@ -196,8 +195,9 @@ def test_4_the_video_to_video_workflow_edits_with_the_measured_ratio():
 
 def test_5_vae_reconstructs_held_out_clips_and_natural_photographs(components):
     assert min(demo_eval.vae_synthetic(components, 4)) >= VAE_SYNTHETIC_DB
-    pairs = demo_eval.vae_pairs(components, per_shape=1)
-    assert len(pairs) == 8 and min(pairs.values()) >= VAE_WORST_PAIR_DB, pairs
+    pairs = demo_eval.vae_pairs(components.vae, per_shape=1)  # a rebuild's VAE once kept green on gray at 19 dB
+    assert len(pairs) == 8 and min(pairs.values()) >= demo_eval.WORST_PAIR_DB, pairs
+    assert "below" not in demo_eval.describe_pairs(pairs) and "below 27 dB" in demo_eval.describe_pairs({"a": 20.0})
     natural = demo_eval.vae_natural(components)
     assert min(sum(natural[k]) / len(natural[k]) for k in ("stills", "clips")) >= VAE_NATURAL_DB, natural
 
