@@ -58,10 +58,3 @@ def test_stage_paths_point_into_the_work_folder(tmp_path):
     work = demo.Work(tmp_path)
     sets = demo.stage_overrides(work, "dit")
     assert f'vae.path="{work.export(demo.VAE_STAGE)}"' in sets and f'text_encoder.path="{work.t5}"' in sets
-
-
-def test_the_build_reports_its_vae_per_colour_pair(built):
-    root, _ = built
-    line = demo.check_vae(demo.Work(root / "work"))  # printed by the build after its stages
-    assert line.startswith("per colour/background pair: worst ")
-    assert "below 27 dB" in line  # two steps of training keep no pair

@@ -235,16 +235,6 @@ def install(work: Work, target: Path, figures: dict) -> Path:
     return path
 
 
-def check_vae(work: Work) -> str:
-    """The built VAE's round trip per colour/background pair (one held-out clip per pair and shape, a few
-    seconds): a run of the spatial stage can leave one pair behind, which image-to-video then shows."""
-    from opensora_core.loading import load_vae
-
-    from .demo_eval import describe_pairs, vae_pairs
-
-    return describe_pairs(vae_pairs(load_vae(work.export(VAE_STAGE)), per_shape=1))
-
-
 def build(work_dir: Path = DEFAULT_WORK, target: Path | None = None, *, fresh: bool = False, clips: int = CLIPS,
           images: int = IMAGES, max_steps: int | None = None, natural_images: bool = False) -> dict:
     """Run every stage (skipping finished ones); with ``target``, install there. Returns wall times.
@@ -263,7 +253,6 @@ def build(work_dir: Path = DEFAULT_WORK, target: Path | None = None, *, fresh: b
         log.info("demo stage %s", stage)
         seconds[stage], cpu_seconds[stage] = timed(work, stage, step)
         print(f"[demo] {stage}: {seconds[stage]:.0f} s ({cpu_seconds[stage]:.0f} CPU s)", flush=True)
-    print(f"[demo] VAE {check_vae(work)}", flush=True)
     figures = {"command": "./scripts/make_demo.sh", "seeds": SEEDS, "clips": clips, "images": images,
                "max_steps": max_steps or "as configured", "natural_images": natural_images, "seconds": seconds,
                "total_seconds": round(sum(seconds.values()), 1), "cpu_seconds_per_stage": cpu_seconds,
