@@ -379,27 +379,22 @@ def video_to_video(components: Components, clips: Sequence[synthetic.ShapeClip],
 
 
 @torch.no_grad()
+def round_trip(vae, frames: torch.Tensor) -> torch.Tensor:
+    """(T, H, W, 3) frames in 0..1 after encode (posterior mean) + decode by ``vae``, in the same layout."""
+    decoded = vae.decode(vae.encode(media.to_model_range(frames)[None], sample=False), frames.shape[0])
+    return media.from_model_range(decoded[0].float())
+
+
 def vae_round_trip(vae, videos: Sequence[torch.Tensor]) -> list[float]:
-    """PSNR of each (T, H, W, 3) video in 0..1 after encode (posterior mean) + decode by ``vae``."""
-    scores = []
-    for frames in videos:
-        x = media.to_model_range(frames)[None]  # (1, 3, T, H, W)
-        decoded = vae.decode(vae.encode(x, sample=False), frames.shape[0])
-        scores.append(psnr(media.from_model_range(decoded[0].float()), frames))
-    return scores
+    """PSNR of each (T, H, W, 3) video in 0..1 after a round trip through ``vae``."""
+    return [psnr(round_trip(vae, frames), frames) for frames in videos]
 
 
-@torch.no_grad()
 def vae_shapes(vae, clips: Sequence[synthetic.ShapeClip], fps: float) -> list[VideoCheck]:
     """Each clip's whole true motion after a VAE round trip, written as an MP4 and checked against its caption:
     how well the VAE alone keeps a shape frame by frame (image-to-video decodes through the same VAE)."""
-    checks = []
-    for clip in clips:
-        frames = synthetic.render(clip, FRAMES, SIZE, SIZE)  # (T, H, W, 3)
-        decoded = vae.decode(vae.encode(media.to_model_range(frames)[None], sample=False), FRAMES)[0]
-        video = written_mp4(media.from_model_range(decoded), fps)
-        checks.append(check_video(video, clip.caption, _wanted(clip)))
-    return checks
+    return [check_video(written_mp4(round_trip(vae, synthetic.render(clip, FRAMES, SIZE, SIZE)), fps), clip.caption,
+                        _wanted(clip)) for clip in clips]
 
 
 def vae_synthetic(components: Components, count: int = 8) -> list[float]:
