@@ -286,6 +286,53 @@ def test_frozen_spatial_moments_are_encoded_once_per_clip_and_give_the_same_loss
     assert calls == [34, 17] and list(full._spatial_cache.moments) == ["a"]
 
 
+def test_a_batch_of_cached_clips_needs_no_frames_and_a_clip_neither_cached_nor_read_is_an_error():
+    from opensora_train.config import VAETrainingConfig
+    from opensora_train.vae_task import VAEWithLoss, build_vae
+
+    vt = VAETrainingConfig(spatial={"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 2},
+                           temporal={"filters": 8, "num_res_blocks": 1, "channel_multipliers": [1, 2, 2, 2],
+                                     "temporal_downsample": [False, True, True], "num_groups": 2},
+                           freeze_spatial=True, pixel_weight=0.0, latent_weight=1.0)
+    vae = build_vae(vt)
+    vae.spatial_vae.requires_grad_(False)
+    model = VAEWithLoss(vae, vt)
+    video = torch.rand(2, 3, 17, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    read_all = float(model(video, torch.Generator().manual_seed(1), ["a", "b"])["loss"])
+    none_read = float(model(None, torch.Generator().manual_seed(1), ["a", "b"], [False, False])["loss"])
+    assert none_read == pytest.approx(read_all, rel=1e-6)  # the moments of the first call, the same draws
+    calls = []
+    encode = vae.spatial_vae.module.encode_moments
+    vae.spatial_vae.module.encode_moments = lambda x: calls.append(x.shape[0]) or encode(x)
+    mixed = model(video[1:], torch.Generator().manual_seed(1), ["a", "c"], [False, True])  # "c": new, read
+    assert calls == [17] and torch.isfinite(mixed["loss"])
+    with pytest.raises(RuntimeError, match=r"\['d'\] are neither cached nor read"):
+        model(None, torch.Generator().manual_seed(1), ["a", "d"], [False, False])
+
+
+def test_frozen_spatial_training_reads_each_clip_once(workspace, monkeypatch):
+    """With the spatial stage frozen its moments are cached, and the loader skips the frames of cached clips."""
+    from opensora_train import vae_task
+
+    spatial = {"block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 2}
+    temporal = {"filters": 8, "num_res_blocks": 1, "channel_multipliers": [1, 2, 2, 2],
+                "temporal_downsample": [False, True, True], "num_groups": 2}
+    _, first = _run(workspace, "vae_spatial_once", run={"max_steps": 1, "task": "vae"},
+                    vae_training={"class_name": "VideoAutoencoderKL", "spatial": spatial},
+                    data={"buckets": {"tiny": {"17": [1.0, 1]}}})
+    reads = []
+    read_clip = vae_task.read_clip
+    monkeypatch.setattr(vae_task, "read_clip", lambda clip: reads.append((clip.entry.row, tuple(clip.frames)))
+                        or read_clip(clip))
+    _, second = _run(workspace, "vae_temporal_once", run={"max_steps": 16, "task": "vae"},
+                     vae_training={"spatial": spatial, "temporal": temporal, "spatial_checkpoint": str(first.exports[0]),
+                                   "freeze_spatial": True, "pixel_weight": 0.0, "latent_weight": 1.0,
+                                   "calibrate_batches": 0},
+                     checkpoint={"every": 0}, data={"buckets": {"tiny": {"17": [1.0, 1]}}})
+    assert len(second.losses) == 16
+    assert len(reads) == len(set(reads)) < 16  # 16 clips drawn from 4 videos: the repeats were not read again
+
+
 def test_train_only_freezes_everything_else_and_names_unknown_prefixes():
     from opensora_train.config import VAETrainingConfig
     from opensora_train.vae_task import build_vae, freeze_all_but

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -21,6 +22,7 @@ class TaskData:
     dataset: torch.utils.data.Dataset
     sampler: Any  # BucketBatchSampler
     summary: str = ""
+    collate: Callable | None = None  # the loader's collate_fn (None: torch's default)
 
 
 class Task(Protocol):

@@ -183,7 +183,7 @@ def make_loader(data: TaskData, cfg: TrainConfig) -> torch.utils.data.DataLoader
     if len(data.sampler) == 0:
         raise ValueError("no training batch: every sample was dropped (see the bucket table); check data.buckets")
     return torch.utils.data.DataLoader(
-        data.dataset, batch_sampler=data.sampler, num_workers=cfg.data.num_workers,
+        data.dataset, batch_sampler=data.sampler, num_workers=cfg.data.num_workers, collate_fn=data.collate,
         pin_memory=torch.cuda.is_available(),
     )
 

@@ -6,8 +6,9 @@ Loss (weights in ``[vae_training]``): ``pixel_weight`` x reconstruction of the v
 ``latent_weight`` x reconstruction of the spatial latent by the temporal stage (v1.2 only; the
 official ``use_z_rec_loss``) + ``kl_weight`` x KL of each trained posterior to N(0, 1), averaged
 over latent elements. The encoders' posteriors are sampled with the step's generator. Clips are
-read from the videos every step (no cache: the VAE is what trains), with buckets and frame windows
-re-drawn each epoch as the official sampler does.
+read from the videos (no latent cache: the VAE is what trains), with buckets and frame windows
+re-drawn each epoch as the official sampler does; with a frozen spatial stage, each clip's spatial
+moments are kept after its first read (:class:`SpatialMomentCache`) and the clip is not read again.
 
 Export: a ``.safetensors`` file :func:`opensora_core.loading.load_vae` reads: the pipeline's official
 keys (``spatial_vae.module.*``, ``temporal_vae.*``, ``scale``, ``shift``), or the SD-VAE in the
@@ -18,6 +19,7 @@ per-channel mean/std of the raw latents, so a DiT trained on it sees unit-scale 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import logging
 from pathlib import Path
@@ -52,18 +54,33 @@ log = logging.getLogger("opensora")
 
 class PixelClipDataset(torch.utils.data.Dataset):
     """Item ``(epoch, row)``: that entry's clip for that epoch as {"video": (3, T, H, W) in [-1, 1], "clip": its
-    identity (the row, frames and size that decide the pixels: :class:`SpatialMomentCache`'s key)}."""
+    identity (the row, frames and size that decide the pixels: :class:`SpatialMomentCache`'s key)}.
 
-    def __init__(self, entries, table: BucketTable, frame_interval: int, seed: int) -> None:
+    ``known``: clips whose pixels the loss does not need (their frozen spatial moments are cached); their items
+    are {"clip": ...} alone, and :func:`collate_clips` batches both kinds."""
+
+    def __init__(self, entries, table: BucketTable, frame_interval: int, seed: int,
+                 known: Callable[[str], bool] | None = None) -> None:
         self.entries, self.table, self.frame_interval, self.seed = entries, table, frame_interval, seed
+        self.known = known
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, sample: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, sample: tuple[int, int]) -> dict:
+        clip = self._plan(sample)
+        key = f"{sample[1]}:{clip.frames}:{clip.height}x{clip.width}"
+        if self.known is not None and self.known(key):
+            return {"clip": key}
+        return {"video": read_clip(clip), "clip": key}
+
+    def video(self, sample: tuple[int, int]) -> torch.Tensor:
+        """The clip's frames, (3, T, H, W), whatever ``known`` says."""
+        return read_clip(self._plan(sample))
+
+    def _plan(self, sample: tuple[int, int]):
         epoch, row = sample
-        clip = plan_clip(self.entries[row], self.table, self.frame_interval, self.seed, epoch)
-        return {"video": read_clip(clip), "clip": f"{row}:{clip.frames}:{clip.height}x{clip.width}"}
+        return plan_clip(self.entries[row], self.table, self.frame_interval, self.seed, epoch)
 
     def groups(self, epoch: int) -> dict:
         found: dict = {}
@@ -71,6 +88,14 @@ class PixelClipDataset(torch.utils.data.Dataset):
             if clip is not None:
                 found.setdefault(clip.bucket, []).append((epoch, clip.entry.row))
         return found
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Batch :class:`PixelClipDataset` items: {"clip": [B identities], "video": (n, 3, T, H, W) of the n items that
+    were read (None if none), "read": [B flags]}."""
+    read = ["video" in item for item in items]
+    videos = [item["video"] for item in items if "video" in item]
+    return {"clip": [item["clip"] for item in items], "video": torch.stack(videos) if videos else None, "read": read}
 
 
 # ---------------------------------------------------------------------------
@@ -113,20 +138,22 @@ def sd_vae_losses(vae: VideoAutoencoderKL, video: torch.Tensor, generator, cfg: 
     return {"loss": cfg.pixel_weight * pixel + cfg.kl_weight * kl, "pixel": pixel, "kl": kl}
 
 
-def pipeline_losses(vae: VideoAutoencoderPipeline, video: torch.Tensor, generator, cfg: VAETrainingConfig,
+def pipeline_losses(vae: VideoAutoencoderPipeline, video: torch.Tensor | None, generator, cfg: VAETrainingConfig,
                     teacher: nn.Module | None = None, spatial_moments: torch.Tensor | None = None) -> dict:
     """VAE v1.2: spatial encode per frame, temporal encode/decode per chunk, spatial decode.
 
     ``teacher``: a frozen copy of the starting temporal VAE (``encoder_anchor_weight``). ``spatial_moments``:
-    the frozen spatial stage's moments of ``video`` (B*T, 2C, h, w), when already known (``freeze_spatial``).
+    the frozen spatial stage's moments of ``video`` (B, T, 2C, h, w), when already known (``freeze_spatial``);
+    ``video`` (B, 3, T, H, W) may then be None when no pixel loss needs it.
     """
     noise = gaussian_noise(generator)
-    B, _, T = video.shape[:3]
+    B, T = spatial_moments.shape[:2] if spatial_moments is not None else (video.shape[0], video.shape[2])
     spatial = vae.spatial_vae.module
     with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_spatial):
-        s_moments = spatial_moments
-        if s_moments is None:
-            s_moments = spatial.encode_moments(video.transpose(1, 2).flatten(0, 1))  # (B*T, 8, h, w)
+        if spatial_moments is not None:
+            s_moments = spatial_moments.flatten(0, 1)  # (B*T, 2C, h, w)
+        else:
+            s_moments = spatial.encode_moments(video.transpose(1, 2).flatten(0, 1))  # (B*T, 2C, h, w)
         x_z = sample_posterior(s_moments, sample=True, noise=noise, stage="spatial") * SPATIAL_SCALING_FACTOR
     x_z = x_z.unflatten(0, (B, T)).transpose(1, 2)  # (B, 4, T, h, w)
     z_parts, kls, chunk_moments = [], [], []
@@ -188,8 +215,9 @@ class SpatialMomentCache:
     With ``freeze_spatial`` the SD-VAE encoder is a fixed function of the frames (no dropout, GroupNorm only),
     so a clip (the same frames of the same file at the same size) has the same moments every epoch. Keeping
     them keeps the objective (the posterior is still sampled every step with the step's noise) and skips the
-    spatial encode, which was ~45 % of a step of the demo's temporal stage. Clips are added while the cache
-    holds fewer than ``max_bytes``; the others are encoded every time.
+    spatial encode, which was ~45 % of a step of the demo's temporal stage, and (the task's dataset asks
+    ``clip in cache``) reading and decoding the clip, another ~13 %. Clips are added while the cache holds fewer
+    than ``max_bytes``; the others are read and encoded every time.
     """
 
     def __init__(self, max_bytes: float) -> None:
@@ -197,27 +225,43 @@ class SpatialMomentCache:
         self.used = 0
         self.moments: dict[str, torch.Tensor] = {}  # clip -> (T, 2C, h, w) on the CPU
 
+    def __contains__(self, clip: str) -> bool:
+        return clip in self.moments
+
     @torch.no_grad()
-    def __call__(self, spatial: nn.Module, video: torch.Tensor, clips: list[str]) -> torch.Tensor:
-        """Moments of ``video`` (B, 3, T, H, W) as (B*T, 2C, h, w), the cached clips read, the others encoded."""
+    def __call__(self, spatial: nn.Module, video: torch.Tensor | None, clips: list[str],
+                 read: list[bool] | None = None) -> torch.Tensor:
+        """Moments of a batch of ``clips`` as (B, T, 2C, h, w), the cached clips read, the others encoded.
+
+        ``video``: (n, 3, T, H, W), the frames of the clips flagged in ``read`` (every clip when ``read`` is None);
+        a clip not yet cached must be among them."""
+        rows = {i: n for n, i in enumerate(i for i in range(len(clips)) if read is None or read[i])}
         missing = [i for i, clip in enumerate(clips) if clip not in self.moments]
+        if any(i not in rows for i in missing):
+            raise RuntimeError(f"spatial moment cache: clips {[clips[i] for i in missing if i not in rows]} are "
+                               "neither cached nor read (the dataset skipped a clip the cache does not hold)")
         fresh = {}
         if missing:
-            encoded = spatial.encode_moments(video[missing].transpose(1, 2).flatten(0, 1))  # (n*T, 2C, h, w)
-            fresh = dict(zip(missing, encoded.unflatten(0, (len(missing), video.shape[2]))))
+            picked = video[[rows[i] for i in missing]]  # (m, 3, T, H, W)
+            encoded = spatial.encode_moments(picked.transpose(1, 2).flatten(0, 1))  # (m*T, 2C, h, w)
+            fresh = dict(zip(missing, encoded.unflatten(0, (len(missing), picked.shape[2]))))
         for i, moments in fresh.items():
             size = moments.numel() * moments.element_size()
             if self.used + size <= self.max_bytes:
                 self.moments[clips[i]] = moments.cpu()
                 self.used += size
-        parts = [fresh[i] if i in fresh else self.moments[clip].to(video.device) for i, clip in enumerate(clips)]
-        return torch.stack(parts).flatten(0, 1)
+        device = next(spatial.parameters()).device
+        return torch.stack([fresh[i] if i in fresh else self.moments[clip].to(device) for i, clip in enumerate(clips)])
 
 
 class VAEWithLoss(nn.Module):
-    """The trained module: ``forward(video, generator, clips)`` returns the loss terms (so DDP sees a forward)."""
+    """The trained module: ``forward(video, generator, clips, read)`` returns the loss terms (so DDP sees a forward).
 
-    def __init__(self, vae: nn.Module, cfg: VAETrainingConfig) -> None:
+    ``spatial_cache``: the :class:`SpatialMomentCache` to use (the task shares it with its dataset, which then
+    skips reading the clips it holds); by default one of ``cfg.spatial_cache_gb`` when the spatial stage is frozen.
+    """
+
+    def __init__(self, vae: nn.Module, cfg: VAETrainingConfig, spatial_cache: SpatialMomentCache | None = None) -> None:
         super().__init__()
         self.vae = vae
         self.cfg = cfg
@@ -225,21 +269,27 @@ class VAEWithLoss(nn.Module):
         if cfg.encoder_anchor_weight > 0 and isinstance(vae, VideoAutoencoderPipeline):
             teacher = copy.deepcopy(vae.temporal_vae).eval().requires_grad_(False)
             object.__setattr__(self, "_teacher", teacher)
-        self._spatial_cache = None
-        if cfg.freeze_spatial and cfg.spatial_cache_gb > 0 and isinstance(vae, VideoAutoencoderPipeline):
+        self._spatial_cache = spatial_cache
+        if spatial_cache is None and caches_spatial_moments(cfg) and isinstance(vae, VideoAutoencoderPipeline):
             self._spatial_cache = SpatialMomentCache(cfg.spatial_cache_gb * 2**30)
 
-    def forward(self, video: torch.Tensor, generator: torch.Generator,
-                clips: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """``clips``: the identity of each clip (the dataset's ``clip``), for the spatial-moment cache."""
+    def forward(self, video: torch.Tensor | None, generator: torch.Generator, clips: list[str] | None = None,
+                read: list[bool] | None = None) -> dict[str, torch.Tensor]:
+        """``video`` (n, 3, T, H, W); ``clips``: the identity of each clip of the batch (the dataset's ``clip``),
+        for the spatial-moment cache; ``read``: which of them ``video`` holds (None: all)."""
         if isinstance(self.vae, VideoAutoencoderPipeline):
             if self._teacher is not None:
-                self._teacher.to(video.device)
+                self._teacher.to(next(self.vae.parameters()).device)
             spatial_moments = None
             if self._spatial_cache is not None and clips is not None:
-                spatial_moments = self._spatial_cache(self.vae.spatial_vae.module, video, clips)
+                spatial_moments = self._spatial_cache(self.vae.spatial_vae.module, video, clips, read)
             return pipeline_losses(self.vae, video, generator, self.cfg, self._teacher, spatial_moments)
         return sd_vae_losses(self.vae, video, generator, self.cfg)
+
+
+def caches_spatial_moments(cfg: VAETrainingConfig) -> bool:
+    """Whether a VAE v1.2 run keeps the frozen spatial stage's moments of each clip (``spatial_cache_gb``)."""
+    return cfg.class_name == "VideoAutoencoderPipeline" and cfg.freeze_spatial and cfg.spatial_cache_gb > 0
 
 
 # ---------------------------------------------------------------------------
@@ -254,17 +304,23 @@ class VAETask:
         self.cfg = cfg
         self.dataset: PixelClipDataset | None = None
         self.sampler: BucketBatchSampler | None = None
+        vt = cfg.vae_training
+        self.spatial_cache = SpatialMomentCache(vt.spatial_cache_gb * 2**30) if caches_spatial_moments(vt) else None
 
     def prepare_data(self, accelerator) -> TaskData:
         cfg = self.cfg
         entries = read_datasets(cfg.data)
         table = BucketTable(cfg.data.buckets, cfg.data.resolutions)
-        self.dataset = PixelClipDataset(entries, table, cfg.data.frame_interval, cfg.run.seed)
+        # a clip whose spatial moments are cached is not read again, unless a pixel loss needs its frames (or
+        # loader workers hold their own copy of the dataset)
+        skip = self.spatial_cache is not None and cfg.vae_training.pixel_weight == 0 and cfg.data.num_workers == 0
+        known = self.spatial_cache.__contains__ if skip else None
+        self.dataset = PixelClipDataset(entries, table, cfg.data.frame_interval, cfg.run.seed, known)
         first = plan_epoch(entries, table, cfg.data.frame_interval, cfg.run.seed, 0)
         summary = bucket_summary(table, [c.bucket if c else None for c in first], [str(e.path) for e in entries])
         self.sampler = BucketBatchSampler(self.dataset.groups, table.batch_size, seed=cfg.run.seed,
                                           shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last)
-        return TaskData(self.dataset, self.sampler, summary)
+        return TaskData(self.dataset, self.sampler, summary, collate=collate_clips)
 
     def build_model(self) -> nn.Module:
         vt = self.cfg.vae_training
@@ -281,17 +337,17 @@ class VAETask:
             vae.spatial_vae.requires_grad_(False)
         if vt.train_only:
             freeze_all_but(vae, vt.train_only)
-        return VAEWithLoss(vae, vt)
+        return VAEWithLoss(vae, vt, self.spatial_cache)
 
     def compute_loss(self, model: nn.Module, batch: dict, rng: StepRandomness) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(rng.seed)  # posterior draws (CPU: same on every device)
-        return model(batch["video"], generator, batch.get("clip"))  # video (B, 3, T, H, W)
+        return model(batch["video"], generator, batch["clip"], batch["read"])  # video (n, 3, T, H, W)
 
     def validate(self, model: nn.Module, step: int, accelerator, tracker) -> list[Path]:
         """Side-by-side MP4 (input | reconstruction) of the first clip of epoch 0."""
         model = model.vae
         sample = next(iter(self.dataset.groups(0).values()))[0]
-        video = self.dataset[sample]["video"][None].to(accelerator.device)  # (1, 3, T, H, W)
+        video = self.dataset.video(sample)[None].to(accelerator.device)  # (1, 3, T, H, W)
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -395,7 +451,7 @@ def calibrate_latent_scale(vae: VideoAutoencoderPipeline, dataset, sampler, batc
     latents = []
     generator = torch.Generator().manual_seed(0)
     for ids in sampler.batches()[:batches]:
-        video = torch.stack([dataset[i]["video"] for i in ids]).to(device)
+        video = torch.stack([dataset.video(i) for i in ids]).to(device)
         z = vae.encode(video, sample=True, generator=generator)  # sampled, as the DiT's latents are
         latents.append(z.float().transpose(0, 1).flatten(1))  # (C, N)
     values = torch.cat(latents, dim=1)
@@ -405,7 +461,8 @@ def calibrate_latent_scale(vae: VideoAutoencoderPipeline, dataset, sampler, batc
 
 
 __all__ = [
-    "PixelClipDataset", "SpatialMomentCache", "VAETask", "VAEWithLoss", "build_vae", "calibrate_latent_scale", "first_frame_consistency",
+    "PixelClipDataset", "SpatialMomentCache", "VAETask", "VAEWithLoss", "build_vae", "caches_spatial_moments",
+    "calibrate_latent_scale", "collate_clips", "first_frame_consistency",
     "freeze_all_but",
     "load_spatial_stage",
     "norm_groups", "pipeline_losses", "sd_vae_losses",
