@@ -105,6 +105,7 @@ def test_demo_json_matches_the_build_and_records_how_it_was_made():
     assert config["build"]["command"] == "./scripts/make_demo.sh"
     assert config["build"]["seeds"] == demo.SEEDS
     assert set(config["build"]["seconds"]) == {"data", "t5", *demo.TRAINING_STAGES}
+    assert set(config["build"]["precision"]) == set(demo.TRAINING_STAGES)
     # CPU time spread over two cores: a lower bound of the wall time (two threads on one stage are not twice as
     # fast, demo/README.md), so this only catches a build that cannot fit the 45-minute budget at all
     assert config["build"]["cpu_seconds"] / 2 <= 45 * 60

@@ -58,3 +58,18 @@ def test_stage_paths_point_into_the_work_folder(tmp_path):
     work = demo.Work(tmp_path)
     sets = demo.stage_overrides(work, "dit")
     assert f'vae.path="{work.export(demo.VAE_STAGE)}"' in sets and f'text_encoder.path="{work.t5}"' in sets
+
+
+def test_bf16_stages_fall_back_to_fp32_where_bf16_is_emulated(monkeypatch):
+    from opensora_train import trainer
+
+    monkeypatch.setattr(trainer, "native_bf16", lambda: False)
+    assert demo.machine_precision("bf16") == "no" and demo.machine_precision("fp16") == "fp16"
+    assert set(demo.stage_precisions().values()) == {"no"}
+    monkeypatch.setattr(trainer, "native_bf16", lambda: True)
+    assert demo.machine_precision("bf16") == "bf16" and demo.machine_precision("no") == "no"
+
+
+def test_the_build_records_the_precision_of_every_stage(built):
+    _, figures = built
+    assert set(figures["precision"]) == set(demo.TRAINING_STAGES)

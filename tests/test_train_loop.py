@@ -333,6 +333,13 @@ def test_frozen_spatial_training_reads_each_clip_once(workspace, monkeypatch):
     assert len(reads) == len(set(reads)) < 16  # 16 clips drawn from 4 videos: the repeats were not read again
 
 
+def test_one_process_can_run_trainings_of_different_precisions_one_after_the_other(workspace):
+    """accelerate keeps one precision per process; the demo build runs its bf16 VAE stage between fp32 ones."""
+    for name, precision in (("fp32_first", "no"), ("bf16_next", "bf16"), ("fp32_again", "no")):
+        _, result = _run(workspace, name, run={"max_steps": 1, "mixed_precision": precision}, checkpoint={"every": 0})
+        assert result.final_step == 1 and all(torch.isfinite(torch.tensor(list(result.losses.values()))))
+
+
 def test_train_only_freezes_everything_else_and_names_unknown_prefixes():
     from opensora_train.config import VAETrainingConfig
     from opensora_train.vae_task import build_vae, freeze_all_but

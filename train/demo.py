@@ -190,10 +190,27 @@ def run_stage(work: Work, stage: str, max_steps: int | None = None) -> Path:
     if not exported.is_file():
         cfg = load_config(CONFIGS / f"{stage}.toml", stage_overrides(work, stage, max_steps))
         cfg.run.tensorboard = False
+        cfg.run.mixed_precision = machine_precision(cfg.run.mixed_precision)
         result = train(cfg)
         if exported not in result.exports:
             raise RuntimeError(f"demo stage {stage}: expected the export {exported}, got {result.exports}")
     return exported
+
+
+def machine_precision(wanted: str) -> str:
+    """A stage's ``run.mixed_precision`` on this machine: its bf16 (the temporal VAE stage: ~2x faster on a CPU
+    with bf16 instructions) falls back to fp32 where bf16 would be emulated (1.6-8x slower than fp32)."""
+    from .trainer import native_bf16
+
+    return "no" if wanted == "bf16" and not native_bf16() else wanted
+
+
+def stage_precisions() -> dict[str, str]:
+    """The precision every training stage runs at on this machine (``demo.json`` keeps it)."""
+    from .config import load_config
+
+    return {stage: machine_precision(load_config(CONFIGS / f"{stage}.toml").run.mixed_precision)
+            for stage in TRAINING_STAGES}
 
 
 def timed(work: Work, stage: str, step) -> tuple[float, float]:
@@ -254,7 +271,8 @@ def build(work_dir: Path = DEFAULT_WORK, target: Path | None = None, *, fresh: b
         seconds[stage], cpu_seconds[stage] = timed(work, stage, step)
         print(f"[demo] {stage}: {seconds[stage]:.0f} s ({cpu_seconds[stage]:.0f} CPU s)", flush=True)
     figures = {"command": "./scripts/make_demo.sh", "seeds": SEEDS, "clips": clips, "images": images,
-               "max_steps": max_steps or "as configured", "natural_images": natural_images, "seconds": seconds,
+               "max_steps": max_steps or "as configured", "natural_images": natural_images,
+               "precision": stage_precisions(), "seconds": seconds,
                "total_seconds": round(sum(seconds.values()), 1), "cpu_seconds_per_stage": cpu_seconds,
                "cpu_seconds": round(sum(cpu_seconds.values()), 1)}
     if target is not None:

@@ -115,6 +115,7 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
+    forget_previous_precision()
     accelerator = Accelerator(
         cpu=_cpu_processes(),
         mixed_precision=cfg.run.mixed_precision,
@@ -123,10 +124,31 @@ def make_accelerator(cfg: TrainConfig):
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.run.ddp_find_unused_parameters)],
         step_scheduler_with_optimizer=False,
     )
+    if cfg.run.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not native_bf16():
+        log.warning("run.mixed_precision = 'bf16' on a CPU without bf16 instructions (AVX512-BF16 / AMX): emulated "
+                    "bf16 is slower than fp32 here (1.6x with AVX-512, 8x with AVX2 on the demo's VAE); set it to 'no'")
     if cfg.ema.enabled and accelerator.distributed_type in SHARDED and cfg.run.task == "dit":
         raise ValueError("ema.enabled: EMA keeps whole weights and is not supported with FSDP/DeepSpeed sharding; "
                          "set ema.enabled = false or train with DDP")
     return accelerator
+
+
+def forget_previous_precision() -> None:
+    """accelerate keeps one AcceleratorState per process and refuses an Accelerator of another mixed precision; a
+    process that runs several trainings (the demo build's stages: the temporal VAE stage in bf16, the others in
+    fp32) drops the previous run's (the process and device state, PartialState, stays)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)  # accelerate's own reset (what its test utilities use)
+
+
+def native_bf16() -> bool:
+    """Whether bf16 has its own instructions here (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX), so that
+    ``run.mixed_precision = "bf16"`` is faster than fp32 rather than emulated."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's (private) feature probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def _cpu_processes() -> bool:
