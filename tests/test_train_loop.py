@@ -254,9 +254,10 @@ def test_vae_v1_2_is_built_in_two_stages_as_the_demo_does(workspace):
     assert log[0]["anchor"] == pytest.approx(0.0, abs=1e-9) and log[-1]["anchor"] > 0.0  # starts at the teacher
 
 
-def test_frozen_spatial_moments_are_encoded_once_per_clip_and_give_the_same_loss():
+def _frozen_spatial_pipeline():
+    """A tiny VAE v1.2 with its spatial stage frozen (the temporal stage's training) and its training config."""
     from opensora_train.config import VAETrainingConfig
-    from opensora_train.vae_task import VAEWithLoss, build_vae
+    from opensora_train.vae_task import build_vae
 
     vt = VAETrainingConfig(spatial={"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 2},
                            temporal={"filters": 8, "num_res_blocks": 1, "channel_multipliers": [1, 2, 2, 2],
@@ -264,6 +265,13 @@ def test_frozen_spatial_moments_are_encoded_once_per_clip_and_give_the_same_loss
                            freeze_spatial=True, pixel_weight=0.0, latent_weight=1.0)
     vae = build_vae(vt)
     vae.spatial_vae.requires_grad_(False)
+    return vt, vae
+
+
+def test_frozen_spatial_moments_are_encoded_once_per_clip_and_give_the_same_loss():
+    from opensora_train.vae_task import VAEWithLoss
+
+    vt, vae = _frozen_spatial_pipeline()
     cached = VAEWithLoss(vae, vt)
     uncached = VAEWithLoss(vae, dataclasses.replace(vt, spatial_cache_gb=0.0))
     video = torch.rand(2, 3, 17, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -287,15 +295,9 @@ def test_frozen_spatial_moments_are_encoded_once_per_clip_and_give_the_same_loss
 
 
 def test_a_batch_of_cached_clips_needs_no_frames_and_a_clip_neither_cached_nor_read_is_an_error():
-    from opensora_train.config import VAETrainingConfig
-    from opensora_train.vae_task import VAEWithLoss, build_vae
+    from opensora_train.vae_task import VAEWithLoss
 
-    vt = VAETrainingConfig(spatial={"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 2},
-                           temporal={"filters": 8, "num_res_blocks": 1, "channel_multipliers": [1, 2, 2, 2],
-                                     "temporal_downsample": [False, True, True], "num_groups": 2},
-                           freeze_spatial=True, pixel_weight=0.0, latent_weight=1.0)
-    vae = build_vae(vt)
-    vae.spatial_vae.requires_grad_(False)
+    vt, vae = _frozen_spatial_pipeline()
     model = VAEWithLoss(vae, vt)
     video = torch.rand(2, 3, 17, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     read_all = float(model(video, torch.Generator().manual_seed(1), ["a", "b"])["loss"])
