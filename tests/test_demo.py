@@ -218,6 +218,22 @@ def test_5_vae_keeps_colour_and_motion_of_moving_shapes_and_most_of_their_shape(
     assert sum(c.shape_frames for c in checks) / len(checks) >= VAE_SHAPES["frames"], [c.fills for c in checks]
 
 
+def test_frames_that_are_not_one_object_are_counted_by_cause_and_colour_pair():
+    """``demo_eval`` says why frames fail "one object" and which colour/background pair fails most."""
+    shape = demo.synthetic.ShapeClip
+    red = shape("square", "red", "black", "right", (0.3, 0.5), 0.12, 0.03)
+    blue = shape("circle", "blue", "gray", "up", (0.3, 0.6), 0.12, 0.03)
+    frames = demo.synthetic.render(blue, 5, 64, 64)  # (T, H, W, 3)
+    second = demo.synthetic.render(shape("square", "blue", "gray", "up", (0.8, 0.2), 0.08, 0.0), 1, 64, 64)[0]
+    frames[2:] = torch.where((second - frames[0, :1, :1]).abs().amax(-1, keepdim=True) > 0.2, second, frames[2:])
+    checks = [demo_eval.check_video(demo.synthetic.render(red, 5, 64, 64), red.caption, demo_eval._wanted(red)),
+              demo_eval.check_video(frames, blue.caption, demo_eval._wanted(blue))]  # a second blob in frames 2-4
+    assert checks[0].faults == [""] * 5 and checks[1].faults == ["", "", "blobs", "blobs", "blobs"], checks[1].faults
+    assert demo_eval.describe_faults(checks) == "3 frames (a second blob 3); most in blue on gray: 3/5 (60 %) of its frames"
+    assert "    not one object: 3 frames" in "\n".join(demo_eval.describe_checks("x", checks))
+    assert not any("not one object" in line for line in demo_eval.describe_checks("x", checks[:1]))
+
+
 def test_the_latent_grid_reference_keeps_what_the_grid_can_hold():
     """The yardstick the natural-image figures are reported with: block averages, bicubic back."""
     flat = torch.full((2, 64, 64, 3), 0.3)

@@ -97,6 +97,9 @@ def test_a_second_blob_or_a_smear_is_not_one_object():
     smear[30:34, 45:60] += 0.15  # a faint trail beside the object
     seen = synthetic.measure_frame(smear)
     assert seen.count == 1 and seen.stray > synthetic.STRAY_LIMIT and not seen.single
+    assert (synthetic.measure_frame(one).fault, synthetic.measure_frame(torch.maximum(one, other)).fault,
+            seen.fault) == ("", "blobs", "smear")
+    assert synthetic.measure_frame(torch.zeros_like(one)).fault == "none"  # nothing drawn is not one object either
 
 
 def test_a_colour_fringe_is_not_one_object():
@@ -104,7 +107,7 @@ def test_a_colour_fringe_is_not_one_object():
     fringed = frame.clone()
     fringed[20:44, 22:24] = torch.tensor([0.1, 0.8, 0.1])  # a green edge on a red disc
     assert synthetic.measure_frame(frame).single
-    assert not synthetic.measure_frame(fringed).single
+    assert not synthetic.measure_frame(fringed).single and synthetic.measure_frame(fringed).fault == "fringe"
 
 
 def test_measurement_survives_the_written_mp4(tmp_path):

@@ -10,6 +10,8 @@ colour (nearest generator colour), its shape (area over bounding box with sub-pi
 fills ~0.785, a square ~1.0) and its centre, whose least-squares track gives the direction.
 
 1. ``text_to_video``: every colour x shape x direction x background prompt of the vocabulary (three seed sets);
+   frames that are not one object are counted by cause (a second blob, a smear, a colour fringe) and by
+   colour/background pair (``describe_faults``), here and in every check below;
 2. ``image_to_video``: held-out first frames (random colour, shape, size and a position that lets the motion
    fit); frame 0 of the *written MP4* against the image (PSNR), shape kept in every frame, direction; beside
    it ``vae_shapes``: the true clips those frames start through the VAE alone, what the workflow can at best keep;
@@ -34,6 +36,7 @@ import random
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,6 +100,7 @@ class VideoCheck:
     single: list  # per frame: exactly one object
     backgrounds: list  # per frame
     extra: dict = field(default_factory=dict)
+    faults: list = field(default_factory=list)  # per frame: why it is not one object ("" when it is; FrameObjects.fault)
 
     @property
     def background(self) -> str | None:
@@ -141,7 +145,7 @@ def check_video(frames: torch.Tensor, prompt: str, wanted: dict, **extra) -> Vid
     track = torch.tensor([f.centre for f in seen])  # (T, 2), nan where nothing stands out
     return VideoCheck(prompt, wanted, synthetic.motion_direction(track, MIN_TRAVEL), _travel(track),
                       [f.color for f in seen], [f.fill for f in seen], [f.single for f in seen],
-                      [f.background for f in seen], extra)
+                      [f.background for f in seen], extra, [f.fault for f in seen])
 
 
 def _travel(track: torch.Tensor) -> float:
@@ -469,6 +473,23 @@ def _fills(checks: Sequence[VideoCheck], shape: str) -> str:
     return "min {:.2f} p10 {:.2f} median {:.2f} p90 {:.2f} max {:.2f}".format(*q)
 
 
+FAULT_NAMES = {"blobs": "a second blob", "smear": "a faint smear", "fringe": "a colour fringe", "none": "nothing drawn"}
+
+
+def describe_faults(checks: Sequence[VideoCheck]) -> str:
+    """Why frames are not one object, and the colour/background pair that has most of them (the share of its frames)."""
+    faults = Counter(f for c in checks for f in c.faults if f)
+    causes = ", ".join(f"{FAULT_NAMES[k]} {n}" for k, n in faults.most_common())
+    pairs: dict[str, list[bool]] = {}
+    for c in checks:
+        pairs.setdefault(f"{c.wanted['color']} on {c.wanted['background']}", []).extend(c.single)
+    worst = min(pairs, key=lambda k: sum(pairs[k]) / len(pairs[k]))
+    bad = pairs[worst].count(False)
+    total = sum(faults.values())
+    return (f"{total} frame{'' if total == 1 else 's'} ({causes}); most in {worst}: {bad}/{len(pairs[worst])} "
+            f"({100 * bad / len(pairs[worst]):.0f} %) of its frames")
+
+
 def describe_checks(name: str, checks: Sequence[VideoCheck], verbose: bool = False) -> list[str]:
     frames = [s for c in checks for s in c.single]
     lines = [f"{name}: {len(checks)} videos: direction {_share([c.right('direction') for c in checks])}, "
@@ -476,6 +497,8 @@ def describe_checks(name: str, checks: Sequence[VideoCheck], verbose: bool = Fal
              f"background {_share([c.right('background') for c in checks])}, one object in {_share(frames)} of frames",
              f"    fill of squares: {_fills(checks, 'square')}",
              f"    fill of circles: {_fills(checks, 'circle')}"]
+    if not all(frames):
+        lines.append(f"    not one object: {describe_faults(checks)}")
     if verbose:
         lines += [f"      {c.summary()}" for c in checks if not all(c.right(k) for k in ("direction", "color", "shape"))]
     return lines

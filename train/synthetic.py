@@ -280,7 +280,19 @@ class FrameObjects:
     @property
     def single(self) -> bool:
         """Exactly one object: one blob, no smear or faint second blob, no colour fringe."""
-        return self.count == 1 and self.stray <= STRAY_LIMIT and self.fringe <= FRINGE_LIMIT
+        return not self.fault
+
+    @property
+    def fault(self) -> str:
+        """Why the frame is not one object, the first that applies ("" when it is): "none" (nothing stands
+        out), "blobs" (a second blob), "smear" (faint pixels away from the object), "fringe" (a colour fringe)."""
+        if self.count == 0:
+            return "none"
+        if self.count > 1:
+            return "blobs"
+        if self.stray > STRAY_LIMIT:
+            return "smear"
+        return "fringe" if self.fringe > FRINGE_LIMIT else ""
 
 
 def _nearest(color: torch.Tensor, table: dict[str, tuple[float, float, float]], tolerance: float = COLOR_TOLERANCE):
