@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo model from scratch (procedural data -> VAE -> DiT, our trainer) and
-# install it into demo/: about 90 CPU minutes (44-50 minutes on 2 free cores). Intermediate files: outputs/demo_build
-# (an interrupted build continues; pass --fresh to start over). See demo/README.md.
+# install it into demo/: about 90 CPU minutes (44-50 minutes on 2 free cores with AVX-512, ~68 with AVX2 only).
+# Intermediate files: outputs/demo_build (an interrupted build continues; pass --fresh to start over).
+# See demo/README.md.
 # On a machine shared with other work, run it with OMP_NUM_THREADS=1: two OpenMP threads that wait for each
 # other's time slice made the VAE stage 20x slower (6.8 s/step against 0.3 s/step at a load of ~12 on 2 cores).
 set -euo pipefail
