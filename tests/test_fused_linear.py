@@ -54,6 +54,14 @@ def test_fused_bf16_is_within_bf16_rounding_of_the_float32_result():
     torch.testing.assert_close(out.float(), exact, rtol=2**-7, atol=2**-7)  # bf16 keeps 8 significant bits
 
 
+def test_bf16_is_fused_only_where_onednn_has_a_bf16_linear():
+    """On an AVX2-only CPU oneDNN refuses a bf16 linear ("could not create a primitive descriptor"): the module runs."""
+    layer, x = _layer(torch.bfloat16), _tokens(torch.bfloat16)
+    with torch.no_grad():
+        assert fused.can_fuse(layer, x) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        assert fused.linear(layer, x).dtype == torch.bfloat16
+
+
 class CastingLinear(nn.Linear):
     """Like ComfyUI's operations: a subclass with its own forward."""
 

@@ -5,9 +5,10 @@ is one more pass over the widest activation. oneDNN's linear applies both in the
 project's benchmark (STDiT3, 240p) that takes 9 % off an fp32 step and 2-3 % off a bf16 one
 (``benchmarks/step_time.py --no-fused`` measures it). The fused call is taken only where it computes the
 same thing as the module: a plain ``torch.nn.Linear`` (subclasses, e.g. ComfyUI's casting or offloading
-operations and LoRA wrappers, keep their own forward), CPU tensors of one dtype (float32 or bfloat16), no
-autograd recording, no autocast, not under ``torch.compile`` (inductor fuses the epilogue itself and cannot
-lower this op on unfrozen weights). Anything else runs the module itself.
+operations and LoRA wrappers, keep their own forward), CPU tensors of one dtype (float32, or bfloat16 where
+oneDNN has it: AVX-512 or bf16 instructions), no autograd recording, no autocast, not under ``torch.compile``
+(inductor fuses the epilogue itself and cannot lower this op on unfrozen weights). Anything else runs the module
+itself.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from . import inplace
 from .tensors import gemm_rows
 
 ENABLED = True  # benchmarks switch the fused path off to measure it
-FUSED_DTYPES = (torch.float32, torch.bfloat16)
 _OP = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+# oneDNN builds a bf16 linear only on CPUs with AVX-512 (or bf16 instructions); on an AVX2-only CPU it refuses the
+# primitive ("could not create a primitive descriptor"), so bf16 runs the module there.
+_BF16 = _OP is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+FUSED_DTYPES = (torch.float32, torch.bfloat16) if _BF16 else (torch.float32,)
 
 
 def can_fuse(layer: nn.Module, x: torch.Tensor) -> bool:
