@@ -23,4 +23,16 @@ def parse_dtype(value: Any) -> torch.dtype:
     return dtype
 
 
-__all__ = ["DTYPES", "parse_dtype"]
+def cpu_computes(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN has kernels for ``dtype`` (float32 always; bf16 / fp16 with AVX-512 or their own
+    instructions). Without them, e.g. on an AVX2-only CPU, bf16 convolutions ran 17-40x slower than float32 and
+    oneDNN refused a bf16 linear with epilogue outright."""
+    if dtype == torch.float32:
+        return True
+    if not torch.backends.mkldnn.is_available():
+        return False
+    probe = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
+    return probe is not None and bool(getattr(torch.ops.mkldnn, probe)())
+
+
+__all__ = ["DTYPES", "cpu_computes", "parse_dtype"]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from opensora_core.geometry import PER_FRAME, VAE_V1_2
+from opensora_core.vae import preview
 from opensora_core.vae.preview import fit_latent_rgb, fitting_clips, latent_frame_colours, preview_psnr
 
 DECODER = torch.tensor([[0.5, -0.2, 0.1], [0.3, 0.4, -0.3], [-0.1, 0.2, 0.6], [0.0, 0.0, 0.0]])  # (C, 3)
@@ -41,6 +42,38 @@ def test_the_fit_recovers_a_linear_decoder():
     clip = fitting_clips(PER_FRAME, clips=1, seed=4)
     z = vae.encode(clip)
     assert preview_psnr(fitted, z[0], vae.decode(z, clip.shape[2])[0], PER_FRAME) > 60
+
+
+class ModuleVAE(torch.nn.Module):
+    """``LinearVAE`` as a module with a weight of some dtype; records the dtype of each call's weight."""
+
+    geometry = PER_FRAME
+    latent_channels = 4
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones((), dtype=dtype), requires_grad=False)
+        self.seen = []
+
+    def encode(self, x, sample=False):
+        self.seen.append(self.weight.dtype)
+        return LinearVAE().encode(x)
+
+    def decode(self, z, num_frames):
+        self.seen.append(self.weight.dtype)
+        return LinearVAE().decode(z, num_frames)
+
+
+def test_a_bf16_vae_is_fitted_in_float32_where_the_cpu_only_emulates_bf16(monkeypatch):
+    """On an AVX2-only CPU bf16 convolutions ran 17-40x slower than float32: the fit runs on a float32 copy."""
+    monkeypatch.setattr(preview, "cpu_computes", lambda dtype: dtype == torch.float32)
+    vae = ModuleVAE(torch.bfloat16)
+    fitted = fit_latent_rgb(vae)
+    assert vae.seen == [] and vae.weight.dtype == torch.bfloat16  # the loaded VAE is left as it is
+    torch.testing.assert_close(torch.tensor(fitted.weight, dtype=torch.float32), DECODER, atol=1e-4, rtol=0)
+    monkeypatch.setattr(preview, "cpu_computes", lambda dtype: True)  # a CPU with bf16 kernels: the VAE itself
+    fit_latent_rgb(vae)
+    assert vae.seen == [torch.bfloat16, torch.bfloat16]
 
 
 def test_colours_of_a_latent_frame_are_its_pixel_frames_and_blocks():

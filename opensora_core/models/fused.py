@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..dtypes import cpu_computes
 from . import inplace
 from .tensors import gemm_rows
 
@@ -23,8 +24,7 @@ ENABLED = True  # benchmarks switch the fused path off to measure it
 _OP = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 # oneDNN builds a bf16 linear only on CPUs with AVX-512 (or bf16 instructions); on an AVX2-only CPU it refuses the
 # primitive ("could not create a primitive descriptor"), so bf16 runs the module there.
-_BF16 = _OP is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-FUSED_DTYPES = (torch.float32, torch.bfloat16) if _BF16 else (torch.float32,)
+FUSED_DTYPES = tuple(d for d in (torch.float32, torch.bfloat16) if cpu_computes(d))
 
 
 def can_fuse(layer: nn.Module, x: torch.Tensor) -> bool:

@@ -10,12 +10,14 @@ A new latent space needs nothing else: the fit reads the VAE's geometry and chan
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..dtypes import cpu_computes
 from ..geometry import V1_2_MICRO_FRAMES, LatentGeometry
 
 FIT_CLIPS = 6  # synthetic clips encoded for a fit (3 -> 6: demo VAE v1.2 +0.6 dB on real video, +1.2 on sampled)
@@ -67,9 +69,20 @@ def fitting_clips(geometry: LatentGeometry, *, clips: int = FIT_CLIPS, size: int
 def fit_latent_rgb(vae, clips: torch.Tensor | None = None) -> LatentRGB:
     """Least-squares latent -> RGB map of ``vae`` (a ``VideoVAE``) from ``clips`` (default
     :func:`fitting_clips`): posterior-mean latents against their decoded colours at latent resolution."""
+    vae = _computable(vae)
     video = fitting_clips(vae.geometry) if clips is None else clips
     latent = vae.encode(video, sample=False).float()  # (N, C, t, h, w)
     return fit_decoded(latent, vae.decode(latent, video.shape[2]), vae.geometry)
+
+
+def _computable(vae):
+    """``vae``, or a float32 copy where its weights sit on a CPU that only emulates their dtype: the fit decodes a
+    few clips, which in bf16 on an AVX2-only CPU took minutes (convolutions 17-40x slower than in float32). The
+    map then comes from the float32 weights of the same file: the same up to bf16 rounding."""
+    weight = next(vae.parameters(), None) if isinstance(vae, torch.nn.Module) else None
+    if weight is None or weight.device.type != "cpu" or cpu_computes(weight.dtype):
+        return vae
+    return copy.deepcopy(vae).float()
 
 
 def fit_decoded(latent: torch.Tensor, decoded: torch.Tensor, geometry: LatentGeometry) -> LatentRGB:
