@@ -78,7 +78,7 @@ def fit_latent_rgb(vae, clips: torch.Tensor | None = None) -> LatentRGB:
 def _computable(vae):
     """``vae``, or a float32 copy where its weights sit on a CPU that only emulates their dtype: the fit decodes a
     few clips, which in bf16 on an AVX2-only CPU took minutes (convolutions 17-40x slower than in float32). The
-    map then comes from the float32 weights of the same file: the same up to bf16 rounding."""
+    map then comes from the loaded weights computed in float32: the same map up to the rounding of bf16 activations."""
     weight = next(vae.parameters(), None) if isinstance(vae, torch.nn.Module) else None
     if weight is None or weight.device.type != "cpu" or cpu_computes(weight.dtype):
         return vae
