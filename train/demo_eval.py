@@ -97,10 +97,14 @@ class VideoCheck:
     travel: float  # pixels the centre moves (least-squares line, first to last frame)
     colors: list  # per frame (None: nothing there)
     fills: list  # per frame
-    single: list  # per frame: exactly one object
+    faults: list  # per frame: why it is not one object ("" when it is: FrameObjects.fault)
     backgrounds: list  # per frame
     extra: dict = field(default_factory=dict)
-    faults: list = field(default_factory=list)  # per frame: why it is not one object ("" when it is; FrameObjects.fault)
+
+    @property
+    def single(self) -> list[bool]:
+        """Per frame: exactly one object."""
+        return [not fault for fault in self.faults]
 
     @property
     def background(self) -> str | None:
@@ -144,8 +148,8 @@ def check_video(frames: torch.Tensor, prompt: str, wanted: dict, **extra) -> Vid
     seen = synthetic.measure_video(frames)
     track = torch.tensor([f.centre for f in seen])  # (T, 2), nan where nothing stands out
     return VideoCheck(prompt, wanted, synthetic.motion_direction(track, MIN_TRAVEL), _travel(track),
-                      [f.color for f in seen], [f.fill for f in seen], [f.single for f in seen],
-                      [f.background for f in seen], extra, [f.fault for f in seen])
+                      [f.color for f in seen], [f.fill for f in seen], [f.fault for f in seen],
+                      [f.background for f in seen], extra)
 
 
 def _travel(track: torch.Tensor) -> float:
