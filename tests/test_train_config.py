@@ -158,6 +158,8 @@ def test_decay_and_first_frame_settings_are_validated(base):
     for bad in ("-1.0", "nan"):  # a size of memory: not negative, not NaN
         with pytest.raises(ConfigError, match="vae_training.spatial_cache_gb"):
             validate_config(_config(base, run__task='"vae"', vae_training__spatial_cache_gb=bad))
+        with pytest.raises(ConfigError, match="cache.memory_gb"):
+            validate_config(_config(base, cache__memory_gb=bad))
 
 
 def test_output_dir_that_is_a_file_is_named(base, tmp_path):

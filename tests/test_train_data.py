@@ -213,3 +213,36 @@ def test_mask_kinds_v1_2_names_and_guards():
         parse_mask_ratios({"image_middle": 0.1})
     with pytest.raises(ConfigError, match="sum to 1"):
         parse_mask_ratios({"image_head": 0.8, "mask_no": 0.5})
+
+
+def test_cached_clips_are_held_in_memory_up_to_the_budget(tmp_path, monkeypatch):
+    from opensora_core.checkpoints import save_checkpoint
+    from opensora_train import cache
+    from opensora_train.dit import CachedClipDataset
+
+    latents = [tmp_path / f"latent{i}.safetensors" for i in range(3)]
+    for i, path in enumerate(latents):
+        save_checkpoint({"latent": torch.full((4, 2, 3, 3), float(i))}, path)  # 72 floats: 288 bytes each
+    caption = tmp_path / "caption.safetensors"
+    save_checkpoint({"y": torch.ones(5, 8)}, caption)  # 160 bytes
+    opened = []
+    real = cache.read_tensor
+    monkeypatch.setattr(cache, "read_tensor", lambda path, name: opened.append(path.name) or real(path, name))
+
+    def epoch(dataset):
+        opened.clear()
+        items = [dataset[i] for i in range(len(latents))]
+        return items, list(opened)
+
+    sizes = [{"height": 64.0}] * 3
+    held = CachedClipDataset([None] * 3, latents, [caption] * 3, 6, sizes, memory_bytes=160 + 2 * 288)
+    items, first = epoch(held)
+    assert sorted(first) == ["caption.safetensors"] + [p.name for p in latents]  # the shared caption once
+    assert [float(item["x0"][0, 0, 0, 0]) for item in items] == [0.0, 1.0, 2.0]
+    assert items[0]["mask"].tolist() == [1, 1, 1, 1, 1, 0] and items[0]["y"].shape == (1, 6, 8)
+    items_again, second = epoch(held)
+    assert second == ["latent2.safetensors"]  # the caption and two latents fit the budget; the third is read again
+    assert all(torch.equal(a["x0"], b["x0"]) and torch.equal(a["y"], b["y"]) for a, b in zip(items, items_again))
+    assert held.held.used == 160 + 2 * 288
+    _, every_time = epoch(CachedClipDataset([None] * 3, latents, [caption] * 3, 6, sizes, memory_bytes=0))
+    assert len(every_time) == 6  # cache.memory_gb = 0: read from disk each time

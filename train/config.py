@@ -99,6 +99,8 @@ class CacheConfig:
     dir: str = ""  # default: <output_dir>/cache
     posterior: str = "sample"  # "sample" (a seeded posterior draw, as the official encode) or "mean"
     dtype: str = "fp32"
+    memory_gb: float = 1.0  # keep the cached latents and captions in CPU memory once read, up to this many GB
+    #                         per data-loading process (0 = read them from disk at every step)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from .buckets import BucketTable, bucket_summary
 from .cache import (
     CacheDir,
     CachedTextEncoder,
+    HeldTensors,
     cache_captions,
     cache_latents,
     caption_key,
@@ -43,7 +44,6 @@ from .cache import (
     latent_key,
     progress_bar,
     read_caption,
-    read_tensor,
     shard,
 )
 from .config import TrainConfig
@@ -68,19 +68,21 @@ STEP_METADATA = "opensora.train_step"
 
 
 class CachedClipDataset(torch.utils.data.Dataset):
-    """Item i: cached latent, caption (padded to L) and size arguments of clip i."""
+    """Item i: cached latent, caption (padded to L) and size arguments of clip i (the cached tensors kept in
+    memory up to ``memory_bytes``: :class:`HeldTensors`)."""
 
     def __init__(self, clips: Sequence[Clip], latents: Sequence[Path], captions: Sequence[Path], max_length: int,
-                 sizes: Sequence[dict[str, float]]) -> None:
+                 sizes: Sequence[dict[str, float]], memory_bytes: float = 0) -> None:
         self.clips, self.latents, self.captions = list(clips), list(latents), list(captions)
         self.max_length, self.sizes = max_length, list(sizes)
+        self.held = HeldTensors(memory_bytes)
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        y, mask = read_caption(self.captions[i], self.max_length)  # (1, L, C), (L,)
-        item = {"x0": read_tensor(self.latents[i], "latent").float(), "y": y, "mask": mask}  # x0 (C, t, h, w)
+        y, mask = read_caption(self.captions[i], self.max_length, self.held.read)  # (1, L, C), (L,)
+        item = {"x0": self.held.read(self.latents[i], "latent").float(), "y": y, "mask": mask}  # x0 (C, t, h, w)
         item.update({k: torch.tensor(v, dtype=torch.float32) for k, v in self.sizes[i].items()})
         return item
 
@@ -146,7 +148,8 @@ class DiTTask:
         sizes = [size_args(clips[i], self.family.training, cfg.data.frame_interval, cfg.data.ar) for i in kept]
         self.train_settings = _settings([clips[i] for i in kept], sizes, self.carried)
         dataset = CachedClipDataset([clips[i] for i in kept], [latents[i] for i in kept],
-                                    [captions[clips[i].entry.text] for i in kept], self.max_length, sizes)
+                                    [captions[clips[i].entry.text] for i in kept], self.max_length, sizes,
+                                    memory_bytes=cfg.cache.memory_gb * 2**30)
         sampler = BucketBatchSampler(self._groups(dataset), table.batch_size, seed=cfg.run.seed,
                                      shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last)
         return TaskData(dataset, sampler, summary)

@@ -88,6 +88,8 @@ def _check_data(cfg: TrainConfig) -> None:
     _one_of("data.ar", data.ar, ("official", "height/width"))
     _one_of("cache.posterior", cfg.cache.posterior, ("sample", "mean"))
     _one_of("cache.dtype", cfg.cache.dtype, DTYPES)
+    _finite("cache.memory_gb", cfg.cache.memory_gb)
+    _at_least("cache.memory_gb", cfg.cache.memory_gb, 0)
 
 
 def _check_optimizer(cfg: TrainConfig) -> None:
