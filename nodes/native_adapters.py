@@ -170,12 +170,16 @@ class STDiTAdapter:
 
     # -- the schedule -----------------------------------------------------------------------------------
 
-    def shift(self, settings: VideoSettings, args_dtype: torch.dtype) -> float | None:
+    def shift(self, settings: VideoSettings, args_dtype: torch.dtype, scale: float = 1.0) -> float | None:
         """v1.2: the timestep transform's shift for the video (``args_dtype`` bf16 rounds as official bf16
-        inference does); v1.1: None (a discrete schedule, nothing to shift)."""
+        inference does) times ``scale`` (official 1.0); v1.1: None (a discrete schedule, nothing to shift)."""
         if not self.flow:
+            if scale != 1.0:
+                raise ValueError(f"shift_scale: {self.family.title} samples a discrete IDDPM schedule with no shift; "
+                                 "set it to 1.0")
             return None
-        return transform_shift(settings.height, settings.width, settings.num_frames, args_dtype=args_dtype)
+        return transform_shift(settings.height, settings.width, settings.num_frames, args_dtype=args_dtype,
+                               scale=scale)
 
     def sigmas(self, sampling, steps: int, settings: VideoSettings | None) -> torch.Tensor:
         """The official schedule as SIGMAS: v1.2 t = (1 - i/steps) * 1000 through the model's shift; v1.1 the

@@ -101,8 +101,11 @@ class MMDiTAdapter:
 
     # -- the schedule -----------------------------------------------------------------------------------
 
-    def shift(self, settings: VideoSettings, args_dtype: torch.dtype) -> float:
+    def shift(self, settings: VideoSettings, args_dtype: torch.dtype, scale: float = 1.0) -> float:
         """alpha of the official schedule for the video: (m S + b) sqrt(T) (``get_schedule``), in float32."""
+        if scale != 1.0:
+            raise ValueError("shift_scale: Open-Sora 2.0 samples with its official shift (set it to 1.0); "
+                             "shift_scale is a v1.2 option")
         if args_dtype != torch.float32:
             raise ValueError("shift: Open-Sora 2.0 computes its shift in float32; choose 'exact' ('official bf16 "
                              "rounding' is v1.2's)")

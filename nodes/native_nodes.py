@@ -87,6 +87,9 @@ class OpenSoraSamplingSettings(io.ComfyNode):
                 w.number("fps", 24.0, 1.0, 120.0, "Frame rate the model is conditioned on.", step=1.0),
                 w.choice("shift", list(SHIFTS), "exact", "v1.2: 'official bf16 rounding' rounds H*W and the shift "
                          "to bf16 as official bf16 inference does (2.4187 -> 2.4219 at 240p, 51 frames)."),
+                w.number("shift_scale", 1.0, 0.05, 20.0, "v1.2: a factor on that shift (1.0 = official). Above 1 "
+                         "more of the steps go to high noise, where placement and shape are decided (the demo "
+                         "model: 2.0).", step=0.05, optional=True),
             ],
             outputs=[io.Model.Output(display_name="model")],
             hidden=[io.Hidden.unique_id],  # validate_inputs finds its model link in the queued prompt
@@ -102,14 +105,14 @@ class OpenSoraSamplingSettings(io.ComfyNode):
                                      NATIVE_MODEL_PASS_THROUGH)
 
     @classmethod
-    def execute(cls, model, width, height, num_frames, fps, shift) -> io.NodeOutput:
+    def execute(cls, model, width, height, num_frames, fps, shift, shift_scale=1.0) -> io.NodeOutput:
         family = family_of_patcher(model)
         _check_video(family, width, height, num_frames)
         patched = model.clone()
         options = patched.model_options.setdefault("transformer_options", {})
         video = VideoSettings(height, width, num_frames, float(fps))
         options[SETTINGS_KEY] = video.as_dict()
-        value = model.model.adapter.shift(video, SHIFTS[shift])
+        value = model.model.adapter.shift(video, SHIFTS[shift], shift_scale)
         if value is not None:
             api = bridge.native_api()
             sampling = api.model_sampling(model.model.model_config, api.ModelType.FLOW)

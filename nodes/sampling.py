@@ -132,6 +132,8 @@ class OpenSoraSampler(io.ComfyNode):
                                        "Open-Sora 2.0 Condition."),
                 GuidanceSocket.Input("guidance", optional=True, tooltip="Open-Sora 2.0 Guidance: image guidance and "
                                      "oscillation (without it: the official 3.0 and on)."),
+                w.number("shift_scale", 1.0, 0.05, 20.0, "v1.2 (rectified flow): a factor on the official timestep shift (1.0 = official). Above 1 more of the "
+                         "steps go to high noise, where placement and shape are decided (the demo model: 2.0).", step=0.05, optional=True),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Video latent (B, C, T, H, W) with the clip "
                                       "bookkeeping the Open-Sora VAE Decode needs.")],
@@ -150,7 +152,7 @@ class OpenSoraSampler(io.ComfyNode):
     def execute(cls, model: ModelHandle, vae: VAEHandle, positive: PromptCaptions, width, height, num_frames, fps,
                 steps, cfg, seed, loops, condition_frame_length, condition_frame_edit, align,
                 negative: PromptCaptions | None = None, references: References | None = None,
-                guidance: GuidanceOptions | None = None) -> io.NodeOutput:
+                guidance: GuidanceOptions | None = None, shift_scale: float = 1.0) -> io.NodeOutput:
         strategy = references.strategy if references is not None else ""  # parsed groups or a named task
         spec = GenerationSpec(
             prompts=[positive.prompt], height=height, width=width, num_frames=num_frames, fps=fps, steps=steps,
@@ -159,6 +161,7 @@ class OpenSoraSampler(io.ComfyNode):
             align=align or None, condition_type=references.condition_type if references is not None else None,
             image_cfg_scale=guidance.image_cfg_scale if guidance is not None else None,
             oscillation=guidance.oscillation if guidance is not None else None,
+            shift_scale=None if shift_scale == 1.0 else shift_scale,  # 1.0: the official schedule, any family
         )
         placement = bridge.ComfyPlacement([model.managed, vae.managed])
         components = Components(model.module, vae.module, placement=placement)

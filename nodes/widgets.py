@@ -35,8 +35,11 @@ def integer(name: str, default: int, lo: int, hi: int, tooltip: str, step: int =
     return io.Int.Input(name, default=default, min=lo, max=hi, step=step, tooltip=tooltip)
 
 
-def number(name: str, default: float, lo: float, hi: float, tooltip: str, step: float = 0.01) -> io.Float.Input:
-    return io.Float.Input(name, default=default, min=lo, max=hi, step=step, tooltip=tooltip)
+def number(name: str, default: float, lo: float, hi: float, tooltip: str, step: float = 0.01,
+           optional: bool = False) -> io.Float.Input:
+    """A float widget; ``optional`` for one added to a node after workflows were saved with it (an API prompt
+    that lacks it still runs, with the default)."""
+    return io.Float.Input(name, default=default, min=lo, max=hi, step=step, tooltip=tooltip, optional=optional)
 
 
 def text(name: str, default: str, tooltip: str, multiline: bool = False) -> io.String.Input:

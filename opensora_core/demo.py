@@ -41,6 +41,7 @@ class Demo:
     cfg_scale: float
     seed: int
     condition_frame_length: int  # latent frames a loop round continues from (a clip has 5)
+    shift_scale: float = 1.0  # factor on the official timestep shift the demo samples with (1.0 = official)
 
 
 def demo_dir() -> Path:
@@ -83,7 +84,8 @@ def demo_spec(demo: Demo | None = None, **overrides):
     demo = demo or load_demo()
     settings = dict(prompts=[demo.prompt], height=demo.height, width=demo.width, num_frames=demo.num_frames,
                     fps=demo.fps, steps=demo.steps, cfg_scale=demo.cfg_scale, seed=demo.seed,
-                    condition_frame_length=demo.condition_frame_length, aesthetic_score=None)
+                    condition_frame_length=demo.condition_frame_length, aesthetic_score=None,
+                    shift_scale=demo.shift_scale)
     return GenerationSpec(**{**settings, **overrides})
 
 

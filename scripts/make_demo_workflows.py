@@ -87,6 +87,7 @@ def convert(workflow: dict, task: str) -> dict:
             values[:7] = [S["width"], S["height"], S["num_frames"], S["fps"], S["steps"], S["cfg_scale"], S["seed"]]
             values[8] = spec.get("loops", 1)
             values[9] = S["condition_frame_length"] if spec.get("loops", 1) > 1 else 0
+            values[12] = S["shift_scale"]
         elif kind == "OpenSoraSaveVideo":
             values[0], values[1] = S["fps"], f"OpenSora/demo_{task}"
         elif kind == "MarkdownNote":
@@ -98,12 +99,13 @@ def convert(workflow: dict, task: str) -> dict:
 
 
 def _convert_native(kind: str, values: list, task: str) -> None:
-    """The native MODEL workflows' nodes: demo size, frames, fps, steps and seed."""
+    """The native MODEL workflows' nodes: demo size, frames, fps, shift scale, steps and seed."""
     size = [S["width"], S["height"], S["num_frames"]]
     if kind == "OpenSoraEmptyLatentVideo":
         values[:3] = size
     elif kind == "OpenSoraSamplingSettings":
         values[:4] = [*size, S["fps"]]
+        values[5] = S["shift_scale"]
     elif kind == "OpenSoraSigmas":
         values[0] = S["steps"]
     elif kind == "KSampler":

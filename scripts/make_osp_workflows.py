@@ -30,7 +30,7 @@ FILES = {  # loader -> widget values: the released folders kept as they are insi
     "OpenSoraT5Loader": ["mt5-xxl/", "bf16"],
 }
 # sample_t2v_v1_3.sh / sample_inpaint_v1_3.sh: 93x352x640, 100 steps, guidance 7.5, seed 1234, fps 18
-SAMPLER = [640, 352, 93, 18, 100, 7.5, 1234, "fixed", 1, 0, 0, 0]
+SAMPLER = [640, 352, 93, 18, 100, 7.5, 1234, "fixed", 1, 0, 0, 0, 1.0]
 DECODE = ["on", 512, 128]
 PROMPTS = {
     "t2v": "A quiet beach at dawn, the waves gently lapping at the shore and the sky painted in pastel hues.",

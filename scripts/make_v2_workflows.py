@@ -101,7 +101,7 @@ def _text_encode(text: str) -> list:
 
 
 def _sampler(width: int, height: int) -> list:
-    return [width, height, 129, 24, 50, 7.5, 42, "fixed", 1, 0, 0, 0]  # 256px.py: 129 frames, 50 steps, cfg 7.5
+    return [width, height, 129, 24, 50, 7.5, 42, "fixed", 1, 0, 0, 0, 1.0]  # 256px.py: 129 frames, 50 steps, cfg 7.5
 
 
 def graph(task: str) -> tuple[list[tuple], list[tuple]]:
@@ -159,7 +159,7 @@ def native_graph(task: str) -> tuple[list[tuple], list[tuple]]:
         (5, "OpenSoraTextEncode", [PROMPT, "v2.0 (512 tokens)", -1, -1, "none", True],
          "Open-Sora Text Encode (prompt)"),
         (6, "OpenSoraNullConditioning", [], "Negative (the empty prompt)"),
-        (7, "OpenSoraSamplingSettings", [*NATIVE_SIZE, 24, "exact"], None),
+        (7, "OpenSoraSamplingSettings", [*NATIVE_SIZE, 24, "exact", 1.0], None),
         (8, "OpenSoraEmptyLatentVideo", [*NATIVE_SIZE, 1], None),
         (9, "OpenSoraV2Guider", [7.5, 3.0, True], None),  # 256px.py: guidance 7.5, image 3.0, oscillation
         (10, "OpenSoraSigmas", [50], None),

@@ -503,6 +503,23 @@ def test_latent_previews_for_every_vae_with_the_map_fitted_on_it(env, v12):
         assert env.preview_factors == [[list(row) for row in preview.rgb_map(video_vae).weight]]
 
 
+def test_sampler_shift_scale_changes_the_v1_2_schedule_and_is_refused_without_a_shift(env, v12):
+    """shift_scale reaches the schedule (another video from the same seed); 1.0, the default, is the official
+    schedule for every family, and another value for a family without a shifted schedule is refused by name."""
+    model, vae, t5 = v12
+    caption = _encode(env, t5, model, "a red ball rolls")
+    official = _sample(env, model, vae, caption)["samples"]
+    assert torch.equal(_sample(env, model, vae, caption, shift_scale=1.0)["samples"], official)
+    scaled = _sample(env, model, vae, caption, shift_scale=2.0)["samples"]
+    assert scaled.shape == official.shape and not torch.allclose(scaled, official, atol=1e-3)
+    (v11,) = env.run("OpenSoraModelLoader", "OpenSora-STDiT-v2-stage3.safetensors", "fp32", "sdpa")
+    (sd_vae,) = env.run("OpenSoraVAELoader", "sd-vae-ft-ema.safetensors", "fp32")
+    v11_caption = _encode(env, t5, v11)
+    _sample(env, v11, sd_vae, v11_caption, num_frames=4, shift_scale=1.0)
+    with pytest.raises(ValueError, match="shift_scale is not an option"):
+        _sample(env, v11, sd_vae, v11_caption, num_frames=4, shift_scale=2.0)
+
+
 def test_sampler_stops_when_comfyui_is_interrupted(env, v12):
     model, vae, t5 = v12
     env.progress.clear()

@@ -11,7 +11,7 @@ import torch
 
 import comfy_stub
 from comfy_stub import tiny_models
-from opensora_core.sampling import rflow_schedule, transform_shift
+from opensora_core.sampling import rflow_schedule, rflow_timesteps, transform_shift
 
 SIZE = dict(width=48, height=32, num_frames=17)
 SEED = 5
@@ -61,6 +61,17 @@ def test_settings_put_the_video_and_the_exact_shift_into_the_model(v12):
     sampling = settings.get_model_object("model_sampling")
     assert sampling.shift == pytest.approx(transform_shift(32, 48, 17))
     assert v12["native"].get_model_object("model_sampling").shift == 1.0  # the loaded model is left as it was
+
+
+def test_settings_scale_the_shift_as_the_pipeline_schedule_does(env, v12):
+    """shift_scale 2 doubles the shift; the sigmas then follow the pipeline's schedule with the same scale."""
+    (scaled,) = env.run("OpenSoraSamplingSettings", v12["native"], **SIZE, fps=24.0, shift="exact", shift_scale=2.0)
+    sampling = scaled.get_model_object("model_sampling")
+    assert sampling.shift == pytest.approx(transform_shift(32, 48, 17, scale=2.0)) and sampling.shift > 0
+    assert sampling.shift == pytest.approx(2 * v12["settings"].get_model_object("model_sampling").shift)
+    times = rflow_schedule(10, height=32, width=48, num_frames=17, scale=2.0)
+    plain = rflow_timesteps(10)[:-1]  # the unshifted grid, 1000 .. 100
+    torch.testing.assert_close(sampling.sigma(plain) * 1000, times[:-1], atol=1e-2, rtol=0)
 
 
 def _queue_settings(env, num_frames: int, model_file: str, *, lora: bool = False):

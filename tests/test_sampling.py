@@ -164,6 +164,37 @@ def test_rflow_schedule_bf16_arguments_reproduce_official_bf16_inference():
     assert fp32[-1] == 0 and bf16[-1] == 0
 
 
+def test_rflow_shift_scale_multiplies_the_official_shift():
+    """t' = r s / (1 + (r - 1) s) with r the official ratio times the scale: at 64x64, 17 frames r = 0.2795;
+    scale 2 moves step 6 of 60 (s = 0.9) from t' = 716 to 834, and the official schedule is scale 1."""
+    from opensora_core.families import by_release
+    from opensora_core.pipeline import GenerationSpec, plan_generation
+    from opensora_core.sampling import ScheduleRequest, transform_shift
+
+    size = dict(height=64, width=64, num_frames=17)
+    official, doubled = rflow_schedule(60, **size), rflow_schedule(60, **size, scale=2.0)
+    ratio = transform_shift(**size)
+    assert ratio == pytest.approx(0.125 * math.sqrt(5), rel=1e-6)
+    assert transform_shift(**size, scale=2.0) == pytest.approx(2 * ratio, rel=1e-6)
+    for times, r in ((official, ratio), (doubled, 2 * ratio)):
+        assert times[6].item() == pytest.approx(1000 * r * 0.9 / (1 + (r - 1) * 0.9), abs=1e-3)
+    assert doubled[6] > official[6] + 100 and doubled[-1] == 0
+    assert doubled[0].item() == pytest.approx(1000, abs=1e-3) and official[0].item() == pytest.approx(1000, abs=1e-3)
+    v1_2 = by_release("v1.2")
+    assert torch.equal(v1_2.sampler.schedule(ScheduleRequest(60, 64, 64, 17)), official)
+    assert torch.equal(v1_2.sampler.schedule(ScheduleRequest(60, 64, 64, 17, shift_scale=2.0)), doubled)
+    plan = plan_generation(v1_2, GenerationSpec(prompts=["a"], height=64, width=64, num_frames=17, shift_scale=2.0))
+    assert plan.schedule_options == {"shift_scale": 2.0}
+    assert plan_generation(v1_2, GenerationSpec(prompts=["a"], height=64, width=64, num_frames=17)
+                           ).schedule_options == {"shift_scale": 1.0}
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="shift_scale must be a finite number > 0"):
+            plan_generation(v1_2, GenerationSpec(prompts=["a"], height=64, width=64, num_frames=17, shift_scale=bad))
+    with pytest.raises(ValueError, match="shift_scale is not an option"):
+        plan_generation(by_release("v1.1"), GenerationSpec(prompts=["a"], height=64, width=64, num_frames=16,
+                                                           shift_scale=2.0))
+
+
 # ---------------------------------------------------------------------------
 # RFLOW sampler
 # ---------------------------------------------------------------------------

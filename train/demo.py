@@ -68,7 +68,8 @@ FILES = {
     "reference": "inputs/opensora_demo_first_frame.png",
 }
 SAMPLING = {"height": SIZE, "width": SIZE, "num_frames": 17, "fps": FPS, "steps": 60, "cfg_scale": 3.0, "seed": 0,
-            "condition_frame_length": 1}  # loops continue from the last latent frame (image_head training)
+            "condition_frame_length": 1,  # loops continue from the last latent frame (image_head training)
+            "shift_scale": 1.0}
 # 60 sampling steps (was 30): over 192 text-to-video prompts, shape 86 -> 90 % and direction 81 -> 84 % with the
 # depth-3 DiT; 85 -> 90 % direction with the shipped one (demo/README.md). About 1 s per video on a CPU.
 PROMPT = "a red circle moves to the right on a black background"

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-aesthetic-score", action="store_true")
     run.add_argument("--motion-score", type=float)
     run.add_argument("--camera-motion")
+    run.add_argument("--shift-scale", type=float, help="v1.2: a factor on the official timestep shift (default 1.0, "
+                                                         "official; >1 spends more steps at high noise)")
     run.add_argument("--image-cfg-scale", type=float, help="Open-Sora 2.0 image guidance (default 3.0)")
     run.add_argument("--no-oscillation", action="store_true", help="Open-Sora 2.0: keep the guidance scales on "
                                                                    "every step (official: 1 on odd steps from 10)")
@@ -156,6 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             model=str(demo.model), vae=str(demo.vae), text_encoder=str(demo.text_encoder), height=demo.height,
             width=demo.width, num_frames=demo.num_frames, fps=demo.fps, steps=demo.steps, cfg_scale=demo.cfg_scale,
             seed=demo.seed, condition_frame_length=demo.condition_frame_length, no_aesthetic_score=True,
+            shift_scale=demo.shift_scale,
             output="outputs/demo.mp4",
         )
         args = parser.parse_args(argv)
@@ -251,7 +254,7 @@ def make_spec(args: argparse.Namespace, job: Job, size: tuple[int, int, int],
         negative_prompts=None if args.negative_prompt is None else [args.negative_prompt], save_fps=args.save_fps,
         prompt_template=None if args.no_prompt_template else "auto",
         image_cfg_scale=args.image_cfg_scale, oscillation=False if args.no_oscillation else None,
-        condition_type=args.condition_type,
+        condition_type=args.condition_type, shift_scale=args.shift_scale,
     )
 
 
@@ -279,6 +282,8 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--seed must be from {low} to {high} (2**64 - 1), got {args.seed}")
     if args.cfg_scale is not None and not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 0):
         raise ValueError(f"--cfg-scale must be a finite number >= 0 (official 7.0), got {args.cfg_scale}")
+    if args.shift_scale is not None and not (math.isfinite(args.shift_scale) and args.shift_scale > 0):
+        raise ValueError(f"--shift-scale must be a finite number > 0 (official 1.0), got {args.shift_scale}")
     for flag in ("fps", "save_fps"):
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and value > 0):

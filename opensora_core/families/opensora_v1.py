@@ -77,9 +77,10 @@ VAE_V1_2_FILE = VAEKind(
 
 
 def _rflow_schedule(request: ScheduleRequest):
-    """v1.2: 30 steps shifted for the output size (``use_timestep_transform=True``)."""
+    """v1.2: 30 steps shifted for the output size (``use_timestep_transform=True``; the official inference
+    shift times ``shift_scale``, 1.0 officially)."""
     return rflow_schedule(request.steps, height=request.height, width=request.width,
-                          num_frames=request.num_frames, args_dtype=request.args_dtype)
+                          num_frames=request.num_frames, args_dtype=request.args_dtype, scale=request.shift_scale)
 
 
 def _iddpm_schedule(request: ScheduleRequest):
@@ -113,7 +114,7 @@ V1_2 = register(Family(
     sampler=RFLOW,
     conditioning=MaskStrategyConditioning("v1.2"),
     defaults=Defaults(steps=30, cfg_scale=7.0, num_frames=51, fps=24.0, aesthetic_score=AESTHETIC_SCORE_V1_2,
-                      condition_frame_length=5, frame_interval=1),
+                      condition_frame_length=5, frame_interval=1, shift_scale=1.0),
     score_phrases=True,  # trained with aesthetic / motion / camera-motion phrases
     training=Training(objective="rflow", aspect_ratio="height/width", fps_per_frame_interval=True),
 ))

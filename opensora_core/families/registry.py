@@ -170,10 +170,14 @@ class Defaults:
     prompt_template: str | None = None  # wraps every prepared prompt ("...{}..."; None: the text as prepared)
     # Options only some families take (None: the family does not take it; a request that gives it is refused).
     # The plan hands them, as keywords of the same names, to the component that interprets them: the sampler's
-    # denoiser (image_cfg_scale, oscillation) or the conditioning's ``place`` (condition_type).
+    # denoiser (image_cfg_scale, oscillation), the conditioning's ``place`` (condition_type) or the schedule
+    # (shift_scale).
     image_cfg_scale: float | None = None  # guidance on the image condition
     oscillation: bool | None = None  # guidance scales of 1 on odd steps from step 10
     condition_type: str | None = None  # how references condition the video (t2v, i2v_head, ...)
+    # a factor on the shift of the rectified-flow timestep transform (official: 1.0; >1 spends more of the steps at
+    # high noise, where placement is decided), handed to the sampler's schedule
+    shift_scale: float | None = None
     # The size a request gets when it names none: the preset names ``Family.image_size`` reads (v1.x "240p",
     # "9:16" as H:W; 2.0 "256px", "16:9" as W:H), or, for a release without size presets (``image_size`` None),
     # the official sample script's (height, width) (Open-Sora-Plan v1.3: 352x640).

@@ -83,10 +83,11 @@ class GenerationSpec:
     prompt_template: str | None | Literal["auto"] = "auto"
     save_fps: float | None = None  # None: fps / frame_interval of the family
     # Options of some families only (None: the family default; refused for a family that does not take them,
-    # see Defaults): 2.0 image guidance scale, guidance oscillation and condition type.
+    # see Defaults): 2.0 image guidance scale, guidance oscillation and condition type; v1.2 shift scale.
     image_cfg_scale: float | None = None
     oscillation: bool | None = None
     condition_type: str | None = None
+    shift_scale: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):
@@ -113,6 +114,7 @@ class GenerationPlan:
     drop_frames: int  # pixel frames each later clip drops when joined
     negative_prompts: list[str] | None = None  # per sample, encoded for guidance (None: the model's null caption)
     denoiser_options: dict = field(default_factory=dict)  # family options for the sampler's denoiser
+    schedule_options: dict = field(default_factory=dict)  # family options for the sampler's schedule
 
     @property
     def batch_size(self) -> int:
@@ -192,6 +194,7 @@ def plan_generation(family: Family, spec: GenerationSpec, reference_frames: Sequ
         drop_frames=drop,
         negative_prompts=_negative_prompts(family, spec),
         denoiser_options=family_options(family, spec, DENOISER_OPTIONS),
+        schedule_options=family_options(family, spec, SCHEDULE_OPTIONS),
     )
     check_memory(plan)
     return plan
@@ -222,6 +225,7 @@ def _given_or(value, default):
 # receives them as keywords of the same name.
 DENOISER_OPTIONS = ("image_cfg_scale", "oscillation")  # -> family.sampler.denoiser(...)
 CONDITIONING_OPTIONS = ("condition_type",)  # -> family.conditioning.place(...)
+SCHEDULE_OPTIONS = ("shift_scale",)  # -> ScheduleRequest(...) for family.sampler.schedule
 
 
 def family_options(family: Family, spec: GenerationSpec, names: Sequence[str]) -> dict:
@@ -286,6 +290,8 @@ def _check_sampling(family: Family, spec: GenerationSpec) -> None:
             raise ValueError(f"{name} must be a finite number, got {value}")
     if spec.image_cfg_scale is not None and not (math.isfinite(spec.image_cfg_scale) and spec.image_cfg_scale >= 0):
         raise ValueError(f"image_cfg_scale must be a finite number >= 0 (official 3.0), got {spec.image_cfg_scale}")
+    if spec.shift_scale is not None and not (math.isfinite(spec.shift_scale) and spec.shift_scale > 0):
+        raise ValueError(f"shift_scale must be a finite number > 0 (official 1.0), got {spec.shift_scale}")
 
 
 def _check_steps(family: Family, steps: int | None) -> None:

@@ -127,7 +127,8 @@ def sample_clip(
         model, text, y_null, args, scale=plan.cfg_scale, channels=sampler.guidance_channels, null_mask=null_mask,
         **plan.denoiser_options,
     )
-    schedule = sampler.schedule(ScheduleRequest(plan.steps, spec.height, spec.width, spec.num_frames, model.dtype))
+    schedule = sampler.schedule(ScheduleRequest(plan.steps, spec.height, spec.width, spec.num_frames, model.dtype,
+                                                **plan.schedule_options))
     return sampler.sample(denoiser, z, schedule, mask=mask, noise=noise, callback=callback)
 
 

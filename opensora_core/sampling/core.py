@@ -52,6 +52,7 @@ class ScheduleRequest:
     width: int
     num_frames: int
     args_dtype: torch.dtype = torch.float32  # dtype the model's size arguments have (the official code's)
+    shift_scale: float = 1.0  # rectified flow: factor on the timestep transform's shift (official 1.0)
 
 
 class Denoiser(Protocol):

@@ -77,16 +77,18 @@ def _shift_ratio(height, width, num_frames, base_resolution, base_num_frames, sc
     return ratio_space * (frames / base_num_frames).sqrt() * scale
 
 
-def transform_shift(height: int, width: int, num_frames: int, *, args_dtype: torch.dtype = torch.float32) -> float:
+def transform_shift(height: int, width: int, num_frames: int, *, args_dtype: torch.dtype = torch.float32,
+                    scale: float = 1.0) -> float:
     """The shift of the v1.2 timestep transform as one number: ``timestep_transform`` is
     ``1000 * shift*s / (1 + (shift - 1)*s)`` with s = t / 1000 (ComfyUI's ``time_snr_shift``).
 
     ``args_dtype=torch.bfloat16`` gives the shift of official bf16 inference (H*W and the ratio rounded to
-    bf16). Raises for frame counts the transform cannot take (2..16).
+    bf16); ``scale`` multiplies it (the transform's own ``scale``; official inference: 1.0). Raises for frame
+    counts the transform cannot take (2..16).
     """
     check_transform_frames(num_frames)
     args = [torch.tensor([float(v)], dtype=args_dtype) for v in (height, width, num_frames)]
-    return float(_shift_ratio(*args, BASE_RESOLUTION, 1, 1.0)[0])
+    return float(_shift_ratio(*args, BASE_RESOLUTION, 1, scale)[0])
 
 
 def check_transform_frames(num_frames: int) -> None:
@@ -108,12 +110,14 @@ def rflow_schedule(
     transform: bool = True,
     args_dtype: torch.dtype = torch.float32,
     num_timesteps: int = NUM_TIMESTEPS,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """(num_steps + 1,) timesteps ending in 0, shifted for the output size when ``transform`` is on.
 
     height/width are the PIXEL size and num_frames the PIXEL frame count of the video.
     ``args_dtype=torch.bfloat16`` reproduces the official bf16 inference, where the sampler
     receives its size arguments in the model dtype (timesteps differ by up to ~1 in 1000).
+    ``scale`` multiplies the shift (the transform's ``scale``, which official inference leaves at 1.0).
     """
     times = rflow_timesteps(num_steps, num_timesteps)
     if not transform:
@@ -122,7 +126,7 @@ def rflow_schedule(
         raise ValueError("the timestep transform needs height, width and num_frames (or pass transform=False)")
     check_transform_frames(num_frames)
     args = [torch.tensor([float(v)], dtype=args_dtype) for v in (height, width, num_frames)]
-    shifted = timestep_transform(times[:-1], *args, num_timesteps=num_timesteps)
+    shifted = timestep_transform(times[:-1], *args, num_timesteps=num_timesteps, scale=scale)
     return torch.cat([shifted.float(), times[-1:]])
 
 
