@@ -132,8 +132,9 @@ class OpenSoraSampler(io.ComfyNode):
                                        "Open-Sora 2.0 Condition."),
                 GuidanceSocket.Input("guidance", optional=True, tooltip="Open-Sora 2.0 Guidance: image guidance and "
                                      "oscillation (without it: the official 3.0 and on)."),
-                w.number("shift_scale", 1.0, 0.05, 20.0, "v1.2 (rectified flow): a factor on the official timestep shift (1.0 = official). Above 1 more of the "
-                         "steps go to high noise, where placement and shape are decided (the demo model: 2.0).", step=0.05, optional=True),
+                w.number("shift_scale", 1.0, 0.05, 20.0, "v1.2 (rectified flow): a factor on the official timestep "
+                         "shift (1.0 = official). Above 1 more of the steps go to high noise, where placement and "
+                         "shape are decided.", step=0.05, optional=True),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Video latent (B, C, T, H, W) with the clip "
                                       "bookkeeping the Open-Sora VAE Decode needs.")],
