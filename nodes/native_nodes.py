@@ -88,7 +88,8 @@ class OpenSoraSamplingSettings(io.ComfyNode):
                 w.choice("shift", list(SHIFTS), "exact", "v1.2: 'official bf16 rounding' rounds H*W and the shift "
                          "to bf16 as official bf16 inference does (2.4187 -> 2.4219 at 240p, 51 frames)."),
                 w.number("shift_scale", 1.0, 0.05, 20.0, "v1.2: a factor on that shift (1.0 = official). Above 1 "
-                         "more of the steps go to high noise, where placement and shape are decided.", step=0.05, optional=True),
+                         "more of the steps go to high noise, where placement and shape are decided.", step=0.05,
+                         optional=True),
             ],
             outputs=[io.Model.Output(display_name="model")],
             hidden=[io.Hidden.unique_id],  # validate_inputs finds its model link in the queued prompt
