@@ -72,6 +72,8 @@ def test_settings_scale_the_shift_as_the_pipeline_schedule_does(env, v12):
     times = rflow_schedule(10, height=32, width=48, num_frames=17, scale=2.0)
     plain = rflow_timesteps(10)[:-1]  # the unshifted grid, 1000 .. 100
     torch.testing.assert_close(sampling.sigma(plain) * 1000, times[:-1], atol=1e-2, rtol=0)
+    with pytest.raises(ValueError, match="shift_scale must be a finite number > 0"):  # an API prompt can send NaN
+        env.run("OpenSoraSamplingSettings", v12["native"], **SIZE, fps=24.0, shift="exact", shift_scale=float("nan"))
 
 
 def _queue_settings(env, num_frames: int, model_file: str, *, lora: bool = False):

@@ -8,6 +8,8 @@ opensora/schedulers/rf/rectified_flow.py (v1.2.0).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..geometry import VAE_V1_2
@@ -86,6 +88,8 @@ def transform_shift(height: int, width: int, num_frames: int, *, args_dtype: tor
     bf16); ``scale`` multiplies it (the transform's own ``scale``; official inference: 1.0). Raises for frame
     counts the transform cannot take (2..16).
     """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"shift_scale must be a finite number > 0 (official 1.0), got {scale}")
     check_transform_frames(num_frames)
     args = [torch.tensor([float(v)], dtype=args_dtype) for v in (height, width, num_frames)]
     return float(_shift_ratio(*args, BASE_RESOLUTION, 1, scale)[0])
