@@ -509,6 +509,7 @@ def test_sampler_shift_scale_changes_the_v1_2_schedule_and_is_refused_without_a_
     model, vae, t5 = v12
     caption = _encode(env, t5, model, "a red ball rolls")
     official = _sample(env, model, vae, caption)["samples"]
+    # exact: 1.0 is passed on as "not given", so both calls run the same code in the same process
     assert torch.equal(_sample(env, model, vae, caption, shift_scale=1.0)["samples"], official)
     scaled = _sample(env, model, vae, caption, shift_scale=2.0)["samples"]
     assert scaled.shape == official.shape and not torch.allclose(scaled, official, atol=1e-3)

@@ -181,6 +181,7 @@ def test_rflow_shift_scale_multiplies_the_official_shift():
     assert doubled[6] > official[6] + 100 and doubled[-1] == 0
     assert doubled[0].item() == pytest.approx(1000, abs=1e-3) and official[0].item() == pytest.approx(1000, abs=1e-3)
     v1_2 = by_release("v1.2")
+    # exact: the family's schedule is rflow_schedule with these same arguments (one code path)
     assert torch.equal(v1_2.sampler.schedule(ScheduleRequest(60, 64, 64, 17)), official)
     assert torch.equal(v1_2.sampler.schedule(ScheduleRequest(60, 64, 64, 17, shift_scale=2.0)), doubled)
     plan = plan_generation(v1_2, GenerationSpec(prompts=["a"], height=64, width=64, num_frames=17, shift_scale=2.0))
