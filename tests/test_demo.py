@@ -179,6 +179,16 @@ def test_3_extension_rounds_turn_as_their_prompts_say_without_a_seam(components)
     assert share(c.objects == c.num_frames for c in loops) >= LOOPS["one_object_throughout"], report
 
 
+def test_3_the_second_round_is_also_sampled_as_image_to_video_from_the_first_rounds_last_frame(components):
+    """demo_eval's comparison of a loop round with a plain image-to-video from the same frame (demo/README.md)."""
+    loops = demo_eval.extension(components, demo_eval.loop_clips(1)[:2], compare_image_to_video=True)
+    assert all(c.plain_frame0_psnr >= 25.0 for c in loops), [c.plain_frame0_psnr for c in loops]
+    assert all(0 <= c.plain_objects <= demo_eval.FRAMES for c in loops)
+    assert len(loops[0].rounds[1].single) == demo_eval.FRAMES
+    assert "as image-to-video from the first round's last frame" in "\n".join(demo_eval.describe_loops(loops))
+    assert all(c.plain_objects is None for c in demo_eval.extension(components, demo_eval.loop_clips(1)[:1]))
+
+
 def test_4_stitching_goes_from_the_first_image_to_the_last_with_one_object(components):
     checks = demo_eval.stitching(components, demo_eval.held_out_clips(4, seed=demo_eval.HELD_OUT_SEED + 3))
     assert min(c.extra["first_psnr"] for c in checks) >= STITCH["first_db"], [c.extra for c in checks]

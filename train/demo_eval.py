@@ -257,6 +257,14 @@ class LoopCheck:
     frame0_psnr: float
     objects: int  # frames with exactly one object, of ...
     num_frames: int
+    # round 2 again as a plain image-to-video from round 1's last frame (same prompt and seed): frames with one
+    # object, and its frame 0 against that frame (dB); None unless asked for
+    plain_objects: int | None = None
+    plain_frame0_psnr: float | None = None
+
+    @property
+    def second_round_single(self) -> bool:
+        return all(self.rounds[1].single)
 
     @property
     def normal_step(self) -> float:
@@ -304,21 +312,38 @@ def loop_clips(count_per_turn: int = 1, seed: int = HELD_OUT_SEED + 2) -> list[t
 
 @torch.no_grad()
 def extension(components: Components, cases: Sequence[tuple[synthetic.ShapeClip, str]], seed: int = HELD_OUT_SEED,
-              batch: int = 8) -> list[LoopCheck]:
-    """Image-to-video of each clip's first frame, then one loop round captioned with the second direction."""
+              batch: int = 8, compare_image_to_video: bool = False) -> list[LoopCheck]:
+    """Image-to-video of each clip's first frame, then one loop round captioned with the second direction.
+
+    ``compare_image_to_video`` also samples each second round as a plain image-to-video from the first round's
+    last frame (same prompt and seed): a loop round is given the previous round's last latent frame (four frames),
+    image-to-video a single frame's latent, the only kind the demo DiT was trained to continue from.
+    """
     checks = []
     for start in range(0, len(cases), batch):
         part = list(cases[start : start + batch])
-        prompts, images = [], []
+        prompts, seconds, images = [], [], []
         for clip, second in part:
             then = synthetic.ShapeClip(clip.shape, clip.color, clip.background, second, clip.start, clip.radius, 0.0)
             prompts.append(f"|0|{clip.caption}|1|{then.caption}")
+            seconds.append(then.caption)
             images.append(as_png(synthetic.render(clip, 1, SIZE, SIZE)))
-        spec = demo_files.demo_spec(prompts=prompts, loops=2, seed=seed + start,
-                                    mask_strategy=[f"0,{i},0,0,1" for i in range(len(part))])
+        given = [f"0,{i},0,0,1" for i in range(len(part))]
+        spec = demo_files.demo_spec(prompts=prompts, loops=2, seed=seed + start, mask_strategy=given)
         result = generate(components, spec, images)
-        for (clip, second), image, frames in zip(part, images, result.frames, strict=True):
-            checks.append(_loop_check(written_mp4(frames, spec.fps), clip, second, image))
+        plain = [None] * len(part)
+        if compare_image_to_video:
+            lasts = [as_png(frames[FRAMES - 1 : FRAMES]) for frames in result.frames]
+            plain_spec = demo_files.demo_spec(prompts=seconds, seed=seed + start, mask_strategy=given)
+            plain = [(last, written_mp4(frames, spec.fps))
+                     for last, frames in zip(lasts, generate(components, plain_spec, lasts).frames, strict=True)]
+        for (clip, second), image, frames, alone in zip(part, images, result.frames, plain, strict=True):
+            check = _loop_check(written_mp4(frames, spec.fps), clip, second, image)
+            if alone is not None:
+                last, video = alone
+                check.plain_objects = sum(f.single for f in synthetic.measure_video(video))
+                check.plain_frame0_psnr = psnr(video[0], last[0])
+            checks.append(check)
     return checks
 
 
@@ -533,7 +558,7 @@ def report(components: Components | None = None, quick: bool = False, verbose: b
         f"{_share([c.shape_frames == 1.0 for c in through_vae])})"])
     shipped = shipped_reference(components)
     _emit(out, [f"    the shipped reference (README command), seeds 0-2: {', '.join(f'{p:.1f}' for p in shipped)} dB"])
-    loops = extension(components, loop_clips(1 if quick else 2))
+    loops = extension(components, loop_clips(1 if quick else 2), compare_image_to_video=not quick)
     _emit(out, describe_loops(loops, verbose))
     stitch = stitching(components, held_out_clips(4 if quick else 8, seed=HELD_OUT_SEED + 3))
     _emit(out, describe_checks("4a. stitching (first and last frame given)", stitch, verbose) + [
@@ -561,7 +586,8 @@ def report(components: Components | None = None, quick: bool = False, verbose: b
                     f"{statistics.mean(nat[key + '_reference']):.1f} dB)" for key in ("stills", "clips")])
         figures["vae_natural"] = nat
     figures.update(t2v=[asdict(c) for c in t2v], i2v=[asdict(c) for c in i2v],
-                   i2v_through_vae=[asdict(c) for c in through_vae], shipped=shipped, vae_synthetic=synth,
+                   i2v_through_vae=[asdict(c) for c in through_vae], shipped=shipped,
+                   extension=[asdict(c) for c in loops], vae_synthetic=synth,
                    vae_pairs=pairs)
     return figures
 
@@ -579,6 +605,12 @@ def describe_loops(loops: Sequence[LoopCheck], verbose: bool = False) -> list[st
              f"    seam step median {statistics.median(c.seam_step for c in loops):.2f} px, normal step median "
              f"{statistics.median(c.normal_step for c in loops):.2f} px; shape kept "
              f"{_share([all(r.right('shape') for r in c.rounds) for c in loops])}"]
+    plain = [c for c in loops if c.plain_objects is not None]
+    if plain:
+        lines.append(f"    second round with one object in every frame: as a loop round "
+                     f"{_share([c.second_round_single for c in plain])}, as image-to-video from the first round's "
+                     f"last frame {_share([c.plain_objects == FRAMES for c in plain])} (its frame 0: min "
+                     f"{min(c.plain_frame0_psnr for c in plain):.1f} dB)")
     if verbose:
         lines += [f"      {c.turn}: rounds {[r.direction for r in c.rounds]} seam {c.seam_step:.2f} max "
                   f"{max(c.steps):.2f} objects {c.objects}/{c.num_frames}" for c in loops if not c.continues]
