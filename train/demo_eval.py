@@ -335,7 +335,7 @@ def extension(components: Components, cases: Sequence[tuple[synthetic.ShapeClip,
         if compare_image_to_video:
             lasts = [as_png(frames[FRAMES - 1 : FRAMES]) for frames in result.frames]
             plain_spec = demo_files.demo_spec(prompts=seconds, seed=seed + start, mask_strategy=given)
-            plain = [(last, written_mp4(frames, spec.fps))
+            plain = [(last, written_mp4(frames, plain_spec.fps))
                      for last, frames in zip(lasts, generate(components, plain_spec, lasts).frames, strict=True)]
         for (clip, second), image, frames, alone in zip(part, images, result.frames, plain, strict=True):
             check = _loop_check(written_mp4(frames, spec.fps), clip, second, image)
