@@ -177,6 +177,12 @@ def test_3_extension_rounds_turn_as_their_prompts_say_without_a_seam(components)
     assert share(all(r.right("direction") for r in c.rounds) for c in loops) >= LOOPS["rounds"], report
     assert share(c.seam_ok for c in loops) >= LOOPS["seam"], report
     assert share(c.objects == c.num_frames for c in loops) >= LOOPS["one_object_throughout"], report
+    # the full run's heading names its seed sets; each set's line is the same summary
+    throughout = sum(c.objects == c.num_frames for c in loops)
+    assert demo_eval.loop_summary(loops).startswith("8 videos, every round as captioned ")
+    assert f"one object in every frame {throughout}/8 " in demo_eval.loop_summary(loops)
+    assert demo_eval.describe_loops(loops, sets="3 seed sets")[0] == (
+        f"3. extension (i2v + 1 loop round, every turn, 3 seed sets): {demo_eval.loop_summary(loops)}")
 
 
 def test_3_the_second_round_is_also_sampled_as_image_to_video_from_the_first_rounds_last_frame(components):
