@@ -185,6 +185,18 @@ def test_3_extension_rounds_turn_as_their_prompts_say_without_a_seam(components)
         f"3. extension (i2v + 1 loop round, every turn, 3 seed sets): {demo_eval.loop_summary(loops)}")
 
 
+def test_3_the_full_measure_samples_extensions_with_three_seed_sets_of_their_own(monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo_eval, "extension", lambda components, cases, seed, compare_image_to_video:
+                        calls.append((cases, seed, compare_image_to_video)) or [seed])
+    assert demo_eval.extension_sets(None) == [[s] for s in demo_eval.EXTENSION_SEEDS]
+    assert len({seed for _, seed, _ in calls}) == 3 and all(compare for _, _, compare in calls)
+    assert all(len(cases) == 16 for cases, _, _ in calls)
+    assert calls[0][0] == demo_eval.loop_clips(2)  # the first set is the one the tests and earlier figures used
+    starts = [[clip.start for clip, _ in cases] for cases, _, _ in calls]
+    assert starts[0] != starts[1] != starts[2] != starts[0]  # each set draws its own cases
+
+
 def test_3_the_second_round_is_also_sampled_as_image_to_video_from_the_first_rounds_last_frame(components):
     """demo_eval's comparison of a loop round with a plain image-to-video from the same frame (demo/README.md)."""
     loops = demo_eval.extension(components, demo_eval.loop_clips(1)[:2], compare_image_to_video=True)

@@ -351,6 +351,13 @@ def extension(components: Components, cases: Sequence[tuple[synthetic.ShapeClip,
     return checks
 
 
+def extension_sets(components: Components, seeds: Sequence[int] = EXTENSION_SEEDS) -> list[list[LoopCheck]]:
+    """The full measure's extensions: per seed, every turn twice from that seed's own draws, sampled with it, each
+    second round also as a plain image-to-video."""
+    return [extension(components, loop_clips(2, seed=seed + 2), seed=seed, compare_image_to_video=True)
+            for seed in seeds]
+
+
 def _loop_check(video: torch.Tensor, clip: synthetic.ShapeClip, second: str, image: torch.Tensor) -> LoopCheck:
     seen = synthetic.measure_video(video)
     track = torch.tensor([f.centre for f in seen])  # (T, 2)
@@ -566,8 +573,7 @@ def report(components: Components | None = None, quick: bool = False, verbose: b
         loops = extension(components, loop_clips(1))
         _emit(out, describe_loops(loops, verbose))
     else:
-        loop_sets = [extension(components, loop_clips(2, seed=seed + 2), seed=seed, compare_image_to_video=True)
-                     for seed in EXTENSION_SEEDS]
+        loop_sets = extension_sets(components)
         loops = [check for checks in loop_sets for check in checks]
         _emit(out, describe_loops(loops, verbose, f"{len(loop_sets)} seed sets") + [
             f"    seed set {seed}: {loop_summary(checks)}"
