@@ -110,6 +110,8 @@ def _convert_native(kind: str, values: list, task: str) -> None:
         values[0] = S["steps"]
     elif kind == "KSampler":
         values[0], values[2], values[3] = S["seed"], KSAMPLER_STEPS, S["cfg_scale"]
+    elif kind == "CFGGuider":
+        values[0] = S["cfg_scale"]
     elif kind in ("RandomNoise", "OpenSoraReferenceLatent"):
         values[0] = S["seed"]
     elif kind == "CreateVideo":
