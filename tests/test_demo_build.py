@@ -27,7 +27,7 @@ def built(tmp_path_factory):
 
 def test_every_stage_runs_and_is_timed(built):
     _, figures = built
-    assert list(figures["seconds"]) == ["data", "t5", "vae_spatial", "vae_temporal", "vae_first_frame", "dit"]
+    assert list(figures["seconds"]) == ["data", "t5", "vae_spatial", "vae_temporal", "vae_first_frame", "vae_decoder", "dit"]
     assert figures["total_seconds"] == pytest.approx(sum(figures["seconds"].values()), abs=0.5)
     assert figures["max_steps"] == 2
 
@@ -52,6 +52,23 @@ def test_a_finished_stage_is_not_run_again(built):
     before = work.export("dit").stat().st_mtime_ns
     assert demo.run_stage(work, "dit", max_steps=2) == work.export("dit")
     assert work.export("dit").stat().st_mtime_ns == before
+
+
+def test_the_decoder_stage_changes_only_the_decoders(built):
+    """The shipped VAE's encoders and shift/scale are bit for bit those of the first-frame stage: the DiT's latents
+    (cached from VAE_STAGE) do not depend on whether it trains before or after the decoder stage."""
+    from safetensors.torch import load_file
+
+    root, _ = built
+    work = demo.Work(root / "work")
+    before, after = load_file(work.export("vae_first_frame")), load_file(work.export("vae_decoder"))
+    assert before.keys() == after.keys()
+    decoders = ("temporal_vae.decoder.", "temporal_vae.post_quant_conv.", "spatial_vae.module.decoder.",
+                "spatial_vae.module.post_quant_conv.")
+    kept = [k for k in before if not k.startswith(decoders)]
+    assert {"shift", "scale"} <= set(kept) and any(k.startswith("temporal_vae.encoder.") for k in kept)
+    assert all(torch.equal(before[k], after[k]) for k in kept)
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith(decoders))
 
 
 def test_stage_paths_point_into_the_work_folder(tmp_path):

@@ -17,8 +17,11 @@ an interrupted build continues where it stopped (``--fresh`` starts over).
    with the spatial stage frozen (latent reconstruction + KL, the official stage-1 objective);
 5. ``vae_first_frame``: only the temporal encoder, fine-tuned so that a single image encodes to
    the latent the same frame gets inside a clip (image-to-video), its clip latents held fixed;
-6. ``dit``: STDiT3 with rectified flow on the cached latents and captions;
-7. ``install`` (with ``--install``): ``demo/models/{diffusion_models,vae,text_encoders}``,
+6. ``vae_decoder``: only the decoders (temporal and spatial), fine-tuned end to end on the clips' pixels, so
+   that what the temporal stage gets wrong is not drawn as rounded corners; every encoder frozen, so the
+   latents (and the DiT trained on them) are those of stage 5;
+7. ``dit``: STDiT3 with rectified flow on the cached latents and captions;
+8. ``install`` (with ``--install``): ``demo/models/{diffusion_models,vae,text_encoders}``,
    ``demo/inputs`` (reference images and a source video for the workflows), ``demo/demo.json``.
 """
 
@@ -57,8 +60,8 @@ T5_WIDTH = 64  # = the DiT's caption_channels
 # which way a shape goes (text-to-video direction 80 -> 88 %, image-to-video shape 97 -> 88 %: demo/README.md).
 CLIP_TRAVEL = (0.2, 0.5)
 
-TRAINING_STAGES = ("vae_spatial", "vae_temporal", "vae_first_frame", "dit")
-VAE_STAGE = "vae_first_frame"  # the VAE the DiT trains on and the demo ships
+TRAINING_STAGES = ("vae_spatial", "vae_temporal", "vae_first_frame", "vae_decoder", "dit")
+VAE_STAGE = "vae_decoder"  # the VAE the DiT trains on and the demo ships
 
 # Names in the ComfyUI folder layout (models/<folder>/<name>) and the sampling defaults.
 FILES = {
@@ -180,6 +183,8 @@ def stage_overrides(work: Work, stage: str, max_steps: int | None = None) -> lis
                  f'vae_training.spatial_checkpoint="{work.export("vae_spatial")}"']
     elif stage == "vae_first_frame":
         sets += [f'data.csv="{work.vae_clips_csv}"', f'vae_training.checkpoint="{work.export("vae_temporal")}"']
+    elif stage == "vae_decoder":
+        sets += [f'data.csv="{work.vae_clips_csv}"', f'vae_training.checkpoint="{work.export("vae_first_frame")}"']
     elif stage == "dit":
         sets += [f'data.csv="{work.clips_csv}"', f'vae.path="{work.export(VAE_STAGE)}"',
                  f'text_encoder.path="{work.t5}"']
