@@ -27,7 +27,8 @@ def built(tmp_path_factory):
 
 def test_every_stage_runs_and_is_timed(built):
     _, figures = built
-    assert list(figures["seconds"]) == ["data", "t5", "vae_spatial", "vae_temporal", "vae_first_frame", "vae_decoder", "dit"]
+    assert list(figures["seconds"]) == ["data", "t5", "vae_spatial", "vae_temporal", "vae_first_frame", "vae_decoder",
+                                        "dit"]
     assert figures["total_seconds"] == pytest.approx(sum(figures["seconds"].values()), abs=0.5)
     assert figures["max_steps"] == 2
 
