@@ -56,7 +56,7 @@ HELD_OUT_SEED = 999  # the build uses SEEDS (0, 1); every held-out draw below st
 # +-5 points of direction between sets
 T2V_SEEDS = (HELD_OUT_SEED, 5000, 6000)
 # the full measure samples extensions with three seed sets too (each: every turn twice, its own draws): one set's
-# count of extensions with one object throughout was 13 to 15 of 16 on the shipped files (10 to 12 before their
+# count of extensions with one object throughout was 15 of 16 in each on the shipped files (10 to 12 before their
 # decoder stage)
 EXTENSION_SEEDS = (HELD_OUT_SEED, 7000, 8000)
 assert not set(T2V_SEEDS + EXTENSION_SEEDS) & set(SEEDS.values())  # never a seed the build used
