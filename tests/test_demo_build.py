@@ -78,6 +78,10 @@ def test_stage_paths_point_into_the_work_folder(tmp_path):
     work = demo.Work(tmp_path)
     sets = demo.stage_overrides(work, "dit")
     assert f'vae.path="{work.export(demo.VAE_STAGE)}"' in sets and f'text_encoder.path="{work.t5}"' in sets
+    # the decoder stage fits the decoders on the DiT's clips (more kinds of clip than the VAE's: demo/README.md)
+    sets = demo.stage_overrides(work, "vae_decoder")
+    assert f'data.csv="{work.clips_csv}"' in sets
+    assert f'vae_training.checkpoint="{work.export("vae_first_frame")}"' in sets
 
 
 def test_bf16_stages_fall_back_to_fp32_where_bf16_is_emulated(monkeypatch):
