@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo model from scratch (procedural data -> VAE -> DiT, our trainer) and
-# install it into demo/: about 170 CPU minutes (~85 minutes on 2 free cores with AVX2 only: 74 measured end to end
-# before the VAE decoder stage, 11 that stage).
+# install it into demo/: about 176 CPU minutes (89 minutes measured end to end on 2 free cores with AVX2 only).
 # Intermediate files: outputs/demo_build (an interrupted build continues; pass --fresh to start over).
 # See demo/README.md.
 # On a machine shared with other work, run it with OMP_NUM_THREADS=1: two OpenMP threads that wait for each
